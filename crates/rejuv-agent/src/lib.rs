@@ -1,0 +1,1 @@
+//! rejuv agent: /proc collector, instance supervisor, rejuvenation actions, agent HTTP API.

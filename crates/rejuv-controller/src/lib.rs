@@ -1,0 +1,1 @@
+//! rejuv controller: drives the core, talks to agents, the store and the load balancer, serves the API.

@@ -1,0 +1,205 @@
+//! JSON shapes spoken between the pieces: controller ⇄ agent, controller ⇄ builtin proxy.
+//!
+//! # Agent API (HTTP/JSON, `Authorization: Bearer <agent token>` on every route but `/healthz`)
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | GET | `/healthz` | | `ok` (no token needed) |
+//! | GET | `/v1/state` | | [`AgentState`] |
+//! | PUT | `/v1/instances/{id}` | [`StartInstance`] | [`InstanceStatus`]; same id again changes nothing |
+//! | DELETE | `/v1/instances/{id}?epoch=N` | | [`InstanceStatus`] once the whole tree has ended; an unknown id answers `state = "absent"` |
+//! | GET | `/v1/instances/{id}/state` | | the instance's exported state (its `handoff.export`), bytes |
+//! | PUT | `/v1/instances/{id}/state?epoch=N` | bytes | 204 once the instance imported it (`handoff.import`) |
+//! | POST | `/v1/rejuvenate` | [`RejuvenateRequest`] | [`RejuvenationReport`]; the same `run_id` again returns the stored report |
+//! | GET | `/metrics` | | Prometheus text |
+//!
+//! Every mutating request carries the controller's epoch; an agent persists the highest it has
+//! seen and answers `409` with [`ApiError`] to a lower one. Errors are [`ApiError`] with a
+//! 4xx/5xx status.
+//!
+//! # Builtin proxy admin API (`Authorization: Bearer <api token>`)
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | PUT | `/v1/routes` | [`RouteTable`] | [`ProxyStatus`] |
+//! | GET | `/v1/status` | | [`ProxyStatus`] |
+//! | GET | `/healthz` | | `ok` |
+
+use crate::config::Action;
+use crate::types::{InstanceId, Sample, ServerId, ServiceName};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// Error body of every API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// `GET /v1/state` of an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    pub server_id: ServerId,
+    /// Wall-clock ms when this agent process started.
+    pub agent_started_at_ms: u64,
+    /// Wall-clock ms the running time counts from (first start, or last rejuvenation).
+    pub running_since_ms: u64,
+    /// Highest controller epoch this agent has accepted.
+    pub epoch: u64,
+    /// Newest sample.
+    pub sample: Sample,
+    pub instances: Vec<InstanceStatus>,
+    /// Exits of instances that nobody asked for, since the agent's data dir was created.
+    pub crashes_total: u64,
+    pub last_rejuvenation: Option<RejuvenationReport>,
+    pub version: String,
+}
+
+/// `PUT /v1/instances/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartInstance {
+    pub epoch: u64,
+    /// A service from the agent's own catalog: the controller names a service, never a command.
+    pub service: ServiceName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    /// Process started, health not yet passing.
+    Starting,
+    /// Health check passing.
+    Running,
+    /// Health check failing after having passed.
+    Unhealthy,
+    /// Exited unasked; the agent restarts it after a backoff.
+    Crashed,
+    Stopping,
+    Stopped,
+    /// The agent has never heard of this id.
+    Absent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub id: InstanceId,
+    pub service: ServiceName,
+    /// Address and port the instance serves on.
+    pub addr: Option<SocketAddr>,
+    pub pid: Option<u32>,
+    pub state: InstanceState,
+    pub healthy: bool,
+    /// Wall-clock ms the current process of the instance started.
+    pub started_at_ms: Option<u64>,
+    /// Times this instance exited unasked.
+    pub crashes: u32,
+    pub last_exit: Option<String>,
+}
+
+/// `POST /v1/rejuvenate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejuvenateRequest {
+    pub epoch: u64,
+    /// Makes a retry harmless: a run id already carried out returns its stored report.
+    pub run_id: String,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionOutcome {
+    Done,
+    /// Not enabled on this agent, or nothing to do; `detail` says which.
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionReport {
+    pub action: Action,
+    pub outcome: ActionOutcome,
+    /// What was done, or why not (for a failed command, its stderr).
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejuvenationReport {
+    pub run_id: String,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub actions: Vec<ActionReport>,
+}
+
+impl RejuvenationReport {
+    pub fn failed(&self) -> Option<&ActionReport> {
+        self.actions.iter().find(|a| a.outcome == ActionOutcome::Failed)
+    }
+}
+
+/// Whether the proxy may send new requests to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendState {
+    /// Takes new requests.
+    Serving,
+    /// No new requests; in-flight ones finish.
+    Draining,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub id: InstanceId,
+    pub addr: SocketAddr,
+    pub state: BackendState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRoutes {
+    pub backends: Vec<Backend>,
+    /// While true, new requests wait (up to `max_hold_ms`) instead of being sent.
+    #[serde(default)]
+    pub hold: bool,
+    /// Longest a request waits for a serving backend (or for a hold to end) before a 503.
+    pub max_hold_ms: u64,
+}
+
+/// `PUT /v1/routes`: the whole desired table. Backends absent from it get no new requests and
+/// are forgotten once their in-flight requests finish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTable {
+    /// Increases with every change; an older table than the one in force is ignored.
+    pub version: u64,
+    pub services: BTreeMap<ServiceName, ServiceRoutes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub id: InstanceId,
+    pub addr: SocketAddr,
+    /// `None` once removed from the table but still finishing in-flight requests.
+    pub state: Option<BackendState>,
+    pub in_flight: u64,
+    pub requests_total: u64,
+    /// Requests this backend failed (connection errors, 5xx from the proxy's view).
+    pub errors_total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub listen: SocketAddr,
+    pub backends: Vec<BackendStatus>,
+    /// Requests waiting right now for a serving backend or for a hold to end.
+    pub held: u64,
+    pub requests_total: u64,
+    /// Requests answered with an error by the proxy itself (no backend, upstream failure).
+    pub failed_total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    pub version: u64,
+    pub services: BTreeMap<ServiceName, ServiceStatus>,
+}
+
+/// Header a service sets on a response to a request it did not apply (e.g. it already handed
+/// its state off): the proxy may safely send that request to another backend.
+pub const NOT_APPLIED_HEADER: &str = "x-rejuv-not-applied";

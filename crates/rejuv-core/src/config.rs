@@ -1,0 +1,815 @@
+//! The `rejuv.toml` model and its validation.
+//!
+//! One file describes the whole cluster: mode, servers, the service catalog (installed on every
+//! server, as unit files are), initial placement, detection policy, gate, budget, rejuvenation
+//! actions, traffic adapter, store and retention. Every piece reads the same file: an agent
+//! picks its own `[[servers]]` entry by id.
+//!
+//! # Errors
+//! [`Config::from_toml`] fails on syntax, unknown fields and wrong types (serde names the
+//! field); [`Config::validate`] then reports every semantic problem at once, each naming its
+//! field and the reason.
+
+use crate::types::{Mode, Role, ServerId, ServiceName};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A problem with one field of the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `servers[2].port_range`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not valid TOML for rejuv: {0}")]
+    Parse(#[source] toml::de::Error),
+    #[error("config has {} error(s):\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<FieldError>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub controller: ControllerConfig,
+    pub servers: Vec<ServerConfig>,
+    pub services: BTreeMap<ServiceName, ServiceConfig>,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub gate: GateConfig,
+    #[serde(default)]
+    pub budget: BudgetConfig,
+    #[serde(default)]
+    pub rejuvenation: RejuvenationConfig,
+    #[serde(default)]
+    pub agent: AgentDefaults,
+    #[serde(default)]
+    pub traffic: TrafficConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    pub mode: Mode,
+}
+
+fn default_cluster_name() -> String {
+    "rejuv".into()
+}
+
+/// Bearer tokens. A token file holds one line; leading and trailing white space is dropped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Token the controller presents to agents, and agents require.
+    pub agent_token_file: Option<PathBuf>,
+    /// Token operators present to the controller API (and the proxy's admin API).
+    pub api_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    #[serde(default = "default_controller_listen")]
+    pub listen: SocketAddr,
+    /// How often agents are polled for a sample.
+    #[serde(with = "humantime_serde", default = "default_poll")]
+    pub poll_interval: Duration,
+    /// An agent that has not answered for this long is unreachable.
+    #[serde(with = "humantime_serde", default = "default_agent_timeout")]
+    pub agent_timeout: Duration,
+}
+
+fn default_controller_listen() -> SocketAddr {
+    "127.0.0.1:7070".parse().expect("static address")
+}
+fn default_poll() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_agent_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_controller_listen(),
+            poll_interval: default_poll(),
+            agent_timeout: default_agent_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub id: ServerId,
+    /// Address the server's instances bind to and the load balancer reaches them on.
+    pub address: std::net::IpAddr,
+    /// Address of the agent's HTTP API.
+    pub agent: SocketAddr,
+    pub role: Role,
+    /// Capacity in units (default: 1 unit per instance slot; see `ServiceConfig::units`).
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    /// Inclusive range of ports the agent allocates to instances.
+    pub port_range: [u16; 2],
+    /// Memory the server's instances may use together; the `instance-rss` rule compares
+    /// their summed RSS against it. Defaults to the host's total memory.
+    pub memory_budget_bytes: Option<u64>,
+    /// Services started on this server when the cluster is first created.
+    #[serde(default)]
+    pub instances: Vec<ServiceName>,
+    /// Agent data directory (logs, persisted epoch, running-time origin).
+    pub data_dir: Option<PathBuf>,
+}
+
+fn default_capacity() -> u32 {
+    4
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Program to run. `{port}` and `{address}` in args and env values are replaced with the
+    /// instance's allocated port and the server address; `{instance}` with the instance id.
+    pub command: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<PathBuf>,
+    /// Capacity units one instance takes.
+    #[serde(default = "default_units")]
+    pub units: u32,
+    pub health: HealthConfig,
+    /// Longest time an instance being drained is given to finish in-flight requests.
+    #[serde(with = "humantime_serde", default = "default_drain")]
+    pub drain: Duration,
+    /// Time between SIGTERM and SIGKILL when an instance is stopped.
+    #[serde(with = "humantime_serde", default = "default_grace")]
+    pub stop_grace: Duration,
+    pub handoff: Option<HandoffConfig>,
+}
+
+fn default_units() -> u32 {
+    1
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// HTTP path answered with 2xx when the instance is healthy.
+    pub path: String,
+    #[serde(with = "humantime_serde", default = "default_health_interval")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde", default = "default_health_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// State hand-off: the old instance's state is read with `GET export` and written to the new
+/// instance with `PUT import`, while the proxy holds the service's requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffConfig {
+    pub export: String,
+    pub import: String,
+    /// Longest time a request is held while the state moves.
+    #[serde(with = "humantime_serde", default = "default_hold")]
+    pub hold: Duration,
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A resource the detector watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resource {
+    /// Host memory used, as a fraction of total.
+    MemoryUsed,
+    /// Swap used, as a fraction of total swap.
+    SwapUsed,
+    /// Open fds, as a fraction of the host limit.
+    Fds,
+    /// Host threads, a count.
+    Threads,
+    /// Summed RSS of the server's instances, as a fraction of its memory budget.
+    InstanceRss,
+    /// Highest health-check latency among the server's instances, milliseconds.
+    HealthLatencyMs,
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Resource::MemoryUsed => "memory-used",
+            Resource::SwapUsed => "swap-used",
+            Resource::Fds => "fds",
+            Resource::Threads => "threads",
+            Resource::InstanceRss => "instance-rss",
+            Resource::HealthLatencyMs => "health-latency-ms",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub resource: Resource,
+    /// The signal fires while the value is above this.
+    pub above: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// How long a signal must hold before the server is judged unstable.
+    #[serde(with = "humantime_serde", default = "default_hold_down")]
+    pub hold_down: Duration,
+    #[serde(default = "default_rules")]
+    pub rules: Vec<RuleConfig>,
+}
+
+fn default_hold_down() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_rules() -> Vec<RuleConfig> {
+    vec![
+        RuleConfig { resource: Resource::MemoryUsed, above: 0.9 },
+        RuleConfig { resource: Resource::SwapUsed, above: 0.5 },
+        RuleConfig { resource: Resource::Fds, above: 0.8 },
+    ]
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self { hold_down: default_hold_down(), rules: default_rules() }
+    }
+}
+
+/// When to switch and rejuvenate once the replacement is hot (claim 6).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// Switch only while the server's 1-minute load is at most this...
+    #[serde(default = "default_max_load")]
+    pub max_load: f64,
+    /// ...and it has run at least this long since its last rejuvenation...
+    #[serde(with = "humantime_serde", default = "default_min_running")]
+    pub min_running_time: Duration,
+    /// ...unless the replacement has been waiting this long already.
+    #[serde(with = "humantime_serde", default = "default_max_wait")]
+    pub max_wait: Duration,
+}
+
+fn default_max_load() -> f64 {
+    8.0
+}
+fn default_min_running() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_wait() -> Duration {
+    Duration::from_secs(1800)
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            max_load: default_max_load(),
+            min_running_time: default_min_running(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Workflows allowed to run at once, cluster-wide.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: u32,
+    /// Capacity units of primaries on the list that must remain at every moment.
+    #[serde(default)]
+    pub min_available_capacity: u32,
+}
+
+fn default_max_concurrent() -> u32 {
+    1
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self { max_concurrent: default_max_concurrent(), min_available_capacity: 0 }
+    }
+}
+
+/// An agent's fixed set of rejuvenation actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    StopInstances,
+    ClearScratch,
+    DropCaches,
+    CompactMemory,
+    /// The agent re-executes itself; its running time starts again.
+    RestartAgent,
+    /// The configured host restart command.
+    RestartHost,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::StopInstances => "stop-instances",
+            Action::ClearScratch => "clear-scratch",
+            Action::DropCaches => "drop-caches",
+            Action::CompactMemory => "compact-memory",
+            Action::RestartAgent => "restart-agent",
+            Action::RestartHost => "restart-host",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejuvenationConfig {
+    #[serde(default = "default_actions")]
+    pub actions: Vec<Action>,
+    /// Longest wait for every duplexed instance to be healthy before rolling back.
+    #[serde(with = "humantime_serde", default = "default_duplex_timeout")]
+    pub duplex_timeout: Duration,
+    /// Longest wait for the rejuvenated server to come back fresh.
+    #[serde(with = "humantime_serde", default = "default_verify_timeout")]
+    pub verify_timeout: Duration,
+    /// A target that failed to duplex is not chosen again for this long.
+    #[serde(with = "humantime_serde", default = "default_target_cooldown")]
+    pub failed_target_cooldown: Duration,
+}
+
+fn default_actions() -> Vec<Action> {
+    vec![
+        Action::StopInstances,
+        Action::ClearScratch,
+        Action::DropCaches,
+        Action::CompactMemory,
+        Action::RestartAgent,
+    ]
+}
+fn default_duplex_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_verify_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_target_cooldown() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for RejuvenationConfig {
+    fn default() -> Self {
+        Self {
+            actions: default_actions(),
+            duplex_timeout: default_duplex_timeout(),
+            verify_timeout: default_verify_timeout(),
+            failed_target_cooldown: default_target_cooldown(),
+        }
+    }
+}
+
+/// Agent settings shared by every server (least privilege: what an agent may do).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDefaults {
+    /// Scratch directories cleared by `clear-scratch`: absolute, inside `allowed_roots`.
+    #[serde(default)]
+    pub scratch_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub allowed_roots: Vec<PathBuf>,
+    /// Enables host-wide actions: drop-caches, compact-memory, restart-host.
+    #[serde(default)]
+    pub host_actions: bool,
+    /// Command run by `restart-host`.
+    #[serde(default)]
+    pub restart_command: Vec<String>,
+    /// How often the agent takes a sample.
+    #[serde(with = "humantime_serde", default = "default_sample_interval")]
+    pub sample_interval: Duration,
+}
+
+fn default_sample_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for AgentDefaults {
+    fn default() -> Self {
+        Self {
+            scratch_dirs: vec![],
+            allowed_roots: vec![],
+            host_actions: false,
+            restart_command: vec![],
+            sample_interval: default_sample_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrafficAdapter {
+    Builtin,
+    Haproxy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficConfig {
+    #[serde(default = "default_adapter")]
+    pub adapter: TrafficAdapter,
+    /// Builtin proxy: its admin API address.
+    pub admin: Option<SocketAddr>,
+    /// Builtin proxy: the address clients use, per service.
+    #[serde(default)]
+    pub listen: BTreeMap<ServiceName, SocketAddr>,
+}
+
+fn default_adapter() -> TrafficAdapter {
+    TrafficAdapter::Builtin
+}
+
+impl Default for TrafficConfig {
+    fn default() -> Self {
+        Self { adapter: default_adapter(), admin: None, listen: BTreeMap::new() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    Sqlite,
+    Etcd,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_store_kind")]
+    pub kind: StoreKind,
+    /// SQLite database file.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+fn default_store_kind() -> StoreKind {
+    StoreKind::Sqlite
+}
+fn default_store_path() -> PathBuf {
+    PathBuf::from("rejuv.db")
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { kind: default_store_kind(), path: default_store_path() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Events kept in the store; older ones are deleted.
+    #[serde(default = "default_events_kept")]
+    pub events: u32,
+    /// Finished workflows kept.
+    #[serde(default = "default_workflows_kept")]
+    pub workflows: u32,
+}
+
+fn default_events_kept() -> u32 {
+    10_000
+}
+fn default_workflows_kept() -> u32 {
+    1_000
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { events: default_events_kept(), workflows: default_workflows_kept() }
+    }
+}
+
+impl Config {
+    /// Parses and validates a config.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(ConfigError::Parse)?;
+        let errors = config.validate();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    pub fn server(&self, id: &str) -> Option<&ServerConfig> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+
+    /// Every semantic problem, each naming its field.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let mut err = |field: String, reason: &str| {
+            errs.push(FieldError { field, reason: reason.to_string() })
+        };
+
+        if self.servers.is_empty() {
+            err("servers".into(), "at least one server is required");
+        }
+        let mut ids = BTreeSet::new();
+        let mut agents = BTreeSet::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            let f = |name: &str| format!("servers[{i}].{name}");
+            if s.id.is_empty()
+                || !s.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                err(f("id"), "must be non-empty and use only letters, digits, '-' and '_'");
+            }
+            if !ids.insert(s.id.clone()) {
+                err(f("id"), "duplicate server id");
+            }
+            if !agents.insert(s.agent) {
+                err(f("agent"), "two servers share this agent address");
+            }
+            if s.capacity == 0 {
+                err(f("capacity"), "must be at least 1");
+            }
+            if s.port_range[0] == 0 || s.port_range[0] > s.port_range[1] {
+                err(f("port_range"), "must be [low, high] with 0 < low <= high");
+            }
+            if s.memory_budget_bytes == Some(0) {
+                err(f("memory_budget_bytes"), "must be greater than 0");
+            }
+            for (j, svc) in s.instances.iter().enumerate() {
+                if !self.services.contains_key(svc) {
+                    err(format!("servers[{i}].instances[{j}]"), "names a service not in [services]");
+                }
+            }
+            if self.cluster.mode == Mode::ActiveActive && s.role == Role::Spare {
+                err(f("role"), "active-active clusters have no spares: every server is a primary");
+            }
+            if s.role == Role::Spare && !s.instances.is_empty() {
+                err(f("instances"), "a spare runs nothing until it takes over");
+            }
+            let units: u32 = s
+                .instances
+                .iter()
+                .filter_map(|n| self.services.get(n))
+                .map(|svc| svc.units)
+                .sum();
+            if units > s.capacity {
+                err(f("instances"), "the initial instances need more units than the server's capacity");
+            }
+        }
+        // Port ranges on the same address must not overlap.
+        for (i, a) in self.servers.iter().enumerate() {
+            for b in self.servers.iter().skip(i + 1) {
+                if a.address == b.address
+                    && a.port_range[0] <= b.port_range[1]
+                    && b.port_range[0] <= a.port_range[1]
+                {
+                    err(
+                        format!("servers[{i}].port_range"),
+                        &format!("overlaps the port range of server '{}' on the same address", b.id),
+                    );
+                }
+            }
+        }
+        if self.cluster.mode == Mode::ActiveStandby
+            && !self.servers.iter().any(|s| s.role == Role::Spare)
+        {
+            err("servers".into(), "active-standby needs at least one server with role = \"spare\"");
+        }
+
+        if self.services.is_empty() {
+            err("services".into(), "at least one service is required");
+        }
+        for (name, svc) in &self.services {
+            let f = |field: &str| format!("services.{name}.{field}");
+            if name.is_empty()
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                err(format!("services.{name}"), "service names use only letters, digits, '-' and '_'");
+            }
+            if !svc.command.is_absolute() {
+                err(f("command"), "must be an absolute path");
+            }
+            if svc.units == 0 {
+                err(f("units"), "must be at least 1");
+            }
+            if !svc.health.path.starts_with('/') {
+                err(f("health.path"), "must start with '/'");
+            }
+            if svc.health.interval.is_zero() {
+                err(f("health.interval"), "must be greater than 0");
+            }
+            if let Some(h) = &svc.handoff {
+                if !h.export.starts_with('/') {
+                    err(f("handoff.export"), "must start with '/'");
+                }
+                if !h.import.starts_with('/') {
+                    err(f("handoff.import"), "must start with '/'");
+                }
+            }
+        }
+
+        if self.policy.hold_down.is_zero() && self.policy.rules.is_empty() {
+            err("policy.rules".into(), "no rules: the detector would never judge a server");
+        }
+        for (i, r) in self.policy.rules.iter().enumerate() {
+            let fraction = !matches!(r.resource, Resource::Threads | Resource::HealthLatencyMs);
+            if !r.above.is_finite() || r.above <= 0.0 || (fraction && r.above > 1.0) {
+                err(
+                    format!("policy.rules[{i}].above"),
+                    if fraction {
+                        "must be a fraction in (0, 1] for this resource"
+                    } else {
+                        "must be a positive number"
+                    },
+                );
+            }
+        }
+        if !self.gate.max_load.is_finite() || self.gate.max_load < 0.0 {
+            err("gate.max_load".into(), "must be a non-negative number");
+        }
+        if self.budget.max_concurrent == 0 {
+            err("budget.max_concurrent".into(), "must be at least 1, or rejuv could never act");
+        }
+        let total: u32 = self.servers.iter().map(|s| s.capacity).sum();
+        if self.budget.min_available_capacity > total {
+            err("budget.min_available_capacity".into(), "is more than the whole cluster's capacity");
+        }
+        if self.rejuvenation.actions.is_empty() {
+            err("rejuvenation.actions".into(), "at least one action is required");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, a) in self.rejuvenation.actions.iter().enumerate() {
+            if !seen.insert(a.to_string()) {
+                err(format!("rejuvenation.actions[{i}]"), "listed twice");
+            }
+        }
+        if self.rejuvenation.actions.contains(&Action::RestartHost)
+            && self.agent.restart_command.is_empty()
+        {
+            err("agent.restart_command".into(), "restart-host is an action but no restart_command is set");
+        }
+        for (i, d) in self.agent.scratch_dirs.iter().enumerate() {
+            if let Err(reason) = check_scratch_dir(d, &self.agent.allowed_roots) {
+                err(format!("agent.scratch_dirs[{i}]"), &reason);
+            }
+        }
+        for (i, r) in self.agent.allowed_roots.iter().enumerate() {
+            if !r.is_absolute() || r == std::path::Path::new("/") {
+                err(format!("agent.allowed_roots[{i}]"), "must be an absolute path other than '/'");
+            }
+        }
+        if self.traffic.adapter == TrafficAdapter::Builtin {
+            if self.traffic.admin.is_none() {
+                err("traffic.admin".into(), "the builtin proxy needs an admin address");
+            }
+            for name in self.traffic.listen.keys() {
+                if !self.services.contains_key(name) {
+                    err(format!("traffic.listen.{name}"), "names a service not in [services]");
+                }
+            }
+        }
+        if self.controller.poll_interval.is_zero() {
+            err("controller.poll_interval".into(), "must be greater than 0");
+        }
+        errs
+    }
+}
+
+/// Checks a scratch directory against the allowed roots, lexically (no symlinks are followed
+/// here; the agent checks the real path again before it deletes anything).
+pub fn check_scratch_dir(dir: &std::path::Path, roots: &[PathBuf]) -> Result<(), String> {
+    use std::path::Component;
+    if !dir.is_absolute() {
+        return Err("must be an absolute path".into());
+    }
+    if dir.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return Err("must not contain '.' or '..'".into());
+    }
+    if dir == std::path::Path::new("/") {
+        return Err("must never be '/'".into());
+    }
+    if !roots.iter().any(|r| dir.starts_with(r) && dir != r.as_path()) {
+        return Err("is outside agent.allowed_roots".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+[cluster]
+mode = "active-standby"
+
+[traffic]
+admin = "127.0.0.1:7071"
+listen = { web = "127.0.0.1:8080" }
+
+[[servers]]
+id = "s1"
+address = "127.0.0.2"
+agent = "127.0.0.2:7001"
+role = "primary"
+port_range = [20000, 20010]
+instances = ["web"]
+
+[[servers]]
+id = "s2"
+address = "127.0.0.3"
+agent = "127.0.0.3:7001"
+role = "spare"
+port_range = [20000, 20010]
+
+[services.web]
+command = "/usr/bin/true"
+health = { path = "/healthz" }
+"#;
+
+    #[test]
+    fn example_is_valid() {
+        let c = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.cluster.mode, Mode::ActiveStandby);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = EXAMPLE.replace("[cluster]", "[cluster]\nmood = 1");
+        let e = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(e.contains("mood"), "{e}");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let text = EXAMPLE
+            .replace("role = \"spare\"", "role = \"primary\"")
+            .replace("command = \"/usr/bin/true\"", "command = \"true\"")
+            .replace("instances = [\"web\"]", "instances = [\"db\"]");
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&text) else { panic!() };
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"servers"), "{fields:?}");
+        assert!(fields.contains(&"services.web.command"), "{fields:?}");
+        assert!(fields.contains(&"servers[0].instances[0]"), "{fields:?}");
+    }
+
+    #[test]
+    fn scratch_dirs_must_stay_inside_roots() {
+        let roots = vec![PathBuf::from("/var/tmp/app")];
+        assert!(check_scratch_dir("/var/tmp/app/cache".as_ref(), &roots).is_ok());
+        assert!(check_scratch_dir("/var/tmp/app".as_ref(), &roots).is_err());
+        assert!(check_scratch_dir("/".as_ref(), &roots).is_err());
+        assert!(check_scratch_dir("/etc".as_ref(), &roots).is_err());
+        assert!(check_scratch_dir("/var/tmp/app/../../etc".as_ref(), &roots).is_err());
+        assert!(check_scratch_dir("relative".as_ref(), &roots).is_err());
+    }
+}

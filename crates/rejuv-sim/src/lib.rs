@@ -1,0 +1,1 @@
+//! Deterministic simulation of the rejuv core against simulated servers, clock and faults.
