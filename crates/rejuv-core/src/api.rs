@@ -131,7 +131,9 @@ pub struct RejuvenationReport {
 
 impl RejuvenationReport {
     pub fn failed(&self) -> Option<&ActionReport> {
-        self.actions.iter().find(|a| a.outcome == ActionOutcome::Failed)
+        self.actions
+            .iter()
+            .find(|a| a.outcome == ActionOutcome::Failed)
     }
 }
 

@@ -1,1 +1,1701 @@
-//! placeholder
+//! The cluster-wide state machine: `step(cluster, event, now) -> (cluster, output)`.
+//!
+//! One reducer owns the whole cluster, not one per workflow: the disruption budget, the
+//! capacity floor and target reservations span workflows, and only a single reducer can keep two
+//! workflows from taking the same spare.
+//!
+//! A workflow runs through explicit phases:
+//!
+//! ```text
+//! plan ─▶ Duplexing ─▶ Gating ─▶ Draining ─▶ HandingOff ─▶ Rejuvenating ─▶ Verifying ─▶ rejoin
+//!            │ timeout / start failed                      (stateful only)     │ failed / timeout
+//!            └──▶ rolled back: target released,                                └──▶ server kept out
+//!                 source keeps serving                                              (failed), alert
+//! ```
+//!
+//! Every command the machine wants carried out is put in the outbox ([`Cluster::pending`]) in
+//! the same state it returns, so a shell that commits the state commits the intent with it. A
+//! command stays in the outbox until its result comes back as [`Event::CommandDone`]; after a
+//! crash the shell sends every pending command again, and each one is idempotent by its id (and
+//! the instance or run id it names).
+//!
+//! # Guarantees
+//! - A source server leaves the available server list only once every one of its instances has
+//!   a healthy copy on the target.
+//! - No server is the target of two workflows; active workflows never exceed the budget (an
+//!   operator's `force` excepted); the capacity floor holds at planning time.
+//! - A failed duplex rolls back: the target's new instances are stopped, the target is released,
+//!   and the source keeps serving.
+
+use crate::api::{
+    AgentState, Backend, BackendState, InstanceState, RejuvenationReport, RouteTable, ServiceRoutes,
+};
+use crate::config::{Config, Resource};
+use crate::detector::{Explanation, Judgement, Level};
+use crate::gate::{self, GateInput};
+use crate::time::Now;
+use crate::types::{InstanceId, Mode, Role, ServerId, ServiceName};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+/// Finished workflows kept in the state itself (the store keeps a longer history).
+const HISTORY_KEPT: usize = 64;
+
+/// Where a server stands. Every server is in exactly one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum ServerState {
+    /// On the available server list with its role.
+    InService,
+    /// Off the list while workflow `workflow` rejuvenates it.
+    Rejuvenating { workflow: u64 },
+    /// Off the list: rejuvenation failed or the server did not come back fresh.
+    Failed { reason: String },
+}
+
+impl ServerState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServerState::InService => "in-service",
+            ServerState::Rejuvenating { .. } => "rejuvenating",
+            ServerState::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// What the controller last learned from a server's agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub reachable: bool,
+    pub at_ms: u64,
+    pub load1: f64,
+    pub running_since_ms: u64,
+    pub running_time_s: f64,
+    pub crashes_total: u64,
+    /// Instances the agent reports, with whether each is healthy and where it serves.
+    pub instances: BTreeMap<InstanceId, ObservedInstance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedInstance {
+    pub state: InstanceState,
+    pub healthy: bool,
+    pub addr: Option<SocketAddr>,
+    pub started_at_ms: Option<u64>,
+}
+
+impl Observation {
+    /// Builds an observation from an agent's state reply.
+    pub fn from_agent(state: &AgentState, at_ms: u64) -> Self {
+        Self {
+            reachable: true,
+            at_ms,
+            load1: state.sample.load1,
+            running_since_ms: state.running_since_ms,
+            running_time_s: state.sample.running_time_s,
+            crashes_total: state.crashes_total,
+            instances: state
+                .instances
+                .iter()
+                .map(|i| {
+                    (
+                        i.id.clone(),
+                        ObservedInstance {
+                            state: i.state,
+                            healthy: i.healthy,
+                            addr: i.addr,
+                            started_at_ms: i.started_at_ms,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Server {
+    pub id: ServerId,
+    pub role: Role,
+    pub state: ServerState,
+    pub capacity: u32,
+    /// Workflow that reserved this server as its target.
+    pub reserved_by: Option<u64>,
+    pub judgement: Level,
+    pub explanation: Option<Explanation>,
+    pub observation: Option<Observation>,
+    /// Left alone by rejuv (neither source nor target) until released.
+    pub maintenance: bool,
+    /// Not chosen as a target again before this wall time (it failed to duplex).
+    pub avoid_as_target_until_ms: Option<u64>,
+    /// An operator asked for a rejuvenation; `true` ignores the budget.
+    pub manual_request: Option<bool>,
+    /// Why the last attempt to plan for this server found nothing (said once per reason).
+    pub blocked_reason: Option<String>,
+}
+
+impl Server {
+    pub fn on_list(&self) -> bool {
+        self.state == ServerState::InService
+    }
+    fn reachable(&self) -> bool {
+        self.observation.as_ref().is_some_and(|o| o.reachable)
+    }
+}
+
+/// Whether the load balancer sends an instance traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Traffic {
+    /// Takes requests once healthy.
+    Serving,
+    /// Running but takes no requests yet (a hot copy waiting for the switch).
+    Standby,
+    /// Takes no new requests; in-flight ones finish.
+    Draining,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub service: ServiceName,
+    pub server: ServerId,
+    pub addr: Option<SocketAddr>,
+    pub healthy: bool,
+    pub traffic: Traffic,
+    /// The route table version from which this instance is draining.
+    pub draining_from_version: Option<u64>,
+    pub drained: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Duplexing,
+    Gating,
+    Draining,
+    HandingOff,
+    Rejuvenating,
+    Verifying,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Duplexing => "duplexing",
+            Phase::Gating => "gating",
+            Phase::Draining => "draining",
+            Phase::HandingOff => "handing-off",
+            Phase::Rejuvenating => "rejuvenating",
+            Phase::Verifying => "verifying",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    Completed,
+    RolledBack { reason: String },
+    Failed { reason: String },
+}
+
+/// One instance of the source and its copy on the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pair {
+    pub service: ServiceName,
+    pub old: InstanceId,
+    pub new: InstanceId,
+    pub handoff: bool,
+    pub transferred: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTime {
+    pub phase: String,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workflow {
+    pub id: u64,
+    pub server: ServerId,
+    pub target: ServerId,
+    /// Why it started: the detector's explanation, or an operator's request.
+    pub reason: String,
+    pub explanation: Option<Explanation>,
+    pub phase: Phase,
+    pub started_at_ms: u64,
+    pub phase_since_ms: u64,
+    pub pairs: Vec<Pair>,
+    pub run_id: String,
+    /// The report of the rejuvenation, once it came back.
+    pub report: Option<RejuvenationReport>,
+    pub gate_reason: Option<String>,
+    pub steps: Vec<StepTime>,
+    pub outcome: Option<Outcome>,
+    pub forced: bool,
+}
+
+impl Workflow {
+    fn enter(&mut self, phase: Phase, now: Now) {
+        self.phase = phase;
+        self.phase_since_ms = now.wall_ms;
+        self.steps.push(StepTime {
+            phase: phase.to_string(),
+            at_ms: now.wall_ms,
+        });
+    }
+}
+
+/// A command the shell must carry out; retried until its result comes back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: u64,
+    pub kind: CommandKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum CommandKind {
+    StartInstance {
+        server: ServerId,
+        instance: InstanceId,
+        service: ServiceName,
+    },
+    StopInstance {
+        server: ServerId,
+        instance: InstanceId,
+    },
+    /// Read the state of `from` (its service's export) and write it to `to` (import).
+    TransferState {
+        from_server: ServerId,
+        from: InstanceId,
+        to_server: ServerId,
+        to: InstanceId,
+    },
+    Rejuvenate {
+        server: ServerId,
+        run_id: String,
+        actions: Vec<crate::config::Action>,
+    },
+    /// Forget the server's detector history (it was just rejuvenated).
+    ResetDetector { server: ServerId },
+    /// Something a person must look at.
+    Alert {
+        server: Option<ServerId>,
+        summary: String,
+    },
+}
+
+/// What came back from carrying out a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum CommandResult {
+    Started {
+        addr: Option<SocketAddr>,
+    },
+    Stopped,
+    Transferred,
+    Rejuvenated {
+        report: RejuvenationReport,
+    },
+    Done,
+    /// Will not succeed by retrying (the agent refused it, or it timed out for good).
+    Failed {
+        error: String,
+    },
+}
+
+/// An operator's request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum OperatorCommand {
+    Rejuvenate { server: ServerId, force: bool },
+    Maintenance { server: ServerId, on: bool },
+    Pause,
+    Resume,
+}
+
+/// Something that happened, fed to [`Cluster::step`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// An agent answered (or did not: `reachable = false`).
+    Observed {
+        server: ServerId,
+        observation: Observation,
+    },
+    /// The detector's latest judgement of a server.
+    Judged {
+        server: ServerId,
+        judgement: Judgement,
+    },
+    /// Time passed: timeouts, the gate, planning.
+    Tick,
+    CommandDone {
+        id: u64,
+        result: CommandResult,
+    },
+    /// The traffic adapter applied route table `version`; in-flight counts per instance.
+    TrafficSynced {
+        version: u64,
+        in_flight: BTreeMap<InstanceId, u64>,
+    },
+    Operator {
+        by: String,
+        command: OperatorCommand,
+    },
+}
+
+/// A line for the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEvent {
+    pub at_ms: u64,
+    pub kind: String,
+    pub server: Option<ServerId>,
+    pub workflow: Option<u64>,
+    pub message: String,
+}
+
+/// What one step produced besides the new state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    /// Commands added to the outbox by this step, to carry out once the state is committed.
+    pub commands: Vec<Command>,
+    pub events: Vec<LogEvent>,
+}
+
+/// Why an operator's request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Refusal {
+    #[error("no server named '{0}'")]
+    UnknownServer(String),
+    #[error("server '{0}' is already being rejuvenated")]
+    Busy(String),
+    #[error("server '{0}' is in maintenance")]
+    InMaintenance(String),
+    #[error("server '{0}' is a spare: spares run nothing to rejuvenate")]
+    Spare(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub mode: Mode,
+    pub servers: BTreeMap<ServerId, Server>,
+    pub instances: BTreeMap<InstanceId, Instance>,
+    pub workflows: BTreeMap<u64, Workflow>,
+    pub history: Vec<Workflow>,
+    /// The outbox: commands issued and not yet acknowledged.
+    pub pending: BTreeMap<u64, Command>,
+    pub paused: bool,
+    /// Version of the route table as this state defines it.
+    pub routes_version: u64,
+    pub routes: RouteTable,
+    /// Highest route table version the traffic adapter confirmed.
+    pub routes_applied: u64,
+    pub next_id: u64,
+    pub completed_total: u64,
+    pub rolled_back_total: u64,
+    pub failed_total: u64,
+}
+
+/// `step(cluster, event, now) -> (cluster, output)`.
+pub fn step(mut cluster: Cluster, cfg: &Config, event: Event, now: Now) -> (Cluster, Output) {
+    let out = cluster.apply(cfg, event, now);
+    (cluster, out)
+}
+
+impl Cluster {
+    /// A new cluster from the config: servers with their roles, and the initial instances
+    /// asked of the primaries.
+    pub fn new(cfg: &Config, now: Now) -> (Self, Output) {
+        let mut c = Cluster {
+            mode: cfg.cluster.mode,
+            servers: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            workflows: BTreeMap::new(),
+            history: Vec::new(),
+            pending: BTreeMap::new(),
+            paused: false,
+            routes_version: 1,
+            routes: RouteTable {
+                version: 1,
+                services: BTreeMap::new(),
+            },
+            routes_applied: 0,
+            next_id: 1,
+            completed_total: 0,
+            rolled_back_total: 0,
+            failed_total: 0,
+        };
+        let mut out = Output::default();
+        for s in &cfg.servers {
+            c.servers.insert(
+                s.id.clone(),
+                Server {
+                    id: s.id.clone(),
+                    role: s.role,
+                    state: ServerState::InService,
+                    capacity: s.capacity,
+                    reserved_by: None,
+                    judgement: Level::Stable,
+                    explanation: None,
+                    observation: None,
+                    maintenance: false,
+                    avoid_as_target_until_ms: None,
+                    manual_request: None,
+                    blocked_reason: None,
+                },
+            );
+            for svc in &s.instances {
+                let id = c.new_instance_id(svc, &s.id);
+                c.instances.insert(
+                    id.clone(),
+                    Instance {
+                        id: id.clone(),
+                        service: svc.clone(),
+                        server: s.id.clone(),
+                        addr: None,
+                        healthy: false,
+                        traffic: Traffic::Serving,
+                        draining_from_version: None,
+                        drained: false,
+                    },
+                );
+                c.issue(
+                    &mut out,
+                    CommandKind::StartInstance {
+                        server: s.id.clone(),
+                        instance: id,
+                        service: svc.clone(),
+                    },
+                );
+            }
+        }
+        c.log(
+            &mut out,
+            now,
+            "cluster-created",
+            None,
+            None,
+            format!(
+                "{} cluster with {} servers",
+                cfg.cluster.mode,
+                cfg.servers.len()
+            ),
+        );
+        c.refresh_routes(cfg);
+        (c, out)
+    }
+
+    fn new_instance_id(&mut self, service: &str, server: &str) -> InstanceId {
+        let id = format!("{service}-{server}-{}", self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn issue(&mut self, out: &mut Output, kind: CommandKind) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let cmd = Command { id, kind };
+        self.pending.insert(id, cmd.clone());
+        out.commands.push(cmd);
+        id
+    }
+
+    fn log(
+        &self,
+        out: &mut Output,
+        now: Now,
+        kind: &str,
+        server: Option<&str>,
+        workflow: Option<u64>,
+        message: String,
+    ) {
+        out.events.push(LogEvent {
+            at_ms: now.wall_ms,
+            kind: kind.to_string(),
+            server: server.map(str::to_string),
+            workflow,
+            message,
+        });
+    }
+
+    /// Applies one event. See the module docs for the phases.
+    pub fn apply(&mut self, cfg: &Config, event: Event, now: Now) -> Output {
+        let mut out = Output::default();
+        match event {
+            Event::Observed {
+                server,
+                observation,
+            } => self.on_observed(cfg, &server, observation, now, &mut out),
+            Event::Judged { server, judgement } => {
+                self.on_judged(&server, judgement, now, &mut out)
+            }
+            Event::Tick => {}
+            Event::CommandDone { id, result } => {
+                self.on_command_done(cfg, id, result, now, &mut out)
+            }
+            Event::TrafficSynced { version, in_flight } => {
+                self.on_traffic_synced(version, &in_flight)
+            }
+            Event::Operator { by, command } => {
+                // Refusals are reported by `check_operator` before the event is applied;
+                // here the request is carried out.
+                self.on_operator(&by, command, now, &mut out);
+            }
+        }
+        self.advance(cfg, now, &mut out);
+        self.refresh_routes(cfg);
+        out
+    }
+
+    /// Whether an operator's command fits the current state.
+    pub fn check_operator(&self, command: &OperatorCommand) -> Result<(), Refusal> {
+        match command {
+            OperatorCommand::Rejuvenate { server, .. } => {
+                let s = self
+                    .servers
+                    .get(server)
+                    .ok_or_else(|| Refusal::UnknownServer(server.clone()))?;
+                if s.maintenance {
+                    return Err(Refusal::InMaintenance(server.clone()));
+                }
+                if self.workflows.values().any(|w| &w.server == server) {
+                    return Err(Refusal::Busy(server.clone()));
+                }
+                if s.role == Role::Spare {
+                    return Err(Refusal::Spare(server.clone()));
+                }
+                Ok(())
+            }
+            OperatorCommand::Maintenance { server, .. } => self
+                .servers
+                .get(server)
+                .map(|_| ())
+                .ok_or_else(|| Refusal::UnknownServer(server.clone())),
+            OperatorCommand::Pause | OperatorCommand::Resume => Ok(()),
+        }
+    }
+
+    fn on_operator(&mut self, by: &str, command: OperatorCommand, now: Now, out: &mut Output) {
+        if let Err(refusal) = self.check_operator(&command) {
+            self.log(
+                out,
+                now,
+                "operator-refused",
+                None,
+                None,
+                format!("{by}: {refusal}"),
+            );
+            return;
+        }
+        match command {
+            OperatorCommand::Rejuvenate { server, force } => {
+                if let Some(s) = self.servers.get_mut(&server) {
+                    s.manual_request = Some(force);
+                }
+                self.log(
+                    out,
+                    now,
+                    "operator",
+                    Some(&server),
+                    None,
+                    format!(
+                        "{by} asked to rejuvenate {server}{}",
+                        if force {
+                            " (force: budget ignored)"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+            OperatorCommand::Maintenance { server, on } => {
+                if let Some(s) = self.servers.get_mut(&server) {
+                    s.maintenance = on;
+                    if on {
+                        s.manual_request = None;
+                    }
+                }
+                self.log(
+                    out,
+                    now,
+                    "operator",
+                    Some(&server),
+                    None,
+                    format!(
+                        "{by} turned maintenance {} for {server}",
+                        if on { "on" } else { "off" }
+                    ),
+                );
+            }
+            OperatorCommand::Pause => {
+                self.paused = true;
+                self.log(
+                    out,
+                    now,
+                    "operator",
+                    None,
+                    None,
+                    format!("{by} paused rejuv: no new workflow starts; running ones finish"),
+                );
+            }
+            OperatorCommand::Resume => {
+                self.paused = false;
+                self.log(
+                    out,
+                    now,
+                    "operator",
+                    None,
+                    None,
+                    format!("{by} resumed rejuv"),
+                );
+            }
+        }
+    }
+
+    fn on_observed(
+        &mut self,
+        _cfg: &Config,
+        server: &str,
+        obs: Observation,
+        now: Now,
+        out: &mut Output,
+    ) {
+        let Some(s) = self.servers.get_mut(server) else {
+            return;
+        };
+        let was_reachable = s.reachable();
+        if obs.reachable != was_reachable && s.observation.is_some() {
+            let msg = if obs.reachable {
+                "agent reachable again"
+            } else {
+                "agent unreachable"
+            };
+            out.events.push(LogEvent {
+                at_ms: now.wall_ms,
+                kind: "agent".into(),
+                server: Some(server.to_string()),
+                workflow: None,
+                message: msg.into(),
+            });
+        }
+        if obs.reachable {
+            for inst in self.instances.values_mut().filter(|i| i.server == server) {
+                match obs.instances.get(&inst.id) {
+                    Some(o) => {
+                        if o.addr.is_some() {
+                            inst.addr = o.addr;
+                        }
+                        inst.healthy = o.healthy && o.state == InstanceState::Running;
+                    }
+                    None => inst.healthy = false,
+                }
+            }
+            s.observation = Some(obs);
+        } else {
+            for inst in self.instances.values_mut().filter(|i| i.server == server) {
+                inst.healthy = false;
+            }
+            match &mut s.observation {
+                Some(o) => {
+                    o.reachable = false;
+                    o.at_ms = obs.at_ms;
+                }
+                None => s.observation = Some(obs),
+            }
+        }
+        // An instance the server should run but that its agent does not know (the agent lost
+        // it, e.g. its host restarted) is started again, unless a start is already pending.
+        let s = &self.servers[server];
+        if let Some(o) = s.observation.as_ref().filter(|o| o.reachable) {
+            let missing: Vec<(InstanceId, ServiceName)> = self
+                .instances
+                .values()
+                .filter(|i| i.server == server && i.traffic != Traffic::Draining)
+                .filter(|i| !o.instances.contains_key(&i.id))
+                .filter(|i| {
+                    !self.pending.values().any(|c| {
+                        matches!(&c.kind, CommandKind::StartInstance { instance, .. } if instance == &i.id)
+                    })
+                })
+                .map(|i| (i.id.clone(), i.service.clone()))
+                .collect();
+            for (id, service) in missing {
+                self.log(
+                    out,
+                    now,
+                    "instance-lost",
+                    Some(server),
+                    None,
+                    format!("agent does not run {id}: starting it again"),
+                );
+                self.issue(
+                    out,
+                    CommandKind::StartInstance {
+                        server: server.to_string(),
+                        instance: id,
+                        service,
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_judged(&mut self, server: &str, j: Judgement, now: Now, out: &mut Output) {
+        let Some(s) = self.servers.get_mut(server) else {
+            return;
+        };
+        let changed = s.judgement != j.level;
+        s.judgement = j.level;
+        s.explanation = j.explanation.clone();
+        if changed {
+            let msg = match &j.explanation {
+                Some(e) => format!("judged {}: {}", j.level, e.message),
+                None => format!("judged {}", j.level),
+            };
+            self.log(out, now, "judgement", Some(server), None, msg);
+        }
+    }
+
+    fn on_command_done(
+        &mut self,
+        cfg: &Config,
+        id: u64,
+        result: CommandResult,
+        now: Now,
+        out: &mut Output,
+    ) {
+        let Some(cmd) = self.pending.remove(&id) else {
+            return;
+        };
+        match (&cmd.kind, result) {
+            (CommandKind::StartInstance { instance, .. }, CommandResult::Started { addr }) => {
+                if let Some(i) = self.instances.get_mut(instance) {
+                    if addr.is_some() {
+                        i.addr = addr;
+                    }
+                }
+            }
+            (
+                CommandKind::StartInstance {
+                    server, instance, ..
+                },
+                CommandResult::Failed { error },
+            ) => {
+                let wf = self.workflow_of_new_instance(instance);
+                self.log(
+                    out,
+                    now,
+                    "command-failed",
+                    Some(server),
+                    wf,
+                    format!("start {instance}: {error}"),
+                );
+                if let Some(w) = wf {
+                    self.roll_back(
+                        cfg,
+                        w,
+                        format!("starting {instance} on {server} failed: {error}"),
+                        now,
+                        out,
+                    );
+                }
+            }
+            (CommandKind::TransferState { to, .. }, CommandResult::Transferred) => {
+                for w in self.workflows.values_mut() {
+                    for p in w.pairs.iter_mut().filter(|p| &p.new == to) {
+                        p.transferred = true;
+                    }
+                }
+                if let Some(i) = self.instances.get_mut(to) {
+                    i.traffic = Traffic::Serving;
+                }
+            }
+            (CommandKind::TransferState { from, to, .. }, CommandResult::Failed { error }) => {
+                // The old instance is frozen or gone; the new one serves without the state
+                // rather than not at all, and a person is told.
+                self.log(
+                    out,
+                    now,
+                    "handoff-failed",
+                    None,
+                    None,
+                    format!(
+                        "moving state {from} -> {to} failed: {error}; serving from {to} without it"
+                    ),
+                );
+                for w in self.workflows.values_mut() {
+                    for p in w.pairs.iter_mut().filter(|p| &p.new == to) {
+                        p.transferred = true;
+                    }
+                }
+                if let Some(i) = self.instances.get_mut(to) {
+                    i.traffic = Traffic::Serving;
+                }
+                self.issue(
+                    out,
+                    CommandKind::Alert {
+                        server: None,
+                        summary: format!("state hand-off {from} -> {to} failed: {error}"),
+                    },
+                );
+            }
+            (
+                CommandKind::Rejuvenate { server, run_id, .. },
+                CommandResult::Rejuvenated { report },
+            ) => {
+                let Some(w) = self.workflows.values_mut().find(|w| &w.run_id == run_id) else {
+                    return;
+                };
+                let wid = w.id;
+                if let Some(failed) = report.failed().cloned() {
+                    let reason = format!("action {} failed: {}", failed.action, failed.detail);
+                    w.report = Some(report);
+                    self.fail(wid, reason, now, out);
+                    return;
+                }
+                let summary: Vec<String> = report
+                    .actions
+                    .iter()
+                    .map(|a| format!("{} {:?}", a.action, a.outcome).to_lowercase())
+                    .collect();
+                w.report = Some(report);
+                w.enter(Phase::Verifying, now);
+                let server = server.clone();
+                self.instances
+                    .retain(|_, i| !(i.server == server && i.traffic == Traffic::Draining));
+                self.log(
+                    out,
+                    now,
+                    "step",
+                    Some(&server),
+                    Some(wid),
+                    format!(
+                        "rejuvenated ({}); verifying it is fresh",
+                        summary.join(", ")
+                    ),
+                );
+            }
+            (CommandKind::Rejuvenate { run_id, .. }, CommandResult::Failed { error }) => {
+                if let Some(wid) = self
+                    .workflows
+                    .values()
+                    .find(|w| &w.run_id == run_id)
+                    .map(|w| w.id)
+                {
+                    self.fail(wid, format!("rejuvenation failed: {error}"), now, out);
+                }
+            }
+            (CommandKind::StopInstance { server, instance }, CommandResult::Failed { error }) => {
+                self.log(
+                    out,
+                    now,
+                    "command-failed",
+                    Some(server),
+                    None,
+                    format!("stop {instance}: {error}"),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn on_traffic_synced(&mut self, version: u64, in_flight: &BTreeMap<InstanceId, u64>) {
+        self.routes_applied = self.routes_applied.max(version);
+        for i in self.instances.values_mut() {
+            if i.traffic == Traffic::Draining && !i.drained {
+                if let Some(from) = i.draining_from_version {
+                    if version >= from && in_flight.get(&i.id).copied().unwrap_or(0) == 0 {
+                        i.drained = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn workflow_of_new_instance(&self, instance: &str) -> Option<u64> {
+        self.workflows
+            .values()
+            .find(|w| w.pairs.iter().any(|p| p.new == instance))
+            .map(|w| w.id)
+    }
+
+    /// Moves every workflow as far as the state allows, then plans new ones.
+    fn advance(&mut self, cfg: &Config, now: Now, out: &mut Output) {
+        let ids: Vec<u64> = self.workflows.keys().copied().collect();
+        for id in ids {
+            // A workflow may move several phases in one step (e.g. a stateless drain that
+            // finishes as soon as the table is applied); bound the loop by the phase count.
+            for _ in 0..8 {
+                let Some(before) = self.workflows.get(&id).map(|w| w.phase) else {
+                    break;
+                };
+                self.advance_workflow(cfg, id, now, out);
+                if self.workflows.get(&id).map(|w| w.phase) == Some(before) {
+                    break;
+                }
+            }
+        }
+        self.plan(cfg, now, out);
+    }
+
+    fn advance_workflow(&mut self, cfg: &Config, id: u64, now: Now, out: &mut Output) {
+        let Some(w) = self.workflows.get(&id) else {
+            return;
+        };
+        let since = now.wall_ms.saturating_sub(w.phase_since_ms);
+        let server = w.server.clone();
+        let target = w.target.clone();
+        match w.phase {
+            Phase::Duplexing => {
+                let all_healthy = w.pairs.iter().all(|p| {
+                    self.instances
+                        .get(&p.new)
+                        .is_some_and(|i| i.healthy && i.addr.is_some())
+                });
+                if all_healthy {
+                    let n = w.pairs.len();
+                    let w = self.workflows.get_mut(&id).expect("present");
+                    w.enter(Phase::Gating, now);
+                    self.log(
+                        out,
+                        now,
+                        "step",
+                        Some(&server),
+                        Some(id),
+                        format!(
+                            "duplexed: {n} instance(s) healthy on {target}; the replacement is hot"
+                        ),
+                    );
+                    self.advance_workflow(cfg, id, now, out);
+                } else if u128::from(since) >= cfg.rejuvenation.duplex_timeout.as_millis() {
+                    self.roll_back(
+                        cfg,
+                        id,
+                        format!(
+                            "instances on {target} not healthy within {:?}",
+                            cfg.rejuvenation.duplex_timeout
+                        ),
+                        now,
+                        out,
+                    );
+                }
+            }
+            Phase::Gating => {
+                // A copy that fell unhealthy while waiting is not switched to.
+                let copies_ok = w
+                    .pairs
+                    .iter()
+                    .all(|p| self.instances.get(&p.new).is_some_and(|i| i.healthy));
+                let s = &self.servers[&server];
+                let obs = s.observation.as_ref();
+                let input = GateInput {
+                    load1: obs.map_or(0.0, |o| o.load1),
+                    running_time_s: obs.map_or(0.0, |o| o.running_time_s),
+                    waited_s: since as f64 / 1000.0,
+                    tte_s: s.explanation.as_ref().and_then(|e| e.tte_s),
+                };
+                let mut decision = gate::decide(&cfg.gate, input);
+                if s.manual_request.is_some() || w.forced {
+                    decision = gate::GateDecision::Now {
+                        reason: "requested by an operator".into(),
+                    };
+                }
+                if !copies_ok {
+                    decision = gate::GateDecision::Wait {
+                        reason: "a copy on the target is not healthy".into(),
+                    };
+                }
+                let reason = decision.reason().to_string();
+                let changed = w.gate_reason.as_deref() != Some(reason.as_str());
+                if decision.is_now() {
+                    self.switch(cfg, id, reason, now, out);
+                } else {
+                    if changed {
+                        self.log(
+                            out,
+                            now,
+                            "gate",
+                            Some(&server),
+                            Some(id),
+                            format!("waiting: {reason}"),
+                        );
+                    }
+                    self.workflows.get_mut(&id).expect("present").gate_reason = Some(reason);
+                }
+            }
+            Phase::Draining => {
+                let drain_limit = w
+                    .pairs
+                    .iter()
+                    .filter_map(|p| cfg.services.get(&p.service))
+                    .map(|s| s.drain)
+                    .max()
+                    .unwrap_or_default();
+                let all_drained = w
+                    .pairs
+                    .iter()
+                    .all(|p| self.instances.get(&p.old).is_none_or(|i| i.drained));
+                let timed_out = u128::from(since) >= drain_limit.as_millis();
+                if all_drained || timed_out {
+                    if !all_drained {
+                        self.log(
+                            out,
+                            now,
+                            "drain-timeout",
+                            Some(&server),
+                            Some(id),
+                            format!(
+                                "in-flight requests still running after {drain_limit:?}; going on"
+                            ),
+                        );
+                    }
+                    let handoffs: Vec<Pair> = w
+                        .pairs
+                        .iter()
+                        .filter(|p| p.handoff && !p.transferred)
+                        .cloned()
+                        .collect();
+                    let w = self.workflows.get_mut(&id).expect("present");
+                    if handoffs.is_empty() {
+                        self.start_rejuvenation(cfg, id, now, out);
+                    } else {
+                        w.enter(Phase::HandingOff, now);
+                        self.log(
+                            out,
+                            now,
+                            "step",
+                            Some(&server),
+                            Some(id),
+                            format!(
+                                "drained; moving the state of {} instance(s) to {target}",
+                                handoffs.len()
+                            ),
+                        );
+                        for p in handoffs {
+                            self.issue(
+                                out,
+                                CommandKind::TransferState {
+                                    from_server: server.clone(),
+                                    from: p.old.clone(),
+                                    to_server: target.clone(),
+                                    to: p.new.clone(),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            Phase::HandingOff => {
+                if w.pairs.iter().all(|p| !p.handoff || p.transferred) {
+                    self.start_rejuvenation(cfg, id, now, out);
+                }
+            }
+            Phase::Rejuvenating => {}
+            Phase::Verifying => {
+                let w = &self.workflows[&id];
+                let fresh = self.servers[&server].observation.as_ref().is_some_and(|o| {
+                    o.reachable
+                        && w.report
+                            .as_ref()
+                            .is_some_and(|r| o.running_since_ms >= r.started_at_ms)
+                        && w.pairs.iter().all(|p| !o.instances.contains_key(&p.old))
+                });
+                if fresh {
+                    self.complete(id, now, out);
+                } else if u128::from(since) >= cfg.rejuvenation.verify_timeout.as_millis() {
+                    self.fail(
+                        id,
+                        format!(
+                            "did not come back fresh within {:?}",
+                            cfg.rejuvenation.verify_timeout
+                        ),
+                        now,
+                        out,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The gate said now: the copies take the traffic, the source leaves the list.
+    fn switch(&mut self, cfg: &Config, id: u64, gate_reason: String, now: Now, out: &mut Output) {
+        let next_version = self.routes_version + 1;
+        let w = self.workflows.get_mut(&id).expect("present");
+        w.gate_reason = Some(gate_reason.clone());
+        w.enter(Phase::Draining, now);
+        let pairs = w.pairs.clone();
+        let server = w.server.clone();
+        let target = w.target.clone();
+        for p in &pairs {
+            if let Some(new) = self.instances.get_mut(&p.new) {
+                // A stateful copy takes traffic only once the state has moved.
+                if !p.handoff {
+                    new.traffic = Traffic::Serving;
+                }
+            }
+            if let Some(old) = self.instances.get_mut(&p.old) {
+                old.traffic = Traffic::Draining;
+                old.draining_from_version = Some(next_version);
+                old.drained = false;
+            }
+        }
+        if let Some(s) = self.servers.get_mut(&server) {
+            s.state = ServerState::Rejuvenating { workflow: id };
+        }
+        if self.mode == Mode::ActiveStandby {
+            if let Some(t) = self.servers.get_mut(&target) {
+                t.role = Role::Primary;
+            }
+        }
+        let _ = cfg;
+        self.log(
+            out,
+            now,
+            "step",
+            Some(&server),
+            Some(id),
+            format!(
+            "gate open ({gate_reason}): {server} off the list, {target} takes its traffic; draining"
+        ),
+        );
+    }
+
+    fn start_rejuvenation(&mut self, cfg: &Config, id: u64, now: Now, out: &mut Output) {
+        let w = self.workflows.get_mut(&id).expect("present");
+        w.enter(Phase::Rejuvenating, now);
+        let server = w.server.clone();
+        let run_id = w.run_id.clone();
+        let actions = cfg.rejuvenation.actions.clone();
+        let names: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
+        self.log(
+            out,
+            now,
+            "step",
+            Some(&server),
+            Some(id),
+            format!("rejuvenating: {}", names.join(", ")),
+        );
+        self.issue(
+            out,
+            CommandKind::Rejuvenate {
+                server,
+                run_id,
+                actions,
+            },
+        );
+    }
+
+    fn complete(&mut self, id: u64, now: Now, out: &mut Output) {
+        let Some(mut w) = self.workflows.remove(&id) else {
+            return;
+        };
+        w.steps.push(StepTime {
+            phase: "rejoined".into(),
+            at_ms: now.wall_ms,
+        });
+        w.outcome = Some(Outcome::Completed);
+        let role = match self.mode {
+            Mode::ActiveStandby => Role::Spare,
+            Mode::ActiveActive => Role::Primary,
+        };
+        if let Some(s) = self.servers.get_mut(&w.server) {
+            s.state = ServerState::InService;
+            s.role = role;
+            s.manual_request = None;
+            s.judgement = Level::Stable;
+            s.explanation = None;
+            s.blocked_reason = None;
+        }
+        if let Some(t) = self.servers.get_mut(&w.target) {
+            if t.reserved_by == Some(id) {
+                t.reserved_by = None;
+            }
+        }
+        self.issue(
+            out,
+            CommandKind::ResetDetector {
+                server: w.server.clone(),
+            },
+        );
+        let secs = now.wall_ms.saturating_sub(w.started_at_ms) as f64 / 1000.0;
+        self.log(
+            out,
+            now,
+            "workflow-completed",
+            Some(&w.server),
+            Some(id),
+            format!(
+                "{} is fresh and back on the list as {role} ({secs:.1}s end to end)",
+                w.server
+            ),
+        );
+        self.completed_total += 1;
+        self.finish(w);
+    }
+
+    fn finish(&mut self, w: Workflow) {
+        self.history.push(w);
+        if self.history.len() > HISTORY_KEPT {
+            let extra = self.history.len() - HISTORY_KEPT;
+            self.history.drain(..extra);
+        }
+    }
+
+    /// Undoes a workflow that has not switched yet: the copies are stopped, the target is
+    /// released and kept from being chosen again for a while; the source keeps serving.
+    fn roll_back(&mut self, cfg: &Config, id: u64, reason: String, now: Now, out: &mut Output) {
+        let Some(w) = self.workflows.get(&id) else {
+            return;
+        };
+        if !matches!(w.phase, Phase::Duplexing | Phase::Gating) {
+            // Past the switch there is nothing to undo: the copies serve.
+            return;
+        }
+        let mut w = self.workflows.remove(&id).expect("present");
+        for p in &w.pairs {
+            if let Some(i) = self.instances.remove(&p.new) {
+                self.issue(
+                    out,
+                    CommandKind::StopInstance {
+                        server: i.server,
+                        instance: i.id,
+                    },
+                );
+            }
+        }
+        if let Some(t) = self.servers.get_mut(&w.target) {
+            if t.reserved_by == Some(id) {
+                t.reserved_by = None;
+            }
+            t.avoid_as_target_until_ms =
+                Some(now.wall_ms + cfg.rejuvenation.failed_target_cooldown.as_millis() as u64);
+        }
+        w.outcome = Some(Outcome::RolledBack {
+            reason: reason.clone(),
+        });
+        w.steps.push(StepTime {
+            phase: "rolled-back".into(),
+            at_ms: now.wall_ms,
+        });
+        self.log(
+            out,
+            now,
+            "workflow-rolled-back",
+            Some(&w.server),
+            Some(id),
+            format!(
+                "{reason}; {} keeps serving, {} is released",
+                w.server, w.target
+            ),
+        );
+        self.issue(
+            out,
+            CommandKind::Alert {
+                server: Some(w.server.clone()),
+                summary: format!("workflow {id} for {} rolled back: {reason}", w.server),
+            },
+        );
+        self.rolled_back_total += 1;
+        self.finish(w);
+    }
+
+    /// A workflow past its switch failed: the source stays off the list, a person is alerted.
+    fn fail(&mut self, id: u64, reason: String, now: Now, out: &mut Output) {
+        let Some(mut w) = self.workflows.remove(&id) else {
+            return;
+        };
+        if let Some(s) = self.servers.get_mut(&w.server) {
+            s.state = ServerState::Failed {
+                reason: reason.clone(),
+            };
+            s.manual_request = None;
+        }
+        if let Some(t) = self.servers.get_mut(&w.target) {
+            if t.reserved_by == Some(id) {
+                t.reserved_by = None;
+            }
+        }
+        w.outcome = Some(Outcome::Failed {
+            reason: reason.clone(),
+        });
+        w.steps.push(StepTime {
+            phase: "failed".into(),
+            at_ms: now.wall_ms,
+        });
+        self.log(
+            out,
+            now,
+            "workflow-failed",
+            Some(&w.server),
+            Some(id),
+            format!(
+                "{reason}; {} stays off the list until an operator looks",
+                w.server
+            ),
+        );
+        self.issue(
+            out,
+            CommandKind::Alert {
+                server: Some(w.server.clone()),
+                summary: format!("rejuvenation of {} failed: {reason}", w.server),
+            },
+        );
+        self.failed_total += 1;
+        self.finish(w);
+    }
+
+    /// Capacity units of primaries on the list, counting sources of running workflows as off.
+    pub fn available_capacity(&self) -> u32 {
+        let busy: BTreeSet<&ServerId> = self.workflows.values().map(|w| &w.server).collect();
+        self.servers
+            .values()
+            .filter(|s| s.on_list() && s.role == Role::Primary && !busy.contains(&s.id))
+            .map(|s| s.capacity)
+            .sum()
+    }
+
+    fn used_units(&self, cfg: &Config, server: &str) -> u32 {
+        self.instances
+            .values()
+            .filter(|i| i.server == server)
+            .map(|i| cfg.services.get(&i.service).map_or(1, |s| s.units))
+            .sum()
+    }
+
+    /// Starts a workflow for every server that needs one, within the budget.
+    fn plan(&mut self, cfg: &Config, now: Now, out: &mut Output) {
+        let candidates: Vec<ServerId> = self
+            .servers
+            .values()
+            .filter(|s| {
+                s.on_list() && s.role == Role::Primary && !s.maintenance && s.reserved_by.is_none()
+            })
+            .filter(|s| s.judgement == Level::Unstable || s.manual_request.is_some())
+            .filter(|s| !self.workflows.values().any(|w| w.server == s.id))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in candidates {
+            let forced = self.servers[&id].manual_request == Some(true);
+            let manual = self.servers[&id].manual_request.is_some();
+            if self.paused && !manual {
+                self.blocked(&id, "rejuv is paused".into(), false, now, out);
+                continue;
+            }
+            if !forced && self.workflows.len() as u32 >= cfg.budget.max_concurrent {
+                self.blocked(
+                    &id,
+                    format!(
+                        "waiting: {} workflow(s) running, budget {}",
+                        self.workflows.len(),
+                        cfg.budget.max_concurrent
+                    ),
+                    false,
+                    now,
+                    out,
+                );
+                continue;
+            }
+            match self.choose_target(cfg, &id, now) {
+                Ok(target) => self.start_workflow(cfg, &id, &target, forced, now, out),
+                Err(why) => self.blocked(&id, why, true, now, out),
+            }
+        }
+    }
+
+    fn blocked(&mut self, server: &str, why: String, alert: bool, now: Now, out: &mut Output) {
+        let s = self.servers.get_mut(server).expect("present");
+        if s.blocked_reason.as_deref() == Some(why.as_str()) {
+            return;
+        }
+        s.blocked_reason = Some(why.clone());
+        self.log(
+            out,
+            now,
+            "no-target",
+            Some(server),
+            None,
+            format!("{server} needs rejuvenation but {why}"),
+        );
+        if alert {
+            self.issue(
+                out,
+                CommandKind::Alert {
+                    server: Some(server.to_string()),
+                    summary: format!("{server} needs rejuvenation but {why}"),
+                },
+            );
+        }
+    }
+
+    /// The target for `source`, or why there is none.
+    fn choose_target(&self, cfg: &Config, source: &str, now: Now) -> Result<ServerId, String> {
+        let needed: u32 = self.used_units(cfg, source);
+        let src = &self.servers[source];
+        let usable = |s: &&Server| {
+            s.id != source
+                && s.on_list()
+                && !s.maintenance
+                && s.reserved_by.is_none()
+                && s.reachable()
+                && s.avoid_as_target_until_ms.is_none_or(|t| now.wall_ms >= t)
+                && !self.workflows.values().any(|w| w.server == s.id)
+        };
+        let (target, gain) = match self.mode {
+            Mode::ActiveStandby => {
+                let spares: Vec<&Server> = self
+                    .servers
+                    .values()
+                    .filter(|s| s.role == Role::Spare)
+                    .filter(usable)
+                    .collect();
+                let fit = spares
+                    .iter()
+                    .filter(|s| s.capacity >= needed)
+                    .min_by(|a, b| {
+                        let ra = a.observation.as_ref().map_or(0.0, |o| o.running_time_s);
+                        let rb = b.observation.as_ref().map_or(0.0, |o| o.running_time_s);
+                        ra.total_cmp(&rb).then(a.id.cmp(&b.id))
+                    });
+                match fit {
+                    Some(t) => (t.id.clone(), t.capacity),
+                    None if spares.is_empty() => return Err("no healthy spare is free".into()),
+                    None => return Err(format!("no free spare has {needed} units of capacity")),
+                }
+            }
+            Mode::ActiveActive => {
+                let best = self
+                    .servers
+                    .values()
+                    .filter(|s| s.role == Role::Primary)
+                    .filter(usable)
+                    .map(|s| (s, s.capacity.saturating_sub(self.used_units(cfg, &s.id))))
+                    .filter(|(_, free)| *free >= needed)
+                    .max_by(|a, b| a.1.cmp(&b.1).then(b.0.id.cmp(&a.0.id)));
+                match best {
+                    Some((t, _)) => (t.id.clone(), 0),
+                    None => return Err(format!("no primary has {needed} units of spare capacity")),
+                }
+            }
+        };
+        let after = (self.available_capacity() + gain).saturating_sub(src.capacity);
+        if after < cfg.budget.min_available_capacity {
+            return Err(format!(
+                "the capacity floor would be broken ({after} < {} units)",
+                cfg.budget.min_available_capacity
+            ));
+        }
+        Ok(target)
+    }
+
+    fn start_workflow(
+        &mut self,
+        cfg: &Config,
+        source: &str,
+        target: &str,
+        forced: bool,
+        now: Now,
+        out: &mut Output,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let src = &self.servers[source];
+        let (reason, explanation) = match (&src.manual_request, &src.explanation) {
+            (Some(_), _) => (
+                "requested by an operator".to_string(),
+                src.explanation.clone(),
+            ),
+            (None, Some(e)) => (e.message.clone(), Some(e.clone())),
+            (None, None) => ("judged unstable".to_string(), None),
+        };
+        let old: Vec<(InstanceId, ServiceName)> = self
+            .instances
+            .values()
+            .filter(|i| i.server == source && i.traffic != Traffic::Draining)
+            .map(|i| (i.id.clone(), i.service.clone()))
+            .collect();
+        let mut pairs = Vec::new();
+        for (old_id, service) in old {
+            let new_id = self.new_instance_id(&service, target);
+            self.instances.insert(
+                new_id.clone(),
+                Instance {
+                    id: new_id.clone(),
+                    service: service.clone(),
+                    server: target.to_string(),
+                    addr: None,
+                    healthy: false,
+                    traffic: Traffic::Standby,
+                    draining_from_version: None,
+                    drained: false,
+                },
+            );
+            pairs.push(Pair {
+                handoff: cfg
+                    .services
+                    .get(&service)
+                    .is_some_and(|s| s.handoff.is_some()),
+                service: service.clone(),
+                old: old_id,
+                new: new_id.clone(),
+                transferred: false,
+            });
+            self.issue(
+                out,
+                CommandKind::StartInstance {
+                    server: target.to_string(),
+                    instance: new_id,
+                    service,
+                },
+            );
+        }
+        let mut w = Workflow {
+            id,
+            server: source.to_string(),
+            target: target.to_string(),
+            reason: reason.clone(),
+            explanation,
+            phase: Phase::Duplexing,
+            started_at_ms: now.wall_ms,
+            phase_since_ms: now.wall_ms,
+            pairs,
+            run_id: format!("wf{id}-{}", now.wall_ms),
+            report: None,
+            gate_reason: None,
+            steps: vec![],
+            outcome: None,
+            forced,
+        };
+        w.enter(Phase::Duplexing, now);
+        let n = w.pairs.len();
+        self.workflows.insert(id, w);
+        if let Some(t) = self.servers.get_mut(target) {
+            t.reserved_by = Some(id);
+        }
+        if let Some(s) = self.servers.get_mut(source) {
+            s.blocked_reason = None;
+        }
+        self.log(
+            out,
+            now,
+            "workflow-started",
+            Some(source),
+            Some(id),
+            format!("{source} unstable ({reason}); duplexing {n} instance(s) onto {target}"),
+        );
+    }
+
+    /// Recomputes the route table; bumps its version when it changed.
+    fn refresh_routes(&mut self, cfg: &Config) {
+        let mut services: BTreeMap<ServiceName, ServiceRoutes> = BTreeMap::new();
+        for name in cfg.services.keys() {
+            let hold = cfg.services[name]
+                .handoff
+                .as_ref()
+                .map_or(5_000, |h| h.hold.as_millis() as u64);
+            services.insert(
+                name.clone(),
+                ServiceRoutes {
+                    backends: vec![],
+                    hold: false,
+                    max_hold_ms: hold,
+                },
+            );
+        }
+        for i in self.instances.values() {
+            let Some(addr) = i.addr else { continue };
+            let state = match i.traffic {
+                Traffic::Serving if i.healthy => BackendState::Serving,
+                Traffic::Draining if !i.drained => BackendState::Draining,
+                _ => continue,
+            };
+            if let Some(r) = services.get_mut(&i.service) {
+                r.backends.push(Backend {
+                    id: i.id.clone(),
+                    addr,
+                    state,
+                });
+            }
+        }
+        if services != self.routes.services {
+            self.routes_version += 1;
+            self.routes = RouteTable {
+                version: self.routes_version,
+                services,
+            };
+        }
+    }
+
+    /// Invariants that must hold after every step; each broken one is described.
+    pub fn check_invariants(&self, cfg: &Config) -> Vec<String> {
+        let mut bad = Vec::new();
+        let mut targets = BTreeSet::new();
+        for w in self.workflows.values() {
+            if !targets.insert(&w.target) {
+                bad.push(format!(
+                    "server {} is the target of two workflows",
+                    w.target
+                ));
+            }
+            if self.servers.get(&w.target).and_then(|t| t.reserved_by) != Some(w.id) {
+                bad.push(format!(
+                    "workflow {} does not hold its target {}",
+                    w.id, w.target
+                ));
+            }
+            let off_list = !self.servers[&w.server].on_list();
+            let copies_healthy_or_switched =
+                w.pairs.iter().all(|p| {
+                    self.instances.get(&p.new).is_some_and(|i| {
+                        i.healthy || i.traffic != Traffic::Standby || p.transferred
+                    })
+                }) || !matches!(w.phase, Phase::Duplexing | Phase::Gating);
+            if off_list && matches!(w.phase, Phase::Duplexing | Phase::Gating) {
+                bad.push(format!(
+                    "{} is off the list before its copies are hot",
+                    w.server
+                ));
+            }
+            let _ = copies_healthy_or_switched;
+        }
+        let unforced = self.workflows.values().filter(|w| !w.forced).count() as u32;
+        if unforced > cfg.budget.max_concurrent {
+            bad.push(format!(
+                "{unforced} workflows running, budget {}",
+                cfg.budget.max_concurrent
+            ));
+        }
+        for s in self.servers.values() {
+            if let Some(wid) = s.reserved_by {
+                if !self.workflows.contains_key(&wid) {
+                    bad.push(format!("{} reserved by finished workflow {wid}", s.id));
+                }
+            }
+            if let ServerState::Rejuvenating { workflow } = s.state {
+                if !self.workflows.contains_key(&workflow) {
+                    bad.push(format!(
+                        "{} rejuvenating under finished workflow {workflow}",
+                        s.id
+                    ));
+                }
+            }
+            if self.mode == Mode::ActiveActive && s.role == Role::Spare {
+                bad.push(format!("{} is a spare in an active-active cluster", s.id));
+            }
+        }
+        bad
+    }
+
+    /// The resource a judgement is about, for display.
+    pub fn judged_resource(&self, server: &str) -> Option<Resource> {
+        self.servers
+            .get(server)?
+            .explanation
+            .as_ref()
+            .map(|e| e.resource)
+    }
+}

@@ -274,15 +274,27 @@ fn default_hold_down() -> Duration {
 
 fn default_rules() -> Vec<RuleConfig> {
     vec![
-        RuleConfig { resource: Resource::MemoryUsed, above: 0.9 },
-        RuleConfig { resource: Resource::SwapUsed, above: 0.5 },
-        RuleConfig { resource: Resource::Fds, above: 0.8 },
+        RuleConfig {
+            resource: Resource::MemoryUsed,
+            above: 0.9,
+        },
+        RuleConfig {
+            resource: Resource::SwapUsed,
+            above: 0.5,
+        },
+        RuleConfig {
+            resource: Resource::Fds,
+            above: 0.8,
+        },
     ]
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self { hold_down: default_hold_down(), rules: default_rules() }
+        Self {
+            hold_down: default_hold_down(),
+            rules: default_rules(),
+        }
     }
 }
 
@@ -338,7 +350,10 @@ fn default_max_concurrent() -> u32 {
 
 impl Default for BudgetConfig {
     fn default() -> Self {
-        Self { max_concurrent: default_max_concurrent(), min_available_capacity: 0 }
+        Self {
+            max_concurrent: default_max_concurrent(),
+            min_available_capacity: 0,
+        }
     }
 }
 
@@ -476,7 +491,11 @@ fn default_adapter() -> TrafficAdapter {
 
 impl Default for TrafficConfig {
     fn default() -> Self {
-        Self { adapter: default_adapter(), admin: None, listen: BTreeMap::new() }
+        Self {
+            adapter: default_adapter(),
+            admin: None,
+            listen: BTreeMap::new(),
+        }
     }
 }
 
@@ -506,7 +525,10 @@ fn default_store_path() -> PathBuf {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { kind: default_store_kind(), path: default_store_path() }
+        Self {
+            kind: default_store_kind(),
+            path: default_store_path(),
+        }
     }
 }
 
@@ -530,7 +552,10 @@ fn default_workflows_kept() -> u32 {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        Self { events: default_events_kept(), workflows: default_workflows_kept() }
+        Self {
+            events: default_events_kept(),
+            workflows: default_workflows_kept(),
+        }
     }
 }
 
@@ -554,7 +579,10 @@ impl Config {
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         let mut err = |field: String, reason: &str| {
-            errs.push(FieldError { field, reason: reason.to_string() })
+            errs.push(FieldError {
+                field,
+                reason: reason.to_string(),
+            })
         };
 
         if self.servers.is_empty() {
@@ -565,9 +593,15 @@ impl Config {
         for (i, s) in self.servers.iter().enumerate() {
             let f = |name: &str| format!("servers[{i}].{name}");
             if s.id.is_empty()
-                || !s.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || !s
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                err(f("id"), "must be non-empty and use only letters, digits, '-' and '_'");
+                err(
+                    f("id"),
+                    "must be non-empty and use only letters, digits, '-' and '_'",
+                );
             }
             if !ids.insert(s.id.clone()) {
                 err(f("id"), "duplicate server id");
@@ -586,11 +620,17 @@ impl Config {
             }
             for (j, svc) in s.instances.iter().enumerate() {
                 if !self.services.contains_key(svc) {
-                    err(format!("servers[{i}].instances[{j}]"), "names a service not in [services]");
+                    err(
+                        format!("servers[{i}].instances[{j}]"),
+                        "names a service not in [services]",
+                    );
                 }
             }
             if self.cluster.mode == Mode::ActiveActive && s.role == Role::Spare {
-                err(f("role"), "active-active clusters have no spares: every server is a primary");
+                err(
+                    f("role"),
+                    "active-active clusters have no spares: every server is a primary",
+                );
             }
             if s.role == Role::Spare && !s.instances.is_empty() {
                 err(f("instances"), "a spare runs nothing until it takes over");
@@ -602,7 +642,10 @@ impl Config {
                 .map(|svc| svc.units)
                 .sum();
             if units > s.capacity {
-                err(f("instances"), "the initial instances need more units than the server's capacity");
+                err(
+                    f("instances"),
+                    "the initial instances need more units than the server's capacity",
+                );
             }
         }
         // Port ranges on the same address must not overlap.
@@ -614,7 +657,10 @@ impl Config {
                 {
                     err(
                         format!("servers[{i}].port_range"),
-                        &format!("overlaps the port range of server '{}' on the same address", b.id),
+                        &format!(
+                            "overlaps the port range of server '{}' on the same address",
+                            b.id
+                        ),
                     );
                 }
             }
@@ -622,7 +668,10 @@ impl Config {
         if self.cluster.mode == Mode::ActiveStandby
             && !self.servers.iter().any(|s| s.role == Role::Spare)
         {
-            err("servers".into(), "active-standby needs at least one server with role = \"spare\"");
+            err(
+                "servers".into(),
+                "active-standby needs at least one server with role = \"spare\"",
+            );
         }
 
         if self.services.is_empty() {
@@ -631,9 +680,14 @@ impl Config {
         for (name, svc) in &self.services {
             let f = |field: &str| format!("services.{name}.{field}");
             if name.is_empty()
-                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                err(format!("services.{name}"), "service names use only letters, digits, '-' and '_'");
+                err(
+                    format!("services.{name}"),
+                    "service names use only letters, digits, '-' and '_'",
+                );
             }
             if !svc.command.is_absolute() {
                 err(f("command"), "must be an absolute path");
@@ -658,7 +712,10 @@ impl Config {
         }
 
         if self.policy.hold_down.is_zero() && self.policy.rules.is_empty() {
-            err("policy.rules".into(), "no rules: the detector would never judge a server");
+            err(
+                "policy.rules".into(),
+                "no rules: the detector would never judge a server",
+            );
         }
         for (i, r) in self.policy.rules.iter().enumerate() {
             let fraction = !matches!(r.resource, Resource::Threads | Resource::HealthLatencyMs);
@@ -677,14 +734,23 @@ impl Config {
             err("gate.max_load".into(), "must be a non-negative number");
         }
         if self.budget.max_concurrent == 0 {
-            err("budget.max_concurrent".into(), "must be at least 1, or rejuv could never act");
+            err(
+                "budget.max_concurrent".into(),
+                "must be at least 1, or rejuv could never act",
+            );
         }
         let total: u32 = self.servers.iter().map(|s| s.capacity).sum();
         if self.budget.min_available_capacity > total {
-            err("budget.min_available_capacity".into(), "is more than the whole cluster's capacity");
+            err(
+                "budget.min_available_capacity".into(),
+                "is more than the whole cluster's capacity",
+            );
         }
         if self.rejuvenation.actions.is_empty() {
-            err("rejuvenation.actions".into(), "at least one action is required");
+            err(
+                "rejuvenation.actions".into(),
+                "at least one action is required",
+            );
         }
         let mut seen = BTreeSet::new();
         for (i, a) in self.rejuvenation.actions.iter().enumerate() {
@@ -695,7 +761,10 @@ impl Config {
         if self.rejuvenation.actions.contains(&Action::RestartHost)
             && self.agent.restart_command.is_empty()
         {
-            err("agent.restart_command".into(), "restart-host is an action but no restart_command is set");
+            err(
+                "agent.restart_command".into(),
+                "restart-host is an action but no restart_command is set",
+            );
         }
         for (i, d) in self.agent.scratch_dirs.iter().enumerate() {
             if let Err(reason) = check_scratch_dir(d, &self.agent.allowed_roots) {
@@ -704,16 +773,25 @@ impl Config {
         }
         for (i, r) in self.agent.allowed_roots.iter().enumerate() {
             if !r.is_absolute() || r == std::path::Path::new("/") {
-                err(format!("agent.allowed_roots[{i}]"), "must be an absolute path other than '/'");
+                err(
+                    format!("agent.allowed_roots[{i}]"),
+                    "must be an absolute path other than '/'",
+                );
             }
         }
         if self.traffic.adapter == TrafficAdapter::Builtin {
             if self.traffic.admin.is_none() {
-                err("traffic.admin".into(), "the builtin proxy needs an admin address");
+                err(
+                    "traffic.admin".into(),
+                    "the builtin proxy needs an admin address",
+                );
             }
             for name in self.traffic.listen.keys() {
                 if !self.services.contains_key(name) {
-                    err(format!("traffic.listen.{name}"), "names a service not in [services]");
+                    err(
+                        format!("traffic.listen.{name}"),
+                        "names a service not in [services]",
+                    );
                 }
             }
         }
@@ -731,13 +809,19 @@ pub fn check_scratch_dir(dir: &std::path::Path, roots: &[PathBuf]) -> Result<(),
     if !dir.is_absolute() {
         return Err("must be an absolute path".into());
     }
-    if dir.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+    if dir
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
         return Err("must not contain '.' or '..'".into());
     }
     if dir == std::path::Path::new("/") {
         return Err("must never be '/'".into());
     }
-    if !roots.iter().any(|r| dir.starts_with(r) && dir != r.as_path()) {
+    if !roots
+        .iter()
+        .any(|r| dir.starts_with(r) && dir != r.as_path())
+    {
         return Err("is outside agent.allowed_roots".into());
     }
     Ok(())
@@ -795,7 +879,9 @@ health = { path = "/healthz" }
             .replace("role = \"spare\"", "role = \"primary\"")
             .replace("command = \"/usr/bin/true\"", "command = \"true\"")
             .replace("instances = [\"web\"]", "instances = [\"db\"]");
-        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&text) else { panic!() };
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&text) else {
+            panic!()
+        };
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"servers"), "{fields:?}");
         assert!(fields.contains(&"services.web.command"), "{fields:?}");

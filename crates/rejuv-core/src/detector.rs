@@ -54,7 +54,10 @@ pub struct Judgement {
 
 impl Judgement {
     pub fn stable() -> Self {
-        Self { level: Level::Stable, explanation: None }
+        Self {
+            level: Level::Stable,
+            explanation: None,
+        }
     }
 }
 
@@ -70,13 +73,18 @@ pub fn resource_value(resource: Resource, s: &Sample, memory_budget: u64) -> Opt
             if s.instances.is_empty() {
                 return None;
             }
-            frac(s.instances.values().map(|i| i.rss_bytes).sum(), memory_budget)
+            frac(
+                s.instances.values().map(|i| i.rss_bytes).sum(),
+                memory_budget,
+            )
         }
         Resource::HealthLatencyMs => s
             .instances
             .values()
             .filter_map(|i| i.health_latency_ms)
-            .fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.max(v)))),
+            .fold(None, |acc: Option<f64>, v| {
+                Some(acc.map_or(v, |a| a.max(v)))
+            }),
     }
 }
 
@@ -92,7 +100,11 @@ pub struct ServerDetector {
 impl ServerDetector {
     /// `memory_budget` is the bytes the server's instances may use together.
     pub fn new(policy: &PolicyConfig, memory_budget: u64) -> Self {
-        Self { policy: policy.clone(), memory_budget, firing_since_ms: None }
+        Self {
+            policy: policy.clone(),
+            memory_budget,
+            firing_since_ms: None,
+        }
     }
 
     /// Forgets all history, as after a rejuvenation.
@@ -148,7 +160,10 @@ impl ServerDetector {
                 } else {
                     Level::Suspect
                 };
-                Judgement { level, explanation: Some(e) }
+                Judgement {
+                    level,
+                    explanation: Some(e),
+                }
             }
         }
     }
@@ -172,13 +187,22 @@ mod tests {
     fn policy() -> PolicyConfig {
         PolicyConfig {
             hold_down: Duration::from_secs(3),
-            rules: vec![RuleConfig { resource: Resource::InstanceRss, above: 0.5 }],
+            rules: vec![RuleConfig {
+                resource: Resource::InstanceRss,
+                above: 0.5,
+            }],
         }
     }
 
     fn sample(rss: u64) -> Sample {
         let mut s = Sample::default();
-        s.instances.insert("web-1".into(), InstanceSample { rss_bytes: rss, ..Default::default() });
+        s.instances.insert(
+            "web-1".into(),
+            InstanceSample {
+                rss_bytes: rss,
+                ..Default::default()
+            },
+        );
         s
     }
 

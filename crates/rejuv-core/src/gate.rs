@@ -67,7 +67,10 @@ pub fn decide(cfg: &GateConfig, input: GateInput) -> GateDecision {
     }
     if input.load1 > cfg.max_load {
         return GateDecision::Wait {
-            reason: format!("load {:.2} is above max_load {:.2}", input.load1, cfg.max_load),
+            reason: format!(
+                "load {:.2} is above max_load {:.2}",
+                input.load1, cfg.max_load
+            ),
         };
     }
     GateDecision::Now {
@@ -95,7 +98,12 @@ mod tests {
     }
 
     fn input(load1: f64, running: f64, waited: f64, tte: Option<f64>) -> GateInput {
-        GateInput { load1, running_time_s: running, waited_s: waited, tte_s: tte }
+        GateInput {
+            load1,
+            running_time_s: running,
+            waited_s: waited,
+            tte_s: tte,
+        }
     }
 
     #[test]

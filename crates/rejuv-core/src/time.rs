@@ -25,6 +25,9 @@ impl Now {
 
     /// A `Now` where both clocks read the same, for tests and the simulator.
     pub fn at(ms: u64) -> Self {
-        Self { mono_ms: ms, wall_ms: ms }
+        Self {
+            mono_ms: ms,
+            wall_ms: ms,
+        }
     }
 }
