@@ -1,1 +1,98 @@
-//! rejuv controller: drives the core, talks to agents, the store and the load balancer, serves the API.
+//! rejuv controller: drives the core, talks to agents, the store and the load balancer, and
+//! serves the API.
+//!
+//! - [`engine`]: the single owner of the cluster state; applies events, commits, acts.
+//! - [`store`]: SQLite (embedded default).
+//! - [`agent_client`]: the agent API client.
+//! - [`traffic`]: traffic adapters (builtin proxy) as reconcile loops.
+//! - [`api`]: the HTTP API; [`metrics`]: Prometheus text.
+
+pub mod agent_client;
+pub mod api;
+pub mod engine;
+pub mod metrics;
+pub mod store;
+pub mod traffic;
+
+use anyhow::Context;
+use rejuv_core::config::{Config, TrafficAdapter};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+pub struct ControllerOptions {
+    pub config: Config,
+    /// Token presented to agents.
+    pub agent_token: String,
+    /// Token operators (and the builtin proxy's admin API) use.
+    pub api_token: String,
+    pub store_path: PathBuf,
+    /// Start with new workflows paused (the state machine still places and heals instances).
+    pub paused: bool,
+    /// Advisory mode: judge, plan and explain, but send no command to any agent.
+    pub dry_run: bool,
+}
+
+/// Runs the controller until `shutdown` is cancelled.
+///
+/// # Errors
+/// The store cannot be opened or holds a corrupt state; the listener fails.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    opts: ControllerOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(opts.config);
+    let store = store::Store::open(&opts.store_path, cfg.retention.events, cfg.retention.workflows)
+        .context("opening the controller store")?;
+    let reader = store::Store::open(&opts.store_path, cfg.retention.events, cfg.retention.workflows)
+        .context("opening the controller store for reading")?;
+    let client = agent_client::AgentClient::new(opts.agent_token.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let (engine, resend) =
+        engine::Engine::new(cfg.clone(), store, client.clone(), tx.clone(), opts.paused, opts.dry_run)?;
+    let published = engine.published.subscribe();
+    let routes = engine.routes.subscribe();
+    let local = shutdown.child_token();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in &cfg.servers {
+        tasks.spawn(engine::poll_agent(
+            s.id.clone(),
+            s.agent,
+            client.clone(),
+            cfg.controller.poll_interval,
+            cfg.controller.agent_timeout,
+            tx.clone(),
+            local.clone(),
+        ));
+    }
+    match cfg.traffic.adapter {
+        TrafficAdapter::Builtin => {
+            let admin = cfg.traffic.admin.context("traffic.admin is required for the builtin proxy")?;
+            if !opts.dry_run {
+                let proxy = traffic::BuiltinProxy::new(admin, opts.api_token.clone());
+                tasks.spawn(traffic::reconcile_builtin(proxy, routes, tx.clone(), local.clone()));
+            }
+        }
+        TrafficAdapter::Haproxy => anyhow::bail!("traffic.adapter = \"haproxy\" is not available in this build yet"),
+    }
+    tasks.spawn(engine.run(rx, resend, local.clone()));
+
+    let state = api::ApiState {
+        cfg: cfg.clone(),
+        token: Arc::new(opts.api_token),
+        published,
+        tx,
+        store: Arc::new(Mutex::new(reader)),
+    };
+    let app = api::router(state);
+    let serve_shutdown = local.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
+        .await
+        .context("controller API server")?;
+    local.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! The controller's HTTP API: status, events, explanations, operator actions, metrics.
+//!
+//! Every route but `/healthz` needs `Authorization: Bearer <api token>`. Operator actions are
+//! parsed into [`OperatorCommand`]s and sent to the engine, the single owner of the state; one
+//! that does not fit the current state gets `409` with the reason.
+
+use crate::engine::{Msg, Published};
+use crate::store::Store;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rejuv_core::api::ApiError;
+use rejuv_core::cluster::{OperatorCommand, Traffic};
+use rejuv_core::config::Config;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot, watch};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub cfg: Arc<Config>,
+    pub token: Arc<String>,
+    pub published: watch::Receiver<Published>,
+    pub tx: mpsc::Sender<Msg>,
+    pub store: Arc<Mutex<Store>>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
+        .route("/v1/workflows", get(workflows))
+        .route("/v1/servers/{id}/explain", get(explain))
+        .route("/v1/servers/{id}/rejuvenate", post(rejuvenate))
+        .route("/v1/servers/{id}/maintenance", post(maintenance))
+        .route("/v1/pause", post(pause))
+        .route("/v1/resume", post(resume))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(ApiError { error: msg.into() })).into_response()
+}
+
+/// Constant-time comparison of the presented bearer token.
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(v) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(presented) = v.strip_prefix("Bearer ") else { return false };
+    let (a, b) = (presented.as_bytes(), token.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn actor(headers: &HeaderMap) -> String {
+    match headers.get("x-rejuv-actor").and_then(|v| v.to_str().ok()) {
+        Some(name) if !name.is_empty() && name.len() <= 64 => format!("{name} (api token)"),
+        _ => "operator (api token)".into(),
+    }
+}
+
+macro_rules! guard {
+    ($s:expr, $h:expr) => {
+        if !authorized(&$h, &$s.token) {
+            return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    };
+}
+
+#[derive(Serialize)]
+pub struct ServerView {
+    pub id: String,
+    pub role: String,
+    pub state: String,
+    pub on_list: bool,
+    pub maintenance: bool,
+    pub reachable: bool,
+    pub judgement: String,
+    pub explanation: Option<rejuv_core::detector::Explanation>,
+    pub blocked_reason: Option<String>,
+    pub capacity: u32,
+    pub reserved_by: Option<u64>,
+    pub running_time_s: Option<f64>,
+    pub load1: Option<f64>,
+    pub instances_rss_bytes: u64,
+    pub memory_budget_bytes: Option<u64>,
+    pub crashes_total: u64,
+    pub instances: Vec<InstanceView>,
+}
+
+#[derive(Serialize)]
+pub struct InstanceView {
+    pub id: String,
+    pub service: String,
+    pub addr: Option<std::net::SocketAddr>,
+    pub healthy: bool,
+    pub traffic: Traffic,
+    pub rss_bytes: Option<u64>,
+}
+
+pub fn status_json(cfg: &Config, p: &Published) -> serde_json::Value {
+    let c = &p.cluster;
+    let servers: Vec<ServerView> = c
+        .servers
+        .values()
+        .map(|s| {
+            let sample = p.samples.get(&s.id);
+            let obs = s.observation.as_ref();
+            ServerView {
+                id: s.id.clone(),
+                role: s.role.to_string(),
+                state: s.state.name().to_string(),
+                on_list: s.on_list(),
+                maintenance: s.maintenance,
+                reachable: obs.is_some_and(|o| o.reachable),
+                judgement: s.judgement.to_string(),
+                explanation: s.explanation.clone(),
+                blocked_reason: s.blocked_reason.clone(),
+                capacity: s.capacity,
+                reserved_by: s.reserved_by,
+                running_time_s: obs.filter(|o| o.reachable).map(|o| o.running_time_s),
+                load1: obs.filter(|o| o.reachable).map(|o| o.load1),
+                instances_rss_bytes: sample.map_or(0, |x| x.sample.instances.values().map(|i| i.rss_bytes).sum()),
+                memory_budget_bytes: cfg.server(&s.id).and_then(|x| x.memory_budget_bytes),
+                crashes_total: obs.map_or(0, |o| o.crashes_total),
+                instances: c
+                    .instances
+                    .values()
+                    .filter(|i| i.server == s.id)
+                    .map(|i| InstanceView {
+                        id: i.id.clone(),
+                        service: i.service.clone(),
+                        addr: i.addr,
+                        healthy: i.healthy,
+                        traffic: i.traffic,
+                        rss_bytes: sample.and_then(|x| x.sample.instances.get(&i.id)).map(|x| x.rss_bytes),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    serde_json::json!({
+        "cluster": cfg.cluster.name,
+        "mode": c.mode,
+        "epoch": p.epoch,
+        "paused": c.paused,
+        "available_capacity": c.available_capacity(),
+        "servers": servers,
+        "workflows": c.workflows.values().collect::<Vec<_>>(),
+        "history": c.history,
+        "routes": c.routes,
+        "completed_total": c.completed_total,
+        "rolled_back_total": c.rolled_back_total,
+        "failed_total": c.failed_total,
+    })
+}
+
+async fn status(State(s): State<ApiState>, h: HeaderMap) -> Response {
+    guard!(s, h);
+    let p = s.published.borrow().clone();
+    Json(status_json(&s.cfg, &p)).into_response()
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn events(State(s): State<ApiState>, h: HeaderMap, q: Query<EventsQuery>) -> Response {
+    guard!(s, h);
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let store = s.store.lock().expect("store lock");
+    let r = match q.after {
+        Some(after) => store.events(after, limit),
+        None => store.recent_events(limit),
+    };
+    match r {
+        Ok(ev) => Json(ev).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn workflows(State(s): State<ApiState>, h: HeaderMap) -> Response {
+    guard!(s, h);
+    let store = s.store.lock().expect("store lock");
+    match store.finished_workflows(200) {
+        Ok(w) => Json(w).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn explain(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    guard!(s, h);
+    let p = s.published.borrow().clone();
+    let Some(server) = p.cluster.servers.get(&id) else {
+        return err(StatusCode::NOT_FOUND, format!("no server named '{id}'"));
+    };
+    let wf = p.cluster.workflows.values().find(|w| w.server == id || w.target == id);
+    let last = p.cluster.history.iter().rev().find(|w| w.server == id);
+    Json(serde_json::json!({
+        "id": id,
+        "role": server.role,
+        "state": server.state,
+        "judgement": server.judgement,
+        "explanation": server.explanation,
+        "blocked_reason": server.blocked_reason,
+        "workflow": wf,
+        "last_workflow": last,
+    }))
+    .into_response()
+}
+
+async fn send_op(s: &ApiState, by: String, command: OperatorCommand) -> Response {
+    let (reply, rx) = oneshot::channel();
+    if s.tx.send(Msg::Operator { by, command, reply }).await.is_err() {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "controller is shutting down");
+    }
+    match rx.await {
+        Ok(Ok(())) => (StatusCode::ACCEPTED, Json(serde_json::json!({"accepted": true}))).into_response(),
+        Ok(Err(refusal)) => err(StatusCode::CONFLICT, refusal.to_string()),
+        Err(_) => err(StatusCode::SERVICE_UNAVAILABLE, "controller is shutting down"),
+    }
+}
+
+#[derive(Deserialize)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn rejuvenate(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>, q: Query<ForceQuery>) -> Response {
+    guard!(s, h);
+    send_op(&s, actor(&h), OperatorCommand::Rejuvenate { server: id, force: q.force }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    on: bool,
+}
+
+async fn maintenance(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<MaintenanceBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    guard!(s, h);
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("body must be {{\"on\": true|false}}: {e}")),
+    };
+    send_op(&s, actor(&h), OperatorCommand::Maintenance { server: id, on: b.on }).await
+}
+
+async fn pause(State(s): State<ApiState>, h: HeaderMap) -> Response {
+    guard!(s, h);
+    send_op(&s, actor(&h), OperatorCommand::Pause).await
+}
+
+async fn resume(State(s): State<ApiState>, h: HeaderMap) -> Response {
+    guard!(s, h);
+    send_op(&s, actor(&h), OperatorCommand::Resume).await
+}
+
+async fn metrics(State(s): State<ApiState>, h: HeaderMap) -> Response {
+    guard!(s, h);
+    let p = s.published.borrow().clone();
+    let body = crate::metrics::render(&p);
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
+}

@@ -1,0 +1,369 @@
+//! The single owner of the cluster state.
+//!
+//! Everything that happens (an agent's sample, a command's result, the traffic adapter's sync,
+//! an operator's request, the clock) arrives on one channel as a [`Msg`]. The engine applies it
+//! to the core state machine, commits the new state with its outbox and events to the store,
+//! and only then carries out the commands. A commit that fails leaves the in-memory state as it
+//! was and acts on nothing: the controller fails closed.
+
+use crate::agent_client::AgentClient;
+use crate::store::Store;
+use rejuv_core::api::{AgentState, RouteTable};
+use rejuv_core::cluster::{Cluster, Command, CommandKind, CommandResult, Event, LogEvent, Observation, OperatorCommand, Refusal};
+use rejuv_core::config::Config;
+use rejuv_core::detector::ServerDetector;
+use rejuv_core::time::Now;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub enum Msg {
+    Event(Event),
+    Sample { server: String, result: Result<AgentState, String> },
+    Operator { by: String, command: OperatorCommand, reply: oneshot::Sender<Result<(), Refusal>> },
+}
+
+/// What the engine publishes after every step.
+#[derive(Clone)]
+pub struct Published {
+    pub cluster: Arc<Cluster>,
+    pub epoch: u64,
+    /// Latest sample per server (memory only).
+    pub samples: Arc<BTreeMap<String, AgentState>>,
+}
+
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub struct Engine {
+    cfg: Arc<Config>,
+    cluster: Cluster,
+    store: Store,
+    epoch: u64,
+    detectors: BTreeMap<String, ServerDetector>,
+    samples: BTreeMap<String, AgentState>,
+    client: AgentClient,
+    agents: BTreeMap<String, SocketAddr>,
+    tx: mpsc::Sender<Msg>,
+    running: BTreeSet<u64>,
+    started: Instant,
+    wall_at_start: u64,
+    dry_run: bool,
+    pub published: watch::Sender<Published>,
+    pub routes: watch::Sender<RouteTable>,
+    pub events: broadcast::Sender<LogEvent>,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: Arc<Config>,
+        mut store: Store,
+        client: AgentClient,
+        tx: mpsc::Sender<Msg>,
+        paused: bool,
+        dry_run: bool,
+    ) -> anyhow::Result<(Self, Vec<Command>)> {
+        let epoch = store.next_epoch()?;
+        let started = Instant::now();
+        let wall_at_start = wall_ms();
+        let now = Now::new(0, wall_at_start);
+        let (mut cluster, resend) = match store.load()? {
+            Some(c) => {
+                let pending: Vec<Command> = c.pending.values().cloned().collect();
+                info!(epoch, pending = pending.len(), workflows = c.workflows.len(), "resuming stored cluster state");
+                (c, pending)
+            }
+            None => {
+                let (c, out) = Cluster::new(&cfg, now);
+                store.commit(&c, &out.events, &[])?;
+                info!(epoch, "created a new cluster state");
+                (c, out.commands)
+            }
+        };
+        if paused && !cluster.paused {
+            let out = cluster.apply(
+                &cfg,
+                Event::Operator { by: "controller --paused".into(), command: OperatorCommand::Pause },
+                now,
+            );
+            store.commit(&cluster, &out.events, &[])?;
+        }
+        let detectors = cfg
+            .servers
+            .iter()
+            .map(|s| {
+                let budget = s.memory_budget_bytes.unwrap_or(u64::MAX);
+                (s.id.clone(), ServerDetector::new(&cfg.policy, budget))
+            })
+            .collect();
+        let agents = cfg.servers.iter().map(|s| (s.id.clone(), s.agent)).collect();
+        let published = watch::Sender::new(Published {
+            cluster: Arc::new(cluster.clone()),
+            epoch,
+            samples: Arc::new(BTreeMap::new()),
+        });
+        let routes = watch::Sender::new(cluster.routes.clone());
+        let (events, _) = broadcast::channel(1024);
+        Ok((
+            Self {
+                cfg,
+                cluster,
+                store,
+                epoch,
+                detectors,
+                samples: BTreeMap::new(),
+                client,
+                agents,
+                tx,
+                running: BTreeSet::new(),
+                started,
+                wall_at_start,
+                dry_run,
+                published,
+                routes,
+                events,
+            },
+            resend,
+        ))
+    }
+
+    fn now(&self) -> Now {
+        let mono = self.started.elapsed().as_millis() as u64;
+        Now::new(mono, wall_ms().max(self.wall_at_start))
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>, resend: Vec<Command>, shutdown: CancellationToken) {
+        self.dispatch(resend);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.handle(Event::Tick),
+                msg = rx.recv() => match msg {
+                    None => break,
+                    Some(Msg::Event(e)) => self.handle(e),
+                    Some(Msg::Sample { server, result }) => self.on_sample(server, result),
+                    Some(Msg::Operator { by, command, reply }) => {
+                        let r = self.cluster.check_operator(&command);
+                        if r.is_ok() {
+                            self.handle(Event::Operator { by, command });
+                        }
+                        let _ = reply.send(r);
+                    }
+                },
+            }
+        }
+        info!("engine stopped");
+    }
+
+    fn on_sample(&mut self, server: String, result: Result<AgentState, String>) {
+        let now = self.now();
+        match result {
+            Ok(state) => {
+                let obs = Observation::from_agent(&state, now.wall_ms);
+                self.handle(Event::Observed { server: server.clone(), observation: obs });
+                if let Some(d) = self.detectors.get_mut(&server) {
+                    let j = d.observe(&state.sample, state.sample.taken_at_ms.max(1));
+                    self.handle(Event::Judged { server: server.clone(), judgement: j });
+                }
+                self.samples.insert(server, state);
+            }
+            Err(e) => {
+                let obs = Observation {
+                    reachable: false,
+                    at_ms: now.wall_ms,
+                    load1: 0.0,
+                    running_since_ms: 0,
+                    running_time_s: 0.0,
+                    crashes_total: 0,
+                    instances: BTreeMap::new(),
+                };
+                tracing::debug!(server, error = %e, "agent poll failed");
+                self.handle(Event::Observed { server, observation: obs });
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        if let Event::CommandDone { id, .. } = &event {
+            self.running.remove(id);
+        }
+        let now = self.now();
+        let before = self.cluster.clone();
+        let history_before = self.cluster.completed_total + self.cluster.rolled_back_total + self.cluster.failed_total;
+        let out = self.cluster.apply(&self.cfg, event, now);
+        let finished_n = (self.cluster.completed_total + self.cluster.rolled_back_total + self.cluster.failed_total
+            - history_before) as usize;
+        let finished: Vec<_> =
+            self.cluster.history.iter().rev().take(finished_n).cloned().collect();
+        if let Err(e) = self.store.commit(&self.cluster, &out.events, &finished) {
+            // Fail closed: nothing that was not recorded is acted on.
+            warn!(error = %e, "store commit failed; the step is dropped and nothing is acted on");
+            self.cluster = before;
+            return;
+        }
+        for e in &out.events {
+            info!(kind = %e.kind, server = e.server.as_deref().unwrap_or("-"), workflow = ?e.workflow, "{}", e.message);
+            let _ = self.events.send(e.clone());
+        }
+        self.dispatch(out.commands);
+        if self.routes.borrow().version != self.cluster.routes.version {
+            self.routes.send_replace(self.cluster.routes.clone());
+        }
+        self.published.send_replace(Published {
+            cluster: Arc::new(self.cluster.clone()),
+            epoch: self.epoch,
+            samples: Arc::new(self.samples.clone()),
+        });
+    }
+
+    fn dispatch(&mut self, commands: Vec<Command>) {
+        for cmd in commands {
+            if !self.running.insert(cmd.id) {
+                continue;
+            }
+            match &cmd.kind {
+                CommandKind::ResetDetector { server } => {
+                    if let Some(d) = self.detectors.get_mut(server) {
+                        d.reset();
+                    }
+                    self.finish_local(cmd.id, CommandResult::Done);
+                }
+                CommandKind::Alert { server, summary } => {
+                    warn!(server = server.as_deref().unwrap_or("-"), "ALERT: {summary}");
+                    self.finish_local(cmd.id, CommandResult::Done);
+                }
+                _ if self.dry_run => {
+                    info!(command = ?cmd.kind, "dry run: would carry out");
+                    self.finish_local(cmd.id, CommandResult::Failed { error: "dry run".into() });
+                }
+                _ => {
+                    let exec = Executor {
+                        client: self.client.clone(),
+                        agents: self.agents.clone(),
+                        epoch: self.epoch,
+                        rejuvenate_deadline: self.cfg.rejuvenation.verify_timeout,
+                    };
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        let id = cmd.id;
+                        let result = exec.carry_out(cmd).await;
+                        let _ = tx.send(Msg::Event(Event::CommandDone { id, result })).await;
+                    });
+                }
+            }
+        }
+    }
+
+    fn finish_local(&self, id: u64, result: CommandResult) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Msg::Event(Event::CommandDone { id, result })).await;
+        });
+    }
+}
+
+/// Carries out one command against the agents, retrying what a retry can fix.
+struct Executor {
+    client: AgentClient,
+    agents: BTreeMap<String, SocketAddr>,
+    epoch: u64,
+    rejuvenate_deadline: Duration,
+}
+
+impl Executor {
+    fn agent(&self, server: &str) -> Result<SocketAddr, CommandResult> {
+        self.agents
+            .get(server)
+            .copied()
+            .ok_or_else(|| CommandResult::Failed { error: format!("no agent address for server {server}") })
+    }
+
+    async fn carry_out(&self, cmd: Command) -> CommandResult {
+        let deadline = match &cmd.kind {
+            CommandKind::Rejuvenate { .. } => self.rejuvenate_deadline,
+            CommandKind::StopInstance { .. } => Duration::from_secs(90),
+            _ => Duration::from_secs(30),
+        };
+        let until = Instant::now() + deadline;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.attempt(&cmd.kind).await {
+                Ok(r) => return r,
+                Err(e) if e.is_permanent() => return CommandResult::Failed { error: e.to_string() },
+                Err(e) => {
+                    if Instant::now() + backoff > until {
+                        return CommandResult::Failed { error: format!("gave up after {deadline:?}: {e}") };
+                    }
+                    tracing::debug!(command = cmd.id, error = %e, "command attempt failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(3));
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, kind: &CommandKind) -> Result<CommandResult, crate::agent_client::ClientError> {
+        let addr_of = |s: &str| self.agent(s);
+        match kind {
+            CommandKind::StartInstance { server, instance, service } => {
+                let addr = match addr_of(server) { Ok(a) => a, Err(r) => return Ok(r) };
+                let st = self.client.start(addr, self.epoch, instance, service).await?;
+                Ok(CommandResult::Started { addr: st.addr })
+            }
+            CommandKind::StopInstance { server, instance } => {
+                let addr = match addr_of(server) { Ok(a) => a, Err(r) => return Ok(r) };
+                self.client.stop(addr, self.epoch, instance).await?;
+                Ok(CommandResult::Stopped)
+            }
+            CommandKind::TransferState { from_server, from, to_server, to } => {
+                let a = match addr_of(from_server) { Ok(a) => a, Err(r) => return Ok(r) };
+                let b = match addr_of(to_server) { Ok(a) => a, Err(r) => return Ok(r) };
+                let body = self.client.export_state(a, from).await?;
+                self.client.import_state(b, self.epoch, to, body).await?;
+                Ok(CommandResult::Transferred)
+            }
+            CommandKind::Rejuvenate { server, run_id, actions } => {
+                let addr = match addr_of(server) { Ok(a) => a, Err(r) => return Ok(r) };
+                let report = self.client.rejuvenate(addr, self.epoch, run_id, actions).await?;
+                Ok(CommandResult::Rejuvenated { report })
+            }
+            CommandKind::ResetDetector { .. } | CommandKind::Alert { .. } => Ok(CommandResult::Done),
+        }
+    }
+}
+
+/// Polls one agent forever, sending each answer (or failure) to the engine.
+pub async fn poll_agent(
+    server: String,
+    addr: SocketAddr,
+    client: AgentClient,
+    every: Duration,
+    timeout: Duration,
+    tx: mpsc::Sender<Msg>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let result = client.state(addr, timeout).await.map_err(|e| e.to_string());
+        if tx.send(Msg::Sample { server: server.clone(), result }).await.is_err() {
+            return;
+        }
+    }
+}
