@@ -1,1 +1,266 @@
 //! rejuv agent: /proc collector, instance supervisor, rejuvenation actions, agent HTTP API.
+//!
+//! One agent runs on each server. It samples the host and its instances (the detector's input),
+//! starts and stops instances of services from its local catalog on the controller's command
+//! (duplexing and draining), proxies state hand-off, and carries out rejuvenation actions.
+//! Everything it must not forget across restarts (epoch fence, running-time origin, crash
+//! count, rejuvenation reports) is in `data_dir/agent-state.json`.
+//!
+//! - [`procfs`]: `/proc` parsing and process-tree membership.
+//! - [`collector`]: the periodic sample.
+//! - [`supervisor`]: instances: start, health, crash restart, whole-tree stop.
+//! - [`cgroup`]: best-effort per-instance cgroups.
+//! - [`scratch`]: symlink-safe clearing of scratch directories.
+//! - [`actions`]: rejuvenation runs.
+//! - [`persist`]: the durable state file.
+//! - [`http`]: the API; [`metrics`]: `/metrics`.
+//!
+//! The binary calls [`run`] with a bound listener, so tests start agents on port 0.
+
+pub mod actions;
+pub mod cgroup;
+pub mod collector;
+pub mod http;
+pub mod metrics;
+pub mod persist;
+pub mod procfs;
+pub mod scratch;
+pub mod supervisor;
+
+use anyhow::Context;
+use collector::Collector;
+use metrics::Metrics;
+use persist::Store;
+use rejuv_core::config::Config;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use supervisor::Supervisor;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// What the agent needs to run.
+pub struct AgentOptions {
+    /// The whole cluster config; this agent uses its own `[[servers]]` entry, the `[services]`
+    /// catalog and the `[agent]` settings.
+    pub config: Config,
+    pub server_id: String,
+    /// Bearer token required on every route but `/healthz`.
+    pub token: String,
+    /// Persisted state and instance logs.
+    pub data_dir: PathBuf,
+}
+
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The shutdown token was cancelled.
+    Shutdown,
+    /// A `restart-agent` action ran: the caller re-executes the agent.
+    Restart,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("server '{0}' is not in the config's [[servers]]")]
+    UnknownServer(String),
+    #[error("the agent token is empty: refusing to serve an API anyone could call")]
+    EmptyToken,
+    #[error("cannot create data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] persist::StoreError),
+    #[error("cannot build the HTTP client for health checks")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+/// Shared by the API handlers and the background tasks of one running agent.
+pub struct Agent {
+    pub server_id: String,
+    pub(crate) token: String,
+    pub config: Config,
+    pub started_at_ms: u64,
+    pub store: Arc<Store>,
+    pub sup: Arc<Supervisor>,
+    pub collector: Arc<Collector>,
+    pub metrics: Arc<Metrics>,
+    /// One rejuvenation at a time.
+    pub(crate) rejuvenation_lock: tokio::sync::Mutex<()>,
+    /// Set by a `restart-agent` action.
+    pub(crate) restart_requested: AtomicBool,
+    /// Ends the HTTP server (in-flight answers are still written in full).
+    pub(crate) stop_serving: CancellationToken,
+}
+
+pub(crate) fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs an agent on `listener` until `shutdown` is cancelled (→ [`Exit::Shutdown`]) or a
+/// `restart-agent` action has been answered (→ [`Exit::Restart`]). Either way every instance
+/// is stopped (whole process trees) before it returns.
+///
+/// # Errors
+/// Before serving: the server id is not in the config, the token is empty, the data dir cannot
+/// be created, or the state file is unreadable or corrupt (never silently reset).
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    opts: AgentOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Exit> {
+    let span = tracing::info_span!("agent", server = %opts.server_id);
+    run_inner(listener, opts, shutdown).instrument(span).await
+}
+
+async fn run_inner(
+    listener: tokio::net::TcpListener,
+    opts: AgentOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Exit> {
+    let AgentOptions {
+        config,
+        server_id,
+        token,
+        data_dir,
+    } = opts;
+    let server = config
+        .server(&server_id)
+        .cloned()
+        .ok_or_else(|| StartError::UnknownServer(server_id.clone()))?;
+    if token.trim().is_empty() {
+        return Err(StartError::EmptyToken.into());
+    }
+    let logs_dir = data_dir.join("logs");
+    std::fs::create_dir_all(&logs_dir).map_err(|source| StartError::DataDir {
+        path: logs_dir.clone(),
+        source,
+    })?;
+    let started_at_ms = wall_ms();
+    let store = Arc::new(Store::open(&data_dir, started_at_ms).map_err(StartError::Store)?);
+    let metrics = Arc::new(Metrics::new(store.crashes_total()));
+    let cgroups = cgroup::Cgroups::detect(&server_id);
+    let sup = Arc::new(
+        Supervisor::new(
+            server,
+            config.services.clone(),
+            logs_dir,
+            store.clone(),
+            metrics.clone(),
+            cgroups,
+        )
+        .map_err(StartError::HttpClient)?,
+    );
+    let collector = Arc::new(Collector::new(procfs::ProcFs::default(), sup.self_pid()));
+    let sample_interval = config.agent.sample_interval.max(Duration::from_millis(10));
+    // The longest a stop can take: the server gets that long to finish in-flight requests.
+    let longest_stop = config
+        .services
+        .values()
+        .map(|s| s.stop_grace)
+        .max()
+        .unwrap_or_default()
+        + Duration::from_secs(10);
+    let agent = Arc::new(Agent {
+        server_id: server_id.clone(),
+        token: token.trim().to_string(),
+        config,
+        started_at_ms,
+        store: store.clone(),
+        sup: sup.clone(),
+        collector: collector.clone(),
+        metrics: metrics.clone(),
+        rejuvenation_lock: tokio::sync::Mutex::new(()),
+        restart_requested: AtomicBool::new(false),
+        stop_serving: CancellationToken::new(),
+    });
+
+    // A first sample before serving, so /v1/state never shows an empty one.
+    collect_once(&agent).await;
+    let background = CancellationToken::new();
+    let sampler = tokio::spawn(
+        sample_loop(agent.clone(), sample_interval, background.clone()).in_current_span(),
+    );
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, data_dir = %data_dir.display(), "agent serving");
+    let stop_serving = agent.stop_serving.clone();
+    let signal = {
+        let (a, b) = (shutdown.clone(), stop_serving.clone());
+        async move {
+            tokio::select! {
+                _ = a.cancelled() => {}
+                _ = b.cancelled() => {}
+            }
+        }
+    };
+    let server = axum::serve(listener, http::router(agent.clone())).with_graceful_shutdown(signal);
+    let forced = async {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = stop_serving.cancelled() => {}
+        }
+        tokio::time::sleep(longest_stop).await;
+    };
+    tokio::select! {
+        r = server => r.context("agent HTTP server failed")?,
+        _ = forced => tracing::warn!("in-flight requests did not finish in time; closing anyway"),
+    }
+
+    tracing::info!("stopping every instance");
+    if let Err(errors) = sup.stop_all().await {
+        for e in errors {
+            tracing::error!(error = %e, "instance not fully stopped");
+        }
+    }
+    background.cancel();
+    let _ = sampler.await;
+    if let Some(c) = sup.cgroups() {
+        c.remove_base();
+    }
+    let exit = if agent
+        .restart_requested
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        Exit::Restart
+    } else {
+        Exit::Shutdown
+    };
+    tracing::info!(?exit, "agent stopped");
+    Ok(exit)
+}
+
+async fn collect_once(agent: &Arc<Agent>) {
+    let a = agent.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        a.collector
+            .collect(wall_ms(), a.store.running_since_ms(), &a.sup.all())
+    })
+    .await;
+    match result {
+        Ok(Ok(c)) => agent
+            .metrics
+            .observe(&c.sample, &c.states, c.took.as_secs_f64()),
+        Ok(Err(e)) => tracing::warn!(error = %e, "sample failed"),
+        Err(e) => tracing::warn!(error = %e, "sample task failed"),
+    }
+}
+
+async fn sample_loop(agent: Arc<Agent>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => collect_once(&agent).await,
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The collector: one [`Sample`] every `agent.sample_interval`, host-wide and per instance.
+//!
+//! Per instance it sums the whole process tree (see [`crate::procfs::tree_members`]) and
+//! remembers the members it found, so a process that leaves the group and gets reparented is
+//! still counted (and still stopped) later. The time a collection takes is measured and
+//! exported as `rejuv_agent_collection_seconds`.
+
+use crate::procfs::{clock_and_page, tree_members, tree_usage, ProcError, ProcFs};
+use crate::supervisor::Instance;
+use rejuv_core::api::InstanceState;
+use rejuv_core::types::{InstanceSample, Sample};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+pub struct Collector {
+    fs: ProcFs,
+    clk_tck: u64,
+    page_size: u64,
+    /// The agent's own pid: never part of an instance.
+    self_pid: i32,
+    latest: RwLock<Sample>,
+}
+
+/// One collection's result.
+pub struct Collected {
+    pub sample: Sample,
+    pub states: Vec<InstanceState>,
+    pub took: Duration,
+}
+
+impl Collector {
+    pub fn new(fs: ProcFs, self_pid: i32) -> Self {
+        let (clk_tck, page_size) = clock_and_page();
+        Self {
+            fs,
+            clk_tck,
+            page_size,
+            self_pid,
+            latest: RwLock::new(Sample::default()),
+        }
+    }
+
+    pub fn latest(&self) -> Sample {
+        self.latest.read().expect("sample lock").clone()
+    }
+
+    /// Takes a sample (blocking I/O on `/proc`: call from a blocking thread) and keeps it as
+    /// the newest.
+    pub fn collect(
+        &self,
+        now_ms: u64,
+        running_since_ms: u64,
+        instances: &[Arc<Instance>],
+    ) -> Result<Collected, ProcError> {
+        let begun = Instant::now();
+        let host = self.fs.host()?;
+        let table = self.fs.processes()?;
+        let mut per_instance = BTreeMap::new();
+        let mut states = Vec::with_capacity(instances.len());
+        for inst in instances {
+            let view = inst.collect_view();
+            let members = tree_members(&table, &view.seed, self.self_pid);
+            inst.remember(&members);
+            let usage = tree_usage(&self.fs, &members, self.page_size, self.clk_tck);
+            states.push(view.state);
+            per_instance.insert(
+                inst.id.clone(),
+                InstanceSample {
+                    rss_bytes: usage.rss_bytes,
+                    cpu_seconds: usage.cpu_seconds,
+                    fds: usage.fds,
+                    threads: usage.threads,
+                    processes: usage.processes,
+                    health_latency_ms: view.health_latency_ms,
+                    healthy: view.healthy,
+                },
+            );
+        }
+        let table_threads: u64 = table.iter().map(|p| p.num_threads).sum();
+        let sample = Sample {
+            taken_at_ms: now_ms,
+            load1: host.load.load1,
+            load5: host.load.load5,
+            load15: host.load.load15,
+            running_time_s: now_ms.saturating_sub(running_since_ms) as f64 / 1000.0,
+            mem_total_bytes: host.mem.total,
+            mem_used_bytes: host.mem.used(),
+            mem_available_bytes: host.mem.available,
+            buffers_bytes: host.mem.buffers,
+            cached_bytes: host.mem.cached,
+            swap_total_bytes: host.mem.swap_total,
+            swap_used_bytes: host.mem.swap_used(),
+            open_fds: host.open_fds,
+            max_fds: host.max_fds,
+            // The process table's sum; loadavg's count if the table could not be read.
+            threads: if table_threads > 0 {
+                table_threads
+            } else {
+                host.load.threads
+            },
+            instances: per_instance,
+        };
+        *self.latest.write().expect("sample lock") = sample.clone();
+        Ok(Collected {
+            sample,
+            states,
+            took: begun.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,267 @@
+//! The agent's HTTP API (see the table at the top of [`rejuv_core::api`]).
+//!
+//! Every route but `/healthz` requires `Authorization: Bearer <agent token>`, compared in
+//! constant time; a request without it is answered 401 before anything is parsed or done.
+//! Every mutating route checks the controller's epoch first (a lower one is answered 409).
+//! Errors are [`ApiError`] bodies.
+
+use crate::persist::StoreError;
+use crate::supervisor::SupervisorError;
+use crate::{actions, Agent};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use rejuv_core::api::{AgentState, ApiError, RejuvenateRequest, StartInstance};
+use std::sync::Arc;
+
+/// State hand-off bodies can be much larger than API requests.
+const STATE_BODY_LIMIT: usize = 256 * 1024 * 1024;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct HttpError {
+    status: StatusCode,
+    message: String,
+}
+
+impl HttpError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ApiError {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<SupervisorError> for HttpError {
+    fn from(e: SupervisorError) -> Self {
+        use SupervisorError::*;
+        let status = match &e {
+            InvalidId { .. } | UnknownService { .. } | NoHandoff { .. } => StatusCode::BAD_REQUEST,
+            Conflict { .. } | Busy { .. } | NotServing { .. } => StatusCode::CONFLICT,
+            NotFound { .. } => StatusCode::NOT_FOUND,
+            NoFreePort { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Handoff { .. } => StatusCode::BAD_GATEWAY,
+            Spawn { .. } | StopIncomplete { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut message = e.to_string();
+        let mut cur = std::error::Error::source(&e);
+        while let Some(c) = cur {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cur = c.source();
+        }
+        Self::new(status, message)
+    }
+}
+
+impl From<StoreError> for HttpError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::StaleEpoch { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+type Result<T, E = HttpError> = std::result::Result<T, E>;
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    let protected = Router::new()
+        .route("/v1/state", get(state))
+        .route(
+            "/v1/instances/{id}",
+            put(start_instance).delete(stop_instance),
+        )
+        .route(
+            "/v1/instances/{id}/state",
+            get(export_state)
+                .put(import_state)
+                .layer(DefaultBodyLimit::max(STATE_BODY_LIMIT)),
+        )
+        .route("/v1/rejuvenate", post(rejuvenate))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(agent.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(protected)
+        .with_state(agent)
+}
+
+/// Equal-time comparison: the time taken does not depend on where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        // The scheme is case-insensitive (RFC 9110 section 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), agent.token.as_bytes()) => next.run(req).await,
+        Some(_) => HttpError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response(),
+        None => HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing 'Authorization: Bearer <agent token>'",
+        )
+        .into_response(),
+    }
+}
+
+/// The `epoch` query parameter of a mutating request.
+fn epoch_param(query: Option<String>) -> Result<u64> {
+    let query = query.unwrap_or_default();
+    let raw = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "epoch")
+        .map(|(_, v)| v)
+        .ok_or_else(|| {
+            HttpError::new(StatusCode::BAD_REQUEST, "missing query parameter 'epoch'")
+        })?;
+    raw.parse::<u64>().map_err(|e| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!("query parameter 'epoch={raw}': {e}"),
+        )
+    })
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+async fn state(State(agent): State<Arc<Agent>>) -> Json<AgentState> {
+    Json(AgentState {
+        server_id: agent.server_id.clone(),
+        agent_started_at_ms: agent.started_at_ms,
+        running_since_ms: agent.store.running_since_ms(),
+        epoch: agent.store.epoch(),
+        sample: agent.collector.latest(),
+        instances: agent.sup.statuses(),
+        crashes_total: agent.store.crashes_total(),
+        last_rejuvenation: agent.store.last_report().await,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+async fn start_instance(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let req: StartInstance = json_body(&body)?;
+    // Validate before fencing: a request that cannot be carried out changes nothing.
+    agent.sup.check_start(&id, &req.service)?;
+    agent.store.fence(req.epoch).await?;
+    let status = agent.sup.start(&id, &req.service).await?;
+    Ok(Json(status).into_response())
+}
+
+async fn stop_instance(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let epoch = epoch_param(q)?;
+    agent.store.fence(epoch).await?;
+    let status = agent.sup.stop(&id).await?;
+    Ok(Json(status).into_response())
+}
+
+async fn export_state(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Result<Response> {
+    let (body, ctype) = agent.sup.export_state(&id).await?;
+    let mut headers = HeaderMap::new();
+    let ctype = ctype.unwrap_or_else(|| "application/octet-stream".into());
+    if let Ok(v) = ctype.parse() {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    Ok((headers, body).into_response())
+}
+
+async fn import_state(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<StatusCode> {
+    let epoch = epoch_param(q)?;
+    agent.store.fence(epoch).await?;
+    agent.sup.import_state(&id, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rejuvenate(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Response> {
+    let req: RejuvenateRequest = json_body(&body)?;
+    if req.run_id.is_empty() {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "run_id must not be empty",
+        ));
+    }
+    agent.store.fence(req.epoch).await?;
+    let report = actions::rejuvenate(&agent, req).await?;
+    Ok(Json(report).into_response())
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        agent.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_fully() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn epoch_query() {
+        assert_eq!(epoch_param(Some("epoch=7".into())).unwrap(), 7);
+        assert_eq!(epoch_param(Some("a=1&epoch=9".into())).unwrap(), 9);
+        assert!(epoch_param(None).is_err());
+        assert!(epoch_param(Some("epoch=x".into())).is_err());
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the agent: real agents on loopback port 0, real service processes.
+//! One binary, modules by theme.
+
+mod api;
+mod common;
+mod instances;
+mod rejuvenation;
