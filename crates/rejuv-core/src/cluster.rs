@@ -378,6 +378,8 @@ pub enum Refusal {
     InMaintenance(String),
     #[error("server '{0}' is a spare: spares run nothing to rejuvenate")]
     Spare(String),
+    #[error("server '{0}' failed ({1}); check it, then release it with `maintenance off`")]
+    Failed(String, String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -547,7 +549,7 @@ impl Cluster {
                 self.on_operator(&by, command, now, &mut out);
             }
         }
-        self.advance(cfg, now, &mut out);
+        self.settle(cfg, now, &mut out);
         self.refresh_routes(cfg);
         out
     }
@@ -563,7 +565,14 @@ impl Cluster {
                 if s.maintenance {
                     return Err(Refusal::InMaintenance(server.clone()));
                 }
-                if self.workflows.values().any(|w| &w.server == server) {
+                if let ServerState::Failed { reason } = &s.state {
+                    return Err(Refusal::Failed(server.clone(), reason.clone()));
+                }
+                // A request for a workflow still waiting at the gate opens the gate; one that
+                // has switched already has nothing left to ask for.
+                if self.workflows.values().any(|w| {
+                    &w.server == server && !matches!(w.phase, Phase::Duplexing | Phase::Gating)
+                }) {
                     return Err(Refusal::Busy(server.clone()));
                 }
                 if s.role == Role::Spare {
@@ -614,10 +623,20 @@ impl Cluster {
                 );
             }
             OperatorCommand::Maintenance { server, on } => {
+                let back_role = match self.mode {
+                    Mode::ActiveStandby => Role::Spare,
+                    Mode::ActiveActive => Role::Primary,
+                };
                 if let Some(s) = self.servers.get_mut(&server) {
                     s.maintenance = on;
                     if on {
                         s.manual_request = None;
+                    } else if matches!(s.state, ServerState::Failed { .. }) {
+                        // Released by a person who looked at it: back on the list, empty.
+                        s.state = ServerState::InService;
+                        s.role = back_role;
+                        s.judgement = Level::Stable;
+                        s.explanation = None;
                     }
                 }
                 self.log(
@@ -940,7 +959,18 @@ impl Cluster {
                 }
             }
         }
-        self.plan(cfg, now, out);
+    }
+
+    /// Moves workflows, plans new ones, and moves those too, until nothing changes.
+    fn settle(&mut self, cfg: &Config, now: Now, out: &mut Output) {
+        for _ in 0..4 {
+            self.advance(cfg, now, out);
+            let before = self.workflows.len();
+            self.plan(cfg, now, out);
+            if self.workflows.len() == before {
+                break;
+            }
+        }
     }
 
     fn advance_workflow(&mut self, cfg: &Config, id: u64, now: Now, out: &mut Output) {
@@ -1005,10 +1035,32 @@ impl Cluster {
                         reason: "requested by an operator".into(),
                     };
                 }
-                if !copies_ok {
-                    decision = gate::GateDecision::Wait {
-                        reason: "a copy on the target is not healthy".into(),
+                // A source that died while its replacement waited fails over at once: the
+                // hot copy is what the wait was for.
+                let source_down = !obs.is_some_and(|o| o.reachable)
+                    || !w
+                        .pairs
+                        .iter()
+                        .any(|p| self.instances.get(&p.old).is_some_and(|i| i.healthy));
+                if source_down && !w.pairs.is_empty() {
+                    decision = gate::GateDecision::Now {
+                        reason: "the source is down: failing over to the hot copy".into(),
                     };
+                }
+                if !copies_ok {
+                    // Back to duplexing: the copy gets the duplex timeout to recover, after
+                    // which the workflow rolls back and releases the target.
+                    let w = self.workflows.get_mut(&id).expect("present");
+                    w.enter(Phase::Duplexing, now);
+                    self.log(
+                        out,
+                        now,
+                        "step",
+                        Some(&server),
+                        Some(id),
+                        format!("a copy on {target} is no longer healthy; duplexing again"),
+                    );
+                    return;
                 }
                 let reason = decision.reason().to_string();
                 let changed = w.gate_reason.as_deref() != Some(reason.as_str());
@@ -1258,6 +1310,12 @@ impl Cluster {
         }
         let mut w = self.workflows.remove(&id).expect("present");
         for p in &w.pairs {
+            // A start still in the outbox for a copy being removed must not be retried; the
+            // shell carries out commands for one instance in order, so the stop comes after
+            // any start already on its way.
+            self.pending.retain(|_, c| {
+                !matches!(&c.kind, CommandKind::StartInstance { instance, .. } if instance == &p.new)
+            });
             if let Some(i) = self.instances.remove(&p.new) {
                 self.issue(
                     out,
@@ -1309,6 +1367,18 @@ impl Cluster {
         let Some(mut w) = self.workflows.remove(&id) else {
             return;
         };
+        // The failed server takes no traffic: its old instances leave the table and are
+        // stopped (their copies serve).
+        let leftovers: Vec<(ServerId, InstanceId)> = self
+            .instances
+            .values()
+            .filter(|i| i.server == w.server && i.traffic == Traffic::Draining)
+            .map(|i| (i.server.clone(), i.id.clone()))
+            .collect();
+        for (server, instance) in leftovers {
+            self.instances.remove(&instance);
+            self.issue(out, CommandKind::StopInstance { server, instance });
+        }
         if let Some(s) = self.servers.get_mut(&w.server) {
             s.state = ServerState::Failed {
                 reason: reason.clone(),
@@ -1354,7 +1424,9 @@ impl Cluster {
         let busy: BTreeSet<&ServerId> = self.workflows.values().map(|w| &w.server).collect();
         self.servers
             .values()
-            .filter(|s| s.on_list() && s.role == Role::Primary && !busy.contains(&s.id))
+            .filter(|s| {
+                s.on_list() && !s.maintenance && s.role == Role::Primary && !busy.contains(&s.id)
+            })
             .map(|s| s.capacity)
             .sum()
     }
@@ -1379,6 +1451,13 @@ impl Cluster {
             .filter(|s| !self.workflows.values().any(|w| w.server == s.id))
             .map(|s| s.id.clone())
             .collect();
+        // A server that is no longer waiting for a target starts a new episode next time:
+        // its reason is said (and alerted) again then.
+        for s in self.servers.values_mut() {
+            if !candidates.contains(&s.id) {
+                s.blocked_reason = None;
+            }
+        }
         for id in candidates {
             let forced = self.servers[&id].manual_request == Some(true);
             let manual = self.servers[&id].manual_request.is_some();
@@ -1453,14 +1532,8 @@ impl Cluster {
                     .filter(|s| s.role == Role::Spare)
                     .filter(usable)
                     .collect();
-                let fit = spares
-                    .iter()
-                    .filter(|s| s.capacity >= needed)
-                    .min_by(|a, b| {
-                        let ra = a.observation.as_ref().map_or(0.0, |o| o.running_time_s);
-                        let rb = b.observation.as_ref().map_or(0.0, |o| o.running_time_s);
-                        ra.total_cmp(&rb).then(a.id.cmp(&b.id))
-                    });
+                // Spares in id order: a plan an operator can predict.
+                let fit = spares.iter().find(|s| s.capacity >= needed);
                 match fit {
                     Some(t) => (t.id.clone(), t.capacity),
                     None if spares.is_empty() => return Err("no healthy spare is free".into()),
