@@ -3,7 +3,9 @@
 //! Every call carries the bearer token; every mutating call carries the controller's epoch.
 //! Errors say whether a retry can help: [`ClientError::is_permanent`].
 
-use rejuv_core::api::{AgentState, ApiError, InstanceStatus, RejuvenateRequest, RejuvenationReport, StartInstance};
+use rejuv_core::api::{
+    AgentState, ApiError, InstanceStatus, RejuvenateRequest, RejuvenationReport, StartInstance,
+};
 use rejuv_core::config::Action;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,9 +13,17 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("agent {addr} unreachable")]
-    Transport { addr: SocketAddr, #[source] source: reqwest::Error },
+    Transport {
+        addr: SocketAddr,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("agent {addr} answered {status}: {message}")]
-    Status { addr: SocketAddr, status: u16, message: String },
+    Status {
+        addr: SocketAddr,
+        status: u16,
+        message: String,
+    },
     #[error("agent {addr} sent a reply that is not what the API says: {message}")]
     BadReply { addr: SocketAddr, message: String },
 }
@@ -56,20 +66,43 @@ impl AgentClient {
             return Ok(resp);
         }
         let body = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ApiError>(&body).map(|e| e.error).unwrap_or(body);
-        Err(ClientError::Status { addr, status: status.as_u16(), message })
+        let message = serde_json::from_str::<ApiError>(&body)
+            .map(|e| e.error)
+            .unwrap_or(body);
+        Err(ClientError::Status {
+            addr,
+            status: status.as_u16(),
+            message,
+        })
     }
 
     async fn json<T: serde::de::DeserializeOwned>(
         addr: SocketAddr,
         resp: reqwest::Response,
     ) -> Result<T, ClientError> {
-        let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { addr, source })?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadReply { addr, message: e.to_string() })
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport { addr, source })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadReply {
+            addr,
+            message: e.to_string(),
+        })
     }
 
-    pub async fn state(&self, addr: SocketAddr, timeout: Duration) -> Result<AgentState, ClientError> {
-        let r = self.send(addr, self.http.get(format!("http://{addr}/v1/state")).timeout(timeout)).await?;
+    pub async fn state(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<AgentState, ClientError> {
+        let r = self
+            .send(
+                addr,
+                self.http
+                    .get(format!("http://{addr}/v1/state"))
+                    .timeout(timeout),
+            )
+            .await?;
         Self::json(addr, r).await
     }
 
@@ -80,7 +113,10 @@ impl AgentClient {
         instance: &str,
         service: &str,
     ) -> Result<InstanceStatus, ClientError> {
-        let body = StartInstance { epoch, service: service.to_string() };
+        let body = StartInstance {
+            epoch,
+            service: service.to_string(),
+        };
         let r = self
             .send(
                 addr,
@@ -93,19 +129,30 @@ impl AgentClient {
         Self::json(addr, r).await
     }
 
-    pub async fn stop(&self, addr: SocketAddr, epoch: u64, instance: &str) -> Result<InstanceStatus, ClientError> {
+    pub async fn stop(
+        &self,
+        addr: SocketAddr,
+        epoch: u64,
+        instance: &str,
+    ) -> Result<InstanceStatus, ClientError> {
         let r = self
             .send(
                 addr,
                 self.http
-                    .delete(format!("http://{addr}/v1/instances/{instance}?epoch={epoch}"))
+                    .delete(format!(
+                        "http://{addr}/v1/instances/{instance}?epoch={epoch}"
+                    ))
                     .timeout(Duration::from_secs(60)),
             )
             .await?;
         Self::json(addr, r).await
     }
 
-    pub async fn export_state(&self, addr: SocketAddr, instance: &str) -> Result<Vec<u8>, ClientError> {
+    pub async fn export_state(
+        &self,
+        addr: SocketAddr,
+        instance: &str,
+    ) -> Result<Vec<u8>, ClientError> {
         let r = self
             .send(
                 addr,
@@ -114,7 +161,10 @@ impl AgentClient {
                     .timeout(Duration::from_secs(10)),
             )
             .await?;
-        Ok(r.bytes().await.map_err(|source| ClientError::Transport { addr, source })?.to_vec())
+        Ok(r.bytes()
+            .await
+            .map_err(|source| ClientError::Transport { addr, source })?
+            .to_vec())
     }
 
     pub async fn import_state(
@@ -127,7 +177,9 @@ impl AgentClient {
         self.send(
             addr,
             self.http
-                .put(format!("http://{addr}/v1/instances/{instance}/state?epoch={epoch}"))
+                .put(format!(
+                    "http://{addr}/v1/instances/{instance}/state?epoch={epoch}"
+                ))
                 .timeout(Duration::from_secs(10))
                 .body(body),
         )
@@ -142,7 +194,11 @@ impl AgentClient {
         run_id: &str,
         actions: &[Action],
     ) -> Result<RejuvenationReport, ClientError> {
-        let body = RejuvenateRequest { epoch, run_id: run_id.to_string(), actions: actions.to_vec() };
+        let body = RejuvenateRequest {
+            epoch,
+            run_id: run_id.to_string(),
+            actions: actions.to_vec(),
+        };
         let r = self
             .send(
                 addr,

@@ -48,10 +48,15 @@ fn err(status: StatusCode, msg: impl Into<String>) -> Response {
 
 /// Constant-time comparison of the presented bearer token.
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(v) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(v) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let Some(presented) = v.strip_prefix("Bearer ") else { return false };
+    let Some(presented) = v.strip_prefix("Bearer ") else {
+        return false;
+    };
     let (a, b) = (presented.as_bytes(), token.as_bytes());
     if a.len() != b.len() {
         return false;
@@ -127,7 +132,9 @@ pub fn status_json(cfg: &Config, p: &Published) -> serde_json::Value {
                 reserved_by: s.reserved_by,
                 running_time_s: obs.filter(|o| o.reachable).map(|o| o.running_time_s),
                 load1: obs.filter(|o| o.reachable).map(|o| o.load1),
-                instances_rss_bytes: sample.map_or(0, |x| x.sample.instances.values().map(|i| i.rss_bytes).sum()),
+                instances_rss_bytes: sample.map_or(0, |x| {
+                    x.sample.instances.values().map(|i| i.rss_bytes).sum()
+                }),
                 memory_budget_bytes: cfg.server(&s.id).and_then(|x| x.memory_budget_bytes),
                 crashes_total: obs.map_or(0, |o| o.crashes_total),
                 instances: c
@@ -140,7 +147,9 @@ pub fn status_json(cfg: &Config, p: &Published) -> serde_json::Value {
                         addr: i.addr,
                         healthy: i.healthy,
                         traffic: i.traffic,
-                        rss_bytes: sample.and_then(|x| x.sample.instances.get(&i.id)).map(|x| x.rss_bytes),
+                        rss_bytes: sample
+                            .and_then(|x| x.sample.instances.get(&i.id))
+                            .map(|x| x.rss_bytes),
                     })
                     .collect(),
             }
@@ -203,7 +212,11 @@ async fn explain(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>
     let Some(server) = p.cluster.servers.get(&id) else {
         return err(StatusCode::NOT_FOUND, format!("no server named '{id}'"));
     };
-    let wf = p.cluster.workflows.values().find(|w| w.server == id || w.target == id);
+    let wf = p
+        .cluster
+        .workflows
+        .values()
+        .find(|w| w.server == id || w.target == id);
     let last = p.cluster.history.iter().rev().find(|w| w.server == id);
     Json(serde_json::json!({
         "id": id,
@@ -220,13 +233,27 @@ async fn explain(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>
 
 async fn send_op(s: &ApiState, by: String, command: OperatorCommand) -> Response {
     let (reply, rx) = oneshot::channel();
-    if s.tx.send(Msg::Operator { by, command, reply }).await.is_err() {
-        return err(StatusCode::SERVICE_UNAVAILABLE, "controller is shutting down");
+    if s.tx
+        .send(Msg::Operator { by, command, reply })
+        .await
+        .is_err()
+    {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        );
     }
     match rx.await {
-        Ok(Ok(())) => (StatusCode::ACCEPTED, Json(serde_json::json!({"accepted": true}))).into_response(),
+        Ok(Ok(())) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"accepted": true})),
+        )
+            .into_response(),
         Ok(Err(refusal)) => err(StatusCode::CONFLICT, refusal.to_string()),
-        Err(_) => err(StatusCode::SERVICE_UNAVAILABLE, "controller is shutting down"),
+        Err(_) => err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        ),
     }
 }
 
@@ -236,9 +263,22 @@ struct ForceQuery {
     force: bool,
 }
 
-async fn rejuvenate(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>, q: Query<ForceQuery>) -> Response {
+async fn rejuvenate(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    q: Query<ForceQuery>,
+) -> Response {
     guard!(s, h);
-    send_op(&s, actor(&h), OperatorCommand::Rejuvenate { server: id, force: q.force }).await
+    send_op(
+        &s,
+        actor(&h),
+        OperatorCommand::Rejuvenate {
+            server: id,
+            force: q.force,
+        },
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -256,9 +296,22 @@ async fn maintenance(
     guard!(s, h);
     let Json(b) = match body {
         Ok(b) => b,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("body must be {{\"on\": true|false}}: {e}")),
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("body must be {{\"on\": true|false}}: {e}"),
+            )
+        }
     };
-    send_op(&s, actor(&h), OperatorCommand::Maintenance { server: id, on: b.on }).await
+    send_op(
+        &s,
+        actor(&h),
+        OperatorCommand::Maintenance {
+            server: id,
+            on: b.on,
+        },
+    )
+    .await
 }
 
 async fn pause(State(s): State<ApiState>, h: HeaderMap) -> Response {
@@ -275,6 +328,12 @@ async fn metrics(State(s): State<ApiState>, h: HeaderMap) -> Response {
     guard!(s, h);
     let p = s.published.borrow().clone();
     let body = crate::metrics::render(&p);
-    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
         .into_response()
 }

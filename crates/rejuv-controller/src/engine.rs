@@ -9,7 +9,10 @@
 use crate::agent_client::AgentClient;
 use crate::store::Store;
 use rejuv_core::api::{AgentState, RouteTable};
-use rejuv_core::cluster::{Cluster, Command, CommandKind, CommandResult, Event, LogEvent, Observation, OperatorCommand, Refusal};
+use rejuv_core::cluster::{
+    Cluster, Command, CommandKind, CommandResult, Event, LogEvent, Observation, OperatorCommand,
+    Refusal,
+};
 use rejuv_core::config::Config;
 use rejuv_core::detector::ServerDetector;
 use rejuv_core::time::Now;
@@ -21,10 +24,23 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// Test-only failpoint: a workflow phase name (e.g. `draining`). The controller SIGKILLs itself
+/// right after committing the first step in which a workflow is in that phase, before carrying
+/// out any of that step's commands: the crash-resume tests use it to die at a named step
+/// instead of racing logs.
+pub const CRASH_AT_ENV: &str = "REJUV_FAILPOINT_CRASH_AT";
+
 pub enum Msg {
     Event(Event),
-    Sample { server: String, result: Result<AgentState, String> },
-    Operator { by: String, command: OperatorCommand, reply: oneshot::Sender<Result<(), Refusal>> },
+    Sample {
+        server: String,
+        result: Result<AgentState, String>,
+    },
+    Operator {
+        by: String,
+        command: OperatorCommand,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
 }
 
 /// What the engine publishes after every step.
@@ -37,7 +53,10 @@ pub struct Published {
 }
 
 pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub struct Engine {
@@ -51,9 +70,15 @@ pub struct Engine {
     agents: BTreeMap<String, SocketAddr>,
     tx: mpsc::Sender<Msg>,
     running: BTreeSet<u64>,
+    /// Commands for one instance run one after another (a stop never overtakes its start):
+    /// the instance each running command holds, and what waits behind it.
+    holds: BTreeMap<u64, String>,
+    queued: BTreeMap<String, std::collections::VecDeque<Command>>,
     started: Instant,
     wall_at_start: u64,
     dry_run: bool,
+    /// Test-only failpoint: the phase at whose first commit the process SIGKILLs itself.
+    crash_at: Option<String>,
     pub published: watch::Sender<Published>,
     pub routes: watch::Sender<RouteTable>,
     pub events: broadcast::Sender<LogEvent>,
@@ -76,7 +101,12 @@ impl Engine {
         let (mut cluster, resend) = match store.load()? {
             Some(c) => {
                 let pending: Vec<Command> = c.pending.values().cloned().collect();
-                info!(epoch, pending = pending.len(), workflows = c.workflows.len(), "resuming stored cluster state");
+                info!(
+                    epoch,
+                    pending = pending.len(),
+                    workflows = c.workflows.len(),
+                    "resuming stored cluster state"
+                );
                 (c, pending)
             }
             None => {
@@ -89,7 +119,10 @@ impl Engine {
         if paused && !cluster.paused {
             let out = cluster.apply(
                 &cfg,
-                Event::Operator { by: "controller --paused".into(), command: OperatorCommand::Pause },
+                Event::Operator {
+                    by: "controller --paused".into(),
+                    command: OperatorCommand::Pause,
+                },
                 now,
             );
             store.commit(&cluster, &out.events, &[])?;
@@ -102,7 +135,11 @@ impl Engine {
                 (s.id.clone(), ServerDetector::new(&cfg.policy, budget))
             })
             .collect();
-        let agents = cfg.servers.iter().map(|s| (s.id.clone(), s.agent)).collect();
+        let agents = cfg
+            .servers
+            .iter()
+            .map(|s| (s.id.clone(), s.agent))
+            .collect();
         let published = watch::Sender::new(Published {
             cluster: Arc::new(cluster.clone()),
             epoch,
@@ -122,9 +159,12 @@ impl Engine {
                 agents,
                 tx,
                 running: BTreeSet::new(),
+                holds: BTreeMap::new(),
+                queued: BTreeMap::new(),
                 started,
                 wall_at_start,
                 dry_run,
+                crash_at: std::env::var(CRASH_AT_ENV).ok().filter(|v| !v.is_empty()),
                 published,
                 routes,
                 events,
@@ -142,7 +182,12 @@ impl Engine {
         self.epoch
     }
 
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>, resend: Vec<Command>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        resend: Vec<Command>,
+        shutdown: CancellationToken,
+    ) {
         self.dispatch(resend);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -172,10 +217,16 @@ impl Engine {
         match result {
             Ok(state) => {
                 let obs = Observation::from_agent(&state, now.wall_ms);
-                self.handle(Event::Observed { server: server.clone(), observation: obs });
+                self.handle(Event::Observed {
+                    server: server.clone(),
+                    observation: obs,
+                });
                 if let Some(d) = self.detectors.get_mut(&server) {
                     let j = d.observe(&state.sample, state.sample.taken_at_ms.max(1));
-                    self.handle(Event::Judged { server: server.clone(), judgement: j });
+                    self.handle(Event::Judged {
+                        server: server.clone(),
+                        judgement: j,
+                    });
                 }
                 self.samples.insert(server, state);
             }
@@ -190,7 +241,10 @@ impl Engine {
                     instances: BTreeMap::new(),
                 };
                 tracing::debug!(server, error = %e, "agent poll failed");
-                self.handle(Event::Observed { server, observation: obs });
+                self.handle(Event::Observed {
+                    server,
+                    observation: obs,
+                });
             }
         }
     }
@@ -198,20 +252,54 @@ impl Engine {
     fn handle(&mut self, event: Event) {
         if let Event::CommandDone { id, .. } = &event {
             self.running.remove(id);
+            if let Some(key) = self.holds.remove(id) {
+                let next = self.queued.get_mut(&key).and_then(|q| q.pop_front());
+                if self.queued.get(&key).is_some_and(|q| q.is_empty()) {
+                    self.queued.remove(&key);
+                }
+                if let Some(cmd) = next {
+                    self.holds.insert(cmd.id, key);
+                    self.spawn_command(cmd);
+                }
+            }
         }
         let now = self.now();
         let before = self.cluster.clone();
-        let history_before = self.cluster.completed_total + self.cluster.rolled_back_total + self.cluster.failed_total;
+        let history_before = self.cluster.completed_total
+            + self.cluster.rolled_back_total
+            + self.cluster.failed_total;
         let out = self.cluster.apply(&self.cfg, event, now);
-        let finished_n = (self.cluster.completed_total + self.cluster.rolled_back_total + self.cluster.failed_total
+        let finished_n = (self.cluster.completed_total
+            + self.cluster.rolled_back_total
+            + self.cluster.failed_total
             - history_before) as usize;
-        let finished: Vec<_> =
-            self.cluster.history.iter().rev().take(finished_n).cloned().collect();
+        let finished: Vec<_> = self
+            .cluster
+            .history
+            .iter()
+            .rev()
+            .take(finished_n)
+            .cloned()
+            .collect();
         if let Err(e) = self.store.commit(&self.cluster, &out.events, &finished) {
             // Fail closed: nothing that was not recorded is acted on.
             warn!(error = %e, "store commit failed; the step is dropped and nothing is acted on");
             self.cluster = before;
             return;
+        }
+        if let Some(phase) = &self.crash_at {
+            if self
+                .cluster
+                .workflows
+                .values()
+                .any(|w| &w.phase.to_string() == phase)
+            {
+                warn!(
+                    phase,
+                    "failpoint {CRASH_AT_ENV}: killing the controller right after the commit"
+                );
+                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            }
         }
         for e in &out.events {
             info!(kind = %e.kind, server = e.server.as_deref().unwrap_or("-"), workflow = ?e.workflow, "{}", e.message);
@@ -241,29 +329,51 @@ impl Engine {
                     self.finish_local(cmd.id, CommandResult::Done);
                 }
                 CommandKind::Alert { server, summary } => {
-                    warn!(server = server.as_deref().unwrap_or("-"), "ALERT: {summary}");
+                    warn!(
+                        server = server.as_deref().unwrap_or("-"),
+                        "ALERT: {summary}"
+                    );
                     self.finish_local(cmd.id, CommandResult::Done);
+                }
+                CommandKind::StartInstance { instance, .. }
+                | CommandKind::StopInstance { instance, .. }
+                    if !self.dry_run =>
+                {
+                    let key = instance.clone();
+                    if self.holds.values().any(|k| k == &key) {
+                        self.queued.entry(key).or_default().push_back(cmd);
+                    } else {
+                        self.holds.insert(cmd.id, key);
+                        self.spawn_command(cmd);
+                    }
                 }
                 _ if self.dry_run => {
                     info!(command = ?cmd.kind, "dry run: would carry out");
-                    self.finish_local(cmd.id, CommandResult::Failed { error: "dry run".into() });
+                    self.finish_local(
+                        cmd.id,
+                        CommandResult::Failed {
+                            error: "dry run".into(),
+                        },
+                    );
                 }
-                _ => {
-                    let exec = Executor {
-                        client: self.client.clone(),
-                        agents: self.agents.clone(),
-                        epoch: self.epoch,
-                        rejuvenate_deadline: self.cfg.rejuvenation.verify_timeout,
-                    };
-                    let tx = self.tx.clone();
-                    tokio::spawn(async move {
-                        let id = cmd.id;
-                        let result = exec.carry_out(cmd).await;
-                        let _ = tx.send(Msg::Event(Event::CommandDone { id, result })).await;
-                    });
-                }
+                _ => self.spawn_command(cmd),
             }
         }
+    }
+
+    fn spawn_command(&self, cmd: Command) {
+        let exec = Executor {
+            client: self.client.clone(),
+            agents: self.agents.clone(),
+            epoch: self.epoch,
+            rejuvenate_deadline: self.cfg.rejuvenation.verify_timeout,
+        };
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let id = cmd.id;
+            let result = exec.carry_out(cmd).await;
+            let _ = tx.send(Msg::Event(Event::CommandDone { id, result })).await;
+        });
     }
 
     fn finish_local(&self, id: u64, result: CommandResult) {
@@ -287,7 +397,9 @@ impl Executor {
         self.agents
             .get(server)
             .copied()
-            .ok_or_else(|| CommandResult::Failed { error: format!("no agent address for server {server}") })
+            .ok_or_else(|| CommandResult::Failed {
+                error: format!("no agent address for server {server}"),
+            })
     }
 
     async fn carry_out(&self, cmd: Command) -> CommandResult {
@@ -301,10 +413,16 @@ impl Executor {
         loop {
             match self.attempt(&cmd.kind).await {
                 Ok(r) => return r,
-                Err(e) if e.is_permanent() => return CommandResult::Failed { error: e.to_string() },
+                Err(e) if e.is_permanent() => {
+                    return CommandResult::Failed {
+                        error: e.to_string(),
+                    }
+                }
                 Err(e) => {
                     if Instant::now() + backoff > until {
-                        return CommandResult::Failed { error: format!("gave up after {deadline:?}: {e}") };
+                        return CommandResult::Failed {
+                            error: format!("gave up after {deadline:?}: {e}"),
+                        };
                     }
                     tracing::debug!(command = cmd.id, error = %e, "command attempt failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -314,32 +432,71 @@ impl Executor {
         }
     }
 
-    async fn attempt(&self, kind: &CommandKind) -> Result<CommandResult, crate::agent_client::ClientError> {
+    async fn attempt(
+        &self,
+        kind: &CommandKind,
+    ) -> Result<CommandResult, crate::agent_client::ClientError> {
         let addr_of = |s: &str| self.agent(s);
         match kind {
-            CommandKind::StartInstance { server, instance, service } => {
-                let addr = match addr_of(server) { Ok(a) => a, Err(r) => return Ok(r) };
-                let st = self.client.start(addr, self.epoch, instance, service).await?;
+            CommandKind::StartInstance {
+                server,
+                instance,
+                service,
+            } => {
+                let addr = match addr_of(server) {
+                    Ok(a) => a,
+                    Err(r) => return Ok(r),
+                };
+                let st = self
+                    .client
+                    .start(addr, self.epoch, instance, service)
+                    .await?;
                 Ok(CommandResult::Started { addr: st.addr })
             }
             CommandKind::StopInstance { server, instance } => {
-                let addr = match addr_of(server) { Ok(a) => a, Err(r) => return Ok(r) };
+                let addr = match addr_of(server) {
+                    Ok(a) => a,
+                    Err(r) => return Ok(r),
+                };
                 self.client.stop(addr, self.epoch, instance).await?;
                 Ok(CommandResult::Stopped)
             }
-            CommandKind::TransferState { from_server, from, to_server, to } => {
-                let a = match addr_of(from_server) { Ok(a) => a, Err(r) => return Ok(r) };
-                let b = match addr_of(to_server) { Ok(a) => a, Err(r) => return Ok(r) };
+            CommandKind::TransferState {
+                from_server,
+                from,
+                to_server,
+                to,
+            } => {
+                let a = match addr_of(from_server) {
+                    Ok(a) => a,
+                    Err(r) => return Ok(r),
+                };
+                let b = match addr_of(to_server) {
+                    Ok(a) => a,
+                    Err(r) => return Ok(r),
+                };
                 let body = self.client.export_state(a, from).await?;
                 self.client.import_state(b, self.epoch, to, body).await?;
                 Ok(CommandResult::Transferred)
             }
-            CommandKind::Rejuvenate { server, run_id, actions } => {
-                let addr = match addr_of(server) { Ok(a) => a, Err(r) => return Ok(r) };
-                let report = self.client.rejuvenate(addr, self.epoch, run_id, actions).await?;
+            CommandKind::Rejuvenate {
+                server,
+                run_id,
+                actions,
+            } => {
+                let addr = match addr_of(server) {
+                    Ok(a) => a,
+                    Err(r) => return Ok(r),
+                };
+                let report = self
+                    .client
+                    .rejuvenate(addr, self.epoch, run_id, actions)
+                    .await?;
                 Ok(CommandResult::Rejuvenated { report })
             }
-            CommandKind::ResetDetector { .. } | CommandKind::Alert { .. } => Ok(CommandResult::Done),
+            CommandKind::ResetDetector { .. } | CommandKind::Alert { .. } => {
+                Ok(CommandResult::Done)
+            }
         }
     }
 }
@@ -362,7 +519,14 @@ pub async fn poll_agent(
             _ = tick.tick() => {}
         }
         let result = client.state(addr, timeout).await.map_err(|e| e.to_string());
-        if tx.send(Msg::Sample { server: server.clone(), result }).await.is_err() {
+        if tx
+            .send(Msg::Sample {
+                server: server.clone(),
+                result,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
     }

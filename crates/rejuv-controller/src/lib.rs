@@ -43,14 +43,28 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(opts.config);
-    let store = store::Store::open(&opts.store_path, cfg.retention.events, cfg.retention.workflows)
-        .context("opening the controller store")?;
-    let reader = store::Store::open(&opts.store_path, cfg.retention.events, cfg.retention.workflows)
-        .context("opening the controller store for reading")?;
+    let store = store::Store::open(
+        &opts.store_path,
+        cfg.retention.events,
+        cfg.retention.workflows,
+    )
+    .context("opening the controller store")?;
+    let reader = store::Store::open(
+        &opts.store_path,
+        cfg.retention.events,
+        cfg.retention.workflows,
+    )
+    .context("opening the controller store for reading")?;
     let client = agent_client::AgentClient::new(opts.agent_token.clone());
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
-    let (engine, resend) =
-        engine::Engine::new(cfg.clone(), store, client.clone(), tx.clone(), opts.paused, opts.dry_run)?;
+    let (engine, resend) = engine::Engine::new(
+        cfg.clone(),
+        store,
+        client.clone(),
+        tx.clone(),
+        opts.paused,
+        opts.dry_run,
+    )?;
     let published = engine.published.subscribe();
     let routes = engine.routes.subscribe();
     let local = shutdown.child_token();
@@ -69,13 +83,23 @@ pub async fn run(
     }
     match cfg.traffic.adapter {
         TrafficAdapter::Builtin => {
-            let admin = cfg.traffic.admin.context("traffic.admin is required for the builtin proxy")?;
+            let admin = cfg
+                .traffic
+                .admin
+                .context("traffic.admin is required for the builtin proxy")?;
             if !opts.dry_run {
                 let proxy = traffic::BuiltinProxy::new(admin, opts.api_token.clone());
-                tasks.spawn(traffic::reconcile_builtin(proxy, routes, tx.clone(), local.clone()));
+                tasks.spawn(traffic::reconcile_builtin(
+                    proxy,
+                    routes,
+                    tx.clone(),
+                    local.clone(),
+                ));
             }
         }
-        TrafficAdapter::Haproxy => anyhow::bail!("traffic.adapter = \"haproxy\" is not available in this build yet"),
+        TrafficAdapter::Haproxy => {
+            anyhow::bail!("traffic.adapter = \"haproxy\" is not available in this build yet")
+        }
     }
     tasks.spawn(engine.run(rx, resend, local.clone()));
 

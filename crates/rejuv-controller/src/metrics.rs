@@ -29,7 +29,10 @@ pub fn render(p: &Published) -> String {
     let servers = Family::<Labels, Gauge>::default();
     for s in c.servers.values() {
         servers
-            .get_or_create(&vec![("role".into(), s.role.to_string()), ("state".into(), s.state.name().into())])
+            .get_or_create(&vec![
+                ("role".into(), s.role.to_string()),
+                ("state".into(), s.state.name().into()),
+            ])
             .inc();
     }
     reg.register("servers", "Servers by role and state", servers);
@@ -47,25 +50,49 @@ pub fn render(p: &Published) -> String {
         if let Some(t) = s.explanation.as_ref().and_then(|e| e.tte_s) {
             tte.get_or_create(&l).set(t);
         }
-        crashes.get_or_create(&l).inc_by(s.observation.as_ref().map_or(0, |o| o.crashes_total));
+        crashes
+            .get_or_create(&l)
+            .inc_by(s.observation.as_ref().map_or(0, |o| o.crashes_total));
     }
-    reg.register("server_judgement", "Judgement per server: 0 stable, 1 suspect, 2 unstable", judgement);
-    reg.register("server_forecast_tte_seconds", "Forecast seconds to exhaustion", tte);
-    reg.register("instance_crashes", "Instance exits nobody asked for", crashes);
+    reg.register(
+        "server_judgement",
+        "Judgement per server: 0 stable, 1 suspect, 2 unstable",
+        judgement,
+    );
+    reg.register(
+        "server_forecast_tte_seconds",
+        "Forecast seconds to exhaustion",
+        tte,
+    );
+    reg.register(
+        "instance_crashes",
+        "Instance exits nobody asked for",
+        crashes,
+    );
 
     let active: Gauge = Gauge::default();
     active.set(c.workflows.len() as i64);
     reg.register("workflows_active", "Workflows running", active);
 
     let total = Family::<Labels, Counter>::default();
-    total.get_or_create(&vec![("outcome".into(), "completed".into())]).inc_by(c.completed_total);
-    total.get_or_create(&vec![("outcome".into(), "rolled-back".into())]).inc_by(c.rolled_back_total);
-    total.get_or_create(&vec![("outcome".into(), "failed".into())]).inc_by(c.failed_total);
+    total
+        .get_or_create(&vec![("outcome".into(), "completed".into())])
+        .inc_by(c.completed_total);
+    total
+        .get_or_create(&vec![("outcome".into(), "rolled-back".into())])
+        .inc_by(c.rolled_back_total);
+    total
+        .get_or_create(&vec![("outcome".into(), "failed".into())])
+        .inc_by(c.failed_total);
     reg.register("workflows", "Finished workflows by outcome", total);
 
     let cap: Gauge = Gauge::default();
     cap.set(i64::from(c.available_capacity()));
-    reg.register("available_capacity_units", "Capacity units of primaries on the list", cap);
+    reg.register(
+        "available_capacity_units",
+        "Capacity units of primaries on the list",
+        cap,
+    );
 
     let rv: Gauge = Gauge::default();
     rv.set(c.routes.version as i64);

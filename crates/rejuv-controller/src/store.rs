@@ -19,7 +19,11 @@ pub const STATE_VERSION: i64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("opening the store at {path}")]
-    Open { path: String, #[source] source: rusqlite::Error },
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("store query failed")]
     Sql(#[from] rusqlite::Error),
     #[error("stored cluster state is corrupt: {0}")]
@@ -57,8 +61,10 @@ pub fn checksum(bytes: &[u8]) -> u64 {
 
 impl Store {
     pub fn open(path: &Path, events_kept: u32, workflows_kept: u32) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -72,14 +78,22 @@ impl Store {
              CREATE TABLE IF NOT EXISTS workflows (id INTEGER PRIMARY KEY, server TEXT NOT NULL,
                  outcome TEXT NOT NULL, json TEXT NOT NULL);",
         )?;
-        Ok(Self { conn, events_kept, workflows_kept, last_json: None })
+        Ok(Self {
+            conn,
+            events_kept,
+            workflows_kept,
+            last_json: None,
+        })
     }
 
     /// Takes the next epoch (fencing term) for this controller's run.
     pub fn next_epoch(&mut self) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
-        let cur: Option<String> =
-            tx.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0)).optional()?;
+        let cur: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
         let next = cur.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('epoch', ?1)
@@ -93,13 +107,20 @@ impl Store {
     pub fn load(&mut self) -> Result<Option<Cluster>, StoreError> {
         let row: Option<(i64, String, String)> = self
             .conn
-            .query_row("SELECT version, checksum, json FROM cluster WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            .query_row(
+                "SELECT version, checksum, json FROM cluster WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?;
-        let Some((version, sum, json)) = row else { return Ok(None) };
+        let Some((version, sum, json)) = row else {
+            return Ok(None);
+        };
         if version != STATE_VERSION {
-            return Err(StoreError::Version { found: version, expected: STATE_VERSION });
+            return Err(StoreError::Version {
+                found: version,
+                expected: STATE_VERSION,
+            });
         }
         if format!("{:016x}", checksum(json.as_bytes())) != sum {
             return Err(StoreError::Corrupt("checksum mismatch".into()));
@@ -119,7 +140,10 @@ impl Store {
         finished: &[Workflow],
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(cluster)?;
-        if events.is_empty() && finished.is_empty() && self.last_json.as_deref() == Some(json.as_str()) {
+        if events.is_empty()
+            && finished.is_empty()
+            && self.last_json.as_deref() == Some(json.as_str())
+        {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
@@ -127,7 +151,11 @@ impl Store {
             "INSERT INTO cluster (id, version, checksum, json) VALUES (1, ?1, ?2, ?3)
              ON CONFLICT(id) DO UPDATE SET version = excluded.version,
                  checksum = excluded.checksum, json = excluded.json",
-            params![STATE_VERSION, format!("{:016x}", checksum(json.as_bytes())), json],
+            params![
+                STATE_VERSION,
+                format!("{:016x}", checksum(json.as_bytes())),
+                json
+            ],
         )?;
         for e in events {
             tx.execute(
@@ -137,7 +165,10 @@ impl Store {
         }
         for w in finished {
             let outcome = match &w.outcome {
-                Some(o) => serde_json::to_value(o)?["outcome"].as_str().unwrap_or("unknown").to_string(),
+                Some(o) => serde_json::to_value(o)?["outcome"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_string(),
                 None => "unknown".into(),
             };
             tx.execute(
@@ -185,13 +216,17 @@ impl Store {
 
     /// The newest `limit` events, oldest first.
     pub fn recent_events(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        let max: Option<i64> = self.conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+        let max: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
         self.events(max.unwrap_or(0) - i64::from(limit), limit)
     }
 
     /// Finished workflows, newest first.
     pub fn finished_workflows(&self, limit: u32) -> Result<Vec<Workflow>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT json FROM workflows ORDER BY id DESC LIMIT ?1")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT json FROM workflows ORDER BY id DESC LIMIT ?1")?;
         let rows = stmt.query_map(params![i64::from(limit)], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for json in rows {

@@ -18,9 +18,17 @@ use tracing::warn;
 #[derive(Debug, thiserror::Error)]
 pub enum TrafficError {
     #[error("builtin proxy admin API at {addr} unreachable")]
-    Transport { addr: SocketAddr, #[source] source: reqwest::Error },
+    Transport {
+        addr: SocketAddr,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("builtin proxy at {addr} refused the route table: {status} {body}")]
-    Refused { addr: SocketAddr, status: u16, body: String },
+    Refused {
+        addr: SocketAddr,
+        status: u16,
+        body: String,
+    },
 }
 
 /// Client of the builtin proxy's admin API.
@@ -53,9 +61,15 @@ impl BuiltinProxy {
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
-            return Err(TrafficError::Refused { addr, status: status.as_u16(), body });
+            return Err(TrafficError::Refused {
+                addr,
+                status: status.as_u16(),
+                body,
+            });
         }
-        resp.json().await.map_err(|source| TrafficError::Transport { addr, source })
+        resp.json()
+            .await
+            .map_err(|source| TrafficError::Transport { addr, source })
     }
 }
 
@@ -83,7 +97,10 @@ pub async fn reconcile_builtin(
                         *in_flight.entry(b.id.clone()).or_insert(0) += b.in_flight;
                     }
                 }
-                let ev = Event::TrafficSynced { version: status.version, in_flight };
+                let ev = Event::TrafficSynced {
+                    version: status.version,
+                    in_flight,
+                };
                 if tx.send(Msg::Event(ev)).await.is_err() {
                     return;
                 }
@@ -96,7 +113,11 @@ pub async fn reconcile_builtin(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-        let wait = if failing { backoff } else { Duration::from_millis(250) };
+        let wait = if failing {
+            backoff
+        } else {
+            Duration::from_millis(250)
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = routes.changed() => {}
