@@ -1,1 +1,27 @@
-fn main() {}
+//! The `rejuv` binary: a thin `main` over the library crates.
+//!
+//! Exit codes: 0 success; 1 runtime failure; 2 bad usage or invalid config; 3 the controller
+//! refused an operator request (it does not fit the current state); 4 unauthorized.
+
+mod cli;
+mod demo;
+mod ops;
+mod procs;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let code = match cli::dispatch(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rejuv: error: {e:#}");
+            if e.downcast_ref::<rejuv_core::config::ConfigError>().is_some() {
+                2
+            } else {
+                1
+            }
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,80 @@
+//! Child processes started by the demo and by `rejuv agent`'s restart, and signal handling.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A child in its own process group; dropping it ends the whole group.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("starting {name}: {e}"))?;
+        Ok(Self { name: name.to_string(), child })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM to the group, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pg = Pid::from_raw(self.pid());
+        let _ = killpg(pg, Signal::SIGTERM);
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::warn!(name = %self.name, "did not stop within {grace:?}; killing its process group");
+        let _ = killpg(pg, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Cancels the token on the first SIGINT/SIGTERM; a second one exits at once.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        for n in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if n == 0 {
+                tracing::info!("shutting down (send the signal again to force)");
+                t.cancel();
+            } else {
+                eprintln!("rejuv: forced exit");
+                std::process::exit(130);
+            }
+        }
+    });
+    token
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the whole loop with real processes on loopback: `rejuv agent`,
+//! `rejuv proxy` and `rejuv controller`, an aging sample service, and a bounded load.
+
+mod harness;
+
+mod errors;
+mod failures;
+mod resume;
+mod workflow;
