@@ -8,10 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "rejuv", version, about = "Proactive software rejuvenation for server clusters",
+#[command(
+    name = "rejuv",
+    version,
+    about = "Proactive software rejuvenation for server clusters",
     long_about = "rejuv watches every server for aging (leaks, creeping latency), duplicates an aging \
 server's processes onto a spare, switches traffic without dropping a request, rejuvenates the \
-server and gives it back as the new spare.\n\nStart here:  rejuv demo")]
+server and gives it back as the new spare.\n\nStart here:  rejuv demo"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
@@ -169,12 +173,16 @@ pub enum ConfigCmd {
 }
 
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-    Config::from_toml(&text).map_err(anyhow::Error::from).with_context(|| format!("in {}", path.display()))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    Config::from_toml(&text)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("in {}", path.display()))
 }
 
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    let t = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token file {}", path.display()))?;
     let t = t.trim().to_string();
     anyhow::ensure!(!t.is_empty(), "token file {} is empty", path.display());
     Ok(t)
@@ -183,17 +191,28 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REJUV_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Cmd::Config { command: ConfigCmd::Check { file } } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        Cmd::Config {
+            command: ConfigCmd::Check { file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
             match Config::from_toml(&text) {
                 Ok(c) => {
                     println!(
@@ -211,7 +230,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
         }
-        Cmd::Agent { config, server, token_file, data_dir } => {
+        Cmd::Agent {
+            config,
+            server,
+            token_file,
+            data_dir,
+        } => {
             init_tracing();
             let cfg = load_config(&config)?;
             let entry = cfg
@@ -225,14 +249,20 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let data_dir = data_dir
                 .or(entry.data_dir.clone())
                 .context("no data dir: pass --data-dir or set the server's data_dir")?;
-            std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
             let rt = runtime()?;
             let exit = rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(entry.agent)
                     .await
                     .with_context(|| format!("binding the agent API on {}", entry.agent))?;
                 let shutdown = crate::procs::shutdown_on_signal();
-                let opts = rejuv_agent::AgentOptions { config: cfg, server_id: server, token, data_dir };
+                let opts = rejuv_agent::AgentOptions {
+                    config: cfg,
+                    server_id: server,
+                    token,
+                    data_dir,
+                };
                 rejuv_agent::run(listener, opts, shutdown).await
             })?;
             drop(rt);
@@ -246,14 +276,27 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Controller { config, listen, store, paused, dry_run } => {
+        Cmd::Controller {
+            config,
+            listen,
+            store,
+            paused,
+            dry_run,
+        } => {
             init_tracing();
             let cfg = load_config(&config)?;
             let agent_token = read_token(
-                cfg.auth.agent_token_file.as_deref().context("auth.agent_token_file is required")?,
+                cfg.auth
+                    .agent_token_file
+                    .as_deref()
+                    .context("auth.agent_token_file is required")?,
             )?;
-            let api_token =
-                read_token(cfg.auth.api_token_file.as_deref().context("auth.api_token_file is required")?)?;
+            let api_token = read_token(
+                cfg.auth
+                    .api_token_file
+                    .as_deref()
+                    .context("auth.api_token_file is required")?,
+            )?;
             let listen = listen.unwrap_or(cfg.controller.listen);
             let store_path = store.unwrap_or(cfg.store.path.clone());
             let rt = runtime()?;
@@ -277,8 +320,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Proxy { config } => {
             init_tracing();
             let cfg = load_config(&config)?;
-            let token =
-                read_token(cfg.auth.api_token_file.as_deref().context("auth.api_token_file is required")?)?;
+            let token = read_token(
+                cfg.auth
+                    .api_token_file
+                    .as_deref()
+                    .context("auth.api_token_file is required")?,
+            )?;
             let admin = cfg.traffic.admin.context("traffic.admin is required")?;
             let rt = runtime()?;
             rt.block_on(async {
@@ -293,15 +340,32 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     .await
                     .with_context(|| format!("binding the proxy admin API on {admin}"))?;
                 let shutdown = crate::procs::shutdown_on_signal();
-                rejuv_proxy::run(rejuv_proxy::ProxyOptions { services, admin, token }, shutdown).await
+                rejuv_proxy::run(
+                    rejuv_proxy::ProxyOptions {
+                        services,
+                        admin,
+                        token,
+                    },
+                    shutdown,
+                )
+                .await
             })?;
             Ok(0)
         }
-        Cmd::SampleService { listen, instance_id, leak_per_request, leak_per_second, limit, latency_per_mib_us } => {
+        Cmd::SampleService {
+            listen,
+            instance_id,
+            leak_per_request,
+            leak_per_second,
+            limit,
+            latency_per_mib_us,
+        } => {
             init_tracing();
             let rt = runtime()?;
             rt.block_on(async {
-                let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+                let l = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
                 let shutdown = crate::procs::shutdown_on_signal();
                 let opts = rejuv_sample::service::ServiceOptions {
                     instance_id,
@@ -315,7 +379,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             })?;
             Ok(0)
         }
-        Cmd::Loadgen { target, rps, duration, connections, post_every } => {
+        Cmd::Loadgen {
+            target,
+            rps,
+            duration,
+            connections,
+            post_every,
+        } => {
             init_tracing();
             let rt = runtime()?;
             let report = rt.block_on(async {
@@ -340,9 +410,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Status(conn) => crate::ops::status(&conn),
         Cmd::Events { conn, follow } => crate::ops::events(&conn, follow),
         Cmd::Explain { server, conn } => crate::ops::explain(&conn, &server),
-        Cmd::Rejuvenate { server, force, conn } => crate::ops::rejuvenate(&conn, &server, force),
-        Cmd::Maintenance { server, state, conn } => crate::ops::maintenance(&conn, &server, state == "on"),
-        Cmd::Pause(conn) => crate::ops::post_simple(&conn, "/v1/pause", "paused: no new workflow starts"),
+        Cmd::Rejuvenate {
+            server,
+            force,
+            conn,
+        } => crate::ops::rejuvenate(&conn, &server, force),
+        Cmd::Maintenance {
+            server,
+            state,
+            conn,
+        } => crate::ops::maintenance(&conn, &server, state == "on"),
+        Cmd::Pause(conn) => {
+            crate::ops::post_simple(&conn, "/v1/pause", "paused: no new workflow starts")
+        }
         Cmd::Resume(conn) => crate::ops::post_simple(&conn, "/v1/resume", "resumed"),
     }
 }

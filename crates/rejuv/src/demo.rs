@@ -100,7 +100,8 @@ pub struct Counter {
 
 /// A free TCP port on `ip`, found by binding port 0.
 fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("finding a free port on {ip}"))?;
+    let l = std::net::TcpListener::bind((ip, 0))
+        .with_context(|| format!("finding a free port on {ip}"))?;
     Ok(l.local_addr()?.port())
 }
 
@@ -126,7 +127,9 @@ struct Plan {
 
 fn write_config(args: &DemoArgs, dir: &Path, mode: Mode) -> anyhow::Result<Plan> {
     let exe = std::env::current_exe().context("finding the rejuv executable")?;
-    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let token: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
     let token_path = dir.join("token");
     std::fs::write(&token_path, &token)?;
     {
@@ -141,7 +144,10 @@ fn write_config(args: &DemoArgs, dir: &Path, mode: Mode) -> anyhow::Result<Plan>
         Mode::ActiveActive => (args.servers.unwrap_or(4), 0),
     };
     anyhow::ensure!(primaries >= 1, "--servers must be at least 1");
-    anyhow::ensure!(mode == Mode::ActiveActive || spares >= 1, "active-standby needs --spares of at least 1");
+    anyhow::ensure!(
+        mode == Mode::ActiveActive || spares >= 1,
+        "active-standby needs --spares of at least 1"
+    );
     anyhow::ensure!(primaries + spares <= 200, "at most 200 servers in a demo");
     let host_actions = nix::unistd::geteuid().is_root();
     let mut toml = format!(
@@ -241,16 +247,32 @@ data_dir = "{data}"
     }
     let config_path = dir.join("rejuv.toml");
     std::fs::write(&config_path, &toml)?;
-    rejuv_core::config::Config::from_toml(&toml).context("the demo wrote a config it cannot read")?;
-    Ok(Plan { config_path, token_path, controller, admin, servers, token })
+    rejuv_core::config::Config::from_toml(&toml)
+        .context("the demo wrote a config it cannot read")?;
+    Ok(Plan {
+        config_path,
+        token_path,
+        controller,
+        admin,
+        servers,
+        token,
+    })
 }
 
 fn log_file(dir: &Path, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("logs").join(format!("{name}.log")))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("logs").join(format!("{name}.log")))?;
     Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
 }
 
-async fn wait_http(client: &reqwest::Client, url: &str, what: &str, limit: Duration) -> anyhow::Result<()> {
+async fn wait_http(
+    client: &reqwest::Client,
+    url: &str,
+    what: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let until = Instant::now() + limit;
     loop {
         if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await {
@@ -258,13 +280,19 @@ async fn wait_http(client: &reqwest::Client, url: &str, what: &str, limit: Durat
                 return Ok(());
             }
         }
-        anyhow::ensure!(Instant::now() < until, "{what} did not answer at {url} within {limit:?}; see the logs in the state directory");
+        anyhow::ensure!(
+            Instant::now() < until,
+            "{what} did not answer at {url} within {limit:?}; see the logs in the state directory"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(run_async(args))
 }
 
@@ -295,29 +323,48 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         None => std::env::temp_dir().join(format!(
             "rejuv-demo-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
         )),
     };
     std::fs::create_dir_all(dir.join("logs"))?;
     let plan = write_config(&args, &dir, mode)?;
     let exe = std::env::current_exe()?;
-    let p = Printer { start: Instant::now(), tty: std::io::stdout().is_terminal() };
+    let p = Printer {
+        start: Instant::now(),
+        tty: std::io::stdout().is_terminal(),
+    };
     p.line(&format!("state directory: {}", dir.display()));
-    p.line(&format!("{mode} cluster: {} servers; config {}", plan.servers.len(), plan.config_path.display()));
+    p.line(&format!(
+        "{mode} cluster: {} servers; config {}",
+        plan.servers.len(),
+        plan.config_path.display()
+    ));
 
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     // Processes, dropped (and so stopped) in reverse order: controller, proxy, agents.
     let mut agents = Vec::new();
     for (id, addr) in &plan.servers {
         let (out, err) = log_file(&dir, &format!("agent-{id}"))?;
         let mut cmd = Command::new(&exe);
-        cmd.args(["agent", "--config"]).arg(&plan.config_path).args(["--server", id]);
+        cmd.args(["agent", "--config"])
+            .arg(&plan.config_path)
+            .args(["--server", id]);
         cmd.stdout(out).stderr(err).stdin(Stdio::null());
         agents.push(Proc::spawn(&format!("agent {id}"), cmd)?);
         let _ = addr;
     }
     for (id, addr) in &plan.servers {
-        wait_http(&http, &format!("http://{addr}/healthz"), &format!("agent {id}"), Duration::from_secs(30)).await?;
+        wait_http(
+            &http,
+            &format!("http://{addr}/healthz"),
+            &format!("agent {id}"),
+            Duration::from_secs(30),
+        )
+        .await?;
     }
     let mut proxy = {
         let (out, err) = log_file(&dir, "proxy")?;
@@ -326,7 +373,13 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         cmd.stdout(out).stderr(err).stdin(Stdio::null());
         Proc::spawn("proxy", cmd)?
     };
-    wait_http(&http, &format!("http://{}/healthz", plan.admin), "proxy", Duration::from_secs(30)).await?;
+    wait_http(
+        &http,
+        &format!("http://{}/healthz", plan.admin),
+        "proxy",
+        Duration::from_secs(30),
+    )
+    .await?;
     let mut controller = {
         let (out, err) = log_file(&dir, "controller")?;
         let mut cmd = Command::new(&exe);
@@ -337,9 +390,24 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         cmd.stdout(out).stderr(err).stdin(Stdio::null());
         Proc::spawn("controller", cmd)?
     };
-    wait_http(&http, &format!("http://{}/healthz", plan.controller), "controller", Duration::from_secs(30)).await?;
-    p.line(&format!("agents, proxy and controller up; waiting for the front end {} to serve", args.listen));
-    wait_http(&http, &format!("http://{}/", args.listen), "front end", Duration::from_secs(60)).await?;
+    wait_http(
+        &http,
+        &format!("http://{}/healthz", plan.controller),
+        "controller",
+        Duration::from_secs(30),
+    )
+    .await?;
+    p.line(&format!(
+        "agents, proxy and controller up; waiting for the front end {} to serve",
+        args.listen
+    ));
+    wait_http(
+        &http,
+        &format!("http://{}/", args.listen),
+        "front end",
+        Duration::from_secs(60),
+    )
+    .await?;
 
     println!("dashboard: http://{}/ui", plan.controller);
     println!("token file: {}", plan.token_path.display());
@@ -347,7 +415,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         "front end serving; load {} req/s for {:?}{}",
         args.load_rps,
         args.duration,
-        if args.no_rejuvenation { " (control run: rejuvenation off)" } else { "" }
+        if args.no_rejuvenation {
+            " (control run: rejuvenation off)"
+        } else {
+            ""
+        }
     ));
 
     let load_opts = rejuv_sample::loadgen::LoadOptions {
@@ -372,7 +444,10 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         if let Ok(r) = http
-            .get(format!("http://{}/v1/events?after={last_seq}&limit=200", plan.controller))
+            .get(format!(
+                "http://{}/v1/events?after={last_seq}&limit=200",
+                plan.controller
+            ))
             .header("authorization", &auth)
             .send()
             .await
@@ -381,7 +456,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
                 for e in v.as_array().into_iter().flatten() {
                     last_seq = e["seq"].as_i64().unwrap_or(last_seq);
                     let kind = e["kind"].as_str().unwrap_or("");
-                    if kind == "judgement" && e["message"].as_str().is_some_and(|m| m.contains("stable")) && !e["message"].as_str().is_some_and(|m| m.contains("unstable")) {
+                    if kind == "judgement"
+                        && e["message"].as_str().is_some_and(|m| m.contains("stable"))
+                        && !e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("unstable"))
+                    {
                         continue;
                     }
                     p.line(&format!(
@@ -395,7 +475,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         }
         if last_status.elapsed() >= Duration::from_secs(5) {
             last_status = Instant::now();
-            if let Ok(r) = http.get(format!("http://{}/v1/status", plan.controller)).header("authorization", &auth).send().await {
+            if let Ok(r) = http
+                .get(format!("http://{}/v1/status", plan.controller))
+                .header("authorization", &auth)
+                .send()
+                .await
+            {
                 if let Ok(v) = r.json::<Value>().await {
                     let parts: Vec<String> = v["servers"]
                         .as_array()
@@ -430,11 +515,24 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
 
     // Let running workflows finish before counting, so no state is mid-move.
     if !args.no_rejuvenation {
-        let _ = http.post(format!("http://{}/v1/pause", plan.controller)).header("authorization", &auth).send().await;
+        let _ = http
+            .post(format!("http://{}/v1/pause", plan.controller))
+            .header("authorization", &auth)
+            .send()
+            .await;
         let until = Instant::now() + Duration::from_secs(40);
         while Instant::now() < until && !shutdown.is_cancelled() {
-            let busy = match http.get(format!("http://{}/v1/status", plan.controller)).header("authorization", &auth).send().await {
-                Ok(r) => r.json::<Value>().await.map(|v| v["workflows"].as_array().is_some_and(|a| !a.is_empty())).unwrap_or(true),
+            let busy = match http
+                .get(format!("http://{}/v1/status", plan.controller))
+                .header("authorization", &auth)
+                .send()
+                .await
+            {
+                Ok(r) => r
+                    .json::<Value>()
+                    .await
+                    .map(|v| v["workflows"].as_array().is_some_and(|a| !a.is_empty()))
+                    .unwrap_or(true),
                 Err(_) => true,
             };
             if !busy {
@@ -456,7 +554,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             if i["traffic"] != "serving" {
                 continue;
             }
-            let Some(addr) = i["addr"].as_str() else { continue };
+            let Some(addr) = i["addr"].as_str() else {
+                continue;
+            };
             if let Ok(r) = http.get(format!("http://{addr}/counter")).send().await {
                 if let Ok(v) = r.json::<Value>().await {
                     actual += v["counter"].as_u64().unwrap_or(0);
@@ -466,7 +566,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     }
     let mut crashes = 0u64;
     for (_, addr) in &plan.servers {
-        if let Ok(r) = http.get(format!("http://{addr}/v1/state")).header("authorization", &auth).send().await {
+        if let Ok(r) = http
+            .get(format!("http://{addr}/v1/state"))
+            .header("authorization", &auth)
+            .send()
+            .await
+        {
             if let Ok(v) = r.json::<Value>().await {
                 crashes += v["crashes_total"].as_u64().unwrap_or(0);
             }
@@ -482,8 +587,15 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         rejuvenations_aborted: status["rolled_back_total"].as_u64().unwrap_or(0)
             + status["failed_total"].as_u64().unwrap_or(0),
         crashes,
-        latency_ms: Latency { p50: report.latency_ms_p50, p99: report.latency_ms_p99, max: report.latency_ms_max },
-        counter: Counter { expected: report.posts_ok, actual },
+        latency_ms: Latency {
+            p50: report.latency_ms_p50,
+            p99: report.latency_ms_p99,
+            max: report.latency_ms_max,
+        },
+        counter: Counter {
+            expected: report.posts_ok,
+            actual,
+        },
         workflows,
         state_dir: dir.clone(),
     };

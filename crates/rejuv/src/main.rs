@@ -16,7 +16,9 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rejuv: error: {e:#}");
-            if e.downcast_ref::<rejuv_core::config::ConfigError>().is_some() {
+            if e.downcast_ref::<rejuv_core::config::ConfigError>()
+                .is_some()
+            {
                 2
             } else {
                 1

@@ -14,8 +14,13 @@ impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Self> {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
-        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("starting {name}: {e}"))?;
-        Ok(Self { name: name.to_string(), child })
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {name}: {e}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -42,7 +47,6 @@ impl Proc {
         let _ = killpg(pg, Signal::SIGKILL);
         let _ = self.child.wait();
     }
-
 }
 
 impl Drop for Proc {
@@ -59,7 +63,10 @@ pub fn shutdown_on_signal() -> CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         for n in 0..2 {

@@ -30,7 +30,11 @@ health = { path = "healthz" }
 "#,
     )
     .unwrap();
-    let out = Command::new(EXE).args(["config", "check"]).arg(&path).output().unwrap();
+    let out = Command::new(EXE)
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for field in [
@@ -51,19 +55,30 @@ fn config_check_names_an_unknown_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[cluster]\nmode = \"active-standby\"\nmood = 3\n").unwrap();
-    let out = Command::new(EXE).args(["config", "check"]).arg(&path).output().unwrap();
+    let out = Command::new(EXE)
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mood"));
 }
 
 #[test]
 fn requests_without_the_token_are_refused_and_change_nothing() {
-    let mut h = Harness::new(&Spec { primaries: 1, spares: 1, ..Spec::default() });
+    let mut h = Harness::new(&Spec {
+        primaries: 1,
+        spares: 1,
+        ..Spec::default()
+    });
     h.start_controller(&[]);
     h.wait_serving();
     let http = reqwest::blocking::Client::new();
     // Controller API.
-    let r = http.post(format!("http://{}/v1/pause", h.controller_addr)).send().unwrap();
+    let r = http
+        .post(format!("http://{}/v1/pause", h.controller_addr))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = http
         .post(format!("http://{}/v1/pause", h.controller_addr))
@@ -72,7 +87,11 @@ fn requests_without_the_token_are_refused_and_change_nothing() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.text().unwrap().contains("token"));
-    assert_eq!(h.status()["paused"], false, "an unauthorized pause changed nothing");
+    assert_eq!(
+        h.status()["paused"],
+        false,
+        "an unauthorized pause changed nothing"
+    );
     // Agent API: a start without the token starts nothing.
     let agent = h.servers[1].agent;
     let r = http
@@ -89,17 +108,32 @@ fn requests_without_the_token_are_refused_and_change_nothing() {
         .json()
         .unwrap();
     assert!(st["instances"].as_array().unwrap().is_empty(), "{st}");
-    assert!(st["epoch"].as_u64().unwrap() < 999, "the epoch was not raised by the intruder");
+    assert!(
+        st["epoch"].as_u64().unwrap() < 999,
+        "the epoch was not raised by the intruder"
+    );
     // Proxy admin API.
-    let r = http.get(format!("http://{}/v1/status", h.admin)).send().unwrap();
+    let r = http
+        .get(format!("http://{}/v1/status", h.admin))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401);
     // /healthz needs no token.
-    assert!(http.get(format!("http://{agent}/healthz")).send().unwrap().status().is_success());
+    assert!(http
+        .get(format!("http://{agent}/healthz"))
+        .send()
+        .unwrap()
+        .status()
+        .is_success());
 }
 
 #[test]
 fn an_operator_request_that_does_not_fit_is_refused() {
-    let mut h = Harness::new(&Spec { primaries: 1, spares: 1, ..Spec::default() });
+    let mut h = Harness::new(&Spec {
+        primaries: 1,
+        spares: 1,
+        ..Spec::default()
+    });
     h.start_controller(&[]);
     let r = h.api(reqwest::Method::POST, "/v1/servers/nope/rejuvenate");
     assert_eq!(r.status(), 409);

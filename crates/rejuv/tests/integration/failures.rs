@@ -28,17 +28,30 @@ fn a_target_that_never_becomes_healthy_is_rolled_back_and_another_is_tried() {
     h.start_controller(&[]);
     h.wait_serving();
     let load = Load::start(h.front, 50, Duration::from_secs(90));
-    wait_for("a completed workflow after the rollback", Duration::from_secs(60), || {
-        (h.completed() >= 1).then_some(())
-    });
+    wait_for(
+        "a completed workflow after the rollback",
+        Duration::from_secs(60),
+        || (h.completed() >= 1).then_some(()),
+    );
     let report = load.finish();
     let st = h.status();
     let history = st["history"].as_array().unwrap();
     assert_eq!(history[0]["target"], "s2");
-    assert_eq!(history[0]["outcome"]["outcome"], "rolled-back", "{}", history[0]);
+    assert_eq!(
+        history[0]["outcome"]["outcome"], "rolled-back",
+        "{}",
+        history[0]
+    );
     assert_eq!(history[1]["target"], "s3");
-    assert_eq!(history[1]["outcome"]["outcome"], "completed", "{}", history[1]);
-    assert_eq!(report.requests_failed, 0, "the old server kept serving: {report:?}");
+    assert_eq!(
+        history[1]["outcome"]["outcome"], "completed",
+        "{}",
+        history[1]
+    );
+    assert_eq!(
+        report.requests_failed, 0,
+        "the old server kept serving: {report:?}"
+    );
     let events = h.events();
     assert!(
         events.iter().any(|e| e["kind"] == "workflow-rolled-back"
@@ -46,13 +59,22 @@ fn a_target_that_never_becomes_healthy_is_rolled_back_and_another_is_tried() {
         "the event log says why: {events:?}"
     );
     // The broken copy was stopped on s2: nothing of the workflow is left running there.
-    let s2 = st["servers"].as_array().unwrap().iter().find(|s| s["id"] == "s2").unwrap();
+    let s2 = st["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "s2")
+        .unwrap();
     assert!(s2["instances"].as_array().unwrap().is_empty(), "{s2}");
 }
 
 #[test]
 fn two_unstable_servers_and_one_spare_take_turns() {
-    let spec = Spec { primaries: 2, spares: 1, ..fast_aging() };
+    let spec = Spec {
+        primaries: 2,
+        spares: 1,
+        ..fast_aging()
+    };
     let mut h = Harness::new(&spec);
     h.start_controller(&[]);
     h.wait_serving();
@@ -62,8 +84,15 @@ fn two_unstable_servers_and_one_spare_take_turns() {
         let st = h.try_status()?;
         let running = st["workflows"].as_array()?;
         max_running = max_running.max(running.len());
-        let targets: BTreeSet<&str> = running.iter().filter_map(|w| w["target"].as_str()).collect();
-        assert_eq!(targets.len(), running.len(), "a spare was taken twice: {running:?}");
+        let targets: BTreeSet<&str> = running
+            .iter()
+            .filter_map(|w| w["target"].as_str())
+            .collect();
+        assert_eq!(
+            targets.len(),
+            running.len(),
+            "a spare was taken twice: {running:?}"
+        );
         (st["completed_total"].as_u64()? >= 2).then_some(())
     });
     let report = load.finish();
@@ -71,12 +100,16 @@ fn two_unstable_servers_and_one_spare_take_turns() {
     assert_eq!(report.requests_failed, 0, "{report:?}");
     let events = h.events();
     assert!(
-        events.iter().any(|e| e["kind"] == "no-target" && e["message"].as_str().unwrap().contains("budget")),
+        events
+            .iter()
+            .any(|e| e["kind"] == "no-target" && e["message"].as_str().unwrap().contains("budget")),
         "the second server was told to wait for the budget: {events:?}"
     );
     let history: Vec<Value> = h.status()["history"].as_array().unwrap().clone();
     for pair in history.windows(2) {
-        let end = pair[0]["steps"].as_array().unwrap().last().unwrap()["at_ms"].as_u64().unwrap();
+        let end = pair[0]["steps"].as_array().unwrap().last().unwrap()["at_ms"]
+            .as_u64()
+            .unwrap();
         let start = pair[1]["started_at_ms"].as_u64().unwrap();
         assert!(start >= end, "workflows overlapped: {pair:?}");
     }
@@ -85,26 +118,42 @@ fn two_unstable_servers_and_one_spare_take_turns() {
 #[test]
 fn no_spare_capacity_disrupts_nothing_and_says_why() {
     // Active-active, every server full: nobody has room for another server's instance.
-    let spec = Spec { mode: "active-active", primaries: 2, spares: 0, capacity: 1, ..fast_aging() };
+    let spec = Spec {
+        mode: "active-active",
+        primaries: 2,
+        spares: 0,
+        capacity: 1,
+        ..fast_aging()
+    };
     let mut h = Harness::new(&spec);
     h.start_controller(&[]);
     h.wait_serving();
     let load = Load::start(h.front, 50, Duration::from_secs(60));
     let msg = wait_for("a no-target event", Duration::from_secs(40), || {
-        h.events().into_iter().find(|e| e["kind"] == "no-target").map(|e| e["message"].to_string())
+        h.events()
+            .into_iter()
+            .find(|e| e["kind"] == "no-target")
+            .map(|e| e["message"].to_string())
     });
     assert!(msg.contains("spare capacity"), "{msg}");
     // Give the controller time to (wrongly) act: several polls and ticks.
     let seen = h.events().len();
     wait_for("more events or ticks", Duration::from_secs(10), || {
         let st = h.status();
-        (st["servers"].as_array().unwrap().iter().all(|s| s["judgement"] == "unstable")
+        (st["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["judgement"] == "unstable")
             || h.events().len() > seen + 2)
             .then_some(())
     });
     let report = load.finish();
     let st = h.status();
-    assert!(st["workflows"].as_array().unwrap().is_empty(), "no workflow could start: {st}");
+    assert!(
+        st["workflows"].as_array().unwrap().is_empty(),
+        "no workflow could start: {st}"
+    );
     assert!(st["history"].as_array().unwrap().is_empty(), "{st}");
     for s in st["servers"].as_array().unwrap() {
         assert_eq!(s["state"], "in-service", "nothing disrupted: {s}");

@@ -74,7 +74,11 @@ pub struct Harness {
 }
 
 fn free_port(ip: IpAddr) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn free_range(ip: IpAddr, n: u16) -> [u16; 2] {
@@ -89,8 +93,14 @@ fn free_range(ip: IpAddr, n: u16) -> [u16; 2] {
 
 fn spawn(cmd: &mut Command, log: &Path) -> Child {
     use std::os::unix::process::CommandExt;
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    cmd.stdout(Stdio::from(f.try_clone().unwrap())).stderr(Stdio::from(f)).stdin(Stdio::null());
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    cmd.stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f))
+        .stdin(Stdio::null());
     cmd.process_group(0);
     cmd.spawn().expect("spawning rejuv")
 }
@@ -106,7 +116,10 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < until, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            Instant::now() < until,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -114,10 +127,20 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
 impl Harness {
     /// Writes the config and starts agents and proxy (not the controller).
     pub fn new(spec: &Spec) -> Self {
-        let dir = tempfile::Builder::new().prefix("rejuv-it-").tempdir().unwrap();
-        let tag = dir.path().file_name().unwrap().to_string_lossy().to_string();
+        let dir = tempfile::Builder::new()
+            .prefix("rejuv-it-")
+            .tempdir()
+            .unwrap();
+        let tag = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        let token: String = (0..16).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let token: String = (0..16)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
         let token_path = dir.path().join("token");
         std::fs::write(&token_path, &token).unwrap();
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
@@ -130,7 +153,9 @@ impl Harness {
             spec.leak_per_second, spec.leak_per_request, spec.limit
         );
         let script = match &spec.broken_address {
-            Some(bad) => format!("if [ {{address}} = {bad} ]; then exec sleep 600; fi; exec {service_cmd}"),
+            Some(bad) => {
+                format!("if [ {{address}} = {bad} ]; then exec sleep 600; fi; exec {service_cmd}")
+            }
             None => format!("exec {service_cmd}"),
         };
         let handoff = if spec.handoff {
@@ -224,11 +249,19 @@ data_dir = "{data}"
                 inst = if primary { r#"["web"]"# } else { "[]" },
                 data = dir.path().join("agents").join(&id).display(),
             ));
-            servers.push(Server { id, ip, agent, proc: None });
+            servers.push(Server {
+                id,
+                ip,
+                agent,
+                proc: None,
+            });
         }
         let config = dir.path().join("rejuv.toml");
         std::fs::write(&config, &toml).unwrap();
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
         let mut h = Harness {
             dir,
             config,
@@ -260,7 +293,9 @@ data_dir = "{data}"
     pub fn start_agent(&mut self, i: usize) {
         let s = &self.servers[i];
         let mut cmd = Command::new(EXE);
-        cmd.args(["agent", "--config"]).arg(&self.config).args(["--server", &s.id]);
+        cmd.args(["agent", "--config"])
+            .arg(&self.config)
+            .args(["--server", &s.id]);
         let log = self.dir.path().join(format!("logs/agent-{}.log", s.id));
         self.servers[i].proc = Some(spawn(&mut cmd, &log));
     }
@@ -271,7 +306,10 @@ data_dir = "{data}"
         for (k, v) in env {
             cmd.env(k, v);
         }
-        self.controller = Some(spawn(&mut cmd, &self.dir.path().join("logs/controller.log")));
+        self.controller = Some(spawn(
+            &mut cmd,
+            &self.dir.path().join("logs/controller.log"),
+        ));
         let url = format!("http://{}/healthz", self.controller_addr);
         self.wait_ok(&url, "controller /healthz");
     }
@@ -293,7 +331,12 @@ data_dir = "{data}"
 
     fn wait_ok(&self, url: &str, what: &str) {
         wait_for(what, Duration::from_secs(30), || {
-            self.http.get(url).send().ok().filter(|r| r.status().is_success()).map(|_| ())
+            self.http
+                .get(url)
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
         });
     }
 
@@ -306,11 +349,16 @@ data_dir = "{data}"
     }
 
     pub fn status(&self) -> Value {
-        self.api(reqwest::Method::GET, "/v1/status").json().expect("status json")
+        self.api(reqwest::Method::GET, "/v1/status")
+            .json()
+            .expect("status json")
     }
 
     pub fn events(&self) -> Vec<Value> {
-        let v: Value = self.api(reqwest::Method::GET, "/v1/events?after=0&limit=1000").json().unwrap();
+        let v: Value = self
+            .api(reqwest::Method::GET, "/v1/events?after=0&limit=1000")
+            .json()
+            .unwrap();
         v.as_array().cloned().unwrap_or_default()
     }
 
@@ -331,7 +379,9 @@ data_dir = "{data}"
     }
 
     pub fn completed(&self) -> u64 {
-        self.try_status().and_then(|s| s["completed_total"].as_u64()).unwrap_or(0)
+        self.try_status()
+            .and_then(|s| s["completed_total"].as_u64())
+            .unwrap_or(0)
     }
 
     /// Sum of the counters of the instances taking traffic.
@@ -342,7 +392,13 @@ data_dir = "{data}"
             for i in srv["instances"].as_array().unwrap() {
                 if i["traffic"] == "serving" {
                     let addr = i["addr"].as_str().unwrap();
-                    let v: Value = self.http.get(format!("http://{addr}/counter")).send().unwrap().json().unwrap();
+                    let v: Value = self
+                        .http
+                        .get(format!("http://{addr}/counter"))
+                        .send()
+                        .unwrap()
+                        .json()
+                        .unwrap();
                     sum += v["counter"].as_u64().unwrap();
                 }
             }
@@ -351,7 +407,8 @@ data_dir = "{data}"
     }
 
     pub fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
     }
 
     /// Prints every log, for a failing test's output.
@@ -372,12 +429,21 @@ data_dir = "{data}"
     /// agent died without stopping them).
     fn kill_tagged(&self) {
         let needle = format!("REJUV_TEST_TAG={}", self.tag);
-        let Ok(rd) = std::fs::read_dir("/proc") else { return };
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return;
+        };
         for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
             if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -419,7 +485,10 @@ impl Load {
         let stop = tokio_util::sync::CancellationToken::new();
         let s = stop.clone();
         let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(rejuv_sample::loadgen::run(
                 rejuv_sample::loadgen::LoadOptions {
                     target,
@@ -433,7 +502,10 @@ impl Load {
             ))
             .expect("load generator")
         });
-        Self { handle: Some(handle), stop }
+        Self {
+            handle: Some(handle),
+            stop,
+        }
     }
 
     pub fn finish(mut self) -> rejuv_sample::loadgen::LoadReport {

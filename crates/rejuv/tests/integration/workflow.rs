@@ -28,29 +28,53 @@ fn run_loop(spec: Spec, want: u64) -> (Harness, rejuv_sample::loadgen::LoadRepor
     h.start_controller(&[]);
     h.wait_serving();
     let load = Load::start(h.front, 80, Duration::from_secs(90));
-    wait_for(&format!("{want} completed rejuvenations"), Duration::from_secs(80), || {
-        (h.completed() >= want).then_some(())
-    });
+    wait_for(
+        &format!("{want} completed rejuvenations"),
+        Duration::from_secs(80),
+        || (h.completed() >= want).then_some(()),
+    );
     let report = load.finish();
     // Let any running workflow finish so that no state is mid-move, then count.
     assert_eq!(h.api(reqwest::Method::POST, "/v1/pause").status(), 202);
-    wait_for("running workflows to finish", Duration::from_secs(40), || {
-        h.status()["workflows"].as_array().unwrap().is_empty().then_some(())
-    });
+    wait_for(
+        "running workflows to finish",
+        Duration::from_secs(40),
+        || {
+            h.status()["workflows"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        },
+    );
     (h, report)
 }
 
 fn check_common(h: &Harness, report: &rejuv_sample::loadgen::LoadReport) {
-    assert!(report.requests_total > 200, "too little load to judge: {report:?}");
-    assert_eq!(report.requests_failed, 0, "a client request failed: {report:?}");
+    assert!(
+        report.requests_total > 200,
+        "too little load to judge: {report:?}"
+    );
+    assert_eq!(
+        report.requests_failed, 0,
+        "a client request failed: {report:?}"
+    );
     assert!(report.posts_ok > 20, "{report:?}");
-    assert_eq!(h.counter_sum(), report.posts_ok, "a POST was lost or applied twice");
+    assert_eq!(
+        h.counter_sum(),
+        report.posts_ok,
+        "a POST was lost or applied twice"
+    );
     let status = h.status();
     for w in status["history"].as_array().unwrap() {
         assert_eq!(outcome(w), "completed", "workflow {w}");
     }
     for s in status["servers"].as_array().unwrap() {
-        assert_eq!(s["crashes_total"], 0, "server {} had an instance crash", s["id"]);
+        assert_eq!(
+            s["crashes_total"], 0,
+            "server {} had an instance crash",
+            s["id"]
+        );
     }
 }
 
@@ -64,18 +88,40 @@ fn active_standby_rejuvenates_and_the_spare_takes_over() {
     let target = first["target"].as_str().unwrap();
     let source = first["server"].as_str().unwrap();
     assert_eq!(target, "s3", "the spare is the first target");
-    let phases: Vec<&str> = first["steps"].as_array().unwrap().iter().map(|s| s["phase"].as_str().unwrap()).collect();
+    let phases: Vec<&str> = first["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["phase"].as_str().unwrap())
+        .collect();
     assert_eq!(
         phases,
-        ["duplexing", "gating", "draining", "handing-off", "rejuvenating", "verifying", "rejoined"],
+        [
+            "duplexing",
+            "gating",
+            "draining",
+            "handing-off",
+            "rejuvenating",
+            "verifying",
+            "rejoined"
+        ],
         "every step of the loop in order"
     );
     // The rejuvenated server came back as a spare and the old spare became a primary;
     // there is still exactly one spare.
-    let spares: Vec<&Value> =
-        status["servers"].as_array().unwrap().iter().filter(|s| s["role"] == "spare").collect();
+    let spares: Vec<&Value> = status["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["role"] == "spare")
+        .collect();
     assert_eq!(spares.len(), 1, "{status}");
-    let s3 = status["servers"].as_array().unwrap().iter().find(|s| s["id"] == "s3").unwrap();
+    let s3 = status["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "s3")
+        .unwrap();
     assert_eq!(s3["role"], "primary");
     let _ = source;
     // Every server is on the list at the end.
