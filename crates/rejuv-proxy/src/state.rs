@@ -1,0 +1,517 @@
+//! The routing state: the route table in force, turned into per-backend runtime records that
+//! the data path reads without locks, and the status the controller polls.
+//!
+//! The controller pushes a whole [`RouteTable`]; [`Shared::apply`] validates it, keeps the
+//! runtime record (counters, in-flight count, connection pool) of every backend that stays
+//! (same id and address), retires the ones that left and publishes a new [`Snapshot`] on a
+//! `watch` channel, which wakes the requests that wait for a serving backend or for a hold to
+//! end.
+//!
+//! # Guarantees
+//!
+//! Once `apply` has returned, no request that is not already counted in a backend's
+//! `in_flight` will be sent to that backend unless the new table says `Serving` and the
+//! service is not on hold. The data path increments `in_flight` first and checks the
+//! backend's state and the service's hold flag after (both sequentially consistent), and
+//! `apply` stores the flags before anyone can read the status; so when the controller sees
+//! `in_flight == 0` for a draining backend, that backend is really done.
+
+use crate::pool::{Pool, UpstreamSender};
+use rejuv_core::api::{
+    BackendState, BackendStatus, ProxyStatus, RouteTable, ServiceRoutes, ServiceStatus,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Longest `max_hold_ms` a table may ask for: a held request keeps a client waiting, and a
+/// minute is already far beyond any client's patience.
+pub const MAX_HOLD_MS_LIMIT: u64 = 60_000;
+
+/// One thing wrong with a pushed route table; the message starts with the field's path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("services.{service}: unknown service (this proxy listens for: {known})")]
+    UnknownService { service: String, known: String },
+    #[error("services.{service}.backends[{index}].id: duplicate backend id {id:?}")]
+    DuplicateBackendId {
+        service: String,
+        index: usize,
+        id: String,
+    },
+    #[error("services.{service}.backends[{index}].id: must not be empty")]
+    EmptyBackendId { service: String, index: usize },
+    #[error(
+        "services.{service}.backends[{index}].addr: {addr} has port 0, which no backend listens on"
+    )]
+    ZeroPort {
+        service: String,
+        index: usize,
+        addr: SocketAddr,
+    },
+    #[error("services.{service}.max_hold_ms: {value} is above the limit of {MAX_HOLD_MS_LIMIT}")]
+    MaxHoldTooLong { service: String, value: u64 },
+}
+
+/// A rejected route table: every problem found, so the controller can fix them all at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid route table: {}", join(.0))]
+pub struct InvalidTable(pub Vec<TableError>);
+
+fn join(errors: &[TableError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Checks a table against the services this proxy listens for. Nothing is changed.
+///
+/// # Errors
+///
+/// [`InvalidTable`] listing every bad field.
+pub fn validate(
+    table: &RouteTable,
+    known: &BTreeMap<String, SocketAddr>,
+) -> Result<(), InvalidTable> {
+    let mut errors = Vec::new();
+    for (service, routes) in &table.services {
+        if !known.contains_key(service) {
+            errors.push(TableError::UnknownService {
+                service: service.clone(),
+                known: known.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+        if routes.max_hold_ms > MAX_HOLD_MS_LIMIT {
+            errors.push(TableError::MaxHoldTooLong {
+                service: service.clone(),
+                value: routes.max_hold_ms,
+            });
+        }
+        let mut seen = HashSet::new();
+        for (index, backend) in routes.backends.iter().enumerate() {
+            if backend.id.is_empty() {
+                errors.push(TableError::EmptyBackendId {
+                    service: service.clone(),
+                    index,
+                });
+            } else if !seen.insert(backend.id.as_str()) {
+                errors.push(TableError::DuplicateBackendId {
+                    service: service.clone(),
+                    index,
+                    id: backend.id.clone(),
+                });
+            }
+            if backend.addr.port() == 0 {
+                errors.push(TableError::ZeroPort {
+                    service: service.clone(),
+                    index,
+                    addr: backend.addr,
+                });
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidTable(errors))
+    }
+}
+
+const SERVING: u8 = 0;
+const DRAINING: u8 = 1;
+/// Left the table; kept only while requests to it are still in flight.
+const REMOVED: u8 = 2;
+
+fn encode(state: BackendState) -> u8 {
+    match state {
+        BackendState::Serving => SERVING,
+        BackendState::Draining => DRAINING,
+    }
+}
+
+/// Everything the proxy knows about one backend (one instance endpoint) of one service.
+pub struct BackendRuntime {
+    pub id: String,
+    pub addr: SocketAddr,
+    state: AtomicU8,
+    /// Requests dispatched to this backend whose response body has not finished streaming.
+    pub in_flight: AtomicU64,
+    pub requests_total: AtomicU64,
+    pub errors_total: AtomicU64,
+    /// Idle keep-alive connections to this backend.
+    pub pool: Pool,
+}
+
+impl BackendRuntime {
+    fn new(id: String, addr: SocketAddr, state: BackendState) -> Self {
+        Self {
+            id,
+            addr,
+            state: AtomicU8::new(encode(state)),
+            in_flight: AtomicU64::new(0),
+            requests_total: AtomicU64::new(0),
+            errors_total: AtomicU64::new(0),
+            pool: Pool::default(),
+        }
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == SERVING
+    }
+
+    /// Gives a connection whose response has ended back to the pool, unless this backend no
+    /// longer takes new requests.
+    pub fn release(&self, sender: UpstreamSender) {
+        if !self.is_serving() {
+            return;
+        }
+        self.pool.put(sender);
+        // `set_state` may have cleared the pool between our check and our put.
+        if !self.is_serving() {
+            self.pool.clear();
+        }
+    }
+
+    fn state(&self) -> Option<BackendState> {
+        match self.state.load(Ordering::SeqCst) {
+            SERVING => Some(BackendState::Serving),
+            DRAINING => Some(BackendState::Draining),
+            _ => None,
+        }
+    }
+
+    fn set_state(&self, state: u8) {
+        self.state.store(state, Ordering::SeqCst);
+        if state != SERVING {
+            // Nothing new will be sent here: idle connections would only keep the backend's
+            // process busy (or block its graceful shutdown) for nothing.
+            self.pool.clear();
+        }
+    }
+
+    fn status(&self) -> BackendStatus {
+        BackendStatus {
+            id: self.id.clone(),
+            addr: self.addr,
+            state: self.state(),
+            in_flight: self.in_flight.load(Ordering::SeqCst),
+            requests_total: self.requests_total.load(Ordering::Relaxed),
+            errors_total: self.errors_total.load(Ordering::Relaxed),
+        }
+    }
+
+    fn forgettable(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == REMOVED && self.in_flight.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// Per-listener record: lives as long as the proxy, whatever the table says.
+pub struct ServiceRuntime {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// The table's `hold` for this service, readable without the snapshot (see the module's
+    /// guarantees).
+    pub hold: AtomicBool,
+    pub held: AtomicU64,
+    pub requests_total: AtomicU64,
+    pub failed_total: AtomicU64,
+    /// Round-robin cursor.
+    pub next: AtomicUsize,
+}
+
+/// Routing view of one service in the table in force.
+pub struct ServiceRoutesView {
+    /// The table's backends, in table order, serving or draining (read each one's state).
+    pub backends: Vec<Arc<BackendRuntime>>,
+    pub max_hold: Duration,
+}
+
+/// The table in force, as the data path sees it.
+pub struct Snapshot {
+    pub version: u64,
+    pub services: HashMap<String, ServiceRoutesView>,
+}
+
+struct Registry {
+    version: u64,
+    /// Per service: the table's backends in table order, then retired ones still in flight.
+    backends: BTreeMap<String, Vec<Arc<BackendRuntime>>>,
+}
+
+/// State shared by the admin API and every front-end connection.
+pub struct Shared {
+    pub services: BTreeMap<String, Arc<ServiceRuntime>>,
+    listen: BTreeMap<String, SocketAddr>,
+    registry: Mutex<Registry>,
+    routes: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Shared {
+    pub fn new(listen: BTreeMap<String, SocketAddr>) -> Self {
+        let services = listen
+            .iter()
+            .map(|(name, addr)| {
+                let rt = ServiceRuntime {
+                    name: name.clone(),
+                    listen: *addr,
+                    hold: AtomicBool::new(false),
+                    held: AtomicU64::new(0),
+                    requests_total: AtomicU64::new(0),
+                    failed_total: AtomicU64::new(0),
+                    next: AtomicUsize::new(0),
+                };
+                (name.clone(), Arc::new(rt))
+            })
+            .collect();
+        let registry = Registry {
+            version: 0,
+            backends: listen
+                .keys()
+                .map(|name| (name.clone(), Vec::new()))
+                .collect(),
+        };
+        let (routes, _) = watch::channel(Arc::new(Snapshot {
+            version: 0,
+            services: HashMap::new(),
+        }));
+        Self {
+            services,
+            listen,
+            registry: Mutex::new(registry),
+            routes,
+        }
+    }
+
+    /// A receiver of table changes, positioned at the table in force.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.routes.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock leaves plain data behind, still consistent enough
+        // to report and to replace with the next table.
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Puts `table` in force unless it is older than the one in force, and answers the status
+    /// either way.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidTable`] if the table names an unknown service, repeats a backend id, or asks
+    /// for too long a hold; nothing changes then.
+    pub fn apply(&self, table: &RouteTable) -> Result<ProxyStatus, InvalidTable> {
+        validate(table, &self.listen)?;
+        let mut registry = self.lock();
+        if table.version < registry.version {
+            tracing::info!(
+                stale = table.version,
+                in_force = registry.version,
+                "ignoring an older route table"
+            );
+            return Ok(self.status_locked(&mut registry));
+        }
+        let empty = ServiceRoutes {
+            backends: Vec::new(),
+            hold: false,
+            max_hold_ms: 0,
+        };
+        let mut views = HashMap::new();
+        for (name, service) in &self.services {
+            let routes = table.services.get(name);
+            let wanted = routes.unwrap_or(&empty);
+            let old = registry.backends.remove(name).unwrap_or_default();
+            let mut current = Vec::with_capacity(wanted.backends.len());
+            for backend in &wanted.backends {
+                let kept = old
+                    .iter()
+                    .find(|b| b.id == backend.id && b.addr == backend.addr)
+                    .cloned();
+                let rt = match kept {
+                    Some(rt) => {
+                        rt.set_state(encode(backend.state));
+                        rt
+                    }
+                    None => Arc::new(BackendRuntime::new(
+                        backend.id.clone(),
+                        backend.addr,
+                        backend.state,
+                    )),
+                };
+                current.push(rt);
+            }
+            let mut all = current.clone();
+            for rt in old {
+                if current.iter().any(|c| Arc::ptr_eq(c, &rt)) {
+                    continue;
+                }
+                rt.set_state(REMOVED);
+                if !rt.forgettable() {
+                    all.push(rt);
+                }
+            }
+            service.hold.store(wanted.hold, Ordering::SeqCst);
+            registry.backends.insert(name.clone(), all);
+            if routes.is_some() {
+                views.insert(
+                    name.clone(),
+                    ServiceRoutesView {
+                        backends: current,
+                        max_hold: Duration::from_millis(wanted.max_hold_ms),
+                    },
+                );
+            }
+        }
+        registry.version = table.version;
+        tracing::info!(version = table.version, "route table in force");
+        self.routes.send_replace(Arc::new(Snapshot {
+            version: table.version,
+            services: views,
+        }));
+        Ok(self.status_locked(&mut registry))
+    }
+
+    pub fn status(&self) -> ProxyStatus {
+        let mut registry = self.lock();
+        self.status_locked(&mut registry)
+    }
+
+    fn status_locked(&self, registry: &mut Registry) -> ProxyStatus {
+        let mut services = BTreeMap::new();
+        for (name, service) in &self.services {
+            let backends = registry.backends.entry(name.clone()).or_default();
+            backends.retain(|b| !b.forgettable());
+            services.insert(
+                name.clone(),
+                ServiceStatus {
+                    listen: service.listen,
+                    backends: backends.iter().map(|b| b.status()).collect(),
+                    held: service.held.load(Ordering::SeqCst),
+                    requests_total: service.requests_total.load(Ordering::Relaxed),
+                    failed_total: service.failed_total.load(Ordering::Relaxed),
+                },
+            );
+        }
+        ProxyStatus {
+            version: registry.version,
+            services,
+        }
+    }
+
+    /// Closes pooled connections that have been idle too long.
+    pub fn sweep_pools(&self) {
+        let registry = self.lock();
+        for backend in registry.backends.values().flatten() {
+            backend.pool.sweep();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rejuv_core::api::Backend;
+
+    fn listen() -> BTreeMap<String, SocketAddr> {
+        BTreeMap::from([("web".to_string(), "127.0.0.1:8000".parse().unwrap())])
+    }
+
+    fn table(version: u64, backends: &[(&str, u16, BackendState)]) -> RouteTable {
+        RouteTable {
+            version,
+            services: BTreeMap::from([(
+                "web".to_string(),
+                ServiceRoutes {
+                    backends: backends
+                        .iter()
+                        .map(|(id, port, state)| Backend {
+                            id: id.to_string(),
+                            addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                            state: *state,
+                        })
+                        .collect(),
+                    hold: false,
+                    max_hold_ms: 1000,
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let mut t = table(
+            1,
+            &[
+                ("a", 1, BackendState::Serving),
+                ("a", 0, BackendState::Serving),
+            ],
+        );
+        t.services.get_mut("web").unwrap().max_hold_ms = MAX_HOLD_MS_LIMIT + 1;
+        t.services.insert("nope".into(), t.services["web"].clone());
+        let err = validate(&t, &listen()).unwrap_err().to_string();
+        for needle in [
+            "services.nope: unknown service",
+            "services.web.backends[1].id: duplicate backend id \"a\"",
+            "services.web.backends[1].addr",
+            "services.web.max_hold_ms: 60001",
+        ] {
+            assert!(err.contains(needle), "{needle:?} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn a_removed_backend_is_kept_while_in_flight_then_forgotten() {
+        let shared = Shared::new(listen());
+        shared
+            .apply(&table(1, &[("a", 1, BackendState::Serving)]))
+            .unwrap();
+        let a = shared.subscribe().borrow().services["web"].backends[0].clone();
+        a.in_flight.fetch_add(1, Ordering::SeqCst);
+        let status = shared
+            .apply(&table(2, &[("b", 2, BackendState::Serving)]))
+            .unwrap();
+        let backends = &status.services["web"].backends;
+        assert_eq!(backends.len(), 2);
+        assert_eq!(backends[1].id, "a");
+        assert_eq!(backends[1].state, None);
+        assert_eq!(backends[1].in_flight, 1);
+        a.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let status = shared.status();
+        let ids: Vec<_> = status.services["web"]
+            .backends
+            .iter()
+            .map(|b| b.id.as_str())
+            .collect();
+        assert_eq!(ids, ["b"]);
+    }
+
+    #[test]
+    fn counters_survive_a_state_change_and_an_older_table_is_ignored() {
+        let shared = Shared::new(listen());
+        shared
+            .apply(&table(5, &[("a", 1, BackendState::Serving)]))
+            .unwrap();
+        let a = shared.subscribe().borrow().services["web"].backends[0].clone();
+        a.requests_total.fetch_add(3, Ordering::Relaxed);
+        let status = shared
+            .apply(&table(6, &[("a", 1, BackendState::Draining)]))
+            .unwrap();
+        assert_eq!(status.services["web"].backends[0].requests_total, 3);
+        assert_eq!(
+            status.services["web"].backends[0].state,
+            Some(BackendState::Draining)
+        );
+        let status = shared
+            .apply(&table(4, &[("z", 9, BackendState::Serving)]))
+            .unwrap();
+        assert_eq!(status.version, 6);
+        assert_eq!(status.services["web"].backends[0].id, "a");
+    }
+}
