@@ -133,6 +133,12 @@ pub struct Server {
     pub manual_request: Option<bool>,
     /// Why the last attempt to plan for this server found nothing (said once per reason).
     pub blocked_reason: Option<String>,
+    /// Escalation level of the last rejuvenation (0: `rejuvenation.actions`).
+    #[serde(default)]
+    pub level: usize,
+    /// Wall time of the last completed rejuvenation.
+    #[serde(default)]
+    pub last_rejuvenated_at_ms: Option<u64>,
 }
 
 impl Server {
@@ -236,6 +242,13 @@ pub struct Workflow {
     pub steps: Vec<StepTime>,
     pub outcome: Option<Outcome>,
     pub forced: bool,
+    /// Escalation level of the actions this workflow runs.
+    #[serde(default)]
+    pub level: usize,
+    /// The strongest level already ran and the server aged again within the window: after
+    /// the switch it is kept out of service for a person to look at.
+    #[serde(default)]
+    pub exhausted: bool,
 }
 
 impl Workflow {
@@ -401,6 +414,9 @@ pub struct Cluster {
     pub completed_total: u64,
     pub rolled_back_total: u64,
     pub failed_total: u64,
+    /// Wall time the last workflow completed (for the cluster-wide cooldown).
+    #[serde(default)]
+    pub last_completed_at_ms: Option<u64>,
 }
 
 /// `step(cluster, event, now) -> (cluster, output)`.
@@ -431,6 +447,7 @@ impl Cluster {
             completed_total: 0,
             rolled_back_total: 0,
             failed_total: 0,
+            last_completed_at_ms: None,
         };
         let mut out = Output::default();
         for s in &cfg.servers {
@@ -449,6 +466,8 @@ impl Cluster {
                     avoid_as_target_until_ms: None,
                     manual_request: None,
                     blocked_reason: None,
+                    level: 0,
+                    last_rejuvenated_at_ms: None,
                 },
             );
             for svc in &s.instances {
@@ -1158,7 +1177,7 @@ impl Cluster {
                         && w.pairs.iter().all(|p| !o.instances.contains_key(&p.old))
                 });
                 if fresh {
-                    self.complete(id, now, out);
+                    self.complete(cfg, id, now, out);
                 } else if u128::from(since) >= cfg.rejuvenation.verify_timeout.as_millis() {
                     self.fail(
                         id,
@@ -1222,7 +1241,7 @@ impl Cluster {
         w.enter(Phase::Rejuvenating, now);
         let server = w.server.clone();
         let run_id = w.run_id.clone();
-        let actions = cfg.rejuvenation.actions.clone();
+        let actions = cfg.rejuvenation.level(w.level).to_vec();
         let names: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
         self.log(
             out,
@@ -1242,7 +1261,7 @@ impl Cluster {
         );
     }
 
-    fn complete(&mut self, id: u64, now: Now, out: &mut Output) {
+    fn complete(&mut self, cfg: &Config, id: u64, now: Now, out: &mut Output) {
         let Some(mut w) = self.workflows.remove(&id) else {
             return;
         };
@@ -1255,7 +1274,50 @@ impl Cluster {
             Mode::ActiveStandby => Role::Spare,
             Mode::ActiveActive => Role::Primary,
         };
+        self.last_completed_at_ms = Some(now.wall_ms);
+        if w.exhausted {
+            let reason = format!(
+                "escalation exhausted: aged again within {:?} of its strongest rejuvenation",
+                cfg.rejuvenation.escalation_window
+            );
+            if let Some(s) = self.servers.get_mut(&w.server) {
+                s.state = ServerState::Failed {
+                    reason: reason.clone(),
+                };
+                s.manual_request = None;
+                s.last_rejuvenated_at_ms = Some(now.wall_ms);
+                s.level = w.level;
+            }
+            if let Some(t) = self.servers.get_mut(&w.target) {
+                if t.reserved_by == Some(id) {
+                    t.reserved_by = None;
+                }
+            }
+            self.log(
+                out,
+                now,
+                "escalation-exhausted",
+                Some(&w.server),
+                Some(id),
+                format!(
+                    "{}: {reason}; kept out of service until an operator releases it",
+                    w.server
+                ),
+            );
+            self.issue(
+                out,
+                CommandKind::Alert {
+                    server: Some(w.server.clone()),
+                    summary: format!("{} {reason}", w.server),
+                },
+            );
+            self.completed_total += 1;
+            self.finish(w);
+            return;
+        }
         if let Some(s) = self.servers.get_mut(&w.server) {
+            s.last_rejuvenated_at_ms = Some(now.wall_ms);
+            s.level = w.level;
             s.state = ServerState::InService;
             s.role = role;
             s.manual_request = None;
@@ -1447,7 +1509,11 @@ impl Cluster {
             .filter(|s| {
                 s.on_list() && s.role == Role::Primary && !s.maintenance && s.reserved_by.is_none()
             })
-            .filter(|s| s.judgement == Level::Unstable || s.manual_request.is_some())
+            .filter(|s| {
+                s.judgement == Level::Unstable
+                    || s.manual_request.is_some()
+                    || self.due_by_age(cfg, s).is_some()
+            })
             .filter(|s| !self.workflows.values().any(|w| w.server == s.id))
             .map(|s| s.id.clone())
             .collect();
@@ -1463,6 +1529,22 @@ impl Cluster {
             let manual = self.servers[&id].manual_request.is_some();
             if self.paused && !manual {
                 self.blocked(&id, "rejuv is paused".into(), false, now, out);
+                continue;
+            }
+            let cooling = self.last_completed_at_ms.is_some_and(|t| {
+                u128::from(now.wall_ms.saturating_sub(t)) < cfg.budget.cooldown.as_millis()
+            });
+            if !forced && cooling {
+                self.blocked(
+                    &id,
+                    format!(
+                        "waiting: cluster cooldown of {:?} after the last workflow",
+                        cfg.budget.cooldown
+                    ),
+                    false,
+                    now,
+                    out,
+                );
                 continue;
             }
             if !forced && self.workflows.len() as u32 >= cfg.budget.max_concurrent {
@@ -1484,6 +1566,25 @@ impl Cluster {
                 Err(why) => self.blocked(&id, why, true, now, out),
             }
         }
+    }
+
+    /// Why `s` is due for fixed-period rejuvenation, if it is: its running time passed
+    /// `max_running_time`, shortened by its own stable jitter.
+    fn due_by_age(&self, cfg: &Config, s: &Server) -> Option<String> {
+        let max = cfg.policy.max_running_time?;
+        let running = s
+            .observation
+            .as_ref()
+            .filter(|o| o.reachable)?
+            .running_time_s;
+        let limit =
+            max.as_secs_f64() * (1.0 - cfg.policy.max_running_time_jitter * unit_hash(&s.id));
+        (running >= limit).then(|| {
+            format!(
+                "running time {running:.0}s reached its fixed-period limit {limit:.0}s (max_running_time {:?} with jitter)",
+                max
+            )
+        })
     }
 
     fn blocked(&mut self, server: &str, why: String, alert: bool, now: Now, out: &mut Output) {
@@ -1582,8 +1683,28 @@ impl Cluster {
                 "requested by an operator".to_string(),
                 src.explanation.clone(),
             ),
-            (None, Some(e)) => (e.message.clone(), Some(e.clone())),
-            (None, None) => ("judged unstable".to_string(), None),
+            (None, Some(e)) if src.judgement == Level::Unstable => {
+                (e.message.clone(), Some(e.clone()))
+            }
+            _ => match self.due_by_age(cfg, src) {
+                Some(why) => (why, None),
+                None => ("judged unstable".to_string(), src.explanation.clone()),
+            },
+        };
+        // Escalation: a server the detector finds aging again soon after its last
+        // rejuvenation gets the next, stronger level of actions.
+        let aged_again = src.manual_request.is_none()
+            && src.judgement == Level::Unstable
+            && !cfg.rejuvenation.escalation.is_empty()
+            && src.last_rejuvenated_at_ms.is_some_and(|t| {
+                u128::from(now.wall_ms.saturating_sub(t))
+                    < cfg.rejuvenation.escalation_window.as_millis()
+            });
+        let max_level = cfg.rejuvenation.max_level();
+        let (level, exhausted) = if aged_again {
+            (max_level.min(src.level + 1), src.level >= max_level)
+        } else {
+            (0, false)
         };
         let old: Vec<(InstanceId, ServiceName)> = self
             .instances
@@ -1642,6 +1763,8 @@ impl Cluster {
             steps: vec![],
             outcome: None,
             forced,
+            level,
+            exhausted,
         };
         w.enter(Phase::Duplexing, now);
         let n = w.pairs.len();
@@ -1771,4 +1894,14 @@ impl Cluster {
             .as_ref()
             .map(|e| e.resource)
     }
+}
+
+/// A stable draw in [0, 1) from a server id (FNV-1a), for per-server jitter.
+fn unit_hash(id: &str) -> f64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -266,6 +266,18 @@ pub struct PolicyConfig {
     pub hold_down: Duration,
     #[serde(default = "default_rules")]
     pub rules: Vec<RuleConfig>,
+    /// Fixed-period rejuvenation: a primary that has run this long is rejuvenated through the
+    /// same workflow, whatever the detector says (as max-requests / max-lifetime settings do).
+    #[serde(with = "humantime_serde", default)]
+    pub max_running_time: Option<Duration>,
+    /// Fraction in [0, 0.5] by which each server's `max_running_time` is shortened (a stable
+    /// per-server draw), so servers started together do not all come due at once.
+    #[serde(default = "default_jitter")]
+    pub max_running_time_jitter: f64,
+}
+
+fn default_jitter() -> f64 {
+    0.1
 }
 
 fn default_hold_down() -> Duration {
@@ -294,6 +306,8 @@ impl Default for PolicyConfig {
         Self {
             hold_down: default_hold_down(),
             rules: default_rules(),
+            max_running_time: None,
+            max_running_time_jitter: default_jitter(),
         }
     }
 }
@@ -342,6 +356,10 @@ pub struct BudgetConfig {
     /// Capacity units of primaries on the list that must remain at every moment.
     #[serde(default)]
     pub min_available_capacity: u32,
+    /// After a workflow finishes, no new one starts for this long, so the fleet settles
+    /// before the next disruption (an operator's `force` excepted).
+    #[serde(with = "humantime_serde", default)]
+    pub cooldown: Duration,
 }
 
 fn default_max_concurrent() -> u32 {
@@ -353,6 +371,7 @@ impl Default for BudgetConfig {
         Self {
             max_concurrent: default_max_concurrent(),
             min_available_capacity: 0,
+            cooldown: Duration::ZERO,
         }
     }
 }
@@ -398,6 +417,33 @@ pub struct RejuvenationConfig {
     /// A target that failed to duplex is not chosen again for this long.
     #[serde(with = "humantime_serde", default = "default_target_cooldown")]
     pub failed_target_cooldown: Duration,
+    /// Stronger levels of actions, tried in order when a server ages again within
+    /// `escalation_window` of its last rejuvenation. When the strongest did not help, the
+    /// server is kept out of service and a person is alerted.
+    #[serde(default)]
+    pub escalation: Vec<Vec<Action>>,
+    #[serde(with = "humantime_serde", default = "default_escalation_window")]
+    pub escalation_window: Duration,
+}
+
+fn default_escalation_window() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl RejuvenationConfig {
+    /// The actions of escalation level `level` (0 = `actions`), clamped to the strongest.
+    pub fn level(&self, level: usize) -> &[Action] {
+        if level == 0 || self.escalation.is_empty() {
+            &self.actions
+        } else {
+            &self.escalation[(level - 1).min(self.escalation.len() - 1)]
+        }
+    }
+
+    /// The strongest level there is.
+    pub fn max_level(&self) -> usize {
+        self.escalation.len()
+    }
 }
 
 fn default_actions() -> Vec<Action> {
@@ -426,6 +472,8 @@ impl Default for RejuvenationConfig {
             duplex_timeout: default_duplex_timeout(),
             verify_timeout: default_verify_timeout(),
             failed_target_cooldown: default_target_cooldown(),
+            escalation: vec![],
+            escalation_window: default_escalation_window(),
         }
     }
 }
@@ -758,9 +806,32 @@ impl Config {
                 err(format!("rejuvenation.actions[{i}]"), "listed twice");
             }
         }
-        if self.rejuvenation.actions.contains(&Action::RestartHost)
-            && self.agent.restart_command.is_empty()
-        {
+        for (i, level) in self.rejuvenation.escalation.iter().enumerate() {
+            if level.is_empty() {
+                err(
+                    format!("rejuvenation.escalation[{i}]"),
+                    "an escalation level needs at least one action",
+                );
+            }
+        }
+        if !(0.0..=0.5).contains(&self.policy.max_running_time_jitter) {
+            err(
+                "policy.max_running_time_jitter".into(),
+                "must be a fraction in [0, 0.5]",
+            );
+        }
+        if self.policy.max_running_time.is_some_and(|d| d.is_zero()) {
+            err(
+                "policy.max_running_time".into(),
+                "must be greater than 0 (leave it out to disable)",
+            );
+        }
+        let mut all_actions = self
+            .rejuvenation
+            .actions
+            .iter()
+            .chain(self.rejuvenation.escalation.iter().flatten());
+        if all_actions.any(|a| *a == Action::RestartHost) && self.agent.restart_command.is_empty() {
             err(
                 "agent.restart_command".into(),
                 "restart-host is an action but no restart_command is set",
