@@ -511,6 +511,15 @@ impl Cluster {
         (c, out)
     }
 
+    /// Removes an instance from the cluster together with any start of it still in the
+    /// outbox, so no retry brings it back.
+    fn forget_instance(&mut self, id: &str) -> Option<Instance> {
+        self.pending.retain(|_, c| {
+            !matches!(&c.kind, CommandKind::StartInstance { instance, .. } if instance == id)
+        });
+        self.instances.remove(id)
+    }
+
     fn new_instance_id(&mut self, service: &str, server: &str) -> InstanceId {
         let id = format!("{service}-{server}-{}", self.next_id);
         self.next_id += 1;
@@ -651,11 +660,18 @@ impl Cluster {
                     if on {
                         s.manual_request = None;
                     } else if matches!(s.state, ServerState::Failed { .. }) {
-                        // Released by a person who looked at it: back on the list, empty.
+                        // Released by a person who looked at it: back on the list, empty,
+                        // judged afresh.
                         s.state = ServerState::InService;
                         s.role = back_role;
                         s.judgement = Level::Stable;
                         s.explanation = None;
+                        self.issue(
+                            out,
+                            CommandKind::ResetDetector {
+                                server: server.clone(),
+                            },
+                        );
                     }
                 }
                 self.log(
@@ -904,8 +920,15 @@ impl Cluster {
                 w.report = Some(report);
                 w.enter(Phase::Verifying, now);
                 let server = server.clone();
-                self.instances
-                    .retain(|_, i| !(i.server == server && i.traffic == Traffic::Draining));
+                let gone: Vec<InstanceId> = self
+                    .instances
+                    .values()
+                    .filter(|i| i.server == server && i.traffic == Traffic::Draining)
+                    .map(|i| i.id.clone())
+                    .collect();
+                for id in gone {
+                    self.forget_instance(&id);
+                }
                 self.log(
                     out,
                     now,
@@ -1375,10 +1398,7 @@ impl Cluster {
             // A start still in the outbox for a copy being removed must not be retried; the
             // shell carries out commands for one instance in order, so the stop comes after
             // any start already on its way.
-            self.pending.retain(|_, c| {
-                !matches!(&c.kind, CommandKind::StartInstance { instance, .. } if instance == &p.new)
-            });
-            if let Some(i) = self.instances.remove(&p.new) {
+            if let Some(i) = self.forget_instance(&p.new) {
                 self.issue(
                     out,
                     CommandKind::StopInstance {
@@ -1438,7 +1458,7 @@ impl Cluster {
             .map(|i| (i.server.clone(), i.id.clone()))
             .collect();
         for (server, instance) in leftovers {
-            self.instances.remove(&instance);
+            self.forget_instance(&instance);
             self.issue(out, CommandKind::StopInstance { server, instance });
         }
         if let Some(s) = self.servers.get_mut(&w.server) {
@@ -1525,6 +1545,10 @@ impl Cluster {
             }
         }
         for id in candidates {
+            // An earlier candidate of this same pass may have taken this server as its target.
+            if self.servers[&id].reserved_by.is_some() {
+                continue;
+            }
             let forced = self.servers[&id].manual_request == Some(true);
             let manual = self.servers[&id].manual_request.is_some();
             if self.paused && !manual {

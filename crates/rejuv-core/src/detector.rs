@@ -191,6 +191,7 @@ mod tests {
                 resource: Resource::InstanceRss,
                 above: 0.5,
             }],
+            ..PolicyConfig::default()
         }
     }
 
