@@ -32,8 +32,11 @@ pub const CRASH_AT_ENV: &str = "REJUV_FAILPOINT_CRASH_AT";
 
 pub enum Msg {
     Event(Event),
+    /// An agent's answer to a poll sent at `sent_at_ms` (wall clock): the observation is as
+    /// of that moment, so a reply that raced a command is not mistaken for newer news.
     Sample {
         server: String,
+        sent_at_ms: u64,
         result: Result<AgentState, String>,
     },
     Operator {
@@ -198,7 +201,9 @@ impl Engine {
                 msg = rx.recv() => match msg {
                     None => break,
                     Some(Msg::Event(e)) => self.handle(e),
-                    Some(Msg::Sample { server, result }) => self.on_sample(server, result),
+                    Some(Msg::Sample { server, sent_at_ms, result }) => {
+                        self.on_sample(server, sent_at_ms, result)
+                    }
                     Some(Msg::Operator { by, command, reply }) => {
                         let r = self.cluster.check_operator(&command);
                         if r.is_ok() {
@@ -212,11 +217,11 @@ impl Engine {
         info!("engine stopped");
     }
 
-    fn on_sample(&mut self, server: String, result: Result<AgentState, String>) {
+    fn on_sample(&mut self, server: String, sent_at_ms: u64, result: Result<AgentState, String>) {
         let now = self.now();
         match result {
             Ok(state) => {
-                let obs = Observation::from_agent(&state, now.wall_ms);
+                let obs = Observation::from_agent(&state, sent_at_ms);
                 self.handle(Event::Observed {
                     server: server.clone(),
                     observation: obs,
@@ -518,10 +523,12 @@ pub async fn poll_agent(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let sent_at_ms = wall_ms();
         let result = client.state(addr, timeout).await.map_err(|e| e.to_string());
         if tx
             .send(Msg::Sample {
                 server: server.clone(),
+                sent_at_ms,
                 result,
             })
             .await

@@ -10,6 +10,7 @@
 pub mod agent_client;
 pub mod api;
 pub mod engine;
+pub mod haproxy;
 pub mod metrics;
 pub mod store;
 pub mod traffic;

@@ -173,6 +173,10 @@ pub struct Instance {
     /// The route table version from which this instance is draining.
     pub draining_from_version: Option<u64>,
     pub drained: bool,
+    /// Wall time the agent confirmed it started this instance; an observation taken before
+    /// that cannot show it lost.
+    #[serde(default)]
+    pub confirmed_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -483,6 +487,7 @@ impl Cluster {
                         traffic: Traffic::Serving,
                         draining_from_version: None,
                         drained: false,
+                        confirmed_at_ms: None,
                     },
                 );
                 c.issue(
@@ -771,6 +776,7 @@ impl Cluster {
                 .values()
                 .filter(|i| i.server == server && i.traffic != Traffic::Draining)
                 .filter(|i| !o.instances.contains_key(&i.id))
+                .filter(|i| i.confirmed_at_ms.is_none_or(|t| o.at_ms >= t))
                 .filter(|i| {
                     !self.pending.values().any(|c| {
                         matches!(&c.kind, CommandKind::StartInstance { instance, .. } if instance == &i.id)
@@ -832,6 +838,7 @@ impl Cluster {
                     if addr.is_some() {
                         i.addr = addr;
                     }
+                    i.confirmed_at_ms = Some(now.wall_ms);
                 }
             }
             (
@@ -1750,6 +1757,7 @@ impl Cluster {
                     traffic: Traffic::Standby,
                     draining_from_version: None,
                     drained: false,
+                    confirmed_at_ms: None,
                 },
             );
             pairs.push(Pair {
