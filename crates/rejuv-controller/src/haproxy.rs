@@ -147,8 +147,18 @@ impl HaproxyConfig {
     /// [`HaproxyError::InvalidArgument`] naming the first bad value.
     pub fn validate(&self) -> Result<(), HaproxyError> {
         check_name("server prefix", &self.server_prefix)?;
+        let mut seen = BTreeSet::new();
         for b in self.backends.values() {
             check_name("backend name", b)?;
+            // Each pass makes a backend equal to one service's list: two services on one
+            // backend would delete each other's servers.
+            if !seen.insert(b) {
+                return Err(HaproxyError::InvalidArgument {
+                    what: "backend name",
+                    value: b.clone(),
+                    reason: "mapped to two services",
+                });
+            }
         }
         if let Some(hc) = &self.health_check {
             if hc.inter.is_zero() || hc.rise == 0 || hc.fall == 0 {
@@ -308,6 +318,8 @@ struct Memory {
     own_maint: BTreeSet<(String, String)>,
     /// Operator-held servers already warned about.
     warned: BTreeSet<(String, String)>,
+    /// Services whose unsupported hold request was already warned about.
+    hold_warned: BTreeSet<String>,
 }
 
 /// Runtime API client and reconciler. Cheap to clone; clones share the adapter's memory.
@@ -475,7 +487,18 @@ impl Haproxy {
                 continue;
             }
             if routes.hold {
-                debug!(service = %service, "hold requested; HAProxy cannot hold requests, ignored");
+                let first = self
+                    .memory
+                    .lock()
+                    .expect("haproxy memory lock")
+                    .hold_warned
+                    .insert(service.clone());
+                if first {
+                    warn!(
+                        service = %service,
+                        "the route table asks to hold requests (state hand-off); HAProxy cannot hold them: ignored"
+                    );
+                }
             }
             let mut m = BTreeMap::new();
             for b in &routes.backends {
@@ -1241,6 +1264,21 @@ web,rj-y,2,3,5,5,,0,0,0,,0,,0,0,0,0,UP,1
                 readd: Some(moved.addr)
             }]
         );
+    }
+
+    #[test]
+    fn one_backend_per_service() {
+        let cfg = HaproxyConfig::new(
+            HaproxySocket::Tcp("127.0.0.1:1".parse().unwrap()),
+            BTreeMap::from([("a".into(), "be".into()), ("b".into(), "be".into())]),
+        );
+        assert!(matches!(
+            cfg.validate(),
+            Err(HaproxyError::InvalidArgument {
+                reason: "mapped to two services",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -223,6 +223,51 @@ async fn drained_server_finishes_in_flight_gets_nothing_new_and_is_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_change_is_a_new_server() {
+    bounded("address change", async {
+        let s = setup("", "").await;
+        let h = adapter(HaproxySocket::Unix(s.hp.sock.clone()));
+        let (old, new) = (Upstream::start("old").await, Upstream::start("new").await);
+        h.reconcile(&table(1, &[("a", old.addr, Serving)]))
+            .await
+            .unwrap();
+        let client = http();
+        assert_eq!(
+            get_body(&client, s.front, "/").await,
+            (200, "old".to_string())
+        );
+
+        let t2 = table(2, &[("a", new.addr, Serving)]);
+        let mut sent = Vec::new();
+        let d = Deadline::new("rj-a at the new address", Duration::from_secs(10));
+        loop {
+            sent.extend(h.reconcile_report(&t2).await.unwrap().commands);
+            let servers = h.servers("web").await.unwrap();
+            if find(&servers, "rj-a")
+                .is_some_and(|x| x.socket_addr() == Some(new.addr) && x.admin_state == 0)
+            {
+                break;
+            }
+            d.tick().await;
+        }
+        assert_eq!(
+            sent.iter()
+                .map(|c| c.split(' ').take(2).collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>(),
+            ["set server", "set server", "del server", "add server"],
+            "drain, maint, delete, add: {sent:?}"
+        );
+        for _ in 0..5 {
+            assert_eq!(
+                get_body(&client, s.front, "/").await,
+                (200, "new".to_string())
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_servers_are_never_touched() {
     bounded("static servers", async {
         let st = Upstream::start("S").await;
