@@ -99,7 +99,36 @@ pub async fn run(
             }
         }
         TrafficAdapter::Haproxy => {
-            anyhow::bail!("traffic.adapter = \"haproxy\" is not available in this build yet")
+            let h = cfg
+                .traffic
+                .haproxy
+                .as_ref()
+                .context("[traffic.haproxy] is required for the haproxy adapter")?;
+            let socket = match (
+                h.socket.strip_prefix("unix:"),
+                h.socket.strip_prefix("tcp:"),
+            ) {
+                (Some(path), _) => haproxy::HaproxySocket::Unix(path.into()),
+                (_, Some(addr)) => {
+                    haproxy::HaproxySocket::Tcp(addr.parse().context("traffic.haproxy.socket")?)
+                }
+                _ => anyhow::bail!("traffic.haproxy.socket must be unix:/path or tcp:IP:PORT"),
+            };
+            let mut hc = haproxy::HaproxyConfig::new(socket, h.backends.clone());
+            hc.health_check = h.check.as_ref().map(|c| haproxy::HealthCheck {
+                inter: c.inter,
+                rise: c.rise,
+                fall: c.fall,
+            });
+            hc.validate().context("[traffic.haproxy]")?;
+            if !opts.dry_run {
+                tasks.spawn(haproxy::reconcile_haproxy(
+                    haproxy::Haproxy::new(hc),
+                    routes,
+                    tx.clone(),
+                    local.clone(),
+                ));
+            }
         }
     }
     tasks.spawn(engine.run(rx, resend, local.clone()));

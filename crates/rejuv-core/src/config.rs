@@ -531,6 +531,41 @@ pub struct TrafficConfig {
     /// Builtin proxy: the address clients use, per service.
     #[serde(default)]
     pub listen: BTreeMap<ServiceName, SocketAddr>,
+    /// HAProxy: its runtime API and the backend of each service.
+    pub haproxy: Option<HaproxyTrafficConfig>,
+}
+
+/// `[traffic.haproxy]`: how rejuv drives an HAProxy (see `deploy/haproxy/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxyTrafficConfig {
+    /// The runtime API (`stats socket ... level admin`): `unix:/path` or `tcp:HOST:PORT`.
+    pub socket: String,
+    /// Service name → HAProxy backend name.
+    pub backends: BTreeMap<ServiceName, String>,
+    /// Add servers with HAProxy health checks (`check inter ... rise ... fall ...`).
+    pub check: Option<HaproxyCheck>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxyCheck {
+    #[serde(with = "humantime_serde", default = "default_check_inter")]
+    pub inter: Duration,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+fn default_check_inter() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
 }
 
 fn default_adapter() -> TrafficAdapter {
@@ -543,6 +578,7 @@ impl Default for TrafficConfig {
             adapter: default_adapter(),
             admin: None,
             listen: BTreeMap::new(),
+            haproxy: None,
         }
     }
 }
@@ -863,6 +899,53 @@ impl Config {
                         format!("traffic.listen.{name}"),
                         "names a service not in [services]",
                     );
+                }
+            }
+        }
+        if self.traffic.adapter == TrafficAdapter::Haproxy {
+            match &self.traffic.haproxy {
+                None => err(
+                    "traffic.haproxy".into(),
+                    "adapter = \"haproxy\" needs a [traffic.haproxy] section",
+                ),
+                Some(h) => {
+                    let ok_socket = h
+                        .socket
+                        .strip_prefix("unix:")
+                        .is_some_and(|p| p.starts_with('/'))
+                        || h.socket
+                            .strip_prefix("tcp:")
+                            .is_some_and(|a| a.parse::<SocketAddr>().is_ok());
+                    if !ok_socket {
+                        err(
+                            "traffic.haproxy.socket".into(),
+                            "must be unix:/absolute/path or tcp:IP:PORT",
+                        );
+                    }
+                    if h.backends.is_empty() {
+                        err(
+                            "traffic.haproxy.backends".into(),
+                            "name the HAProxy backend of at least one service",
+                        );
+                    }
+                    for (svc, be) in &h.backends {
+                        if !self.services.contains_key(svc) {
+                            err(
+                                format!("traffic.haproxy.backends.{svc}"),
+                                "names a service not in [services]",
+                            );
+                        }
+                        if be.is_empty()
+                            || !be
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                        {
+                            err(
+                                format!("traffic.haproxy.backends.{svc}"),
+                                "backend names use only letters, digits, '_', '.' and '-'",
+                            );
+                        }
+                    }
                 }
             }
         }
