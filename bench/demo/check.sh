@@ -5,6 +5,7 @@
 #
 #   bash bench/demo/check.sh active-standby            # or active-active
 #   bash bench/demo/check.sh control                   # --no-rejuvenation: expects crashes
+#   LB=haproxy bash bench/demo/check.sh active-active  # a real HAProxy in front
 #
 # Needs the release binary (cargo build --release -p rejuv) and h2load (nghttp2-client).
 set -euo pipefail
@@ -14,9 +15,9 @@ duration=${DURATION:-90s}
 port=${PORT:-18080}
 out=${OUT:-$(mktemp -d /tmp/rejuv-demo-check-XXXX)}
 bin=./target/release/rejuv
-extra=()
+extra=(--lb "${LB:-builtin}")
 demo_mode=$mode
-if [ "$mode" = control ]; then demo_mode=active-standby; extra=(--no-rejuvenation); fi
+if [ "$mode" = control ]; then demo_mode=active-standby; extra+=(--no-rejuvenation); fi
 
 "$bin" demo --mode "$demo_mode" --duration "$duration" --listen "127.0.0.1:$port" \
   --summary-json "$out/summary.json" "${extra[@]}" >"$out/demo.log" 2>"$out/demo.err" &

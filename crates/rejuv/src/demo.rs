@@ -28,8 +28,19 @@ pub enum DemoMode {
     ActiveActive,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum Lb {
+    /// The builtin proxy (its own process).
+    Builtin,
+    /// A real HAProxy from PATH, driven through its runtime API.
+    Haproxy,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
+    /// The load balancer in front of the cluster.
+    #[arg(long, value_enum, default_value_t = Lb::Builtin)]
+    pub lb: Lb,
     #[arg(long, value_enum, default_value_t = DemoMode::ActiveStandby)]
     pub mode: DemoMode,
     /// How long the load runs, counted from the moment the front end serves.
@@ -190,10 +201,7 @@ failed_target_cooldown = "30s"
 host_actions = {host_actions}
 sample_interval = "500ms"
 
-[traffic]
-adapter = "builtin"
-admin = "{admin}"
-listen = {{ web = "{listen}" }}
+{traffic}
 
 [store]
 path = "{store}"
@@ -210,7 +218,16 @@ stop_grace = "3s"
 handoff = {{ export = "/_rejuv/state", import = "/_rejuv/state", hold = "3s" }}
 "#,
         token = token_path.display(),
-        listen = args.listen,
+        traffic = match args.lb {
+            Lb::Builtin => format!(
+                "[traffic]\nadapter = \"builtin\"\nadmin = \"{admin}\"\nlisten = {{ web = \"{}\" }}\n",
+                args.listen
+            ),
+            Lb::Haproxy => format!(
+                "[traffic]\nadapter = \"haproxy\"\n[traffic.haproxy]\nsocket = \"unix:{}\"\nbackends = {{ web = \"be_web\" }}\n",
+                dir.join("haproxy.sock").display()
+            ),
+        },
         store = dir.join("rejuv.db").display(),
         exe = exe.display(),
         lpr = args.leak_per_request,
@@ -257,6 +274,38 @@ data_dir = "{data}"
         servers,
         token,
     })
+}
+
+/// The HAProxy the demo runs with `--lb haproxy`: a frontend on `listen`, an empty backend
+/// whose servers rejuv adds at run time, and the runtime API on a socket in the state dir.
+fn haproxy_config(dir: &Path, listen: SocketAddr) -> String {
+    format!(
+        r#"# Written by `rejuv demo --lb haproxy` (see deploy/haproxy/ for a commented example).
+global
+    stats socket {sock} mode 600 level admin
+    stats timeout 10s
+
+defaults
+    mode http
+    option redispatch
+    retries 3
+    retry-on conn-failure
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout queue 5s
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+
+frontend web
+    bind {listen}
+    default_backend be_web
+
+backend be_web
+    balance roundrobin
+"#,
+        sock = dir.join("haproxy.sock").display()
+    )
 }
 
 fn log_file(dir: &Path, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
@@ -366,20 +415,39 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         )
         .await?;
     }
-    let mut proxy = {
-        let (out, err) = log_file(&dir, "proxy")?;
-        let mut cmd = Command::new(&exe);
-        cmd.args(["proxy", "--config"]).arg(&plan.config_path);
-        cmd.stdout(out).stderr(err).stdin(Stdio::null());
-        Proc::spawn("proxy", cmd)?
+    let mut proxy = match args.lb {
+        Lb::Builtin => {
+            let (out, err) = log_file(&dir, "proxy")?;
+            let mut cmd = Command::new(&exe);
+            cmd.args(["proxy", "--config"]).arg(&plan.config_path);
+            cmd.stdout(out).stderr(err).stdin(Stdio::null());
+            let p = Proc::spawn("proxy", cmd)?;
+            wait_http(
+                &http,
+                &format!("http://{}/healthz", plan.admin),
+                "proxy",
+                Duration::from_secs(30),
+            )
+            .await?;
+            p
+        }
+        Lb::Haproxy => {
+            let cfg = dir.join("haproxy.cfg");
+            std::fs::write(&cfg, haproxy_config(&dir, args.listen))?;
+            let (out, err) = log_file(&dir, "haproxy")?;
+            let mut cmd = Command::new("haproxy");
+            cmd.args(["-db", "-f"]).arg(&cfg);
+            cmd.stdout(out).stderr(err).stdin(Stdio::null());
+            let p = Proc::spawn("haproxy", cmd).context("starting haproxy from PATH (Debian package haproxy)")?;
+            let sock = dir.join("haproxy.sock");
+            let until = Instant::now() + Duration::from_secs(30);
+            while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+                anyhow::ensure!(Instant::now() < until, "haproxy did not open {}; see logs/haproxy.log", sock.display());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            p
+        }
     };
-    wait_http(
-        &http,
-        &format!("http://{}/healthz", plan.admin),
-        "proxy",
-        Duration::from_secs(30),
-    )
-    .await?;
     let mut controller = {
         let (out, err) = log_file(&dir, "controller")?;
         let mut cmd = Command::new(&exe);
