@@ -57,6 +57,9 @@ pub struct ServiceOptions {
     /// Leaked bytes past which the process sends itself `SIGKILL`, as an OOM kill would;
     /// 0 = never.
     pub limit: u64,
+    /// Leaked bytes at which leaking stops: a cache that warms up and plateaus instead of a
+    /// leak; 0 = no cap.
+    pub leak_cap: u64,
     /// Added latency per MiB leaked, in microseconds.
     pub latency_per_mib_us: u64,
     /// Touch a small resident working set ([`BASE_RSS_BYTES`]) at start, so a fresh instance
@@ -123,6 +126,12 @@ impl Shared {
     /// Allocates `bytes` and writes every byte (so every page is resident), keeps the chunk
     /// forever, and dies past the limit.
     fn leak(&self, bytes: u64) {
+        let bytes = if self.opts.leak_cap > 0 {
+            let so_far = self.leaked.load(Ordering::SeqCst);
+            bytes.min(self.opts.leak_cap.saturating_sub(so_far))
+        } else {
+            bytes
+        };
         if bytes == 0 {
             return;
         }

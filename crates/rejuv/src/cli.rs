@@ -86,6 +86,9 @@ pub enum Cmd {
         /// Leaked bytes past which it dies like an OOM kill (0: never).
         #[arg(long, default_value_t = 0)]
         limit: u64,
+        /// Leaked bytes at which leaking stops: a cache that warms up to a plateau (0: no cap).
+        #[arg(long, default_value_t = 0)]
+        leak_cap: u64,
         /// Added latency per leaked MiB, microseconds.
         #[arg(long, default_value_t = 0)]
         latency_per_mib_us: u64,
@@ -372,6 +375,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     leak_per_request,
                     leak_per_second,
                     limit,
+                    leak_cap,
                     latency_per_mib_us,
                     base_rss_touch: false,
                 };

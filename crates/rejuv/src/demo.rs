@@ -438,11 +438,16 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             let mut cmd = Command::new("haproxy");
             cmd.args(["-db", "-f"]).arg(&cfg);
             cmd.stdout(out).stderr(err).stdin(Stdio::null());
-            let p = Proc::spawn("haproxy", cmd).context("starting haproxy from PATH (Debian package haproxy)")?;
+            let p = Proc::spawn("haproxy", cmd)
+                .context("starting haproxy from PATH (Debian package haproxy)")?;
             let sock = dir.join("haproxy.sock");
             let until = Instant::now() + Duration::from_secs(30);
             while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-                anyhow::ensure!(Instant::now() < until, "haproxy did not open {}; see logs/haproxy.log", sock.display());
+                anyhow::ensure!(
+                    Instant::now() < until,
+                    "haproxy did not open {}; see logs/haproxy.log",
+                    sock.display()
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             p

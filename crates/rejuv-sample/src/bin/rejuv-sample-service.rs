@@ -33,6 +33,9 @@ struct Args {
     /// Leaked bytes past which the process kills itself with SIGKILL; 0 = never.
     #[arg(long, default_value_t = 0)]
     limit: u64,
+    /// Leaked bytes at which leaking stops (a cache that plateaus); 0 = no cap.
+    #[arg(long, default_value_t = 0)]
+    leak_cap: u64,
     /// Added latency per MiB leaked, microseconds.
     #[arg(long, default_value_t = 0)]
     latency_per_mib_us: u64,
@@ -60,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         leak_per_request: args.leak_per_request,
         leak_per_second: args.leak_per_second,
         limit: args.limit,
+        leak_cap: args.leak_cap,
         latency_per_mib_us: args.latency_per_mib_us,
         base_rss_touch: args.base_rss_touch,
     };

@@ -387,3 +387,25 @@ async fn shutdown_finishes_in_flight_requests() {
         "listener closed after run"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_leak_warms_up_to_a_plateau() {
+    let svc = TestService::start(ServiceOptions {
+        leak_per_request: MIB,
+        leak_cap: 3 * MIB + MIB / 2,
+        ..opts("cache")
+    })
+    .await;
+    let c = client();
+    for _ in 0..8 {
+        assert_eq!(c.get(svc.url("/")).send().await.unwrap().status(), 200);
+    }
+    let s = svc.stats().await;
+    assert_eq!(s.requests_handled, 8);
+    assert_eq!(
+        s.leaked_bytes,
+        3 * MIB + MIB / 2,
+        "grows to the cap, then stays"
+    );
+    svc.stop().await.unwrap();
+}
