@@ -250,7 +250,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         {
-            let mut s = Store::open(&path, 10, 10).unwrap();
+            let s = Store::open(&path, 10, 10).unwrap();
             s.conn
                 .execute(
                     "INSERT INTO cluster (id, version, checksum, json) VALUES (1, 1, '0', '{}')",

@@ -361,6 +361,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             leak_per_request,
             leak_per_second,
             limit,
+            leak_cap,
             latency_per_mib_us,
         } => {
             init_tracing();

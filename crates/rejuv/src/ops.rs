@@ -190,13 +190,12 @@ pub fn events(conn: &Conn, follow: bool) -> anyhow::Result<i32> {
     let r = request(conn, reqwest::Method::GET, "/v1/events?limit=100", None)?;
     let mut last = 0i64;
     let code = finish(
-        r.map(|v| {
+        r.inspect(|v| {
             last = v
                 .as_array()
                 .and_then(|a| a.last())
                 .and_then(|e| e["seq"].as_i64())
                 .unwrap_or(0);
-            v
         }),
         conn,
         |v| v.as_array().into_iter().flatten().for_each(print_event),

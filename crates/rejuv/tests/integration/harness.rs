@@ -54,7 +54,6 @@ impl Default for Spec {
 
 pub struct Server {
     pub id: String,
-    pub ip: IpAddr,
     pub agent: SocketAddr,
     pub proc: Option<Child>,
 }
@@ -251,7 +250,6 @@ data_dir = "{data}"
             ));
             servers.push(Server {
                 id,
-                ip,
                 agent,
                 proc: None,
             });
