@@ -179,7 +179,7 @@ impl TrendConfig {
 
 const SCALE_FACTOR: u32 = 4;
 /// The recent half's slope must be at least this fraction of the older half's.
-const DECELERATION_VETO: f64 = 0.5;
+const DECELERATION_VETO: f64 = 0.7;
 /// Forecast with the recent half's slope where it is steeper than the window's.
 const FORECAST_RECENT_WHEN_FASTER: bool = true;
 /// No rise over an eighth of the window may exceed this share of the window's whole rise.

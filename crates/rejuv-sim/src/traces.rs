@@ -165,6 +165,10 @@ impl Gen {
     fn lu(&mut self, lo: f64, hi: f64) -> f64 {
         self.u(lo.ln(), hi.ln()).exp()
     }
+    /// Uniform in `[0, 1)` whatever the draw: for phases and offsets.
+    fn unit(&mut self) -> f64 {
+        self.rng.gen()
+    }
     fn normal(&mut self) -> f64 {
         // Box-Muller: two uniforms, one normal.
         let u1: f64 = self.rng.gen_range(f64::EPSILON..1.0);
@@ -210,7 +214,7 @@ struct Daily {
 impl Daily {
     fn new(g: &mut Gen, a_lo: f64, a_hi: f64) -> Self {
         let a = g.u(a_lo, a_hi).max(0.01);
-        let phase = g.u(0.0, 1.0);
+        let phase = g.unit();
         let skew = match g.draw {
             Draw::Dev => 0.0,
             Draw::HeldBack => g.u(0.0, 0.4),
@@ -234,7 +238,7 @@ impl Saw {
     fn new(g: &mut Gen) -> Self {
         let amp = g.u(0.08, 0.22);
         let period_s = g.lu(120.0, 1800.0);
-        let offset_s = g.u(0.0, 1.0) * period_s;
+        let offset_s = g.unit() * period_s;
         Self { amp, period_s, offset_s }
     }
     fn at(&self, t_s: f64) -> f64 {
@@ -275,7 +279,7 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
             let height = g.u(0.15, 0.35);
             let dur = g.lu(300.0, 1800.0);
             let period = g.lu(h, 6.0 * h);
-            let off = g.u(0.0, 1.0) * period;
+            let off = g.unit() * period;
             // A spike ramps up over a minute and stays up for its duration.
             (
                 2.0 * 86_400.0,
@@ -321,7 +325,9 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
         Family::Bursty => {
             let s0 = g.u(0.2, 0.5);
             let t_ex = g.lu(3.0 * h, 48.0 * h);
-            let mean_gap = g.lu(600.0, 2.0 * h);
+            // A leak made of bursts: at least about 20 of them before exhaustion. Fewer, bigger
+            // steps are step changes like any other, left to the threshold rule.
+            let mean_gap = g.lu(120.0, 1800.0).min(t_ex / 20.0);
             // Mean jump so that the drift reaches capacity around t_ex.
             let jump = (1.0 - s0) * mean_gap / t_ex;
             let mut level = s0;
