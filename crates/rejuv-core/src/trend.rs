@@ -894,3 +894,291 @@ pub fn fmt_duration(secs: f64) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn normal(rng: &mut StdRng) -> f64 {
+        let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+        let u2: f64 = rng.gen();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    #[test]
+    fn mann_kendall_s_and_variance_match_hand_computed_values() {
+        // No ties: every pair increases.
+        assert_eq!(mk_s(&[1.0, 2.0, 3.0]), 3);
+        assert!((mk_variance(&[1.0, 2.0, 3.0]) - 3.0 * 2.0 * 11.0 / 18.0).abs() < 1e-12);
+        // One tie group of 2: S = 5, Var = (4·3·13 − 2·1·9)/18.
+        let x = [1.0, 2.0, 2.0, 3.0];
+        assert_eq!(mk_s(&x), 5);
+        assert!((mk_variance(&x) - (156.0 - 18.0) / 18.0).abs() < 1e-12);
+        // A tie group of 3 in a falling series: S = −7, Var = (5·4·15 − 3·2·11)/18 = 13.
+        let x = [5.0, 3.0, 3.0, 3.0, 1.0];
+        assert_eq!(mk_s(&x), -7);
+        assert!((mk_variance(&x) - 13.0).abs() < 1e-12);
+        // The streaming window agrees on the same series.
+        let mut w = MkWindow::new(8);
+        for (i, v) in x.iter().enumerate() {
+            w.push(i as u32, *v);
+        }
+        assert_eq!(w.s(), -7);
+        assert!((w.variance() - 13.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn normal_distribution_matches_tables() {
+        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
+        assert!((normal_cdf(1.959_964) - 0.975).abs() < 1e-6);
+        assert!((normal_cdf(-2.326_348) - 0.01).abs() < 1e-6);
+        for p in [0.001, 0.01, 0.05, 0.5, 0.9, 0.99, 0.999] {
+            assert!((normal_cdf(normal_quantile(p)) - p).abs() < 1e-7, "{p}");
+        }
+        assert!((normal_quantile(0.99) - 2.326_348).abs() < 1e-5);
+    }
+
+    #[test]
+    fn sen_slope_of_a_line_is_its_slope() {
+        let ts: Vec<f64> = (0..20).map(f64::from).collect();
+        let xs: Vec<f64> = ts.iter().map(|t| 3.0 + 0.5 * t).collect();
+        let e = sens_slope(&ts, &xs, mk_variance(&xs), 1.96, &mut Vec::new()).unwrap();
+        assert_eq!((e.slope, e.low, e.high), (0.5, 0.5, 0.5));
+    }
+
+    /// The naive reference: every pairwise slope, sorted.
+    fn naive_slopes(ts: &[f64], xs: &[f64]) -> Vec<f64> {
+        let mut v = Vec::new();
+        for i in 0..xs.len() {
+            for j in i + 1..xs.len() {
+                if ts[j] != ts[i] {
+                    v.push((xs[j] - xs[i]) / (ts[j] - ts[i]));
+                }
+            }
+        }
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    proptest! {
+        #[test]
+        fn sen_slope_matches_the_naive_reference(
+            pts in proptest::collection::vec((0u32..1000, -1e6f64..1e6), 2..60),
+            var_s in 0.0f64..5000.0,
+        ) {
+            let mut pts = pts;
+            pts.sort_by_key(|p| p.0);
+            let ts: Vec<f64> = pts.iter().map(|p| f64::from(p.0)).collect();
+            let xs: Vec<f64> = pts.iter().map(|p| p.1).collect();
+            let v = naive_slopes(&ts, &xs);
+            let got = sens_slope(&ts, &xs, var_s, 1.96, &mut Vec::new());
+            if v.is_empty() {
+                prop_assert!(got.is_none());
+            } else {
+                let n = v.len();
+                let med = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+                let got = got.unwrap();
+                prop_assert!((got.slope - med).abs() <= 1e-9 * med.abs().max(1.0));
+                let c = 1.96 * var_s.sqrt();
+                let m1 = (((n as f64 - c) / 2.0).floor() as i64).clamp(1, n as i64) as usize;
+                let m2 = (((n as f64 + c) / 2.0).ceil() as i64 + 1).clamp(1, n as i64) as usize;
+                prop_assert_eq!(got.low, v[m1 - 1].min(got.slope));
+                prop_assert_eq!(got.high, v[m2 - 1].max(got.slope));
+            }
+        }
+
+        #[test]
+        fn streaming_mann_kendall_equals_batch_recomputation(
+            xs in proptest::collection::vec(0u8..6, 1..120),
+            cap in 2usize..40,
+        ) {
+            // Small integers make many ties.
+            let mut w = MkWindow::new(cap);
+            for (i, x) in xs.iter().enumerate() {
+                w.push(i as u32, f64::from(*x));
+                let lo = (i + 1).saturating_sub(cap);
+                let window: Vec<f64> = xs[lo..=i].iter().map(|x| f64::from(*x)).collect();
+                let (mut ts, mut ord) = (Vec::new(), Vec::new());
+                w.ordered(&mut ts, &mut ord);
+                prop_assert_eq!(&ord, &window);
+                prop_assert_eq!(w.s(), mk_s(&window));
+                prop_assert!((w.variance() - mk_variance(&window)).abs() < 1e-9);
+                prop_assert_eq!(w.time_range(), Some((lo as u32, i as u32)));
+            }
+        }
+    }
+
+    #[test]
+    fn false_positive_rate_under_iid_noise_is_about_alpha() {
+        // 2000 seeded windows of 64 iid normal values, one-sided test at α = 5%.
+        let z = normal_quantile(0.95);
+        let mut rng = StdRng::seed_from_u64(42);
+        let (mut raw, mut corrected) = (0, 0);
+        let runs = 2000;
+        for _ in 0..runs {
+            let xs: Vec<f64> = (0..64).map(|_| normal(&mut rng)).collect();
+            let ts: Vec<f64> = (0..64).map(f64::from).collect();
+            let s = mk_s(&xs) as f64;
+            let var = mk_variance(&xs);
+            if (s - 1.0) / var.sqrt() >= z {
+                raw += 1;
+                let b = sens_slope(&ts, &xs, 0.0, 0.0, &mut Vec::new()).unwrap().slope;
+                let r: Vec<f64> = ts.iter().zip(&xs).map(|(t, x)| x - b * t).collect();
+                let infl = hamed_rao_inflation(&r, normal_quantile(0.975));
+                if (s - 1.0) / (var * infl).sqrt() >= z {
+                    corrected += 1;
+                }
+            }
+        }
+        let rate = f64::from(raw) / f64::from(runs);
+        assert!((0.03..=0.07).contains(&rate), "raw false-positive rate {rate}");
+        let rate_c = f64::from(corrected) / f64::from(runs);
+        assert!(rate_c <= rate && rate_c >= 0.02, "corrected false-positive rate {rate_c}");
+    }
+
+    #[test]
+    fn hamed_rao_inflates_for_autocorrelated_residuals_only() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let iid: Vec<f64> = (0..64).map(|_| normal(&mut rng)).collect();
+        let mut x = 0.0;
+        let ar: Vec<f64> = (0..64)
+            .map(|_| {
+                x = 0.9 * x + normal(&mut rng);
+                x
+            })
+            .collect();
+        let z = normal_quantile(0.975);
+        assert!(hamed_rao_inflation(&iid, z) < 1.5);
+        assert!(hamed_rao_inflation(&ar, z) > 2.0, "{}", hamed_rao_inflation(&ar, z));
+    }
+
+    #[test]
+    fn memory_per_series_is_at_most_8_kb() {
+        let cfg = TrendConfig::default();
+        let d = SeriesDetector::new(&cfg, 1.0, Aggregate::Max);
+        let scales = cfg.scales().len();
+        let by_hand = std::mem::size_of::<SeriesDetector>()
+            + scales * std::mem::size_of::<Scale>()
+            + scales * cfg.points * (std::mem::size_of::<f64>() + std::mem::size_of::<u32>());
+        assert_eq!(d.memory_bytes(), by_hand);
+        assert!(d.memory_bytes() <= 8 * 1024, "{} bytes", d.memory_bytes());
+        // Filling the windows does not grow it.
+        let mut d = d;
+        for i in 0..20_000u64 {
+            d.observe(i * 10_000, (i % 17) as f64 / 100.0);
+        }
+        assert_eq!(d.memory_bytes(), by_hand);
+    }
+
+    /// Feeds `f(t_s)` every `step_s` for `len_s`; returns the first unstable verdict's time
+    /// and forecast.
+    fn run(
+        cfg: &TrendConfig,
+        step_s: f64,
+        len_s: f64,
+        f: impl Fn(f64, &mut StdRng) -> f64,
+    ) -> Option<(f64, Forecast)> {
+        let mut d = SeriesDetector::new(cfg, 1.0, Aggregate::Max);
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut t = 0.0;
+        while t < len_s {
+            let v = d.observe((t * 1000.0) as u64, f(t, &mut rng));
+            if v.level == Level::Unstable {
+                return Some((t, v.forecast.expect("an unstable verdict has a forecast")));
+            }
+            t += step_s;
+        }
+        None
+    }
+
+    #[test]
+    fn a_linear_leak_is_caught_early_with_a_good_forecast() {
+        // From 30% to exhaustion in 10 h, 1% noise, 10 s samples.
+        let cfg = TrendConfig::default();
+        let (t, f) = run(&cfg, 10.0, 36_000.0, |t, r| 0.3 + 0.7 * t / 36_000.0 + 0.01 * normal(r))
+            .expect("the leak is caught");
+        let truth = 36_000.0 - t;
+        assert!(truth > 2.0 * 3600.0, "caught only {truth}s before exhaustion");
+        // The forecast follows the peaks (bucket maxima), which reach the capacity a little
+        // before the mean line that `truth` measures.
+        assert!((f.tte_s - truth).abs() / truth < 0.15, "forecast {} vs {truth}", f.tte_s);
+        assert!(f.tte_s < truth);
+        assert!(f.tte_low_s <= f.tte_s && f.tte_high_s.is_none_or(|h| h >= f.tte_s));
+        assert!(f.confidence >= cfg.confidence);
+    }
+
+    #[test]
+    fn noise_a_plateau_and_a_near_limit_server_are_not_alarms() {
+        let cfg = TrendConfig::default();
+        let day = 86_400.0;
+        assert!(run(&cfg, 10.0, day, |_, r| 0.5 + 0.01 * normal(r)).is_none());
+        // A cache warming up to 70% with a 1 h time constant.
+        assert!(run(&cfg, 10.0, day, |t, r| 0.7 - 0.6 * (-t / 3600.0).exp()
+            + 0.005 * normal(r))
+        .is_none());
+        assert!(run(&cfg, 10.0, day, |_, r| 0.95 + 0.005 * normal(r)).is_none());
+    }
+
+    #[test]
+    fn scaled_config_serves_a_one_minute_demo_with_1s_samples() {
+        let cfg = TrendConfig::scaled(Duration::from_secs(60));
+        assert!(cfg.validate("policy.trend").is_empty());
+        assert_eq!(cfg.window, Duration::from_secs(60));
+        // A service leaking from 20% to exhaustion in 90 s.
+        let (t, f) = run(&cfg, 1.0, 90.0, |t, r| 0.2 + 0.8 * t / 90.0 + 0.005 * normal(r))
+            .expect("the demo leak is caught");
+        assert!(t < 80.0, "caught at {t}s");
+        assert!(f.tte_s > 0.0);
+        // A service warming up to a plateau within 20 s is left alone for five minutes.
+        assert!(run(&cfg, 1.0, 300.0, |t, r| 0.6 - 0.5 * (-t / 8.0).exp() + 0.003 * normal(r))
+            .is_none());
+    }
+
+    #[test]
+    fn reset_forgets_the_trend() {
+        let cfg = TrendConfig::scaled(Duration::from_secs(60));
+        let mut d = SeriesDetector::new(&cfg, 1.0, Aggregate::Max);
+        let mut level = Level::Stable;
+        for i in 0..90u64 {
+            level = d.observe(i * 1000, 0.2 + 0.8 * i as f64 / 90.0).level;
+        }
+        assert_eq!(level, Level::Unstable);
+        d.reset();
+        assert_eq!(d.forecasts().count(), 0);
+        for i in 0..30u64 {
+            let v = d.observe(100_000 + i * 1000, 0.2);
+            assert_eq!(v.level, Level::Stable);
+        }
+    }
+
+    #[test]
+    fn config_validation_names_fields() {
+        let bad = TrendConfig {
+            points: 3,
+            confidence: 1.5,
+            min_evaluations: 0,
+            min_window: Duration::from_secs(1_000_000),
+            ..TrendConfig::default()
+        };
+        let fields: Vec<String> = bad.validate("policy.trend").into_iter().map(|e| e.field).collect();
+        for f in ["points", "confidence", "min_evaluations", "min_window"] {
+            assert!(fields.contains(&format!("policy.trend.{f}")), "{fields:?}");
+        }
+        let toml_text = "window = \"2h\"\nhorizon = \"4h\"\n";
+        let cfg: TrendConfig = toml::from_str(toml_text).unwrap();
+        assert_eq!(cfg.window, Duration::from_secs(7200));
+        assert_eq!(cfg.points, TrendConfig::default().points);
+        assert!(toml::from_str::<TrendConfig>("windw = \"2h\"").is_err());
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(fmt_duration(45.0), "45s");
+        assert_eq!(fmt_duration(12.0 * 60.0), "12m");
+        assert_eq!(fmt_duration(5.0 * 3600.0 + 40.0 * 60.0), "5h40m");
+        assert_eq!(fmt_duration(2.0 * 86_400.0 + 3.0 * 3600.0), "2d3h");
+    }
+}
