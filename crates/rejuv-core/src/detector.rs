@@ -67,7 +67,10 @@ pub struct Judgement {
 
 impl Judgement {
     pub fn stable() -> Self {
-        Self { level: Level::Stable, explanation: None }
+        Self {
+            level: Level::Stable,
+            explanation: None,
+        }
     }
 }
 
@@ -83,13 +86,18 @@ pub fn resource_value(resource: Resource, s: &Sample, memory_budget: u64) -> Opt
             if s.instances.is_empty() {
                 return None;
             }
-            frac(s.instances.values().map(|i| i.rss_bytes).sum(), memory_budget)
+            frac(
+                s.instances.values().map(|i| i.rss_bytes).sum(),
+                memory_budget,
+            )
         }
         Resource::HealthLatencyMs => s
             .instances
             .values()
             .filter_map(|i| i.health_latency_ms)
-            .fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.max(v)))),
+            .fold(None, |acc: Option<f64>, v| {
+                Some(acc.map_or(v, |a| a.max(v)))
+            }),
     }
 }
 
@@ -148,12 +156,22 @@ impl ServerDetector {
 
     /// Bytes held by the trend detectors of this server.
     pub fn trend_memory_bytes(&self) -> usize {
-        self.series.iter().flatten().map(SeriesDetector::memory_bytes).sum()
+        self.series
+            .iter()
+            .flatten()
+            .map(SeriesDetector::memory_bytes)
+            .sum()
     }
 
     /// The level at which `resource` counts as exhausted, in the unit of [`resource_value`].
     fn capacity(&self, resource: Resource) -> Option<f64> {
-        let rule = || self.policy.rules.iter().find(|r| r.resource == resource).map(|r| r.above);
+        let rule = || {
+            self.policy
+                .rules
+                .iter()
+                .find(|r| r.resource == resource)
+                .map(|r| r.above)
+        };
         match resource {
             Resource::MemoryUsed | Resource::SwapUsed | Resource::Fds | Resource::InstanceRss => {
                 Some(1.0)
@@ -178,7 +196,9 @@ impl ServerDetector {
     fn observe_trends(&mut self, sample: &Sample, now_ms: u64) -> Option<Judgement> {
         let mut best: Option<(Level, Resource, f64, Forecast)> = None;
         for (i, &resource) in TREND_RESOURCES.iter().enumerate() {
-            let Some(capacity) = self.capacity(resource) else { continue };
+            let Some(capacity) = self.capacity(resource) else {
+                continue;
+            };
             let Some(value) = resource_value(resource, sample, self.memory_budget) else {
                 continue;
             };
@@ -193,9 +213,9 @@ impl ServerDetector {
             }
             let v = det.observe(now_ms, value);
             let Some(f) = v.forecast else { continue };
-            let better = best.as_ref().is_none_or(|(l, _, _, bf)| {
-                v.level > *l || (v.level == *l && f.tte_s < bf.tte_s)
-            });
+            let better = best
+                .as_ref()
+                .is_none_or(|(l, _, _, bf)| v.level > *l || (v.level == *l && f.tte_s < bf.tte_s));
             if v.level > Level::Stable && better {
                 best = Some((v.level, resource, value, f));
             }
@@ -276,7 +296,10 @@ impl ServerDetector {
                 } else {
                     Level::Suspect
                 };
-                Judgement { level, explanation: Some(e) }
+                Judgement {
+                    level,
+                    explanation: Some(e),
+                }
             }
         }
     }
@@ -344,13 +367,22 @@ mod tests {
     fn policy() -> PolicyConfig {
         PolicyConfig {
             hold_down: Duration::from_secs(3),
-            rules: vec![RuleConfig { resource: Resource::InstanceRss, above: 0.5 }],
+            rules: vec![RuleConfig {
+                resource: Resource::InstanceRss,
+                above: 0.5,
+            }],
         }
     }
 
     fn sample(rss: u64) -> Sample {
         let mut s = Sample::default();
-        s.instances.insert("web-1".into(), InstanceSample { rss_bytes: rss, ..Default::default() });
+        s.instances.insert(
+            "web-1".into(),
+            InstanceSample {
+                rss_bytes: rss,
+                ..Default::default()
+            },
+        );
         s
     }
 
@@ -386,7 +418,11 @@ mod tests {
         let mut s = Sample::default();
         s.instances.insert(
             "web-1".into(),
-            InstanceSample { rss_bytes: rss, health_latency_ms: latency_ms, ..Default::default() },
+            InstanceSample {
+                rss_bytes: rss,
+                health_latency_ms: latency_ms,
+                ..Default::default()
+            },
         );
         s
     }
@@ -395,7 +431,10 @@ mod tests {
     fn high_policy() -> PolicyConfig {
         PolicyConfig {
             hold_down: Duration::from_secs(60),
-            rules: vec![RuleConfig { resource: Resource::InstanceRss, above: 0.9 }],
+            rules: vec![RuleConfig {
+                resource: Resource::InstanceRss,
+                above: 0.9,
+            }],
         }
     }
 
@@ -418,13 +457,29 @@ mod tests {
         let e = j.explanation.unwrap();
         assert_eq!(e.rule, "trend");
         assert_eq!(e.resource, Resource::InstanceRss);
-        assert!(e.value < 0.9, "the trend fired only at {} of the budget", e.value);
+        assert!(
+            e.value < 0.9,
+            "the trend fired only at {} of the budget",
+            e.value
+        );
         assert!(36_000 - t > 2 * 3600, "caught at {t}s");
         let tte = e.tte_s.unwrap();
-        assert!((tte - (36_000 - t) as f64).abs() < 0.15 * (36_000 - t) as f64, "tte {tte}");
+        assert!(
+            (tte - (36_000 - t) as f64).abs() < 0.15 * (36_000 - t) as f64,
+            "tte {tte}"
+        );
         // 0.7 × 8 GB in 10 h = 560 MB/h.
-        assert!(e.message.starts_with("instance-rss will be exhausted in about "), "{}", e.message);
-        assert!(e.message.contains("MB/h") && e.message.contains("confidence 99%"), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("instance-rss will be exhausted in about "),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("MB/h") && e.message.contains("confidence 99%"),
+            "{}",
+            e.message
+        );
         let rate_mb_h = e.slope_per_s.unwrap() * 3600.0 * budget as f64 / 1e6;
         assert!((rate_mb_h - 560.0).abs() < 60.0, "{rate_mb_h} MB/h");
 
@@ -454,7 +509,10 @@ mod tests {
     fn rising_health_latency_is_performance_aging() {
         let policy = PolicyConfig {
             hold_down: Duration::from_secs(5),
-            rules: vec![RuleConfig { resource: Resource::HealthLatencyMs, above: 500.0 }],
+            rules: vec![RuleConfig {
+                resource: Resource::HealthLatencyMs,
+                above: 500.0,
+            }],
         };
         let cfg = TrendConfig::scaled(Duration::from_secs(60));
         let mut d = ServerDetector::with_trend(&policy, 1 << 30, cfg);
@@ -469,7 +527,10 @@ mod tests {
             }
         }
         let e = fired.expect("latency drift is caught").explanation.unwrap();
-        assert_eq!((e.resource, e.rule.as_str()), (Resource::HealthLatencyMs, "trend"));
+        assert_eq!(
+            (e.resource, e.rule.as_str()),
+            (Resource::HealthLatencyMs, "trend")
+        );
         assert!(e.value < 500.0);
         assert!(e.message.contains("will reach 500 ms"), "{}", e.message);
     }
@@ -498,4 +559,3 @@ mod tests {
         );
     }
 }
-

@@ -22,7 +22,7 @@ use rejuv_core::trend::{fmt_duration, Aggregate, SeriesDetector, TrendConfig};
 use serde::Serialize;
 
 /// Why a CSV could not be analyzed.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum AnalyzeError {
     #[error("the input is empty: expected a header line `t_seconds,value` and rows")]
     Empty,
@@ -31,9 +31,17 @@ pub enum AnalyzeError {
     #[error("line {line}: expected two fields `t_seconds,value`, found {found}")]
     Fields { line: usize, found: usize },
     #[error("line {line}: t_seconds `{text}` {reason}")]
-    Time { line: usize, text: String, reason: &'static str },
+    Time {
+        line: usize,
+        text: String,
+        reason: &'static str,
+    },
     #[error("line {line}: value `{text}` {reason}")]
-    Value { line: usize, text: String, reason: &'static str },
+    Value {
+        line: usize,
+        text: String,
+        reason: &'static str,
+    },
     #[error("the capacity must be greater than zero")]
     Capacity,
     #[error("the config is not usable: {0}")]
@@ -85,10 +93,16 @@ pub struct AnalyzeReport {
 /// Parses the CSV into points, checking every row.
 pub fn parse_csv(text: &str) -> Result<Vec<Point>, AnalyzeError> {
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim()));
-    let (hline, header) = lines.by_ref().find(|(_, l)| !l.is_empty()).ok_or(AnalyzeError::Empty)?;
+    let (hline, header) = lines
+        .by_ref()
+        .find(|(_, l)| !l.is_empty())
+        .ok_or(AnalyzeError::Empty)?;
     let hfields: Vec<&str> = header.split(',').map(str::trim).collect();
     if hfields.len() != 2 || hfields[0].parse::<f64>().is_ok() {
-        return Err(AnalyzeError::Header { line: hline, found: header.chars().take(60).collect() });
+        return Err(AnalyzeError::Header {
+            line: hline,
+            found: header.chars().take(60).collect(),
+        });
     }
     let mut out: Vec<Point> = Vec::new();
     for (line, l) in lines {
@@ -97,12 +111,21 @@ pub fn parse_csv(text: &str) -> Result<Vec<Point>, AnalyzeError> {
         }
         let fields: Vec<&str> = l.split(',').map(str::trim).collect();
         if fields.len() != 2 {
-            return Err(AnalyzeError::Fields { line, found: fields.len() });
+            return Err(AnalyzeError::Fields {
+                line,
+                found: fields.len(),
+            });
         }
-        let t_s = parse_number(fields[0])
-            .map_err(|reason| AnalyzeError::Time { line, text: fields[0].into(), reason })?;
-        let value = parse_number(fields[1])
-            .map_err(|reason| AnalyzeError::Value { line, text: fields[1].into(), reason })?;
+        let t_s = parse_number(fields[0]).map_err(|reason| AnalyzeError::Time {
+            line,
+            text: fields[0].into(),
+            reason,
+        })?;
+        let value = parse_number(fields[1]).map_err(|reason| AnalyzeError::Value {
+            line,
+            text: fields[1].into(),
+            reason,
+        })?;
         if let Some(prev) = out.last() {
             if t_s <= prev.t_s {
                 return Err(AnalyzeError::Time {
@@ -210,7 +233,10 @@ pub fn analyze_points(
 /// A unit-less quantity with a decimal suffix: `210M`, `8.6G`, `950`.
 fn fmt_quantity(v: f64) -> String {
     // The byte formatter's suffixes without the unit.
-    fmt_bytes(v).replace(" B", "").replace("B", "").replace(' ', "")
+    fmt_bytes(v)
+        .replace(" B", "")
+        .replace("B", "")
+        .replace(' ', "")
 }
 
 /// The report for people: a chart of the series with the trend line, and the verdict.
@@ -230,7 +256,11 @@ pub fn render_text(report: &AnalyzeReport, series: &[Point]) -> String {
         _ => t_end_series,
     }
     .max(t0 + 1e-9);
-    let vmin = series.iter().map(|p| p.value).fold(f64::INFINITY, f64::min).min(cap);
+    let vmin = series
+        .iter()
+        .map(|p| p.value)
+        .fold(f64::INFINITY, f64::min)
+        .min(cap);
     let vmax = cap.max(series.iter().map(|p| p.value).fold(0.0, f64::max));
     let span_v = (vmax - vmin).max(f64::MIN_POSITIVE);
     let col = |t: f64| (((t - t0) / (t_end - t0)) * (W - 1) as f64).round() as usize;
@@ -248,12 +278,16 @@ pub fn render_text(report: &AnalyzeReport, series: &[Point]) -> String {
     if let (Some(d), Some(e)) = (report.detected_at, report.explanation.as_ref()) {
         let from = (d - e.window_s).max(t0);
         let to = d + e.tte_s;
-        for c in col(from)..=col(to).min(W - 1) {
-            let t = t0 + (t_end - t0) * c as f64 / (W - 1) as f64;
-            let v = e.level + e.slope_per_s * (t - d);
-            if v >= vmin && v <= vmax {
-                grid[row(v)][c] = '.';
-            }
+        let (c_from, c_to) = (col(from), col(to).min(W - 1));
+        let marks: Vec<(usize, usize)> = (c_from..=c_to)
+            .filter_map(|c| {
+                let t = t0 + (t_end - t0) * c as f64 / (W - 1) as f64;
+                let v = e.level + e.slope_per_s * (t - d);
+                (vmin..=vmax).contains(&v).then(|| (row(v), c))
+            })
+            .collect();
+        for (r, c) in marks {
+            grid[r][c] = '.';
         }
         for r in grid.iter_mut() {
             if r[col(d)] == ' ' {
@@ -284,14 +318,12 @@ pub fn render_text(report: &AnalyzeReport, series: &[Point]) -> String {
         };
         out += &format!("{label:>7} |{}\n", r.iter().collect::<String>());
     }
+    let (left, right) = (format!("{t0}s"), format!("{t_end:.0}s"));
+    out += &format!("{:>7} +{}\n", "", "-".repeat(W));
     out += &format!(
-        "{:>7} +{}\n{:>7}  {:<w$}{}\n",
+        "{:>7}  {left:<w$}{right}\n",
         "",
-        "-".repeat(W),
-        "",
-        format!("{}s", t0),
-        format!("{:.0}s", t_end),
-        w = W - format!("{:.0}s", t_end).len()
+        w = W.saturating_sub(right.len())
     );
     out += "         * series   . trend line   | detection   - capacity\n\n";
     match (&report.explanation, report.detected_at) {
@@ -338,12 +370,21 @@ mod tests {
         let truth = 36_000.0 - d;
         let tte = r.tte_s.unwrap();
         assert!(truth >= 600.0, "detected only {truth}s before exhaustion");
-        assert!((tte - truth).abs() / truth < 0.15, "forecast {tte} vs truth {truth}");
+        assert!(
+            (tte - truth).abs() / truth < 0.15,
+            "forecast {tte} vs truth {truth}"
+        );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["detected_at"].as_f64(), Some(d));
-        assert!(json["explanation"]["message"].as_str().unwrap().contains("in about"));
+        assert!(json["explanation"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("in about"));
         let text = render_text(&r, &parse_csv(&csv).unwrap());
-        assert!(text.contains('*') && text.contains('.') && text.contains("detected at"), "{text}");
+        assert!(
+            text.contains('*') && text.contains('.') && text.contains("detected at"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -377,19 +418,40 @@ mod tests {
     fn malformed_input_names_the_line() {
         let cases = [
             ("", AnalyzeError::Empty),
-            ("0,1\n", AnalyzeError::Header { line: 1, found: "0,1".into() }),
-            ("t,v\n0,1\n10,2,3\n", AnalyzeError::Fields { line: 3, found: 3 }),
+            (
+                "0,1\n",
+                AnalyzeError::Header {
+                    line: 1,
+                    found: "0,1".into(),
+                },
+            ),
+            (
+                "t,v\n0,1\n10,2,3\n",
+                AnalyzeError::Fields { line: 3, found: 3 },
+            ),
             (
                 "t,v\n0,1\n10,-2\n",
-                AnalyzeError::Value { line: 3, text: "-2".into(), reason: "is negative" },
+                AnalyzeError::Value {
+                    line: 3,
+                    text: "-2".into(),
+                    reason: "is negative",
+                },
             ),
             (
                 "t,v\n0,1\n10,NaN\n",
-                AnalyzeError::Value { line: 3, text: "NaN".into(), reason: "is not a finite number" },
+                AnalyzeError::Value {
+                    line: 3,
+                    text: "NaN".into(),
+                    reason: "is not a finite number",
+                },
             ),
             (
                 "t,v\n0,1\n10,abc\n",
-                AnalyzeError::Value { line: 3, text: "abc".into(), reason: "is not a number" },
+                AnalyzeError::Value {
+                    line: 3,
+                    text: "abc".into(),
+                    reason: "is not a number",
+                },
             ),
             (
                 "t,v\n0,1\n\n0,2\n",
@@ -401,13 +463,20 @@ mod tests {
             ),
             (
                 "t,v\n-5,1\n",
-                AnalyzeError::Time { line: 2, text: "-5".into(), reason: "is negative" },
+                AnalyzeError::Time {
+                    line: 2,
+                    text: "-5".into(),
+                    reason: "is negative",
+                },
             ),
         ];
         for (csv, want) in cases {
             assert_eq!(parse_csv(csv), Err(want.clone()), "{csv:?}");
             assert!(want.to_string().contains("line") || csv.is_empty());
         }
-        assert_eq!(analyze_csv("t,v\n0,1\n", 0, &TrendConfig::default()), Err(AnalyzeError::Capacity));
+        assert_eq!(
+            analyze_csv("t,v\n0,1\n", 0, &TrendConfig::default()),
+            Err(AnalyzeError::Capacity)
+        );
     }
 }

@@ -40,7 +40,8 @@ pub struct Outcome {
 impl Outcome {
     fn lead(&self, at: Option<f64>) -> Option<f64> {
         let ex = self.exhaust_s?;
-        at.filter(|t| *t >= self.onset_s && *t <= ex).map(|t| ex - t)
+        at.filter(|t| *t >= self.onset_s && *t <= ex)
+            .map(|t| ex - t)
     }
     /// Lead time of the detector; `None` if it missed.
     pub fn lead_s(&self) -> Option<f64> {
@@ -100,8 +101,12 @@ pub fn run_trace(trace: &Trace, cfg: &TrendConfig) -> Outcome {
         exhaust_s: trace.exhaust_s,
         onset_s: trace.onset_s,
         detected_s: detected.as_ref().map(|d| d.0),
-        tte_s: detected.as_ref().and_then(|d| d.1.as_ref().map(|f| f.tte_s)),
-        window_s: detected.as_ref().and_then(|d| d.1.as_ref().map(|f| f.window_s)),
+        tte_s: detected
+            .as_ref()
+            .and_then(|d| d.1.as_ref().map(|f| f.tte_s)),
+        window_s: detected
+            .as_ref()
+            .and_then(|d| d.1.as_ref().map(|f| f.window_s)),
         thr90_s: thr[0].2,
         thr80_s: thr[1].2,
     }
@@ -136,7 +141,11 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 fn figures(
@@ -148,7 +157,10 @@ fn figures(
     Figures {
         aging: aging.len(),
         healthy: outs.len() - aging.len(),
-        caught: aging.iter().filter(|o| lead(o).is_some_and(|l| l >= MIN_LEAD_S)).count(),
+        caught: aging
+            .iter()
+            .filter(|o| lead(o).is_some_and(|l| l >= MIN_LEAD_S))
+            .count(),
         false_alarms: outs.iter().filter(|o| o.false_alarm(at(o))).count(),
         median_lead_s: median(aging.iter().map(|o| lead(o).unwrap_or(0.0)).collect())
             .unwrap_or(0.0),
@@ -188,7 +200,8 @@ pub fn markdown_summary(title: &str, s: &Score) -> String {
             f.false_alarms,
             f.healthy,
             hours(f.median_lead_s),
-            f.median_tte_error.map_or("–".into(), |e| format!("{:.1}%", e * 100.0))
+            f.median_tte_error
+                .map_or("–".into(), |e| format!("{:.1}%", e * 100.0))
         )
     };
     out += &row("trend detector", &s.detector);
@@ -229,11 +242,82 @@ pub fn markdown_families(outs: &[Outcome]) -> String {
             fam.name(),
             os.len(),
             alarms,
-            if fam.is_aging() { caught.to_string() } else { "–".into() },
+            if fam.is_aging() {
+                caught.to_string()
+            } else {
+                "–".into()
+            },
             d(lead),
             d(lead90),
             d(err)
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traces::{generate, Draw};
+
+    #[test]
+    fn scoring_counts_leads_misses_and_false_alarms() {
+        let o = |aging: bool, det: Option<f64>, thr: Option<f64>| Outcome {
+            name: "x".into(),
+            family: if aging {
+                Family::Linear
+            } else {
+                Family::Wander
+            },
+            aging,
+            exhaust_s: aging.then_some(10_000.0),
+            onset_s: 1000.0,
+            detected_s: det,
+            tte_s: det.map(|d| (10_000.0 - d) * 1.1),
+            window_s: None,
+            thr90_s: thr,
+            thr80_s: None,
+        };
+        let outs = vec![
+            o(true, Some(4000.0), Some(9000.0)), // lead 6000, error 10%
+            o(true, Some(9800.0), Some(9900.0)), // lead 200: not caught
+            o(true, Some(500.0), None),          // before onset: a false alarm, no lead
+            o(false, None, Some(5.0)),           // threshold false alarm only
+        ];
+        let s = score(&outs);
+        assert_eq!((s.detector.aging, s.detector.healthy), (3, 1));
+        assert_eq!(s.detector.caught, 1);
+        assert_eq!(s.detector.false_alarms, 1);
+        assert_eq!(s.detector.median_lead_s, 200.0);
+        assert!((s.detector.median_tte_error.unwrap() - 0.1).abs() < 1e-9);
+        assert_eq!(
+            (s.thr90.caught, s.thr90.false_alarms, s.thr90.median_lead_s),
+            (1, 1, 100.0)
+        );
+    }
+
+    #[test]
+    fn one_trace_of_every_family_is_judged_right() {
+        // A regression guard on members of the dev suite (the full suites run in the
+        // detector-bench binary).
+        let cfg = TrendConfig::default();
+        for (i, fam) in Family::HEALTHY
+            .iter()
+            .chain(Family::AGING.iter())
+            .enumerate()
+        {
+            let seed = 1 + 9 * i as u64;
+            let o = run_trace(&generate(*fam, seed, Draw::Dev), &cfg);
+            if o.aging {
+                assert!(o.caught(), "{} missed: {o:?}", o.name);
+                assert!(
+                    o.lead_s() > o.thr90_lead_s(),
+                    "{} later than the threshold",
+                    o.name
+                );
+            } else {
+                assert_eq!(o.detected_s, None, "{} false alarm", o.name);
+            }
+        }
+    }
 }

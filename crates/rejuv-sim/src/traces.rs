@@ -239,25 +239,39 @@ impl Saw {
         let amp = g.u(0.08, 0.22);
         let period_s = g.lu(120.0, 1800.0);
         let offset_s = g.unit() * period_s;
-        Self { amp, period_s, offset_s }
+        Self {
+            amp,
+            period_s,
+            offset_s,
+        }
     }
     fn at(&self, t_s: f64) -> f64 {
         self.amp * ((t_s + self.offset_s) / self.period_s).fract()
     }
 }
 
+/// A trace's shape: fraction of capacity at a time in seconds (may draw from the generator).
+type Shape = Box<dyn FnMut(f64, &mut Gen) -> f64>;
+
 /// Generates one trace.
 pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed ^ ((family as u64) << 40)), draw };
+    let mut g = Gen {
+        rng: StdRng::seed_from_u64(seed ^ ((family as u64) << 40)),
+        draw,
+    };
     // A quarter of the traces are integer counts (fds, threads) against a count limit;
     // the rest are bytes against an 8 GiB budget.
     let integer = g.chance(0.25);
-    let capacity = if integer { 65_536.0 } else { 8.0 * 1024.0 * 1024.0 * 1024.0 };
+    let capacity = if integer {
+        65_536.0
+    } else {
+        8.0 * 1024.0 * 1024.0 * 1024.0
+    };
     let mut noise = Ar1::new(&mut g);
     let h = 3600.0;
     // The shape, as a fraction of capacity, of time in seconds; noise is added below.
     let mut onset_s = 0.0;
-    let (len_s, shape): (f64, Box<dyn FnMut(f64, &mut Gen) -> f64>) = match family {
+    let (len_s, shape): (f64, Shape) = match family {
         Family::DailyCycle => {
             let m = g.u(0.35, 0.6);
             let d = Daily::new(&mut g, 0.05, 0.16);
@@ -267,7 +281,10 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
             let s0 = g.u(0.05, 0.2);
             let p = g.u(0.45, 0.8).min(0.9);
             let tau = g.lu(0.3 * h, 4.0 * h);
-            (2.0 * 86_400.0, Box::new(move |t, _| p - (p - s0) * (-t / tau).exp()))
+            (
+                2.0 * 86_400.0,
+                Box::new(move |t, _| p - (p - s0) * (-t / tau).exp()),
+            )
         }
         Family::GcSawtooth => {
             let base = g.u(0.3, 0.55);
@@ -285,7 +302,11 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
                 2.0 * 86_400.0,
                 Box::new(move |t, _| {
                     let k = (t + off) % period;
-                    base + if k < dur { height * (k / 60.0).min(1.0) } else { 0.0 }
+                    base + if k < dur {
+                        height * (k / 60.0).min(1.0)
+                    } else {
+                        0.0
+                    }
                 }),
             )
         }
@@ -347,7 +368,10 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
             let s0 = g.u(0.2, 0.5);
             let t_ex = g.lu(3.0 * h, 48.0 * h);
             let pw = g.u(1.5, 3.0);
-            (t_ex * 1.2, Box::new(move |t, _| s0 + (1.0 - s0) * (t / t_ex).powf(pw)))
+            (
+                t_ex * 1.2,
+                Box::new(move |t, _| s0 + (1.0 - s0) * (t / t_ex).powf(pw)),
+            )
         }
         Family::SuddenStart => {
             let s0 = g.u(0.2, 0.5);
@@ -363,13 +387,19 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
             let s0 = g.u(0.25, 0.45);
             let d = Daily::new(&mut g, 0.04, 0.12);
             let t_ex = g.lu(12.0 * h, 72.0 * h);
-            (t_ex * 1.5, Box::new(move |t, _| s0 + d.at(t) + (1.0 - s0) * t / t_ex))
+            (
+                t_ex * 1.5,
+                Box::new(move |t, _| s0 + d.at(t) + (1.0 - s0) * t / t_ex),
+            )
         }
         Family::LeakSawtooth => {
             let s0 = g.u(0.2, 0.4);
             let saw = Saw::new(&mut g);
             let t_ex = g.lu(3.0 * h, 48.0 * h);
-            (t_ex * 1.5, Box::new(move |t, _| s0 + saw.at(t) + (1.0 - s0) * t / t_ex))
+            (
+                t_ex * 1.5,
+                Box::new(move |t, _| s0 + saw.at(t) + (1.0 - s0) * t / t_ex),
+            )
         }
         Family::Runaway => {
             let s0 = g.u(0.2, 0.5);
@@ -388,7 +418,11 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
     let mut shape = shape;
     let n = (len_s / STEP_S) as usize;
     // An aging trace goes on until it exhausts (a bursty leak may be slower than its mean).
-    let n = if family.is_aging() { (30.0 * 86_400.0 / STEP_S) as usize } else { n };
+    let n = if family.is_aging() {
+        (30.0 * 86_400.0 / STEP_S) as usize
+    } else {
+        n
+    };
     let mut values = Vec::with_capacity(n.min(100_000));
     let mut exhaust_s = None;
     for i in 0..n {
@@ -408,7 +442,16 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
             break;
         }
     }
-    Trace { family, seed, draw, capacity, integer, values, exhaust_s, onset_s }
+    Trace {
+        family,
+        seed,
+        draw,
+        capacity,
+        integer,
+        values,
+        exhaust_s,
+        onset_s,
+    }
 }
 
 #[cfg(test)]
@@ -428,13 +471,20 @@ mod tests {
 
     #[test]
     fn aging_traces_end_at_exhaustion_and_healthy_ones_never_exhaust() {
-        for t in suite(Draw::Dev, 100, 2).into_iter().chain(suite(Draw::HeldBack, 200, 2)) {
+        for t in suite(Draw::Dev, 100, 2)
+            .into_iter()
+            .chain(suite(Draw::HeldBack, 200, 2))
+        {
             if t.family.is_aging() {
-                let ex = t.exhaust_s.unwrap_or_else(|| panic!("{} never exhausts", t.name()));
+                let ex = t
+                    .exhaust_s
+                    .unwrap_or_else(|| panic!("{} never exhausts", t.name()));
                 let last = *t.values.last().unwrap();
                 assert!(last >= t.capacity, "{}", t.name());
                 assert_eq!(ex, (t.values.len() - 1) as f64 * STEP_S, "{}", t.name());
-                assert!(t.values[..t.values.len() - 1].iter().all(|v| *v < t.capacity));
+                assert!(t.values[..t.values.len() - 1]
+                    .iter()
+                    .all(|v| *v < t.capacity));
             } else {
                 assert!(t.exhaust_s.is_none());
                 assert!(t.values.iter().all(|v| *v < t.capacity), "{}", t.name());
