@@ -14,7 +14,8 @@
 //!    bucket holds the *maximum* of the samples that fell in it (exhaustion happens at the
 //!    peaks of a sawtooth, not at its mean). Short scales see a runaway leak within minutes;
 //!    long ones see a slow leak through a daily cycle. Because windows are durations, the same
-//!    code serves 10 s samples over days and 1 s samples in a one-minute demo.
+//!    code serves 10 s samples over days and 1 s samples in a one-minute demo. A window is a
+//!    duration also when samples are missing: buckets older than the window leave it.
 //! 2. **Streaming Mann-Kendall** per scale: `S = Σ_{i<j} sign(x_j − x_i)` is updated in
 //!    O(points) when a bucket closes (add the newest, drop the oldest), together with the tie
 //!    term of the variance, so integer series (fds, threads) get the tie-corrected variance
@@ -76,7 +77,9 @@ pub struct TrendConfig {
     /// The longest window the trend is judged over.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
-    /// The shortest window; scales are `window`, `window/4`, ... down to this.
+    /// The shortest window; scales are `window`, `window/4`, ... down to this. A scale judges
+    /// only once it holds `points/4` buckets with samples, so this should be at least
+    /// `points/4` sample periods (16 s for 1 s samples with the default 64 points).
     #[serde(with = "humantime_serde")]
     pub min_window: Duration,
     /// Buckets kept per scale (8..=256). Memory per series grows with it.
@@ -246,15 +249,15 @@ pub struct TrendVerdict {
 
 /// A sliding window with a streaming Mann-Kendall statistic.
 ///
-/// Values and their times (in bucket units) are kept in a ring. `S` and the tie term of its
-/// variance are updated in O(len) per push.
+/// Values and their times (in bucket units) are kept in a fixed ring. `S` and the tie term of
+/// its variance are updated in O(len) when a value is added or the oldest dropped.
 #[derive(Debug, Clone)]
 pub struct MkWindow {
     xs: Vec<f64>,
     ts: Vec<u32>,
-    /// Index of the oldest element once the ring is full.
-    head: usize,
-    cap: usize,
+    /// Index of the oldest element.
+    start: usize,
+    len: usize,
     s: i64,
     /// Σ t(t−1)(2t+5) over the groups of tied values.
     ties: i64,
@@ -277,28 +280,36 @@ fn sign(d: f64) -> i64 {
 
 impl MkWindow {
     pub fn new(cap: usize) -> Self {
+        let cap = cap.max(1);
         Self {
-            xs: Vec::with_capacity(cap),
-            ts: Vec::with_capacity(cap),
-            head: 0,
-            cap,
+            xs: vec![0.0; cap],
+            ts: vec![0; cap],
+            start: 0,
+            len: 0,
             s: 0,
             ties: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.xs.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.xs.is_empty()
+        self.len == 0
+    }
+
+    fn cap(&self) -> usize {
+        self.xs.len()
+    }
+
+    fn idx(&self, k: usize) -> usize {
+        (self.start + k) % self.cap()
     }
 
     pub fn clear(&mut self) {
-        self.xs.clear();
-        self.ts.clear();
-        self.head = 0;
+        self.start = 0;
+        self.len = 0;
         self.s = 0;
         self.ties = 0;
     }
@@ -310,52 +321,52 @@ impl MkWindow {
 
     /// `Var(S)` with the tie correction.
     pub fn variance(&self) -> f64 {
-        let n = self.xs.len() as i64;
+        let n = self.len as i64;
         (n * (n - 1) * (2 * n + 5) - self.ties) as f64 / 18.0
+    }
+
+    /// Drops the oldest value, if any.
+    pub fn pop_oldest(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        let old = self.xs[self.start];
+        let (mut ds, mut eq) = (0i64, 0i64);
+        for k in 1..self.len {
+            let d = sign(self.xs[self.idx(k)] - old);
+            ds += d;
+            eq += i64::from(d == 0);
+        }
+        self.s -= ds;
+        // The old value's group shrinks from eq+1 to eq.
+        self.ties += tie_term(eq) - tie_term(eq + 1);
+        self.start = (self.start + 1) % self.cap();
+        self.len -= 1;
     }
 
     /// Appends `x` at time `t`, dropping the oldest value when full.
     pub fn push(&mut self, t: u32, x: f64) {
-        if self.xs.len() == self.cap {
-            let old = self.xs[self.head];
-            let mut ds = 0i64;
-            let mut eq = 0i64;
-            for (i, &v) in self.xs.iter().enumerate() {
-                if i != self.head {
-                    let d = sign(v - old);
-                    ds += d;
-                    eq += i64::from(d == 0);
-                }
-            }
-            self.s -= ds;
-            // The old value's group shrinks from eq+1 to eq.
-            self.ties += tie_term(eq) - tie_term(eq + 1);
-            let mut ds = 0i64;
-            let mut eq = 0i64;
-            for (i, &v) in self.xs.iter().enumerate() {
-                if i != self.head {
-                    let d = sign(x - v);
-                    ds += d;
-                    eq += i64::from(d == 0);
-                }
-            }
-            self.s += ds;
-            self.ties += tie_term(eq + 1) - tie_term(eq);
-            self.xs[self.head] = x;
-            self.ts[self.head] = t;
-            self.head = (self.head + 1) % self.cap;
-        } else {
-            let mut ds = 0i64;
-            let mut eq = 0i64;
-            for &v in &self.xs {
-                let d = sign(x - v);
-                ds += d;
-                eq += i64::from(d == 0);
-            }
-            self.s += ds;
-            self.ties += tie_term(eq + 1) - tie_term(eq);
-            self.xs.push(x);
-            self.ts.push(t);
+        if self.len == self.cap() {
+            self.pop_oldest();
+        }
+        let (mut ds, mut eq) = (0i64, 0i64);
+        for k in 0..self.len {
+            let d = sign(x - self.xs[self.idx(k)]);
+            ds += d;
+            eq += i64::from(d == 0);
+        }
+        self.s += ds;
+        self.ties += tie_term(eq + 1) - tie_term(eq);
+        let i = self.idx(self.len);
+        self.xs[i] = x;
+        self.ts[i] = t;
+        self.len += 1;
+    }
+
+    /// Drops the values older than `t_min`.
+    pub fn evict_before(&mut self, t_min: u32) {
+        while self.len > 0 && self.ts[self.start] < t_min {
+            self.pop_oldest();
         }
     }
 
@@ -363,10 +374,8 @@ impl MkWindow {
     pub fn ordered(&self, ts: &mut Vec<f64>, xs: &mut Vec<f64>) {
         ts.clear();
         xs.clear();
-        let n = self.xs.len();
-        let start = if n == self.cap { self.head } else { 0 };
-        for k in 0..n {
-            let i = (start + k) % n.max(1);
+        for k in 0..self.len {
+            let i = self.idx(k);
             ts.push(f64::from(self.ts[i]));
             xs.push(self.xs[i]);
         }
@@ -374,16 +383,7 @@ impl MkWindow {
 
     /// The oldest and newest times, if any.
     pub fn time_range(&self) -> Option<(u32, u32)> {
-        let n = self.xs.len();
-        if n == 0 {
-            return None;
-        }
-        let (first, last) = if n == self.cap {
-            (self.head, (self.head + n - 1) % n)
-        } else {
-            (0, n - 1)
-        };
-        Some((self.ts[first], self.ts[last]))
+        (self.len > 0).then(|| (self.ts[self.start], self.ts[self.idx(self.len - 1)]))
     }
 
     /// Heap bytes held.
@@ -632,6 +632,7 @@ pub fn normal_quantile(p: f64) -> f64 {
 struct Scale {
     window: Duration,
     bucket_ms: u64,
+    points: u32,
     mk: MkWindow,
     /// The bucket being filled: its index and summary.
     cur: Option<u64>,
@@ -695,6 +696,7 @@ impl SeriesDetector {
             .map(|w| Scale {
                 window: w,
                 bucket_ms: ((w.as_millis() as u64) / points as u64).max(1),
+                points: points as u32,
                 mk: MkWindow::new(points),
                 cur: None,
                 cur_max: f64::NEG_INFINITY,
@@ -778,7 +780,11 @@ impl SeriesDetector {
                             Aggregate::Max => sc.cur_max,
                             Aggregate::Mean => sc.cur_sum / f64::from(sc.cur_n.max(1)),
                         };
-                        sc.mk.push(u32::try_from(cur).unwrap_or(u32::MAX), v);
+                        let t = u32::try_from(cur).unwrap_or(u32::MAX);
+                        // The window is a duration: after a gap in the samples, buckets
+                        // older than `points` bucket lengths leave it.
+                        sc.mk.evict_before(t.saturating_sub(sc.points - 1));
+                        sc.mk.push(t, v);
                         sc.cur = Some(b);
                         sc.cur_max = f64::NEG_INFINITY;
                         sc.cur_sum = 0.0;
@@ -1139,21 +1145,28 @@ mod tests {
 
         #[test]
         fn streaming_mann_kendall_equals_batch_recomputation(
-            xs in proptest::collection::vec(0u8..6, 1..120),
+            pts in proptest::collection::vec((0u8..6, 1u32..4), 1..120),
             cap in 2usize..40,
         ) {
-            // Small integers make many ties.
+            // Small integers make many ties; time steps of 1..3 make gaps that evict by time.
             let mut w = MkWindow::new(cap);
-            for (i, x) in xs.iter().enumerate() {
-                w.push(i as u32, f64::from(*x));
-                let lo = (i + 1).saturating_sub(cap);
-                let window: Vec<f64> = xs[lo..=i].iter().map(|x| f64::from(*x)).collect();
+            let mut all: Vec<(u32, f64)> = Vec::new();
+            let mut t = 0u32;
+            for (x, dt) in &pts {
+                t += dt;
+                let t_min = t.saturating_sub(cap as u32 - 1);
+                w.evict_before(t_min);
+                w.push(t, f64::from(*x));
+                all.push((t, f64::from(*x)));
+                let kept: Vec<(u32, f64)> = all.iter().copied().filter(|p| p.0 >= t_min).collect();
+                let kept = &kept[kept.len().saturating_sub(cap)..];
+                let window: Vec<f64> = kept.iter().map(|p| p.1).collect();
                 let (mut ts, mut ord) = (Vec::new(), Vec::new());
                 w.ordered(&mut ts, &mut ord);
                 prop_assert_eq!(&ord, &window);
                 prop_assert_eq!(w.s(), mk_s(&window));
                 prop_assert!((w.variance() - mk_variance(&window)).abs() < 1e-9);
-                prop_assert_eq!(w.time_range(), Some((lo as u32, i as u32)));
+                prop_assert_eq!(w.time_range(), Some((kept[0].0, t)));
             }
         }
     }

@@ -1,7 +1,8 @@
 //! `detector-bench`: the trend detector and the threshold baselines on the trace suites, and
 //! the detector's throughput and memory.
 //!
-//! `cargo run --release -p rejuv-sim --bin detector-bench [-- --details] [--skip-suites]`
+//! `cargo run --release -p rejuv-sim --bin detector-bench [-- --details] [--skip-suites]
+//! [--skip-throughput]`
 //!
 //! Prints markdown: the figures of both suites (dev and held-back), per family, and the
 //! series-updates per second of one core.
@@ -31,7 +32,9 @@ fn main() {
             }
         }
     }
-    throughput(&cfg);
+    if !args.iter().any(|a| a == "--skip-throughput") {
+        throughput(&cfg);
+    }
 }
 
 fn print_details(outs: &[eval::Outcome]) {
