@@ -196,6 +196,9 @@ impl ServerDetector {
     fn observe_trends(&mut self, sample: &Sample, now_ms: u64) -> Option<Judgement> {
         let mut best: Option<(Level, Resource, f64, Forecast)> = None;
         for (i, &resource) in TREND_RESOURCES.iter().enumerate() {
+            if !self.trend.resources.contains(&resource) {
+                continue;
+            }
             let Some(capacity) = self.capacity(resource) else {
                 continue;
             };
@@ -557,5 +560,30 @@ mod tests {
             m,
             "instance-rss will be exhausted in about 5h40m (leak of 210 MB/h, confidence 99%; range 4h48m–7h)"
         );
+    }
+
+    #[test]
+    fn the_trend_rule_watches_only_the_configured_resources() {
+        let budget = 1_000_000_000u64;
+        let cfg = TrendConfig {
+            resources: vec![Resource::HealthLatencyMs],
+            ..TrendConfig::scaled(Duration::from_secs(60))
+        };
+        let mut d = ServerDetector::with_trend(&high_policy(), budget, cfg);
+        let mut all = ServerDetector::with_trend(
+            &high_policy(),
+            budget,
+            TrendConfig::scaled(Duration::from_secs(60)),
+        );
+        // A steep RSS leak: the detector watching every resource catches it, the other not.
+        let mut caught = false;
+        for i in 0..80u64 {
+            let s = rss_sample(((0.1 + 0.01 * i as f64) * budget as f64) as u64, None);
+            let j = d.observe(&s, i * 1000);
+            assert_eq!(j.level, Level::Stable, "at {i}s: {:?}", j.explanation);
+            caught |= all.observe(&s, i * 1000).level == Level::Unstable;
+        }
+        assert!(caught, "the leak is caught when RSS is watched");
+        assert_eq!(d.trend_memory_bytes(), 0);
     }
 }

@@ -65,7 +65,7 @@
 //!   second on one core for a healthy fleet (bench/RESULTS.md).
 //! - Nothing looks ahead: every verdict depends only on samples already observed.
 
-use crate::config::FieldError;
+use crate::config::{FieldError, Resource};
 use crate::detector::Level;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -100,6 +100,10 @@ pub struct TrendConfig {
     /// `health-latency-ms`. `None` turns latency drift off in that case.
     #[serde(with = "humantime_serde")]
     pub latency_limit: Option<Duration>,
+    /// The resources the trend rule watches (threads only with a threshold rule, which gives
+    /// their limit). Host-wide readings are shared by agents that share a host, so a
+    /// single-host demo may want only `instance-rss` and `health-latency-ms`.
+    pub resources: Vec<Resource>,
 }
 
 impl Default for TrendConfig {
@@ -114,6 +118,14 @@ impl Default for TrendConfig {
             min_evaluations: 3,
             min_persistence: Duration::from_secs(60),
             latency_limit: Some(Duration::from_secs(1)),
+            resources: vec![
+                Resource::MemoryUsed,
+                Resource::SwapUsed,
+                Resource::Fds,
+                Resource::Threads,
+                Resource::InstanceRss,
+                Resource::HealthLatencyMs,
+            ],
         }
     }
 }
@@ -325,6 +337,17 @@ impl MkWindow {
         (n * (n - 1) * (2 * n + 5) - self.ties) as f64 / 18.0
     }
 
+    /// The values in time order, as the two contiguous parts of the ring (no division per
+    /// element in the O(len) loops).
+    fn parts(&self) -> (&[f64], &[f64]) {
+        let end = self.start + self.len;
+        if end <= self.cap() {
+            (&self.xs[self.start..end], &[])
+        } else {
+            (&self.xs[self.start..], &self.xs[..end - self.cap()])
+        }
+    }
+
     /// Drops the oldest value, if any.
     pub fn pop_oldest(&mut self) {
         if self.len == 0 {
@@ -332,8 +355,9 @@ impl MkWindow {
         }
         let old = self.xs[self.start];
         let (mut ds, mut eq) = (0i64, 0i64);
-        for k in 1..self.len {
-            let d = sign(self.xs[self.idx(k)] - old);
+        let (a, b) = self.parts();
+        for &v in a[1..].iter().chain(b) {
+            let d = sign(v - old);
             ds += d;
             eq += i64::from(d == 0);
         }
@@ -350,8 +374,9 @@ impl MkWindow {
             self.pop_oldest();
         }
         let (mut ds, mut eq) = (0i64, 0i64);
-        for k in 0..self.len {
-            let d = sign(x - self.xs[self.idx(k)]);
+        let (a, b) = self.parts();
+        for &v in a.iter().chain(b) {
+            let d = sign(x - v);
             ds += d;
             eq += i64::from(d == 0);
         }

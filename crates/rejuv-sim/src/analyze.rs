@@ -479,4 +479,26 @@ mod tests {
             Err(AnalyzeError::Capacity)
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics(text in "\\PC{0,200}") {
+            let _ = parse_csv(&text);
+        }
+
+        #[test]
+        fn valid_rows_parse_exactly(
+            rows in proptest::collection::vec((1u64..1_000_000, 0u64..=u64::MAX), 1..50),
+        ) {
+            let mut csv = String::from("t_seconds,value\r\n");
+            let mut t = 0u64;
+            let mut want = Vec::new();
+            for (dt, v) in &rows {
+                t += dt;
+                csv += &format!("{t}, {v}\r\n");
+                want.push(Point { t_s: t as f64, value: *v as f64 });
+            }
+            proptest::prop_assert_eq!(parse_csv(&csv).unwrap(), want);
+        }
+    }
 }
