@@ -135,7 +135,10 @@ impl Engine {
             .iter()
             .map(|s| {
                 let budget = s.memory_budget_bytes.unwrap_or(u64::MAX);
-                (s.id.clone(), ServerDetector::new(&cfg.policy, budget))
+                (
+                    s.id.clone(),
+                    ServerDetector::with_trend(&cfg.policy, budget, cfg.policy.trend.clone()),
+                )
             })
             .collect();
         let agents = cfg

@@ -92,6 +92,7 @@ pub async fn run(
                 let proxy = traffic::BuiltinProxy::new(admin, opts.api_token.clone());
                 tasks.spawn(traffic::reconcile_builtin(
                     proxy,
+                    cfg.traffic.listen.keys().cloned().collect(),
                     routes,
                     tx.clone(),
                     local.clone(),

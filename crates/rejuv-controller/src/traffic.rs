@@ -74,8 +74,11 @@ impl BuiltinProxy {
 }
 
 /// The reconcile loop for the builtin proxy.
+/// Only `fronted` services (those with a listen address on the proxy) are sent; others run on
+/// the servers without a front end of their own.
 pub async fn reconcile_builtin(
     proxy: BuiltinProxy,
+    fronted: std::collections::BTreeSet<String>,
     mut routes: watch::Receiver<RouteTable>,
     tx: mpsc::Sender<Msg>,
     shutdown: CancellationToken,
@@ -83,7 +86,8 @@ pub async fn reconcile_builtin(
     let mut backoff = Duration::from_millis(200);
     let mut failing = false;
     loop {
-        let table = routes.borrow_and_update().clone();
+        let mut table = routes.borrow_and_update().clone();
+        table.services.retain(|name, _| fronted.contains(name));
         match proxy.put_routes(&table).await {
             Ok(status) => {
                 if failing {

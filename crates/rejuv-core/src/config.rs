@@ -274,6 +274,10 @@ pub struct PolicyConfig {
     /// per-server draw), so servers started together do not all come due at once.
     #[serde(default = "default_jitter")]
     pub max_running_time_jitter: f64,
+    /// The predictive trend rule (`[policy.trend]`): forecasts time to exhaustion and judges a
+    /// server suspect, then unstable, when exhaustion comes within the horizon.
+    #[serde(default)]
+    pub trend: crate::trend::TrendConfig,
 }
 
 fn default_jitter() -> f64 {
@@ -308,6 +312,7 @@ impl Default for PolicyConfig {
             rules: default_rules(),
             max_running_time: None,
             max_running_time_jitter: default_jitter(),
+            trend: crate::trend::TrendConfig::default(),
         }
     }
 }
@@ -849,6 +854,9 @@ impl Config {
                     "an escalation level needs at least one action",
                 );
             }
+        }
+        for e in self.policy.trend.validate("policy.trend") {
+            err(e.field, &e.reason);
         }
         if !(0.0..=0.5).contains(&self.policy.max_running_time_jitter) {
             err(

@@ -1,10 +1,23 @@
 //! Per-server judgement: `stable`, `suspect` (a signal fired) or `unstable` (a signal held for
 //! the hold-down period), with an explanation.
 //!
+//! Two rules judge every sample:
+//! - **threshold**: a resource above its configured `above` limit; unstable once that has held
+//!   for the policy's hold-down;
+//! - **trend**: a resource forecast to be exhausted within the horizon ([`crate::trend`]), from
+//!   a significant, persistent trend; unstable once the trend detector's own persistence is met
+//!   (it is the hold-down of this rule). Memory, swap, fds and instance RSS are exhausted at
+//!   100% of their total; threads at their threshold rule's limit (no trend without one); health
+//!   latency (the performance-aging signal) at its threshold rule's limit or else
+//!   [`TrendConfig::latency_limit`].
+//!
+//! The higher level wins; at equal levels the threshold's explanation is kept.
+//!
 //! The controller keeps one [`ServerDetector`] per server in memory and feeds it every sample;
 //! raw samples never reach the store. A rejuvenated server's detector is [`ServerDetector::reset`].
 
 use crate::config::{PolicyConfig, Resource};
+use crate::trend::{fmt_duration, Aggregate, Forecast, SeriesDetector, TrendConfig};
 use crate::types::Sample;
 use serde::{Deserialize, Serialize};
 
@@ -88,32 +101,158 @@ pub fn resource_value(resource: Resource, s: &Sample, memory_budget: u64) -> Opt
     }
 }
 
+/// The resources the trend rule watches, in the order of [`ServerDetector`]'s series.
+const TREND_RESOURCES: [Resource; 6] = [
+    Resource::MemoryUsed,
+    Resource::SwapUsed,
+    Resource::Fds,
+    Resource::Threads,
+    Resource::InstanceRss,
+    Resource::HealthLatencyMs,
+];
+
 /// Judges one server from its samples.
 #[derive(Debug, Clone)]
 pub struct ServerDetector {
     policy: PolicyConfig,
     memory_budget: u64,
-    /// Wall ms since when some signal has been firing without a break.
+    /// Wall ms since when some threshold signal has been firing without a break.
     firing_since_ms: Option<u64>,
+    trend: TrendConfig,
+    /// One trend detector per entry of `TREND_RESOURCES`, made at the first sample that has
+    /// the resource.
+    series: [Option<SeriesDetector>; 6],
 }
 
 impl ServerDetector {
-    /// `memory_budget` is the bytes the server's instances may use together.
+    /// `memory_budget` is the bytes the server's instances may use together. The trend rule
+    /// uses [`TrendConfig::default`].
     pub fn new(policy: &PolicyConfig, memory_budget: u64) -> Self {
+        Self::with_trend(policy, memory_budget, TrendConfig::default())
+    }
+
+    /// As [`ServerDetector::new`], with the trend rule's parameters.
+    pub fn with_trend(policy: &PolicyConfig, memory_budget: u64, trend: TrendConfig) -> Self {
         Self {
             policy: policy.clone(),
             memory_budget,
             firing_since_ms: None,
+            trend,
+            series: Default::default(),
         }
+    }
+
+    pub fn trend_config(&self) -> &TrendConfig {
+        &self.trend
     }
 
     /// Forgets all history, as after a rejuvenation.
     pub fn reset(&mut self) {
         self.firing_since_ms = None;
+        for s in self.series.iter_mut().flatten() {
+            s.reset();
+        }
+    }
+
+    /// Bytes held by the trend detectors of this server.
+    pub fn trend_memory_bytes(&self) -> usize {
+        self.series
+            .iter()
+            .flatten()
+            .map(SeriesDetector::memory_bytes)
+            .sum()
+    }
+
+    /// The level at which `resource` counts as exhausted, in the unit of [`resource_value`].
+    fn capacity(&self, resource: Resource) -> Option<f64> {
+        let rule = || {
+            self.policy
+                .rules
+                .iter()
+                .find(|r| r.resource == resource)
+                .map(|r| r.above)
+        };
+        match resource {
+            Resource::MemoryUsed | Resource::SwapUsed | Resource::Fds | Resource::InstanceRss => {
+                Some(1.0)
+            }
+            Resource::Threads => rule(),
+            Resource::HealthLatencyMs => {
+                rule().or(self.trend.latency_limit.map(|d| d.as_secs_f64() * 1000.0))
+            }
+        }
     }
 
     /// Feeds one sample taken at `now_ms` and returns the judgement.
     pub fn observe(&mut self, sample: &Sample, now_ms: u64) -> Judgement {
+        let threshold = self.observe_thresholds(sample, now_ms);
+        let trend = self.observe_trends(sample, now_ms);
+        match (threshold, trend) {
+            (t, Some(tr)) if tr.level > t.level => tr,
+            (t, _) => t,
+        }
+    }
+
+    fn observe_trends(&mut self, sample: &Sample, now_ms: u64) -> Option<Judgement> {
+        let mut best: Option<(Level, Resource, f64, Forecast)> = None;
+        for (i, &resource) in TREND_RESOURCES.iter().enumerate() {
+            if !self.trend.resources.contains(&resource) {
+                continue;
+            }
+            let Some(capacity) = self.capacity(resource) else {
+                continue;
+            };
+            let Some(value) = resource_value(resource, sample, self.memory_budget) else {
+                continue;
+            };
+            let aggregate = match resource {
+                Resource::HealthLatencyMs => Aggregate::Mean,
+                _ => Aggregate::Max,
+            };
+            let det = self.series[i]
+                .get_or_insert_with(|| SeriesDetector::new(&self.trend, capacity, aggregate));
+            if det.capacity() != capacity {
+                det.set_capacity(capacity);
+            }
+            let v = det.observe(now_ms, value);
+            let Some(f) = v.forecast else { continue };
+            let better = best
+                .as_ref()
+                .is_none_or(|(l, _, _, bf)| v.level > *l || (v.level == *l && f.tte_s < bf.tte_s));
+            if v.level > Level::Stable && better {
+                best = Some((v.level, resource, value, f));
+            }
+        }
+        let (level, resource, value, f) = best?;
+        let message = trend_message(resource, &f, self.unit_scale(resource, sample));
+        Some(Judgement {
+            level,
+            explanation: Some(Explanation {
+                resource,
+                rule: "trend".into(),
+                value,
+                limit: f.capacity,
+                slope_per_s: Some(f.slope_per_s),
+                tte_s: Some(f.tte_s),
+                confidence: Some(f.confidence),
+                message,
+            }),
+        })
+    }
+
+    /// What one unit of [`resource_value`] is in bytes (or fds), for messages.
+    fn unit_scale(&self, resource: Resource, s: &Sample) -> Option<f64> {
+        let nz = |x: u64| (x > 0).then_some(x as f64);
+        match resource {
+            Resource::MemoryUsed => nz(s.mem_total_bytes),
+            Resource::SwapUsed => nz(s.swap_total_bytes),
+            Resource::Fds => nz(s.max_fds),
+            Resource::InstanceRss => nz(self.memory_budget),
+            Resource::Threads | Resource::HealthLatencyMs => Some(1.0),
+        }
+    }
+
+    fn observe_thresholds(&mut self, sample: &Sample, now_ms: u64) -> Judgement {
         let mut fired: Option<Explanation> = None;
         for rule in &self.policy.rules {
             let Some(value) = resource_value(rule.resource, sample, self.memory_budget) else {
@@ -169,6 +308,49 @@ impl ServerDetector {
     }
 }
 
+/// "instance-rss will be exhausted in about 5h40m (leak of 210 MB/h, confidence 99%; range
+/// 4h48m–7h)". Confidence is shown rounded down and never above 99%: a test never proves.
+/// `unit` is what one unit of the series is in bytes (fds for `fds`), where known.
+pub fn trend_message(resource: Resource, f: &Forecast, unit: Option<f64>) -> String {
+    let per_h = f.slope_per_s * 3600.0;
+    let rate = match (resource, unit) {
+        (Resource::HealthLatencyMs, _) => format!("rising {per_h:.1} ms/h"),
+        (Resource::Threads, _) => format!("leak of {per_h:.0} threads/h"),
+        (Resource::Fds, Some(u)) => format!("leak of {:.0} fds/h", per_h * u),
+        (_, Some(u)) => format!("leak of {}/h", fmt_bytes(per_h * u)),
+        (_, None) => format!("rising {:.2}%/h", per_h * 100.0),
+    };
+    let what = match resource {
+        Resource::HealthLatencyMs => format!("will reach {:.0} ms", f.capacity),
+        _ => "will be exhausted".into(),
+    };
+    let range = match f.tte_high_s {
+        Some(hi) => format!("{}–{}", fmt_duration(f.tte_low_s), fmt_duration(hi)),
+        None => format!("{} or later", fmt_duration(f.tte_low_s)),
+    };
+    format!(
+        "{resource} {what} in about {} ({rate}, confidence {:.0}%; range {range})",
+        fmt_duration(f.tte_s),
+        (f.confidence * 100.0).floor().min(99.0)
+    )
+}
+
+/// Decimal units, as people read them on dashboards: `210 MB`, `1.5 GB`.
+pub fn fmt_bytes(b: f64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = b;
+    let mut i = 0;
+    while v.abs() >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if v.abs() >= 100.0 || i == 0 {
+        format!("{v:.0} {}", units[i])
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
 fn fmt_value(r: Resource, v: f64) -> String {
     match r {
         Resource::Threads => format!("{v:.0}"),
@@ -181,6 +363,7 @@ fn fmt_value(r: Resource, v: f64) -> String {
 mod tests {
     use super::*;
     use crate::config::RuleConfig;
+    use crate::trend::Forecast;
     use crate::types::InstanceSample;
     use std::time::Duration;
 
@@ -233,5 +416,175 @@ mod tests {
     fn no_instances_means_no_rss_signal() {
         let mut d = ServerDetector::new(&policy(), 1000);
         assert_eq!(d.observe(&Sample::default(), 0).level, Level::Stable);
+    }
+
+    fn rss_sample(rss: u64, latency_ms: Option<f64>) -> Sample {
+        let mut s = Sample::default();
+        s.instances.insert(
+            "web-1".into(),
+            InstanceSample {
+                rss_bytes: rss,
+                health_latency_ms: latency_ms,
+                ..Default::default()
+            },
+        );
+        s
+    }
+
+    /// A policy whose thresholds are far away, so only the trend rule can fire.
+    fn high_policy() -> PolicyConfig {
+        PolicyConfig {
+            hold_down: Duration::from_secs(60),
+            rules: vec![RuleConfig {
+                resource: Resource::InstanceRss,
+                above: 0.9,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_leak_is_forecast_before_the_threshold_fires() {
+        let budget = 8_000_000_000u64;
+        let mut d = ServerDetector::new(&high_policy(), budget);
+        // From 30% of the budget to exhaustion in 10 h, 10 s samples, a little wiggle.
+        let mut first = None;
+        for i in 0..3600u64 {
+            let t = i * 10;
+            let frac = 0.3 + 0.7 * t as f64 / 36_000.0 + 0.003 * ((i * 7919 % 13) as f64 / 13.0);
+            let j = d.observe(&rss_sample((frac * budget as f64) as u64, None), t * 1000);
+            if j.level == Level::Unstable {
+                first = Some((t, j));
+                break;
+            }
+        }
+        let (t, j) = first.expect("the leak is caught");
+        let e = j.explanation.unwrap();
+        assert_eq!(e.rule, "trend");
+        assert_eq!(e.resource, Resource::InstanceRss);
+        assert!(
+            e.value < 0.9,
+            "the trend fired only at {} of the budget",
+            e.value
+        );
+        assert!(36_000 - t > 2 * 3600, "caught at {t}s");
+        let tte = e.tte_s.unwrap();
+        assert!(
+            (tte - (36_000 - t) as f64).abs() < 0.15 * (36_000 - t) as f64,
+            "tte {tte}"
+        );
+        // 0.7 × 8 GB in 10 h = 560 MB/h.
+        assert!(
+            e.message
+                .starts_with("instance-rss will be exhausted in about "),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("MB/h") && e.message.contains("confidence 99%"),
+            "{}",
+            e.message
+        );
+        let rate_mb_h = e.slope_per_s.unwrap() * 3600.0 * budget as f64 / 1e6;
+        assert!((rate_mb_h - 560.0).abs() < 60.0, "{rate_mb_h} MB/h");
+
+        // After a rejuvenation the history is gone: a fresh, flat server is stable.
+        d.reset();
+        for i in 0..100u64 {
+            let j = d.observe(&rss_sample(budget / 4, None), 40_000_000 + i * 10_000);
+            assert_eq!(j.level, Level::Stable);
+        }
+    }
+
+    #[test]
+    fn a_warm_up_to_a_plateau_is_not_a_leak() {
+        let budget = 1_000_000_000u64;
+        let cfg = TrendConfig::scaled(Duration::from_secs(60));
+        let mut d = ServerDetector::with_trend(&high_policy(), budget, cfg);
+        // 1 s samples for 5 minutes: warms from 10% to 70% with an 8 s time constant.
+        for i in 0..300u64 {
+            let frac = 0.7 - 0.6 * (-(i as f64) / 8.0).exp();
+            let j = d.observe(&rss_sample((frac * budget as f64) as u64, None), i * 1000);
+            assert_eq!(j.level, Level::Stable, "at {i}s: {:?}", j.explanation);
+        }
+        assert!(d.trend_memory_bytes() <= 6 * 8 * 1024);
+    }
+
+    #[test]
+    fn rising_health_latency_is_performance_aging() {
+        let policy = PolicyConfig {
+            hold_down: Duration::from_secs(5),
+            rules: vec![RuleConfig {
+                resource: Resource::HealthLatencyMs,
+                above: 500.0,
+            }],
+        };
+        let cfg = TrendConfig::scaled(Duration::from_secs(60));
+        let mut d = ServerDetector::with_trend(&policy, 1 << 30, cfg);
+        // Latency drifts from 20 ms towards 500 ms over two minutes, with jitter.
+        let mut fired = None;
+        for i in 0..120u64 {
+            let ms = 20.0 + 4.0 * i as f64 + ((i * 31) % 7) as f64;
+            let j = d.observe(&rss_sample(1 << 20, Some(ms)), i * 1000);
+            if j.level == Level::Unstable {
+                fired = Some(j);
+                break;
+            }
+        }
+        let e = fired.expect("latency drift is caught").explanation.unwrap();
+        assert_eq!(
+            (e.resource, e.rule.as_str()),
+            (Resource::HealthLatencyMs, "trend")
+        );
+        assert!(e.value < 500.0);
+        assert!(e.message.contains("will reach 500 ms"), "{}", e.message);
+    }
+
+    #[test]
+    fn messages_read_like_an_operator_would_say_it() {
+        let f = Forecast {
+            window_s: 7200.0,
+            span_s: 7200.0,
+            slope_per_s: 0.0256 / 3600.0,
+            slope_low_per_s: 0.02 / 3600.0,
+            slope_high_per_s: 0.03 / 3600.0,
+            level: 0.855,
+            capacity: 1.0,
+            tte_s: 5.0 * 3600.0 + 40.0 * 60.0,
+            tte_low_s: 4.8 * 3600.0,
+            tte_high_s: Some(7.0 * 3600.0),
+            confidence: 0.995,
+            variance_inflation: 1.0,
+            steady: true,
+        };
+        let m = trend_message(Resource::InstanceRss, &f, Some(8.2e9));
+        assert_eq!(
+            m,
+            "instance-rss will be exhausted in about 5h40m (leak of 210 MB/h, confidence 99%; range 4h48m–7h)"
+        );
+    }
+
+    #[test]
+    fn the_trend_rule_watches_only_the_configured_resources() {
+        let budget = 1_000_000_000u64;
+        let cfg = TrendConfig {
+            resources: vec![Resource::HealthLatencyMs],
+            ..TrendConfig::scaled(Duration::from_secs(60))
+        };
+        let mut d = ServerDetector::with_trend(&high_policy(), budget, cfg);
+        let mut all = ServerDetector::with_trend(
+            &high_policy(),
+            budget,
+            TrendConfig::scaled(Duration::from_secs(60)),
+        );
+        // A steep RSS leak: the detector watching every resource catches it, the other not.
+        let mut caught = false;
+        for i in 0..80u64 {
+            let s = rss_sample(((0.1 + 0.01 * i as f64) * budget as f64) as u64, None);
+            let j = d.observe(&s, i * 1000);
+            assert_eq!(j.level, Level::Stable, "at {i}s: {:?}", j.explanation);
+            caught |= all.observe(&s, i * 1000).level == Level::Unstable;
+        }
+        assert!(caught, "the leak is caught when RSS is watched");
+        assert_eq!(d.trend_memory_bytes(), 0);
     }
 }

@@ -18,4 +18,5 @@ pub mod config;
 pub mod detector;
 pub mod gate;
 pub mod time;
+pub mod trend;
 pub mod types;

@@ -109,6 +109,19 @@ pub enum Cmd {
         #[arg(long, default_value_t = 10)]
         post_every: u32,
     },
+    /// Feed a CSV series (`t_seconds,value`) to the trend detector, sample by sample, and say
+    /// when it would have judged the resource unstable and the forecast at that moment.
+    ///
+    /// Example: rejuv analyze --input rss.csv --capacity 8589934592 --format text
+    Analyze {
+        #[arg(long)]
+        input: PathBuf,
+        /// The value at which the resource is exhausted (same unit as the series).
+        #[arg(long)]
+        capacity: u64,
+        #[arg(long, value_enum, default_value_t = AnalyzeFormat::Json)]
+        format: AnalyzeFormat,
+    },
     /// Work with config files.
     Config {
         #[command(subcommand)]
@@ -165,6 +178,12 @@ pub enum Cmd {
     ///
     /// Example: rejuv resume --controller http://127.0.0.1:7070
     Resume(crate::ops::Conn),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum AnalyzeFormat {
+    Json,
+    Text,
 }
 
 #[derive(Subcommand)]
@@ -406,6 +425,30 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 rejuv_sample::loadgen::run(opts, shutdown).await
             })?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(0)
+        }
+        Cmd::Analyze {
+            input,
+            capacity,
+            format,
+        } => {
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("reading {}", input.display()))?;
+            let cfg = rejuv_core::trend::TrendConfig::default();
+            let report = match rejuv_sim::analyze::analyze_csv(&text, capacity, &cfg) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("rejuv: {}: {e}", input.display());
+                    return Ok(2);
+                }
+            };
+            match format {
+                AnalyzeFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                AnalyzeFormat::Text => {
+                    let points = rejuv_sim::analyze::parse_csv(&text)?;
+                    print!("{}", rejuv_sim::analyze::render_text(&report, &points));
+                }
+            }
             Ok(0)
         }
         Cmd::Demo(args) => {

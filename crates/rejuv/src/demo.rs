@@ -77,7 +77,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 100 * 1024 * 1024)]
     pub leak_limit: u64,
     /// Memory budget of each server's instances; the detector's instance-rss rule uses it.
-    #[arg(long, default_value_t = 128 * 1024 * 1024)]
+    #[arg(long, default_value_t = 112 * 1024 * 1024)]
     pub memory_budget: u64,
 }
 
@@ -178,10 +178,21 @@ agent_timeout = "2s"
 
 [policy]
 hold_down = "2s"
+# A safety net only: the trend rule below acts long before.
 rules = [
-  {{ resource = "instance-rss", above = 0.45 }},
+  {{ resource = "instance-rss", above = 0.9 }},
   {{ resource = "memory-used", above = 0.97 }},
 ]
+
+# The predictive rule, scaled for services that age within a minute (sampled twice a second).
+# On one machine every agent sees the same host, so the demo judges instance-rss (each server's
+# instances against its memory budget) and health latency, not host-wide readings.
+[policy.trend]
+window = "60s"
+min_window = "16s"
+horizon = "90s"
+min_persistence = "3s"
+resources = ["instance-rss", "health-latency-ms"]
 
 [gate]
 max_load = 64.0
@@ -216,7 +227,19 @@ health = {{ path = "/healthz", interval = "250ms", timeout = "1s" }}
 drain = "5s"
 stop_grace = "3s"
 handoff = {{ export = "/_rejuv/state", import = "/_rejuv/state", hold = "3s" }}
+
+# A cache that warms up to a plateau and stays there: the detector must leave its server alone.
+[services.cache]
+command = "{exe}"
+args = ["sample-service", "--listen", "{{address}}:{{port}}", "--instance-id", "{{instance}}",
+        "--leak-per-second", "{cache_rate}", "--leak-cap", "{cache_cap}"]
+env = {{ REJUV_LOG = "warn" }}
+health = {{ path = "/healthz", interval = "250ms", timeout = "1s" }}
+drain = "2s"
+stop_grace = "3s"
 "#,
+        cache_rate = 3 * 1024 * 1024,
+        cache_cap = args.memory_budget / 2,
         token = token_path.display(),
         traffic = match args.lb {
             Lb::Builtin => format!(
@@ -241,7 +264,15 @@ handoff = {{ export = "/_rejuv/state", import = "/_rejuv/state", hold = "3s" }}
         let agent = SocketAddr::new(ip, free_port(ip)?);
         let range = free_range(ip, 16)?;
         let role = if i < primaries { "primary" } else { "spare" };
-        let instances = if i < primaries { r#"["web"]"# } else { "[]" };
+        // With three primaries or more, the last one runs the plateauing cache instead of the
+        // aging web service: a server rejuv should leave alone.
+        let instances = if i + 1 == primaries && primaries >= 3 {
+            r#"["cache"]"#
+        } else if i < primaries {
+            r#"["web"]"#
+        } else {
+            "[]"
+        };
         toml.push_str(&format!(
             r#"
 [[servers]]

@@ -1,0 +1,133 @@
+//! `detector-bench`: the trend detector and the threshold baselines on the trace suites, and
+//! the detector's throughput and memory.
+//!
+//! `cargo run --release -p rejuv-sim --bin detector-bench [-- --details] [--skip-suites]
+//! [--skip-throughput]`
+//!
+//! Prints markdown: the figures of both suites (dev and held-back), per family, and the
+//! series-updates per second of one core.
+
+use rejuv_core::detector::Level;
+use rejuv_core::trend::{Aggregate, SeriesDetector, TrendConfig};
+use rejuv_sim::eval;
+use rejuv_sim::traces::{self, Draw, Family, STEP_S};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let details = args.iter().any(|a| a == "--details");
+    let cfg = TrendConfig::default();
+    if !args.iter().any(|a| a == "--skip-suites") {
+        for (title, suite) in [
+            ("dev suite", traces::dev_suite()),
+            ("held-back suite", traces::held_back_suite()),
+        ] {
+            let outs = eval::run_suite(&suite, &cfg);
+            let score = eval::score(&outs);
+            println!("### {title}\n");
+            println!("{}", eval::markdown_summary(title, &score));
+            println!("{}", eval::markdown_families(&outs));
+            if details {
+                print_details(&outs);
+            }
+        }
+    }
+    if !args.iter().any(|a| a == "--skip-throughput") {
+        throughput(&cfg);
+    }
+}
+
+fn print_details(outs: &[eval::Outcome]) {
+    let f = |x: Option<f64>| x.map_or("-".into(), |s| format!("{:.2}h", s / 3600.0));
+    println!("```");
+    for o in outs {
+        let bad = (o.aging && !o.caught())
+            || (!o.aging && o.detected_s.is_some())
+            || o.detected_s.is_some_and(|t| t < o.onset_s);
+        println!(
+            "{} {:<30} exhaust={:>8} detect={:>8} tte={:>8} err={:>5} window={:>7} lead={:>7} lead90={:>7}",
+            if bad { "!!" } else { "  " },
+            o.name,
+            f(o.exhaust_s),
+            f(o.detected_s),
+            f(o.tte_s),
+            o.tte_error().map_or("-".into(), |e| format!("{:.0}%", e * 100.0)),
+            f(o.window_s),
+            f(o.lead_s()),
+            f(o.thr90_lead_s()),
+        );
+    }
+    println!("```\n");
+}
+
+/// Series-updates per second on one core: many series, each fed its own trace, interleaved
+/// as a controller would (every series gets one sample per tick).
+fn throughput(cfg: &TrendConfig) {
+    println!("### throughput (one core)\n");
+    println!("| workload | series | updates | seconds | updates/s | bytes/series |\n|---|---|---|---|---|---|");
+    let n_series = 2000;
+    let ticks = 8640; // one day of 10 s samples
+                      // Unit fractions of capacity; an aging trace shorter than a day wraps around.
+    let make = |leaking_every: usize| -> Vec<Vec<f64>> {
+        (0..n_series)
+            .map(|i| {
+                let fam = if leaking_every > 0 && i % leaking_every == 0 {
+                    Family::AGING[(i / leaking_every) % Family::AGING.len()]
+                } else {
+                    Family::HEALTHY[i % Family::HEALTHY.len()]
+                };
+                let t = traces::generate(fam, 50_000 + i as u64, Draw::Dev);
+                (0..ticks)
+                    .map(|k| t.values[k % t.values.len()] / t.capacity)
+                    .collect()
+            })
+            .collect()
+    };
+    let run = |name: &str, traces: &[Vec<f64>], cfg: &TrendConfig, step_ms: u64| {
+        let mut dets: Vec<SeriesDetector> = (0..n_series)
+            .map(|_| SeriesDetector::new(cfg, 1.0, Aggregate::Max))
+            .collect();
+        let mut unstable = 0u64;
+        let start = Instant::now();
+        for k in 0..ticks {
+            let now = k as u64 * step_ms;
+            for (d, tr) in dets.iter_mut().zip(traces) {
+                if d.observe(now, tr[k]).level == Level::Unstable {
+                    unstable += 1;
+                }
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let updates = (n_series * ticks) as f64;
+        println!(
+            "| {name} | {n_series} | {updates:.0} | {secs:.2} | {:.0} | {} |",
+            updates / secs,
+            dets[0].memory_bytes()
+        );
+        // Keeps the work observable, so it cannot be optimized away.
+        std::hint::black_box(unstable);
+    };
+    let step = (STEP_S * 1000.0) as u64;
+    let healthy = make(0);
+    run(
+        "healthy fleet, default config, 10 s samples",
+        &healthy,
+        cfg,
+        step,
+    );
+    run("5% of series leaking", &make(20), cfg, step);
+    run("every series leaking (worst case)", &make(1), cfg, step);
+    // The shortest scale closes a bucket at every sample.
+    let dense = TrendConfig {
+        window: Duration::from_secs(64 * 10 * 64),
+        min_window: Duration::from_secs(64 * 10),
+        ..cfg.clone()
+    };
+    run(
+        "healthy fleet, a bucket closes at every sample",
+        &healthy,
+        &dense,
+        step,
+    );
+    println!();
+}
