@@ -238,8 +238,8 @@ health = {{ path = "/healthz", interval = "250ms", timeout = "1s" }}
 drain = "2s"
 stop_grace = "3s"
 "#,
-        cache_rate = 3 * 1024 * 1024,
-        cache_cap = args.memory_budget / 2,
+        cache_rate = 10 * 1024 * 1024,
+        cache_cap = args.memory_budget * 2 / 5,
         token = token_path.display(),
         traffic = match args.lb {
             Lb::Builtin => format!(
