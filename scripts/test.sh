@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+export PATH="$PATH:/usr/sbin:/sbin"
 need_pkgs=()
-command -v h2load >/dev/null || need_pkgs+=(nghttp2-client)
-command -v python3 >/dev/null || need_pkgs+=(python3)
+command -v haproxy >/dev/null || need_pkgs+=(haproxy)        # HAProxy adapter tests
+command -v python3 >/dev/null || need_pkgs+=(python3)        # agent tests' tiny services
+command -v h2load >/dev/null || need_pkgs+=(nghttp2-client)  # bench/demo/check.sh
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need_pkgs[*]}"
