@@ -68,7 +68,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Bytes each request leaks in the sample service.
-    #[arg(long, default_value_t = 16 * 1024)]
+    #[arg(long, default_value_t = 10 * 1024)]
     pub leak_per_request: u64,
     /// Bytes the sample service leaks per second.
     #[arg(long, default_value_t = 400 * 1024)]
@@ -177,10 +177,10 @@ poll_interval = "500ms"
 agent_timeout = "2s"
 
 [policy]
-hold_down = "2s"
+hold_down = "1s"
 # A safety net only: the trend rule below acts long before.
 rules = [
-  {{ resource = "instance-rss", above = 0.9 }},
+  {{ resource = "instance-rss", above = 0.8 }},
   {{ resource = "memory-used", above = 0.97 }},
 ]
 
@@ -188,10 +188,10 @@ rules = [
 # On one machine every agent sees the same host, so the demo judges instance-rss (each server's
 # instances against its memory budget) and health latency, not host-wide readings.
 [policy.trend]
-window = "60s"
-min_window = "16s"
-horizon = "90s"
-min_persistence = "3s"
+window = "48s"
+min_window = "8s"
+horizon = "60s"
+min_persistence = "2s"
 resources = ["instance-rss", "health-latency-ms"]
 
 [gate]
