@@ -439,6 +439,7 @@ mod tests {
                 resource: Resource::InstanceRss,
                 above: 0.9,
             }],
+            ..PolicyConfig::default()
         }
     }
 
@@ -517,6 +518,7 @@ mod tests {
                 resource: Resource::HealthLatencyMs,
                 above: 500.0,
             }],
+            ..PolicyConfig::default()
         };
         let cfg = TrendConfig::scaled(Duration::from_secs(60));
         let mut d = ServerDetector::with_trend(&policy, 1 << 30, cfg);
