@@ -292,6 +292,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 // The agent re-executes itself: a fresh process, fresh memory, same arguments.
                 use std::os::unix::process::CommandExt;
                 let exe = std::env::current_exe().context("finding the agent's own executable")?;
+                // A binary replaced on disk while the agent ran (an upgrade) shows as
+                // "PATH (deleted)": re-execute the new one at PATH.
+                let exe = match exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+                    Some(p) => std::path::PathBuf::from(p),
+                    None => exe,
+                };
                 let args: Vec<String> = std::env::args().skip(1).collect();
                 let err = std::process::Command::new(exe).args(args).exec();
                 anyhow::bail!("re-executing the agent failed: {err}");
