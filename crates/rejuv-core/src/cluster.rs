@@ -1318,11 +1318,7 @@ impl Cluster {
                 s.last_rejuvenated_at_ms = Some(now.wall_ms);
                 s.level = w.level;
             }
-            if let Some(t) = self.servers.get_mut(&w.target) {
-                if t.reserved_by == Some(id) {
-                    t.reserved_by = None;
-                }
-            }
+            self.release_target(&w.target, id);
             self.log(
                 out,
                 now,
@@ -1355,11 +1351,7 @@ impl Cluster {
             s.explanation = None;
             s.blocked_reason = None;
         }
-        if let Some(t) = self.servers.get_mut(&w.target) {
-            if t.reserved_by == Some(id) {
-                t.reserved_by = None;
-            }
-        }
+        self.release_target(&w.target, id);
         self.issue(
             out,
             CommandKind::ResetDetector {
@@ -1380,6 +1372,15 @@ impl Cluster {
         );
         self.completed_total += 1;
         self.finish(w);
+    }
+
+    /// Frees `target` if workflow `id` holds it.
+    fn release_target(&mut self, target: &str, id: u64) {
+        if let Some(t) = self.servers.get_mut(target) {
+            if t.reserved_by == Some(id) {
+                t.reserved_by = None;
+            }
+        }
     }
 
     fn finish(&mut self, w: Workflow) {
@@ -1474,11 +1475,7 @@ impl Cluster {
             };
             s.manual_request = None;
         }
-        if let Some(t) = self.servers.get_mut(&w.target) {
-            if t.reserved_by == Some(id) {
-                t.reserved_by = None;
-            }
-        }
+        self.release_target(&w.target, id);
         w.outcome = Some(Outcome::Failed {
             reason: reason.clone(),
         });

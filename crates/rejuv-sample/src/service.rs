@@ -45,6 +45,45 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The service's flags, shared by `rejuv sample-service` and the stand-alone binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    #[arg(long, default_value = "sample")]
+    pub instance_id: String,
+    /// Bytes leaked per request to `/` and `/counter`.
+    #[arg(long, default_value_t = 0)]
+    pub leak_per_request: u64,
+    /// Bytes leaked per second of life.
+    #[arg(long, default_value_t = 0)]
+    pub leak_per_second: u64,
+    /// Leaked bytes past which the process kills itself with SIGKILL, as an OOM kill; 0 = never.
+    #[arg(long, default_value_t = 0)]
+    pub limit: u64,
+    /// Leaked bytes at which leaking stops: a cache that warms up to a plateau; 0 = no cap.
+    #[arg(long, default_value_t = 0)]
+    pub leak_cap: u64,
+    /// Added latency per MiB leaked, microseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_per_mib_us: u64,
+    /// Touch a small resident working set at start.
+    #[arg(long)]
+    pub base_rss_touch: bool,
+}
+
+impl From<ServiceArgs> for ServiceOptions {
+    fn from(a: ServiceArgs) -> Self {
+        ServiceOptions {
+            instance_id: a.instance_id,
+            leak_per_request: a.leak_per_request,
+            leak_per_second: a.leak_per_second,
+            limit: a.limit,
+            leak_cap: a.leak_cap,
+            latency_per_mib_us: a.latency_per_mib_us,
+            base_rss_touch: a.base_rss_touch,
+        }
+    }
+}
+
 /// How the service ages.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceOptions {

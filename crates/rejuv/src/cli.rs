@@ -75,23 +75,8 @@ pub enum Cmd {
     SampleService {
         #[arg(long)]
         listen: SocketAddr,
-        #[arg(long, default_value = "sample")]
-        instance_id: String,
-        /// Bytes leaked per request.
-        #[arg(long, default_value_t = 0)]
-        leak_per_request: u64,
-        /// Bytes leaked per second.
-        #[arg(long, default_value_t = 0)]
-        leak_per_second: u64,
-        /// Leaked bytes past which it dies like an OOM kill (0: never).
-        #[arg(long, default_value_t = 0)]
-        limit: u64,
-        /// Leaked bytes at which leaking stops: a cache that warms up to a plateau (0: no cap).
-        #[arg(long, default_value_t = 0)]
-        leak_cap: u64,
-        /// Added latency per leaked MiB, microseconds.
-        #[arg(long, default_value_t = 0)]
-        latency_per_mib_us: u64,
+        #[command(flatten)]
+        service: rejuv_sample::service::ServiceArgs,
     },
     /// A fixed-rate, bounded HTTP load generator.
     ///
@@ -380,15 +365,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             })?;
             Ok(0)
         }
-        Cmd::SampleService {
-            listen,
-            instance_id,
-            leak_per_request,
-            leak_per_second,
-            limit,
-            leak_cap,
-            latency_per_mib_us,
-        } => {
+        Cmd::SampleService { listen, service } => {
             init_tracing();
             let rt = runtime()?;
             rt.block_on(async {
@@ -396,16 +373,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     .await
                     .with_context(|| format!("binding {listen}"))?;
                 let shutdown = crate::procs::shutdown_on_signal();
-                let opts = rejuv_sample::service::ServiceOptions {
-                    instance_id,
-                    leak_per_request,
-                    leak_per_second,
-                    limit,
-                    leak_cap,
-                    latency_per_mib_us,
-                    base_rss_touch: false,
-                };
-                rejuv_sample::service::run(l, opts, shutdown).await
+                rejuv_sample::service::run(l, service.into(), shutdown).await
             })?;
             Ok(0)
         }

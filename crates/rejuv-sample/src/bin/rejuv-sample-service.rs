@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use rejuv_sample::service::{self, ServiceOptions};
+use rejuv_sample::service::{self, ServiceArgs, ServiceOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use tokio::signal::unix::{signal, SignalKind};
@@ -22,26 +22,8 @@ struct Args {
     /// Address to serve on; port 0 picks one (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    #[arg(long, default_value = "sample")]
-    instance_id: String,
-    /// Bytes leaked per request to `/` and `/counter`.
-    #[arg(long, default_value_t = 0)]
-    leak_per_request: u64,
-    /// Bytes leaked per second of life.
-    #[arg(long, default_value_t = 0)]
-    leak_per_second: u64,
-    /// Leaked bytes past which the process kills itself with SIGKILL; 0 = never.
-    #[arg(long, default_value_t = 0)]
-    limit: u64,
-    /// Leaked bytes at which leaking stops (a cache that plateaus); 0 = no cap.
-    #[arg(long, default_value_t = 0)]
-    leak_cap: u64,
-    /// Added latency per MiB leaked, microseconds.
-    #[arg(long, default_value_t = 0)]
-    latency_per_mib_us: u64,
-    /// Touch a small resident working set at start.
-    #[arg(long)]
-    base_rss_touch: bool,
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
 #[tokio::main]
@@ -58,15 +40,7 @@ async fn main() -> anyhow::Result<()> {
         writeln!(out, "listening on {addr}")?;
         out.flush()?;
     }
-    let opts = ServiceOptions {
-        instance_id: args.instance_id,
-        leak_per_request: args.leak_per_request,
-        leak_per_second: args.leak_per_second,
-        limit: args.limit,
-        leak_cap: args.leak_cap,
-        latency_per_mib_us: args.latency_per_mib_us,
-        base_rss_touch: args.base_rss_touch,
-    };
+    let opts = ServiceOptions::from(args.service);
     service::run(listener, opts, shutdown).await
 }
 
