@@ -30,6 +30,9 @@ use tracing::{info, warn};
 /// instead of racing logs.
 pub const CRASH_AT_ENV: &str = "REJUV_FAILPOINT_CRASH_AT";
 
+/// Load readings kept per server for the gate: an hour at one sample a second.
+const LOAD_HISTORY_KEPT: usize = 3600;
+
 pub enum Msg {
     Event(Event),
     /// An agent's answer to a poll sent at `sent_at_ms` (wall clock): the observation is as
@@ -69,6 +72,8 @@ pub struct Engine {
     epoch: u64,
     detectors: BTreeMap<String, ServerDetector>,
     samples: BTreeMap<String, AgentState>,
+    /// Recent load1 readings per server (memory only), for the gate's quiet-moment rule.
+    load_history: BTreeMap<String, std::collections::VecDeque<f64>>,
     client: AgentClient,
     agents: BTreeMap<String, SocketAddr>,
     tx: mpsc::Sender<Msg>,
@@ -161,6 +166,7 @@ impl Engine {
                 epoch,
                 detectors,
                 samples: BTreeMap::new(),
+                load_history: BTreeMap::new(),
                 client,
                 agents,
                 tx,
@@ -224,7 +230,8 @@ impl Engine {
         let now = self.now();
         match result {
             Ok(state) => {
-                let obs = Observation::from_agent(&state, sent_at_ms);
+                let mut obs = Observation::from_agent(&state, sent_at_ms);
+                obs.load_quantile = self.load_quantile(&server, state.sample.load1);
                 self.handle(Event::Observed {
                     server: server.clone(),
                     observation: obs,
@@ -246,6 +253,7 @@ impl Engine {
                     running_since_ms: 0,
                     running_time_s: 0.0,
                     crashes_total: 0,
+                    load_quantile: None,
                     instances: BTreeMap::new(),
                 };
                 tracing::debug!(server, error = %e, "agent poll failed");
@@ -255,6 +263,27 @@ impl Engine {
                 });
             }
         }
+    }
+
+    /// Records `load1` in the server's in-memory load history and, while one of its workflows
+    /// waits at the gate, says where `load1` stands in that history (fraction of readings below).
+    fn load_quantile(&mut self, server: &str, load1: f64) -> Option<f64> {
+        let history = self.load_history.entry(server.to_string()).or_default();
+        if history.len() == LOAD_HISTORY_KEPT {
+            history.pop_front();
+        }
+        history.push_back(load1);
+        let gating = self
+            .cluster
+            .workflows
+            .values()
+            .any(|w| w.server == server && w.phase == rejuv_core::cluster::Phase::Gating);
+        // A short history says nothing about what is usual for this server.
+        if !gating || history.len() < LOAD_HISTORY_KEPT / 10 {
+            return None;
+        }
+        let below = history.iter().filter(|l| **l < load1).count();
+        Some(below as f64 / history.len() as f64)
     }
 
     fn handle(&mut self, event: Event) {

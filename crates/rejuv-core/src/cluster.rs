@@ -73,6 +73,10 @@ pub struct Observation {
     pub running_since_ms: u64,
     pub running_time_s: f64,
     pub crashes_total: u64,
+    /// Where `load1` stands in the server's recent load history (fraction of past readings
+    /// below it), computed by the shell from samples it keeps in memory.
+    #[serde(default)]
+    pub load_quantile: Option<f64>,
     /// Instances the agent reports, with whether each is healthy and where it serves.
     pub instances: BTreeMap<InstanceId, ObservedInstance>,
 }
@@ -95,6 +99,7 @@ impl Observation {
             running_since_ms: state.running_since_ms,
             running_time_s: state.sample.running_time_s,
             crashes_total: state.crashes_total,
+            load_quantile: None,
             instances: state
                 .instances
                 .iter()
@@ -1077,6 +1082,7 @@ impl Cluster {
                     running_time_s: obs.map_or(0.0, |o| o.running_time_s),
                     waited_s: since as f64 / 1000.0,
                     tte_s: s.explanation.as_ref().and_then(|e| e.tte_s),
+                    load_quantile: obs.and_then(|o| o.load_quantile),
                 };
                 let mut decision = gate::decide(&cfg.gate, input);
                 if s.manual_request.is_some() || w.forced {

@@ -330,6 +330,15 @@ pub struct GateConfig {
     /// ...unless the replacement has been waiting this long already.
     #[serde(with = "humantime_serde", default = "default_max_wait")]
     pub max_wait: Duration,
+    /// Prefer a quiet moment: while exhaustion is far, wait as long as the current load is
+    /// above this quantile of the server's recent load history (0.5: busier than usual).
+    /// 1.0 turns it off.
+    #[serde(default = "default_quiet_quantile")]
+    pub quiet_quantile: f64,
+}
+
+fn default_quiet_quantile() -> f64 {
+    0.5
 }
 
 fn default_max_load() -> f64 {
@@ -348,6 +357,7 @@ impl Default for GateConfig {
             max_load: default_max_load(),
             min_running_time: default_min_running(),
             max_wait: default_max_wait(),
+            quiet_quantile: default_quiet_quantile(),
         }
     }
 }
@@ -818,6 +828,9 @@ impl Config {
                     },
                 );
             }
+        }
+        if !(0.0..=1.0).contains(&self.gate.quiet_quantile) {
+            err("gate.quiet_quantile".into(), "must be a fraction in [0, 1]");
         }
         if !self.gate.max_load.is_finite() || self.gate.max_load < 0.0 {
             err("gate.max_load".into(), "must be a non-negative number");

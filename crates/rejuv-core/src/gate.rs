@@ -16,6 +16,9 @@ pub struct GateInput {
     pub waited_s: f64,
     /// Forecast time to exhaustion, seconds, if the detector made one.
     pub tte_s: Option<f64>,
+    /// Where the current load stands in the server's recent load history: the fraction of
+    /// past readings below it (0: the quietest seen, 1: the busiest), if there is a history.
+    pub load_quantile: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +76,22 @@ pub fn decide(cfg: &GateConfig, input: GateInput) -> GateDecision {
             ),
         };
     }
+    // A quieter moment is worth waiting for only while exhaustion is well beyond the longest
+    // wait; nearer than that, the hot replacement takes over now.
+    let time_to_spare = input
+        .tte_s
+        .is_none_or(|t| t > 2.0 * cfg.max_wait.as_secs_f64());
+    if let Some(q) = input.load_quantile {
+        if q > cfg.quiet_quantile && time_to_spare {
+            return GateDecision::Wait {
+                reason: format!(
+                    "load {:.2} is busier than {:.0}% of its recent history; waiting for a quieter moment",
+                    input.load1,
+                    q * 100.0
+                ),
+            };
+        }
+    }
     GateDecision::Now {
         reason: format!(
             "load {:.2} <= {:.2} and running time {:.0}s >= {:.0}s",
@@ -94,6 +113,7 @@ mod tests {
             max_load: 2.0,
             min_running_time: Duration::from_secs(60),
             max_wait: Duration::from_secs(300),
+            quiet_quantile: 0.5,
         }
     }
 
@@ -103,7 +123,40 @@ mod tests {
             running_time_s: running,
             waited_s: waited,
             tte_s: tte,
+            load_quantile: None,
         }
+    }
+
+    fn with_quantile(q: f64, tte: Option<f64>, waited: f64) -> GateInput {
+        GateInput {
+            load_quantile: Some(q),
+            ..input(1.0, 100.0, waited, tte)
+        }
+    }
+
+    #[test]
+    fn busier_than_usual_waits_while_exhaustion_is_far() {
+        let d = decide(&cfg(), with_quantile(0.9, Some(86_400.0), 0.0));
+        assert!(!d.is_now());
+        assert!(d.reason().contains("quieter"), "{}", d.reason());
+        let d = decide(&cfg(), with_quantile(0.9, None, 0.0));
+        assert!(d.reason().contains("quieter"), "{}", d.reason());
+    }
+
+    #[test]
+    fn a_quiet_moment_opens_the_gate() {
+        assert!(decide(&cfg(), with_quantile(0.2, Some(86_400.0), 0.0)).is_now());
+    }
+
+    #[test]
+    fn busy_but_exhaustion_within_twice_the_max_wait_switches_now() {
+        // max_wait is 300 s: exhaustion in 500 s leaves no room to wait for a quiet hour.
+        assert!(decide(&cfg(), with_quantile(0.9, Some(500.0), 0.0)).is_now());
+    }
+
+    #[test]
+    fn waiting_for_quiet_ends_at_max_wait() {
+        assert!(decide(&cfg(), with_quantile(0.99, Some(86_400.0), 301.0)).is_now());
     }
 
     #[test]

@@ -204,6 +204,7 @@ impl FakeAgent {
             running_since_ms: self.running_since_ms,
             running_time_s: now_ms.saturating_sub(self.running_since_ms) as f64 / 1000.0,
             crashes_total: 0,
+            load_quantile: None,
             instances: self.instances.clone(),
         }
     }
@@ -239,6 +240,7 @@ fn unreachable_observation(now_ms: u64) -> Observation {
         running_since_ms: 0,
         running_time_s: 0.0,
         crashes_total: 0,
+        load_quantile: None,
         instances: BTreeMap::new(),
     }
 }

@@ -51,6 +51,8 @@ struct Sim {
     running_since: BTreeMap<String, u64>,
     events: Vec<String>,
     actions_run: Vec<Vec<Action>>,
+    /// What the shell reports as the load's place in its history.
+    load_quantile: Option<f64>,
 }
 
 impl Sim {
@@ -64,6 +66,7 @@ impl Sim {
             running_since: [("s1".to_string(), t), ("s2".to_string(), t)].into(),
             events: vec![],
             actions_run: vec![],
+            load_quantile: None,
         };
         s.ack(out.commands);
         s.observe_all();
@@ -152,6 +155,7 @@ impl Sim {
                 running_since_ms: since,
                 running_time_s: (self.t - since) as f64 / 1000.0,
                 crashes_total: 0,
+                load_quantile: self.load_quantile,
                 instances,
             };
             self.apply(Event::Observed {
@@ -337,5 +341,45 @@ escalation_window = "10s""#,
     assert_eq!(
         sim.actions_run[2],
         vec![Action::StopInstances, Action::RestartAgent]
+    );
+}
+
+#[test]
+fn the_gate_waits_for_a_quieter_moment_while_exhaustion_is_far() {
+    let mut sim = Sim::new(config(""));
+    sim.cfg.gate.max_wait = std::time::Duration::from_secs(600);
+    sim.load_quantile = Some(0.95);
+    let explanation = Explanation {
+        resource: rejuv_core::config::Resource::InstanceRss,
+        rule: "trend".into(),
+        value: 0.6,
+        limit: 1.0,
+        slope_per_s: Some(1e-5),
+        tte_s: Some(36_000.0),
+        confidence: Some(0.99),
+        message: "instance-rss will be exhausted in about 10h".into(),
+    };
+    sim.apply(Event::Judged {
+        server: "s1".into(),
+        judgement: Judgement {
+            level: Level::Unstable,
+            explanation: Some(explanation),
+        },
+    });
+    sim.advance(1_000);
+    let w = sim.c.workflows.values().next().expect("a workflow");
+    assert_eq!(w.phase, Phase::Gating, "busy hour: the hot copy waits");
+    assert!(
+        w.gate_reason.as_deref().unwrap_or("").contains("quieter"),
+        "{:?}",
+        w.gate_reason
+    );
+    sim.load_quantile = Some(0.1);
+    sim.advance(1_000);
+    sim.advance(1_000);
+    assert_eq!(
+        sim.c.completed_total, 1,
+        "switched in the quiet moment: {:?}",
+        sim.events
     );
 }
