@@ -141,3 +141,22 @@ fn an_operator_request_that_does_not_fit_is_refused() {
     let r = h.api(reqwest::Method::POST, "/v1/servers/s2/rejuvenate");
     assert_eq!(r.status(), 409, "s2 is a spare");
 }
+
+#[test]
+fn the_example_fleet_config_is_valid() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/rejuv.example.toml"
+    );
+    let out = Command::new(EXE)
+        .args(["config", "check", path])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (active-standby cluster, 4 servers"));
+}
