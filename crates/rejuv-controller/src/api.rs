@@ -30,6 +30,8 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        // The dashboard page itself carries no data; its calls to the API carry the token.
+        .route("/ui", get(ui))
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/workflows", get(workflows))
@@ -322,6 +324,14 @@ async fn pause(State(s): State<ApiState>, h: HeaderMap) -> Response {
 async fn resume(State(s): State<ApiState>, h: HeaderMap) -> Response {
     guard!(s, h);
     send_op(&s, actor(&h), OperatorCommand::Resume).await
+}
+
+async fn ui() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("ui/index.html"),
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<ApiState>, h: HeaderMap) -> Response {

@@ -513,7 +513,10 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     )
     .await?;
 
-    println!("dashboard: http://{}/ui", plan.controller);
+    println!(
+        "dashboard: http://{}/ui#token={}",
+        plan.controller, plan.token
+    );
     println!("token file: {}", plan.token_path.display());
     p.line(&format!(
         "front end serving; load {} req/s for {:?}{}",
