@@ -105,28 +105,16 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-/// Equal-time comparison: the time taken does not depend on where the inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    std::hint::black_box(diff) == 0
-}
-
 async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        // The scheme is case-insensitive (RFC 9110 section 11.1).
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
+        .and_then(rejuv_core::digest::bearer_token);
     match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), agent.token.as_bytes()) => next.run(req).await,
+        Some(t) if rejuv_core::digest::constant_time_eq(t.as_bytes(), agent.token.as_bytes()) => {
+            next.run(req).await
+        }
         Some(_) => HttpError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response(),
         None => HttpError::new(
             StatusCode::UNAUTHORIZED,
@@ -247,15 +235,6 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_eq_compares_fully() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
-    }
 
     #[test]
     fn epoch_query() {

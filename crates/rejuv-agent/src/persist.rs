@@ -69,15 +69,7 @@ struct Envelope {
     state: PersistedState,
 }
 
-/// FNV-1a, 64 bit: small, dependency-free, and enough to catch torn or hand-edited files.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+pub use rejuv_core::digest::fnv1a64;
 
 fn checksum_of(state: &PersistedState) -> String {
     let bytes = serde_json::to_vec(state).expect("state serializes");
@@ -314,12 +306,6 @@ mod tests {
             finished_at_ms: 2,
             actions: vec![],
         }
-    }
-
-    #[test]
-    fn fnv_known_values() {
-        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
     }
 
     #[tokio::test]

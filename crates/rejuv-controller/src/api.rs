@@ -48,22 +48,11 @@ fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ApiError { error: msg.into() })).into_response()
 }
 
-/// Constant-time comparison of the presented bearer token.
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(v) = headers
+    let header = headers
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(presented) = v.strip_prefix("Bearer ") else {
-        return false;
-    };
-    let (a, b) = (presented.as_bytes(), token.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .and_then(|v| v.to_str().ok());
+    rejuv_core::digest::bearer_matches(header, token)
 }
 
 fn actor(headers: &HeaderMap) -> String {

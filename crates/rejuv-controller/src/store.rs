@@ -49,15 +49,7 @@ pub struct Store {
     last_json: Option<String>,
 }
 
-/// FNV-1a, 64 bits: enough to catch a torn or edited state blob.
-pub fn checksum(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
+use rejuv_core::digest::fnv1a64 as checksum;
 
 impl Store {
     pub fn open(path: &Path, events_kept: u32, workflows_kept: u32) -> Result<Self, StoreError> {

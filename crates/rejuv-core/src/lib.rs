@@ -16,6 +16,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod detector;
+pub mod digest;
 pub mod gate;
 pub mod time;
 pub mod trend;
