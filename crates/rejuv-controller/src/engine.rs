@@ -71,7 +71,8 @@ pub struct Engine {
     store: Store,
     epoch: u64,
     detectors: BTreeMap<String, ServerDetector>,
-    samples: BTreeMap<String, AgentState>,
+    /// Shared with the published snapshot; copied only when a sample arrives.
+    samples: Arc<BTreeMap<String, AgentState>>,
     /// Recent load1 readings per server (memory only), for the gate's quiet-moment rule.
     load_history: BTreeMap<String, std::collections::VecDeque<f64>>,
     client: AgentClient,
@@ -165,7 +166,7 @@ impl Engine {
                 store,
                 epoch,
                 detectors,
-                samples: BTreeMap::new(),
+                samples: Arc::new(BTreeMap::new()),
                 load_history: BTreeMap::new(),
                 client,
                 agents,
@@ -243,7 +244,7 @@ impl Engine {
                         judgement: j,
                     });
                 }
-                self.samples.insert(server, state);
+                Arc::make_mut(&mut self.samples).insert(server, state);
             }
             Err(e) => {
                 let obs = Observation {
@@ -301,7 +302,6 @@ impl Engine {
             }
         }
         let now = self.now();
-        let before = self.cluster.clone();
         let history_before = self.cluster.completed_total
             + self.cluster.rolled_back_total
             + self.cluster.failed_total;
@@ -321,7 +321,8 @@ impl Engine {
         if let Err(e) = self.store.commit(&self.cluster, &out.events, &finished) {
             // Fail closed: nothing that was not recorded is acted on.
             warn!(error = %e, "store commit failed; the step is dropped and nothing is acted on");
-            self.cluster = before;
+            // The published snapshot is the state of the last successful commit.
+            self.cluster = (*self.published.borrow().cluster).clone();
             return;
         }
         if let Some(phase) = &self.crash_at {
@@ -349,7 +350,7 @@ impl Engine {
         self.published.send_replace(Published {
             cluster: Arc::new(self.cluster.clone()),
             epoch: self.epoch,
-            samples: Arc::new(self.samples.clone()),
+            samples: self.samples.clone(),
         });
     }
 

@@ -30,7 +30,7 @@
 use crate::api::{
     AgentState, Backend, BackendState, InstanceState, RejuvenationReport, RouteTable, ServiceRoutes,
 };
-use crate::config::{Config, Resource};
+use crate::config::Config;
 use crate::detector::{Explanation, Judgement, Level};
 use crate::gate::{self, GateInput};
 use crate::time::Now;
@@ -417,8 +417,6 @@ pub struct Cluster {
     /// Version of the route table as this state defines it.
     pub routes_version: u64,
     pub routes: RouteTable,
-    /// Highest route table version the traffic adapter confirmed.
-    pub routes_applied: u64,
     pub next_id: u64,
     pub completed_total: u64,
     pub rolled_back_total: u64,
@@ -451,7 +449,6 @@ impl Cluster {
                 version: 1,
                 services: BTreeMap::new(),
             },
-            routes_applied: 0,
             next_id: 1,
             completed_total: 0,
             rolled_back_total: 0,
@@ -978,7 +975,6 @@ impl Cluster {
     }
 
     fn on_traffic_synced(&mut self, version: u64, in_flight: &BTreeMap<InstanceId, u64>) {
-        self.routes_applied = self.routes_applied.max(version);
         for i in self.instances.values_mut() {
             if i.traffic == Traffic::Draining && !i.drained {
                 if let Some(from) = i.draining_from_version {
@@ -1120,7 +1116,7 @@ impl Cluster {
                 let reason = decision.reason().to_string();
                 let changed = w.gate_reason.as_deref() != Some(reason.as_str());
                 if decision.is_now() {
-                    self.switch(cfg, id, reason, now, out);
+                    self.switch(id, reason, now, out);
                 } else {
                     if changed {
                         self.log(
@@ -1230,7 +1226,7 @@ impl Cluster {
     }
 
     /// The gate said now: the copies take the traffic, the source leaves the list.
-    fn switch(&mut self, cfg: &Config, id: u64, gate_reason: String, now: Now, out: &mut Output) {
+    fn switch(&mut self, id: u64, gate_reason: String, now: Now, out: &mut Output) {
         let next_version = self.routes_version + 1;
         let w = self.workflows.get_mut(&id).expect("present");
         w.gate_reason = Some(gate_reason.clone());
@@ -1259,7 +1255,6 @@ impl Cluster {
                 t.role = Role::Primary;
             }
         }
-        let _ = cfg;
         self.log(
             out,
             now,
@@ -1316,15 +1311,11 @@ impl Cluster {
                 "escalation exhausted: aged again within {:?} of its strongest rejuvenation",
                 cfg.rejuvenation.escalation_window
             );
+            self.keep_out(&w, &reason);
             if let Some(s) = self.servers.get_mut(&w.server) {
-                s.state = ServerState::Failed {
-                    reason: reason.clone(),
-                };
-                s.manual_request = None;
                 s.last_rejuvenated_at_ms = Some(now.wall_ms);
                 s.level = w.level;
             }
-            self.release_target(&w.target, id);
             self.log(
                 out,
                 now,
@@ -1378,6 +1369,18 @@ impl Cluster {
         );
         self.completed_total += 1;
         self.finish(w);
+    }
+
+    /// Takes a workflow's server out of service (failed, for a person to look at) and frees
+    /// its target.
+    fn keep_out(&mut self, w: &Workflow, reason: &str) {
+        if let Some(s) = self.servers.get_mut(&w.server) {
+            s.state = ServerState::Failed {
+                reason: reason.to_string(),
+            };
+            s.manual_request = None;
+        }
+        self.release_target(&w.target, w.id);
     }
 
     /// Frees `target` if workflow `id` holds it.
@@ -1475,13 +1478,7 @@ impl Cluster {
             self.forget_instance(&instance);
             self.issue(out, CommandKind::StopInstance { server, instance });
         }
-        if let Some(s) = self.servers.get_mut(&w.server) {
-            s.state = ServerState::Failed {
-                reason: reason.clone(),
-            };
-            s.manual_request = None;
-        }
-        self.release_target(&w.target, id);
+        self.keep_out(&w, &reason);
         w.outcome = Some(Outcome::Failed {
             reason: reason.clone(),
         });
@@ -1879,19 +1876,12 @@ impl Cluster {
                 ));
             }
             let off_list = !self.servers[&w.server].on_list();
-            let copies_healthy_or_switched =
-                w.pairs.iter().all(|p| {
-                    self.instances.get(&p.new).is_some_and(|i| {
-                        i.healthy || i.traffic != Traffic::Standby || p.transferred
-                    })
-                }) || !matches!(w.phase, Phase::Duplexing | Phase::Gating);
             if off_list && matches!(w.phase, Phase::Duplexing | Phase::Gating) {
                 bad.push(format!(
                     "{} is off the list before its copies are hot",
                     w.server
                 ));
             }
-            let _ = copies_healthy_or_switched;
         }
         let unforced = self.workflows.values().filter(|w| !w.forced).count() as u32;
         if unforced > cfg.budget.max_concurrent {
@@ -1920,23 +1910,9 @@ impl Cluster {
         }
         bad
     }
-
-    /// The resource a judgement is about, for display.
-    pub fn judged_resource(&self, server: &str) -> Option<Resource> {
-        self.servers
-            .get(server)?
-            .explanation
-            .as_ref()
-            .map(|e| e.resource)
-    }
 }
 
-/// A stable draw in [0, 1) from a server id (FNV-1a), for per-server jitter.
+/// A stable draw in [0, 1) from a server id, for per-server jitter.
 fn unit_hash(id: &str) -> f64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    (h >> 11) as f64 / (1u64 << 53) as f64
+    (crate::digest::fnv1a64(id.as_bytes()) >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -1372,7 +1372,6 @@ mod table {
 
     fn normalized(c: &Cluster, acked: Option<u64>) -> Cluster {
         let mut c = c.clone();
-        c.routes_applied = 0;
         if let Some(id) = acked {
             c.pending.remove(&id);
         }

@@ -427,7 +427,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         .build()?;
     // Processes, dropped (and so stopped) in reverse order: controller, proxy, agents.
     let mut agents = Vec::new();
-    for (id, addr) in &plan.servers {
+    for (id, _) in &plan.servers {
         let (out, err) = log_file(&dir, &format!("agent-{id}"))?;
         let mut cmd = Command::new(&exe);
         cmd.args(["agent", "--config"])
@@ -435,7 +435,6 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             .args(["--server", id]);
         cmd.stdout(out).stderr(err).stdin(Stdio::null());
         agents.push(Proc::spawn(&format!("agent {id}"), cmd)?);
-        let _ = addr;
     }
     for (id, addr) in &plan.servers {
         wait_http(
