@@ -9,6 +9,11 @@ need_pkgs=()
 command -v haproxy >/dev/null || need_pkgs+=(haproxy)        # HAProxy adapter tests
 command -v python3 >/dev/null || need_pkgs+=(python3)        # agent tests' tiny services
 command -v h2load >/dev/null || need_pkgs+=(nghttp2-client)  # bench/demo/check.sh
+command -v etcd >/dev/null || need_pkgs+=(etcd-server)       # etcd store and election tests
+command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
+command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler) # builds the etcd client (feature etcd)
+command -v prometheus >/dev/null || need_pkgs+=(prometheus)  # real scrape test, promtool
+command -v chromium >/dev/null || need_pkgs+=(chromium)      # dashboard test in headless Chromium
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need_pkgs[*]}"
@@ -23,6 +28,6 @@ export CARGO_TERM_COLOR=never
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 echo "== cargo test"
-cargo test --workspace --no-fail-fast
+cargo test --workspace --all-features --no-fail-fast
