@@ -7,6 +7,7 @@
 //! was and acts on nothing: the controller fails closed.
 
 use crate::agent_client::AgentClient;
+use crate::alerts::{Alert, AlertSink};
 use crate::store::Store;
 use rejuv_core::api::{AgentState, RouteTable};
 use rejuv_core::cluster::{
@@ -86,6 +87,7 @@ pub struct Engine {
     started: Instant,
     wall_at_start: u64,
     dry_run: bool,
+    alerts: AlertSink,
     /// Test-only failpoint: the phase at whose first commit the process SIGKILLs itself.
     crash_at: Option<String>,
     pub published: watch::Sender<Published>,
@@ -102,6 +104,7 @@ impl Engine {
         tx: mpsc::Sender<Msg>,
         paused: bool,
         dry_run: bool,
+        alerts: AlertSink,
     ) -> anyhow::Result<(Self, Vec<Command>)> {
         let epoch = store.next_epoch()?;
         let started = Instant::now();
@@ -125,6 +128,13 @@ impl Engine {
                 (c, out.commands)
             }
         };
+        if cluster.advisory != dry_run {
+            // Advisory mode is a property of this run, recorded so the state says it.
+            cluster.advisory = dry_run;
+            store.commit(&cluster, &[], &[])?;
+        }
+        // A dry run carries out nothing, not even what an earlier run left in the outbox.
+        let resend = if dry_run { Vec::new() } else { resend };
         if paused && !cluster.paused {
             let out = cluster.apply(
                 &cfg,
@@ -177,6 +187,7 @@ impl Engine {
                 started,
                 wall_at_start,
                 dry_run,
+                alerts,
                 crash_at: std::env::var(CRASH_AT_ENV).ok().filter(|v| !v.is_empty()),
                 published,
                 routes,
@@ -366,17 +377,29 @@ impl Engine {
                     }
                     self.finish_local(cmd.id, CommandResult::Done);
                 }
-                CommandKind::Alert { server, summary } => {
+                // Advisory mode: the state machine issues nothing; anything that still comes
+                // (an old outbox) stays recorded and is not carried out.
+                _ if self.dry_run => {
+                    info!(command = ?cmd.kind, "dry run: not carried out");
+                }
+                CommandKind::Alert {
+                    name,
+                    server,
+                    summary,
+                } => {
                     warn!(
+                        alert = name.as_str(),
                         server = server.as_deref().unwrap_or("-"),
                         "ALERT: {summary}"
                     );
-                    self.finish_local(cmd.id, CommandResult::Done);
+                    if self.alerts.enabled() {
+                        self.spawn_command(cmd);
+                    } else {
+                        self.finish_local(cmd.id, CommandResult::Done);
+                    }
                 }
                 CommandKind::StartInstance { instance, .. }
-                | CommandKind::StopInstance { instance, .. }
-                    if !self.dry_run =>
-                {
+                | CommandKind::StopInstance { instance, .. } => {
                     let key = instance.clone();
                     if self.holds.values().any(|k| k == &key) {
                         self.queued.entry(key).or_default().push_back(cmd);
@@ -384,15 +407,6 @@ impl Engine {
                         self.holds.insert(cmd.id, key);
                         self.spawn_command(cmd);
                     }
-                }
-                _ if self.dry_run => {
-                    info!(command = ?cmd.kind, "dry run: would carry out");
-                    self.finish_local(
-                        cmd.id,
-                        CommandResult::Failed {
-                            error: "dry run".into(),
-                        },
-                    );
                 }
                 _ => self.spawn_command(cmd),
             }
@@ -405,6 +419,8 @@ impl Engine {
             agents: self.agents.clone(),
             epoch: self.epoch,
             rejuvenate_deadline: self.cfg.rejuvenation.verify_timeout,
+            alerts: self.alerts.clone(),
+            cfg: self.cfg.clone(),
         };
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -428,6 +444,8 @@ struct Executor {
     agents: BTreeMap<String, SocketAddr>,
     epoch: u64,
     rejuvenate_deadline: Duration,
+    alerts: AlertSink,
+    cfg: Arc<Config>,
 }
 
 impl Executor {
@@ -441,6 +459,38 @@ impl Executor {
     }
 
     async fn carry_out(&self, cmd: Command) -> CommandResult {
+        match &cmd.kind {
+            CommandKind::RunHook {
+                workflow,
+                hook,
+                step,
+                when,
+                server,
+                target,
+                ..
+            } => {
+                let Some(h) = self.cfg.hooks.iter().find(|h| &h.name == hook) else {
+                    return CommandResult::Failed {
+                        error: format!("no hook named {hook} in the config"),
+                    };
+                };
+                let call = crate::hooks::HookCall {
+                    cluster: &self.cfg.cluster.name,
+                    workflow: *workflow,
+                    step,
+                    when: *when,
+                    server,
+                    target,
+                };
+                return crate::hooks::run(h, &call).await;
+            }
+            CommandKind::Alert {
+                name,
+                server,
+                summary,
+            } => return self.send_alert(name, server.as_deref(), summary).await,
+            _ => {}
+        }
         let deadline = match &cmd.kind {
             CommandKind::Rejuvenate { .. } => self.rejuvenate_deadline,
             CommandKind::StopInstance { .. } => Duration::from_secs(90),
@@ -465,6 +515,34 @@ impl Executor {
                     tracing::debug!(command = cmd.id, error = %e, "command attempt failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(3));
+                }
+            }
+        }
+    }
+
+    /// Posts an alert, retrying for up to a minute what a retry can fix.
+    async fn send_alert(&self, name: &str, server: Option<&str>, summary: &str) -> CommandResult {
+        let alert = Alert {
+            name,
+            server,
+            summary,
+            at_ms: crate::alerts::now_ms(),
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.alerts.send(&alert).await {
+                Ok(()) => return CommandResult::Done,
+                Err(e) if e.is_permanent() || Instant::now() + backoff > until => {
+                    warn!(error = %e, alert = name, "alert not delivered");
+                    return CommandResult::Failed {
+                        error: e.to_string(),
+                    };
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "alert delivery failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -532,9 +610,9 @@ impl Executor {
                     .await?;
                 Ok(CommandResult::Rejuvenated { report })
             }
-            CommandKind::ResetDetector { .. } | CommandKind::Alert { .. } => {
-                Ok(CommandResult::Done)
-            }
+            CommandKind::ResetDetector { .. }
+            | CommandKind::Alert { .. }
+            | CommandKind::RunHook { .. } => Ok(CommandResult::Done),
         }
     }
 }

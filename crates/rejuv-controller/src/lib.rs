@@ -8,9 +8,11 @@
 //! - [`api`]: the HTTP API; [`metrics`]: Prometheus text.
 
 pub mod agent_client;
+pub mod alerts;
 pub mod api;
 pub mod engine;
 pub mod haproxy;
+pub mod hooks;
 pub mod metrics;
 pub mod store;
 pub mod traffic;
@@ -57,6 +59,7 @@ pub async fn run(
     )
     .context("opening the controller store for reading")?;
     let client = agent_client::AgentClient::new(opts.agent_token.clone());
+    let alerts = alerts::AlertSink::new(&cfg.alerts, &cfg.cluster.name).context("[alerts]")?;
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let (engine, resend) = engine::Engine::new(
         cfg.clone(),
@@ -65,6 +68,7 @@ pub async fn run(
         tx.clone(),
         opts.paused,
         opts.dry_run,
+        alerts,
     )?;
     let published = engine.published.subscribe();
     let routes = engine.routes.subscribe();

@@ -30,7 +30,7 @@
 use crate::api::{
     AgentState, Backend, BackendState, InstanceState, RejuvenationReport, RouteTable, ServiceRoutes,
 };
-use crate::config::Config;
+use crate::config::{Config, HookWhen};
 use crate::detector::{Explanation, Judgement, Level};
 use crate::gate::{self, GateInput};
 use crate::time::Now;
@@ -258,6 +258,18 @@ pub struct Workflow {
     /// the switch it is kept out of service for a person to look at.
     #[serde(default)]
     pub exhausted: bool,
+    /// How many of `steps` have had their hooks issued (`None` in states stored before hooks
+    /// existed: their past steps run no hooks).
+    #[serde(default)]
+    pub hooks_fired: Option<usize>,
+    /// Veto hooks still running (command ids), steps whose veto hooks all passed, and the
+    /// first veto.
+    #[serde(default)]
+    pub veto_pending: BTreeSet<u64>,
+    #[serde(default)]
+    pub veto_passed: Vec<String>,
+    #[serde(default)]
+    pub vetoed: Option<String>,
 }
 
 impl Workflow {
@@ -304,10 +316,22 @@ pub enum CommandKind {
     },
     /// Forget the server's detector history (it was just rejuvenated).
     ResetDetector { server: ServerId },
-    /// Something a person must look at.
+    /// Something a person must look at; `name` is the alert's name (`alertname` label).
     Alert {
+        #[serde(default)]
+        name: String,
         server: Option<ServerId>,
         summary: String,
+    },
+    /// Run an operator's hook (see [`crate::config::HookConfig`]).
+    RunHook {
+        workflow: u64,
+        hook: String,
+        step: String,
+        when: HookWhen,
+        server: ServerId,
+        target: ServerId,
+        veto: bool,
     },
 }
 
@@ -324,6 +348,12 @@ pub enum CommandResult {
         report: RejuvenationReport,
     },
     Done,
+    /// A hook ended: `ok` when it exited 0 within its timeout; `detail` holds its exit status,
+    /// duration and the end of its output.
+    HookRan {
+        ok: bool,
+        detail: String,
+    },
     /// Will not succeed by retrying (the agent refused it, or it timed out for good).
     Failed {
         error: String,
@@ -424,6 +454,16 @@ pub struct Cluster {
     /// Wall time the last workflow completed (for the cluster-wide cooldown).
     #[serde(default)]
     pub last_completed_at_ms: Option<u64>,
+    /// Advisory mode (`controller --dry-run`): judge and plan, start no workflow, carry out
+    /// no command; events say what would have been done.
+    #[serde(default)]
+    pub advisory: bool,
+    /// Fewer than a majority of agents answer: no workflow starts (said and alerted once).
+    #[serde(default)]
+    pub quorum_lost: bool,
+    /// What advisory mode already said it would do (so a repeated plan is said once).
+    #[serde(skip)]
+    advised: BTreeSet<String>,
 }
 
 /// `step(cluster, event, now) -> (cluster, output)`.
@@ -444,6 +484,9 @@ impl Cluster {
             history: Vec::new(),
             pending: BTreeMap::new(),
             paused: false,
+            advisory: false,
+            quorum_lost: false,
+            advised: BTreeSet::new(),
             routes_version: 1,
             routes: RouteTable {
                 version: 1,
@@ -586,7 +629,142 @@ impl Cluster {
         }
         self.settle(cfg, now, &mut out);
         self.refresh_routes(cfg);
+        self.fire_hooks(cfg, &mut out);
+        if self.advisory {
+            self.say_instead_of_doing(now, &mut out);
+        }
         out
+    }
+
+    /// Issues the hooks of every step a workflow entered since the last look: `after` hooks
+    /// of the step it left, `before` hooks of the step it entered (veto hooks excepted: the
+    /// workflow runs those itself and waits for them).
+    fn fire_hooks(&mut self, cfg: &Config, out: &mut Output) {
+        if cfg.hooks.is_empty() {
+            return;
+        }
+        let mut todo = Vec::new();
+        for w in self.workflows.values_mut().chain(self.history.iter_mut()) {
+            let fired = w.hooks_fired.unwrap_or(w.steps.len());
+            if fired >= w.steps.len() {
+                continue;
+            }
+            for i in fired..w.steps.len() {
+                let entered = w.steps[i].phase.as_str();
+                let mut points = Vec::new();
+                if i > 0 {
+                    points.push((HookWhen::After, w.steps[i - 1].phase.clone()));
+                }
+                match entered {
+                    "rejoined" => {
+                        points.push((HookWhen::Before, "rejoin".to_string()));
+                        points.push((HookWhen::After, "rejoin".to_string()));
+                    }
+                    "rolled-back" | "failed" => {}
+                    phase => points.push((HookWhen::Before, phase.to_string())),
+                }
+                for (when, step) in points {
+                    for h in cfg
+                        .hooks
+                        .iter()
+                        .filter(|h| !h.veto && h.fires_at(when, &step))
+                    {
+                        todo.push(CommandKind::RunHook {
+                            workflow: w.id,
+                            hook: h.name.clone(),
+                            step: step.clone(),
+                            when,
+                            server: w.server.clone(),
+                            target: w.target.clone(),
+                            veto: false,
+                        });
+                    }
+                }
+            }
+            w.hooks_fired = Some(w.steps.len());
+        }
+        for kind in todo {
+            self.issue(out, kind);
+        }
+    }
+
+    /// Whether the veto hooks of `step` let workflow `id` go on; issues them the first time.
+    fn veto_gate(
+        &mut self,
+        cfg: &Config,
+        id: u64,
+        step: &str,
+        now: Now,
+        out: &mut Output,
+    ) -> VetoGate {
+        let hooks: Vec<String> = cfg
+            .hooks
+            .iter()
+            .filter(|h| h.veto && h.fires_at(HookWhen::Before, step))
+            .map(|h| h.name.clone())
+            .collect();
+        let w = &self.workflows[&id];
+        if hooks.is_empty() || w.veto_passed.iter().any(|s| s == step) {
+            return VetoGate::Passed;
+        }
+        if let Some(why) = &w.vetoed {
+            return VetoGate::Vetoed(why.clone());
+        }
+        if !w.veto_pending.is_empty() {
+            return VetoGate::Waiting;
+        }
+        let (server, target) = (w.server.clone(), w.target.clone());
+        let mut ids = BTreeSet::new();
+        for hook in &hooks {
+            ids.insert(self.issue(
+                out,
+                CommandKind::RunHook {
+                    workflow: id,
+                    hook: hook.clone(),
+                    step: step.to_string(),
+                    when: HookWhen::Before,
+                    server: server.clone(),
+                    target: target.clone(),
+                    veto: true,
+                },
+            ));
+        }
+        self.log(
+            out,
+            now,
+            "hook",
+            Some(&server),
+            Some(id),
+            format!(
+                "waiting for hook(s) {} before {step}: any failure stops the workflow",
+                hooks.join(", ")
+            ),
+        );
+        self.workflows.get_mut(&id).expect("present").veto_pending = ids;
+        VetoGate::Waiting
+    }
+
+    /// Advisory mode: the commands this step issued are not carried out; the event log says
+    /// what would have been done (each distinct thing once).
+    fn say_instead_of_doing(&mut self, now: Now, out: &mut Output) {
+        for cmd in std::mem::take(&mut out.commands) {
+            self.pending.remove(&cmd.id);
+            let said = describe_command(&cmd.kind);
+            if self.advised.len() > 10_000 {
+                self.advised.clear();
+            }
+            if self.advised.insert(said.clone()) {
+                let server = command_server(&cmd.kind);
+                self.log(
+                    out,
+                    now,
+                    "dry-run",
+                    server.as_deref(),
+                    None,
+                    format!("dry run: would {said}"),
+                );
+            }
+        }
     }
 
     /// Whether an operator's command fits the current state.
@@ -835,6 +1013,46 @@ impl Cluster {
             return;
         };
         match (&cmd.kind, result) {
+            (
+                CommandKind::RunHook {
+                    workflow,
+                    hook,
+                    step,
+                    when,
+                    server,
+                    veto,
+                    ..
+                },
+                result,
+            ) => {
+                let (ok, detail) = match result {
+                    CommandResult::HookRan { ok, detail } => (ok, detail),
+                    CommandResult::Failed { error } => (false, error),
+                    other => (false, format!("unexpected result {other:?}")),
+                };
+                self.log(
+                    out,
+                    now,
+                    "hook",
+                    Some(server),
+                    Some(*workflow),
+                    format!(
+                        "hook {hook} ({when} {step}) {}: {detail}",
+                        if ok { "succeeded" } else { "failed" }
+                    ),
+                );
+                if *veto {
+                    if let Some(w) = self.workflows.get_mut(workflow) {
+                        w.veto_pending.remove(&id);
+                        if !ok && w.vetoed.is_none() {
+                            w.vetoed = Some(format!("hook {hook} vetoed {step}: {detail}"));
+                        }
+                        if ok && w.veto_pending.is_empty() && w.vetoed.is_none() {
+                            w.veto_passed.push(step.clone());
+                        }
+                    }
+                }
+            }
             (CommandKind::StartInstance { instance, .. }, CommandResult::Started { addr }) => {
                 if let Some(i) = self.instances.get_mut(instance) {
                     if addr.is_some() {
@@ -902,6 +1120,7 @@ impl Cluster {
                 self.issue(
                     out,
                     CommandKind::Alert {
+                        name: "RejuvHandoffFailed".into(),
                         server: None,
                         summary: format!("state hand-off {from} -> {to} failed: {error}"),
                     },
@@ -1116,7 +1335,11 @@ impl Cluster {
                 let reason = decision.reason().to_string();
                 let changed = w.gate_reason.as_deref() != Some(reason.as_str());
                 if decision.is_now() {
-                    self.switch(id, reason, now, out);
+                    match self.veto_gate(cfg, id, "draining", now, out) {
+                        VetoGate::Passed => self.switch(id, reason, now, out),
+                        VetoGate::Waiting => {}
+                        VetoGate::Vetoed(why) => self.roll_back(cfg, id, why, now, out),
+                    }
                 } else {
                     if changed {
                         self.log(
@@ -1209,7 +1432,11 @@ impl Cluster {
                         && w.pairs.iter().all(|p| !o.instances.contains_key(&p.old))
                 });
                 if fresh {
-                    self.complete(cfg, id, now, out);
+                    match self.veto_gate(cfg, id, "rejoin", now, out) {
+                        VetoGate::Passed => self.complete(cfg, id, now, out),
+                        VetoGate::Waiting => {}
+                        VetoGate::Vetoed(why) => self.fail(id, why, now, out),
+                    }
                 } else if u128::from(since) >= cfg.rejuvenation.verify_timeout.as_millis() {
                     self.fail(
                         id,
@@ -1330,6 +1557,7 @@ impl Cluster {
             self.issue(
                 out,
                 CommandKind::Alert {
+                    name: "RejuvEscalationExhausted".into(),
                     server: Some(w.server.clone()),
                     summary: format!("{} {reason}", w.server),
                 },
@@ -1453,6 +1681,7 @@ impl Cluster {
         self.issue(
             out,
             CommandKind::Alert {
+                name: "RejuvWorkflowRolledBack".into(),
                 server: Some(w.server.clone()),
                 summary: format!("workflow {id} for {} rolled back: {reason}", w.server),
             },
@@ -1500,6 +1729,7 @@ impl Cluster {
         self.issue(
             out,
             CommandKind::Alert {
+                name: "RejuvWorkflowFailed".into(),
                 server: Some(w.server.clone()),
                 summary: format!("rejuvenation of {} failed: {reason}", w.server),
             },
@@ -1528,8 +1758,50 @@ impl Cluster {
             .sum()
     }
 
+    /// Whether a majority of the servers' agents answer. A controller that cannot see most
+    /// of its fleet does not know what it would disrupt: it starts nothing until it can.
+    fn quorum(&mut self, now: Now, out: &mut Output) -> bool {
+        let total = self.servers.len();
+        let seen = self
+            .servers
+            .values()
+            .filter(|s| s.observation.is_some())
+            .count();
+        let up = self.servers.values().filter(|s| s.reachable()).count();
+        let ok = up * 2 > total;
+        if !ok && seen == total && !self.quorum_lost {
+            self.quorum_lost = true;
+            let summary = format!(
+                "only {up} of {total} agents answer: no workflow starts until a majority answers"
+            );
+            self.log(out, now, "no-quorum", None, None, summary.clone());
+            self.issue(
+                out,
+                CommandKind::Alert {
+                    name: "RejuvNoQuorum".into(),
+                    server: None,
+                    summary,
+                },
+            );
+        } else if ok && self.quorum_lost {
+            self.quorum_lost = false;
+            self.log(
+                out,
+                now,
+                "quorum-regained",
+                None,
+                None,
+                format!("{up} of {total} agents answer again"),
+            );
+        }
+        ok
+    }
+
     /// Starts a workflow for every server that needs one, within the budget.
     fn plan(&mut self, cfg: &Config, now: Now, out: &mut Output) {
+        if !self.quorum(now, out) {
+            return;
+        }
         let candidates: Vec<ServerId> = self
             .servers
             .values()
@@ -1560,6 +1832,16 @@ impl Cluster {
             let manual = self.servers[&id].manual_request.is_some();
             if self.paused && !manual {
                 self.blocked(&id, "rejuv is paused".into(), false, now, out);
+                continue;
+            }
+            if let Some(window) = cfg.frozen_by(now.wall_ms).filter(|_| !manual) {
+                self.blocked(
+                    &id,
+                    format!("waiting: inside the freeze window '{}'", window.name),
+                    false,
+                    now,
+                    out,
+                );
                 continue;
             }
             let cooling = self.last_completed_at_ms.is_some_and(|t| {
@@ -1593,6 +1875,7 @@ impl Cluster {
                 continue;
             }
             match self.choose_target(cfg, &id, now) {
+                Ok(target) if self.advisory => self.advise(cfg, &id, &target, now, out),
                 Ok(target) => self.start_workflow(cfg, &id, &target, forced, now, out),
                 Err(why) => self.blocked(&id, why, true, now, out),
             }
@@ -1636,6 +1919,7 @@ impl Cluster {
             self.issue(
                 out,
                 CommandKind::Alert {
+                    name: "RejuvNoTarget".into(),
                     server: Some(server.to_string()),
                     summary: format!("{server} needs rejuvenation but {why}"),
                 },
@@ -1697,19 +1981,36 @@ impl Cluster {
         Ok(target)
     }
 
-    fn start_workflow(
-        &mut self,
-        cfg: &Config,
-        source: &str,
-        target: &str,
-        forced: bool,
-        now: Now,
-        out: &mut Output,
-    ) {
-        let id = self.next_id;
-        self.next_id += 1;
+    /// Advisory mode's stand-in for [`Self::start_workflow`]: says (once per episode) what
+    /// would be started.
+    fn advise(&mut self, cfg: &Config, source: &str, target: &str, now: Now, out: &mut Output) {
+        let (reason, _) = self.workflow_reason(cfg, source);
+        let n = self
+            .instances
+            .values()
+            .filter(|i| i.server == source && i.traffic != Traffic::Draining)
+            .count();
+        let said = format!(
+            "dry run: would rejuvenate {source} ({reason}): duplex {n} instance(s) onto {target}, switch when the gate allows, then run {}",
+            cfg.rejuvenation
+                .actions
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let s = self.servers.get_mut(source).expect("present");
+        if s.blocked_reason.as_deref() == Some(said.as_str()) {
+            return;
+        }
+        s.blocked_reason = Some(said.clone());
+        self.log(out, now, "dry-run", Some(source), None, said);
+    }
+
+    /// Why a workflow for `source` would start now, with the detector's explanation.
+    fn workflow_reason(&self, cfg: &Config, source: &str) -> (String, Option<Explanation>) {
         let src = &self.servers[source];
-        let (reason, explanation) = match (&src.manual_request, &src.explanation) {
+        match (&src.manual_request, &src.explanation) {
             (Some(_), _) => (
                 "requested by an operator".to_string(),
                 src.explanation.clone(),
@@ -1721,7 +2022,22 @@ impl Cluster {
                 Some(why) => (why, None),
                 None => ("judged unstable".to_string(), src.explanation.clone()),
             },
-        };
+        }
+    }
+
+    fn start_workflow(
+        &mut self,
+        cfg: &Config,
+        source: &str,
+        target: &str,
+        forced: bool,
+        now: Now,
+        out: &mut Output,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (reason, explanation) = self.workflow_reason(cfg, source);
+        let src = &self.servers[source];
         // Escalation: a server the detector finds aging again soon after its last
         // rejuvenation gets the next, stronger level of actions.
         let aged_again = src.manual_request.is_none()
@@ -1797,6 +2113,10 @@ impl Cluster {
             forced,
             level,
             exhausted,
+            hooks_fired: Some(0),
+            veto_pending: BTreeSet::new(),
+            veto_passed: Vec::new(),
+            vetoed: None,
         };
         w.enter(Phase::Duplexing, now);
         let n = w.pairs.len();
@@ -1915,4 +2235,58 @@ impl Cluster {
 /// A stable draw in [0, 1) from a server id, for per-server jitter.
 fn unit_hash(id: &str) -> f64 {
     (crate::digest::fnv1a64(id.as_bytes()) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What a veto gate says about a workflow's next step.
+enum VetoGate {
+    Passed,
+    Waiting,
+    Vetoed(String),
+}
+
+/// A command in words, for advisory mode's events.
+fn describe_command(kind: &CommandKind) -> String {
+    match kind {
+        CommandKind::StartInstance {
+            server,
+            instance,
+            service,
+        } => format!("start {service} instance {instance} on {server}"),
+        CommandKind::StopInstance { server, instance } => {
+            format!("stop instance {instance} on {server}")
+        }
+        CommandKind::TransferState {
+            from_server,
+            from,
+            to_server,
+            to,
+        } => format!("move the state of {from} on {from_server} to {to} on {to_server}"),
+        CommandKind::Rejuvenate {
+            server, actions, ..
+        } => format!(
+            "rejuvenate {server} ({})",
+            actions
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        CommandKind::ResetDetector { server } => format!("reset the detector of {server}"),
+        CommandKind::Alert { name, summary, .. } => format!("alert {name}: {summary}"),
+        CommandKind::RunHook {
+            hook, when, step, ..
+        } => format!("run hook {hook} ({when} {step})"),
+    }
+}
+
+fn command_server(kind: &CommandKind) -> Option<ServerId> {
+    match kind {
+        CommandKind::StartInstance { server, .. }
+        | CommandKind::StopInstance { server, .. }
+        | CommandKind::Rejuvenate { server, .. }
+        | CommandKind::ResetDetector { server }
+        | CommandKind::RunHook { server, .. } => Some(server.clone()),
+        CommandKind::TransferState { from_server, .. } => Some(from_server.clone()),
+        CommandKind::Alert { server, .. } => server.clone(),
+    }
 }

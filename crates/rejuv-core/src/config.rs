@@ -66,6 +66,15 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Where alerts for a person go (besides the event log and the controller's log).
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Commands run before and after workflow steps.
+    #[serde(default)]
+    pub hooks: Vec<HookConfig>,
+    /// Recurring windows in which no new workflow starts (a change freeze).
+    #[serde(default)]
+    pub freeze: Vec<FreezeWindow>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -658,7 +667,223 @@ impl Default for RetentionConfig {
     }
 }
 
+/// The alert sink: a webhook that receives a JSON body in the shape of Alertmanager's webhook
+/// receiver (`version` 4, `status`, `alerts[]` with `labels` and `annotations`), so whatever
+/// already takes Alertmanager's notifications (or Alertmanager itself, through a relay) can
+/// take rejuv's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// `http://host:port/path` that receives a POST per alert.
+    pub webhook: Option<String>,
+    /// A bearer token sent with each POST (file holding one line).
+    pub webhook_token_file: Option<PathBuf>,
+    /// How long one delivery attempt may take.
+    #[serde(with = "humantime_serde", default = "default_alert_timeout")]
+    pub timeout: Duration,
+    /// Labels added to every alert (e.g. `team = "sre"`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Where a person can look (the dashboard's URL), sent as `externalURL`.
+    pub external_url: Option<String>,
+}
+
+fn default_alert_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            webhook_token_file: None,
+            timeout: default_alert_timeout(),
+            labels: BTreeMap::new(),
+            external_url: None,
+        }
+    }
+}
+
+/// When a hook runs: before a step starts, or after it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookWhen {
+    Before,
+    After,
+}
+
+impl std::fmt::Display for HookWhen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HookWhen::Before => "before",
+            HookWhen::After => "after",
+        })
+    }
+}
+
+/// Workflow steps a hook can be tied to: the phases, plus `rejoin` (the server goes back on
+/// the list).
+pub const HOOK_STEPS: &[&str] = &[
+    "duplexing",
+    "gating",
+    "draining",
+    "handing-off",
+    "rejuvenating",
+    "verifying",
+    "rejoin",
+];
+
+/// A command the controller runs before or after a workflow step, on the controller's host,
+/// with `REJUV_HOOK`, `REJUV_STEP`, `REJUV_WHEN`, `REJUV_WORKFLOW`, `REJUV_SERVER`,
+/// `REJUV_TARGET` and `REJUV_CLUSTER` in its environment. Its exit status and the end of its
+/// output go to the event log. A hook with `veto = true` holds the workflow until it ends and
+/// stops it if it fails: before `draining` (the switch) it rolls the workflow back, before
+/// `rejoin` it keeps the server out of service for a person to look at.
+/// Hooks are recorded before they run, so a controller that restarts may run one again: write
+/// them to be safe to repeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    pub name: String,
+    pub step: String,
+    pub when: HookWhen,
+    /// Program and arguments (no shell).
+    pub command: Vec<String>,
+    #[serde(with = "humantime_serde", default = "default_hook_timeout")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub veto: bool,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl HookConfig {
+    /// Whether this hook runs at `when` of `step`.
+    pub fn fires_at(&self, when: HookWhen, step: &str) -> bool {
+        self.when == when && self.step == step
+    }
+}
+
+/// A recurring change freeze, in UTC: on the given days (every day when empty), from `start`
+/// for `duration`. No workflow starts inside it except one an operator forces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeWindow {
+    pub name: String,
+    /// `mon` … `sun`; empty means every day.
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// `HH:MM`, UTC.
+    pub start: String,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+}
+
+const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+impl FreezeWindow {
+    /// Minutes after midnight of `start`, if it is a valid `HH:MM`.
+    fn start_minute(&self) -> Option<u64> {
+        let (h, m) = self.start.split_once(':')?;
+        let (h, m): (u64, u64) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && self.start.len() == 5).then_some(h * 60 + m)
+    }
+
+    /// Whether wall-clock time `wall_ms` (Unix milliseconds) falls inside the window.
+    pub fn contains(&self, wall_ms: u64) -> bool {
+        let Some(start_min) = self.start_minute() else {
+            return false;
+        };
+        const DAY_MS: u64 = 86_400_000;
+        let today = wall_ms / DAY_MS;
+        // A window that started yesterday may run past midnight (durations up to a day).
+        (today.saturating_sub(1)..=today).any(|day| {
+            // 1970-01-01 was a Thursday: day 0 has index 3 counting from Monday.
+            let name = DAY_NAMES[((day + 3) % 7) as usize];
+            let on_day = self.days.is_empty() || self.days.iter().any(|d| d == name);
+            let from = day * DAY_MS + start_min * 60_000;
+            on_day && wall_ms >= from && wall_ms < from + self.duration.as_millis() as u64
+        })
+    }
+}
+
 impl Config {
+    /// The freeze window `wall_ms` falls in, if any.
+    pub fn frozen_by(&self, wall_ms: u64) -> Option<&FreezeWindow> {
+        self.freeze.iter().find(|w| w.contains(wall_ms))
+    }
+
+    /// Checks of the alert sink, hooks and freeze windows.
+    fn validate_operations(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
+        if let Some(url) = &self.alerts.webhook {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                err(
+                    "alerts.webhook".into(),
+                    "must be an http:// or https:// URL".into(),
+                );
+            }
+        }
+        if self.alerts.timeout.is_zero() {
+            err("alerts.timeout".into(), "must be greater than 0".into());
+        }
+        let mut names = BTreeSet::new();
+        for (i, h) in self.hooks.iter().enumerate() {
+            let f = |name: &str| format!("hooks[{i}].{name}");
+            if h.name.is_empty() || !names.insert(h.name.clone()) {
+                err(f("name"), "must be non-empty and unique".into());
+            }
+            if !HOOK_STEPS.contains(&h.step.as_str()) {
+                err(
+                    f("step"),
+                    format!("must be one of {}", HOOK_STEPS.join(", ")),
+                );
+            }
+            match h.command.first() {
+                None => err(f("command"), "must name a program".into()),
+                Some(p) if !p.starts_with('/') => {
+                    err(f("command"), "the program must be an absolute path".into())
+                }
+                _ => {}
+            }
+            if h.timeout.is_zero() {
+                err(f("timeout"), "must be greater than 0".into());
+            }
+            if h.veto
+                && !(h.when == HookWhen::Before && matches!(h.step.as_str(), "draining" | "rejoin"))
+            {
+                err(
+                    f("veto"),
+                    "only a hook run before \"draining\" (the switch) or before \"rejoin\" can veto".into(),
+                );
+            }
+        }
+        for (i, w) in self.freeze.iter().enumerate() {
+            let f = |name: &str| format!("freeze[{i}].{name}");
+            if w.start_minute().is_none() {
+                err(f("start"), "must be HH:MM (UTC), e.g. \"22:00\"".into());
+            }
+            if w.duration.is_zero() || w.duration > Duration::from_secs(86_400) {
+                err(
+                    f("duration"),
+                    "must be greater than 0 and at most 24h".into(),
+                );
+            }
+            for (j, d) in w.days.iter().enumerate() {
+                if !DAY_NAMES.contains(&d.as_str()) {
+                    err(
+                        format!("freeze[{i}].days[{j}]"),
+                        format!("must be one of {}", DAY_NAMES.join(", ")),
+                    );
+                }
+            }
+        }
+        errs
+    }
+
     /// Parses and validates a config.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(ConfigError::Parse)?;
@@ -973,6 +1198,7 @@ impl Config {
         if self.controller.poll_interval.is_zero() {
             err("controller.poll_interval".into(), "must be greater than 0");
         }
+        errs.extend(self.validate_operations());
         errs
     }
 }
@@ -1072,5 +1298,77 @@ health = { path = "/healthz" }
         assert!(check_scratch_dir("/etc".as_ref(), &roots).is_err());
         assert!(check_scratch_dir("/var/tmp/app/../../etc".as_ref(), &roots).is_err());
         assert!(check_scratch_dir("relative".as_ref(), &roots).is_err());
+    }
+
+    #[test]
+    fn bad_hooks_alerts_and_freeze_windows_are_named() {
+        let text = format!(
+            "{EXAMPLE}
+[alerts]
+webhook = \"ftp://x\"
+
+[[hooks]]
+name = \"smoke\"
+step = \"draining\"
+when = \"after\"
+command = [\"smoke.sh\"]
+veto = true
+
+[[hooks]]
+name = \"smoke\"
+step = \"lunch\"
+when = \"before\"
+command = []
+
+[[freeze]]
+name = \"w\"
+days = [\"monday\"]
+start = \"25:00\"
+duration = \"2d\"
+"
+        );
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&text) else {
+            panic!("accepted")
+        };
+        let fields: BTreeSet<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        for f in [
+            "alerts.webhook",
+            "hooks[0].command",
+            "hooks[0].veto",
+            "hooks[1].name",
+            "hooks[1].step",
+            "hooks[1].command",
+            "freeze[0].start",
+            "freeze[0].duration",
+            "freeze[0].days[0]",
+        ] {
+            assert!(fields.contains(f), "{f} not in {fields:?}");
+        }
+    }
+
+    #[test]
+    fn freeze_windows_follow_days_and_cross_midnight() {
+        let w = FreezeWindow {
+            name: "weekend-night".into(),
+            days: vec!["sat".into()],
+            start: "23:00".into(),
+            duration: Duration::from_secs(2 * 3600),
+        };
+        // 2026-11-28 is a Saturday (day 20785 since 1970-01-01).
+        let sat = 20_785 * 86_400_000u64;
+        let hm = |day: u64, h: u64, m: u64| day + (h * 60 + m) * 60_000;
+        assert!(!w.contains(hm(sat, 22, 59)));
+        assert!(w.contains(hm(sat, 23, 0)));
+        assert!(
+            w.contains(hm(sat + 86_400_000, 0, 59)),
+            "runs past midnight"
+        );
+        assert!(!w.contains(hm(sat + 86_400_000, 1, 0)), "ends after 2h");
+        assert!(!w.contains(hm(sat - 86_400_000, 23, 30)), "not on Friday");
+        let daily = FreezeWindow {
+            days: vec![],
+            ..w.clone()
+        };
+        assert!(daily.contains(hm(sat - 86_400_000, 23, 30)));
     }
 }

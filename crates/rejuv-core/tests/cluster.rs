@@ -307,6 +307,7 @@ fn command_name(kind: &CommandKind) -> &'static str {
         CommandKind::Rejuvenate { .. } => "rejuvenate",
         CommandKind::ResetDetector { .. } => "reset",
         CommandKind::Alert { .. } => "alert",
+        CommandKind::RunHook { .. } => "hook",
     }
 }
 
@@ -647,6 +648,10 @@ impl H {
                 }
             }
             CommandKind::ResetDetector { .. } | CommandKind::Alert { .. } => CommandResult::Done,
+            CommandKind::RunHook { .. } => CommandResult::HookRan {
+                ok: true,
+                detail: "exit 0".into(),
+            },
         };
         self.done(cmd.id, result)
     }
@@ -1259,6 +1264,7 @@ mod table {
                 server: "s3".into(),
             },
             AlertOk | AlertFailed => CommandKind::Alert {
+                name: "RejuvTest".into(),
                 server: Some("s3".into()),
                 summary: "injected by the test".into(),
             },
@@ -1714,7 +1720,9 @@ fn alerts(out: &Output) -> Vec<(Option<ServerId>, String)> {
     out.commands
         .iter()
         .filter_map(|c| match &c.kind {
-            CommandKind::Alert { server, summary } => Some((server.clone(), summary.clone())),
+            CommandKind::Alert {
+                server, summary, ..
+            } => Some((server.clone(), summary.clone())),
             _ => None,
         })
         .collect()
@@ -3642,5 +3650,275 @@ mod random {
             assert_eq!(phases.len(), 6, "{mode}: phases reached: {phases:?}");
             assert_eq!(outcomes.len(), 3, "{mode}: outcomes reached: {outcomes:?}");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations: hooks, freeze windows, advisory mode
+// ---------------------------------------------------------------------------------------------
+
+mod operations {
+    use super::*;
+    use rejuv_core::config::HookWhen;
+
+    /// A booted cluster (web only) whose config adds `extra` TOML.
+    fn booted_with(mode: Mode, extra: &str) -> H {
+        let spec = Spec::of(mode).services(&["web"]);
+        let mut h = booted(&spec);
+        let text = spec.toml() + extra;
+        h.cfg = Config::from_toml(&text).unwrap_or_else(|e| panic!("invalid: {e}\n{text}"));
+        h
+    }
+
+    fn hooks_pending(h: &H) -> Vec<Command> {
+        h.pending_where(|k| matches!(k, CommandKind::RunHook { .. }))
+    }
+
+    fn hook_result(ok: bool) -> CommandResult {
+        CommandResult::HookRan {
+            ok,
+            detail: if ok {
+                "exit 0"
+            } else {
+                "exit 1: smoke test failed"
+            }
+            .into(),
+        }
+    }
+
+    const VETO_SWITCH: &str = r#"
+[[hooks]]
+name = "warm"
+step = "draining"
+when = "before"
+command = ["/bin/true"]
+veto = true
+"#;
+
+    const VETO_REJOIN: &str = r#"
+[[hooks]]
+name = "smoke"
+step = "rejoin"
+when = "before"
+command = ["/bin/true"]
+veto = true
+"#;
+
+    /// Judges s1 unstable and brings its copy up: the gate is open (quiet, old enough).
+    fn to_gate(h: &mut H) -> ServerId {
+        h.judge("s1", Level::Unstable);
+        let t = h.target("s1");
+        h.ack_starts();
+        h.observe(&t);
+        t
+    }
+
+    #[test]
+    fn a_failed_veto_hook_before_the_switch_rolls_back_and_the_source_keeps_serving() {
+        let mut h = booted_with(Mode::ActiveStandby, VETO_SWITCH);
+        let before = serving(&h);
+        to_gate(&mut h);
+        assert_eq!(h.phase("s1"), Some(Phase::Gating), "held by the veto hook");
+        let hooks = hooks_pending(&h);
+        assert_eq!(hooks.len(), 1, "{hooks:?}");
+        assert!(matches!(&hooks[0].kind,
+            CommandKind::RunHook { hook, step, when: HookWhen::Before, veto: true, .. }
+                if hook == "warm" && step == "draining"));
+        assert_eq!(serving(&h), before, "nothing switched while the hook runs");
+        h.tick();
+        assert_eq!(hooks_pending(&h).len(), 1, "the hook is issued once");
+        h.done(hooks[0].id, hook_result(false));
+        assert!(h.wf("s1").is_none());
+        let w = h.last_finished("s1").unwrap();
+        match &w.outcome {
+            Some(Outcome::RolledBack { reason }) => {
+                assert!(reason.contains("hook warm vetoed draining"), "{reason}")
+            }
+            other => panic!("expected a rollback, got {other:?}"),
+        }
+        assert!(h.logs_of_kind("hook").iter().any(|e| e
+            .message
+            .contains("hook warm (before draining) failed: exit 1")));
+        assert_eq!(serving(&h), before, "the source kept serving");
+    }
+
+    #[test]
+    fn a_passed_veto_hook_lets_the_switch_happen() {
+        let mut h = booted_with(Mode::ActiveStandby, VETO_SWITCH);
+        to_gate(&mut h);
+        let hooks = hooks_pending(&h);
+        h.done(hooks[0].id, hook_result(true));
+        assert_eq!(h.phase("s1"), Some(Phase::Draining));
+        finish_workflow(&mut h, "s1");
+        assert_eq!(outcome_name(h.last_finished("s1").unwrap()), "completed");
+    }
+
+    #[test]
+    fn a_failed_smoke_test_before_rejoin_keeps_the_server_out_and_alerts() {
+        let mut h = booted_with(Mode::ActiveActive, VETO_REJOIN);
+        to_gate(&mut h);
+        assert_eq!(h.phase("s1"), Some(Phase::Draining));
+        h.sync();
+        h.ack_all(h.pending_where(|k| matches!(k, CommandKind::Rejuvenate { .. })));
+        h.observe("s1");
+        assert_eq!(
+            h.phase("s1"),
+            Some(Phase::Verifying),
+            "fresh, held by the smoke test"
+        );
+        let hooks = hooks_pending(&h);
+        assert_eq!(hooks.len(), 1, "{hooks:?}");
+        let out = h.done(hooks[0].id, hook_result(false));
+        let w = h.last_finished("s1").unwrap();
+        assert_eq!(outcome_name(w), "failed");
+        assert!(matches!(
+            h.c.servers["s1"].state,
+            ServerState::Failed { .. }
+        ));
+        assert!(!h.c.servers["s1"].on_list());
+        let alerts: Vec<_> = out
+            .commands
+            .iter()
+            .filter_map(|c| match &c.kind {
+                CommandKind::Alert { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(alerts, vec!["RejuvWorkflowFailed".to_string()]);
+    }
+
+    #[test]
+    fn hooks_run_once_at_each_configured_point_of_a_workflow() {
+        let extra = r#"
+[[hooks]]
+name = "notify-start"
+step = "duplexing"
+when = "before"
+command = ["/bin/true"]
+
+[[hooks]]
+name = "after-drain"
+step = "draining"
+when = "after"
+command = ["/bin/true"]
+
+[[hooks]]
+name = "back"
+step = "rejoin"
+when = "after"
+command = ["/bin/true"]
+"#;
+        let mut h = booted_with(Mode::ActiveStandby, extra);
+        h.judge("s1", Level::Unstable);
+        finish_workflow(&mut h, "s1");
+        h.tick();
+        let ran: Vec<(String, String, HookWhen)> = hooks_pending(&h)
+            .into_iter()
+            .map(|c| match c.kind {
+                CommandKind::RunHook {
+                    hook, step, when, ..
+                } => (hook, step, when),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            ran,
+            vec![
+                ("notify-start".into(), "duplexing".into(), HookWhen::Before),
+                ("after-drain".into(), "draining".into(), HookWhen::After),
+                ("back".into(), "rejoin".into(), HookWhen::After),
+            ]
+        );
+        // Results are logged; nothing else changes.
+        for c in hooks_pending(&h) {
+            h.done(c.id, hook_result(true));
+        }
+        assert_eq!(h.logs_of_kind("hook").len(), 3);
+    }
+
+    #[test]
+    fn no_workflow_starts_inside_a_freeze_window_and_one_starts_after_it() {
+        // T0 is 22:13:20 UTC; the window runs 22:00–23:00 every day.
+        let extra = r#"
+[[freeze]]
+name = "nightly-batch"
+start = "22:00"
+duration = "1h"
+"#;
+        let mut h = booted_with(Mode::ActiveStandby, extra);
+        h.judge("s1", Level::Unstable);
+        assert!(h.wf("s1").is_none());
+        assert!(h
+            .logs_of_kind("no-target")
+            .iter()
+            .any(|e| e.message.contains("freeze window 'nightly-batch'")));
+        h.wait(47 * 60 * 1000);
+        assert_eq!(h.phase("s1"), Some(Phase::Duplexing), "the window ended");
+    }
+
+    #[test]
+    fn an_operator_request_goes_through_a_freeze_window() {
+        let extra = "[[freeze]]\nname = \"all-day\"\nstart = \"00:00\"\nduration = \"24h\"\n";
+        let mut h = booted_with(Mode::ActiveStandby, extra);
+        h.operator(OperatorCommand::Rejuvenate {
+            server: "s1".into(),
+            force: false,
+        });
+        assert_eq!(h.phase("s1"), Some(Phase::Duplexing));
+    }
+
+    #[test]
+    fn advisory_mode_says_what_it_would_do_and_does_nothing() {
+        let mut h = booted_with(Mode::ActiveStandby, "");
+        h.c.advisory = true;
+        let routes = h.c.routes.clone();
+        let out = h.judge("s1", Level::Unstable);
+        assert!(out.commands.is_empty(), "{:?}", out.commands);
+        assert!(h.c.workflows.is_empty());
+        assert_eq!(h.c.routes, routes, "no list change");
+        let said = events_of(&out, "dry-run");
+        assert_eq!(said.len(), 1, "{out:?}");
+        assert!(
+            said[0].message.contains("would rejuvenate s1") && said[0].message.contains("onto s4"),
+            "{}",
+            said[0].message
+        );
+        // Said once per episode, not on every tick.
+        assert!(events_of(&h.tick(), "dry-run").is_empty());
+        // Commands the state machine issues (here: maintenance released on a failed server
+        // resets its detector) are described, not carried out.
+        h.c.servers.get_mut("s4").unwrap().state = ServerState::Failed {
+            reason: "test".into(),
+        };
+        let out = h.operator(OperatorCommand::Maintenance {
+            server: "s4".into(),
+            on: false,
+        });
+        assert!(out.commands.is_empty() && h.c.pending.is_empty());
+        assert!(events_of(&out, "dry-run")
+            .iter()
+            .any(|e| e.message == "dry run: would reset the detector of s4"));
+    }
+
+    #[test]
+    fn without_a_majority_of_agents_no_workflow_starts_and_a_person_is_told() {
+        let mut h = booted_with(Mode::ActiveStandby, "");
+        h.observe_down("s2");
+        let out = h.observe_down("s3");
+        let alerts: Vec<_> = out
+            .commands
+            .iter()
+            .filter_map(|c| match &c.kind {
+                CommandKind::Alert { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(alerts, vec!["RejuvNoQuorum"]);
+        h.judge("s1", Level::Unstable);
+        assert!(h.wf("s1").is_none(), "2 of 4 agents answer: nothing starts");
+        assert_eq!(h.logs_of_kind("no-quorum").len(), 1, "said once");
+        h.observe("s2");
+        assert_eq!(h.logs_of_kind("quorum-regained").len(), 1);
+        assert_eq!(h.phase("s1"), Some(Phase::Duplexing));
     }
 }
