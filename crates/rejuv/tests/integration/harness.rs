@@ -299,8 +299,15 @@ data_dir = "{data}"
     }
 
     pub fn start_controller(&mut self, env: &[(&str, &str)]) {
+        self.start_controller_with(&[], env);
+    }
+
+    /// Starts the controller with extra command-line arguments (e.g. `--dry-run`).
+    pub fn start_controller_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
         let mut cmd = Command::new(EXE);
-        cmd.args(["controller", "--config"]).arg(&self.config);
+        cmd.args(["controller", "--config"])
+            .arg(&self.config)
+            .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }

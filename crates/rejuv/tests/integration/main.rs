@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod alerts;
 mod errors;
 mod failures;
 mod resume;
