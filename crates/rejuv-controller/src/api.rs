@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub struct ApiState {
     pub cfg: Arc<Config>,
     pub token: Arc<String>,
+    /// Named operator tokens: (name, token).
+    pub operators: Arc<Vec<(String, String)>>,
     pub published: watch::Receiver<Published>,
     pub tx: mpsc::Sender<Msg>,
     pub store: Arc<Mutex<Store>>,
@@ -48,14 +50,32 @@ fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ApiError { error: msg.into() })).into_response()
 }
 
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let header = headers
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    rejuv_core::digest::bearer_matches(header, token)
+        .and_then(|v| v.to_str().ok())
 }
 
-fn actor(headers: &HeaderMap) -> String {
+/// Whether the request carries the shared API token or a named operator's token.
+fn authorized(headers: &HeaderMap, s: &ApiState) -> bool {
+    let header = bearer(headers);
+    rejuv_core::digest::bearer_matches(header, &s.token)
+        || s.operators
+            .iter()
+            .any(|(_, t)| rejuv_core::digest::bearer_matches(header, t))
+}
+
+/// Who asked, for the event log: the named operator whose token was used, or, with the shared
+/// token, the name in `x-rejuv-actor`.
+fn actor(headers: &HeaderMap, s: &ApiState) -> String {
+    let header = bearer(headers);
+    if let Some((name, _)) = s
+        .operators
+        .iter()
+        .find(|(_, t)| rejuv_core::digest::bearer_matches(header, t))
+    {
+        return format!("{name} (operator token {name})");
+    }
     match headers.get("x-rejuv-actor").and_then(|v| v.to_str().ok()) {
         Some(name) if !name.is_empty() && name.len() <= 64 => format!("{name} (api token)"),
         _ => "operator (api token)".into(),
@@ -64,7 +84,7 @@ fn actor(headers: &HeaderMap) -> String {
 
 macro_rules! guard {
     ($s:expr, $h:expr) => {
-        if !authorized(&$h, &$s.token) {
+        if !authorized(&$h, &$s) {
             return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
     };
@@ -263,7 +283,7 @@ async fn rejuvenate(
     guard!(s, h);
     send_op(
         &s,
-        actor(&h),
+        actor(&h, &s),
         OperatorCommand::Rejuvenate {
             server: id,
             force: q.force,
@@ -296,7 +316,7 @@ async fn maintenance(
     };
     send_op(
         &s,
-        actor(&h),
+        actor(&h, &s),
         OperatorCommand::Maintenance {
             server: id,
             on: b.on,
@@ -307,12 +327,12 @@ async fn maintenance(
 
 async fn pause(State(s): State<ApiState>, h: HeaderMap) -> Response {
     guard!(s, h);
-    send_op(&s, actor(&h), OperatorCommand::Pause).await
+    send_op(&s, actor(&h, &s), OperatorCommand::Pause).await
 }
 
 async fn resume(State(s): State<ApiState>, h: HeaderMap) -> Response {
     guard!(s, h);
-    send_op(&s, actor(&h), OperatorCommand::Resume).await
+    send_op(&s, actor(&h, &s), OperatorCommand::Resume).await
 }
 
 async fn ui() -> Response {

@@ -138,9 +138,30 @@ pub async fn run(
     }
     tasks.spawn(engine.run(rx, resend, local.clone()));
 
+    let mut operators = Vec::new();
+    for o in &cfg.auth.operators {
+        let token = std::fs::read_to_string(&o.token_file)
+            .with_context(|| {
+                format!(
+                    "reading the token of operator {} from {}",
+                    o.name,
+                    o.token_file.display()
+                )
+            })?
+            .trim()
+            .to_string();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "the token file of operator {} ({}) is empty",
+            o.name,
+            o.token_file.display()
+        );
+        operators.push((o.name.clone(), token));
+    }
     let state = api::ApiState {
         cfg: cfg.clone(),
         token: Arc::new(opts.api_token),
+        operators: Arc::new(operators),
         published,
         tx,
         store: Arc::new(Mutex::new(reader)),

@@ -97,6 +97,18 @@ pub struct AuthConfig {
     pub agent_token_file: Option<PathBuf>,
     /// Token operators present to the controller API (and the proxy's admin API).
     pub api_token_file: Option<PathBuf>,
+    /// Named operator tokens for the controller API: an action taken with one is logged as
+    /// that operator's (the shared `api_token_file` logs the `x-rejuv-actor` header's name).
+    #[serde(default)]
+    pub operators: Vec<OperatorToken>,
+}
+
+/// A named operator and the file holding their token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorToken {
+    pub name: String,
+    pub token_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -829,6 +841,22 @@ impl Config {
         }
         if self.alerts.timeout.is_zero() {
             err("alerts.timeout".into(), "must be greater than 0".into());
+        }
+        let mut operators = BTreeSet::new();
+        for (i, o) in self.auth.operators.iter().enumerate() {
+            if o.name.is_empty()
+                || o.name.len() > 64
+                || !o
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+                || !operators.insert(o.name.clone())
+            {
+                err(
+                    format!("auth.operators[{i}].name"),
+                    "must be unique, at most 64 letters, digits, '-', '_', '.' or '@'".into(),
+                );
+            }
         }
         let mut names = BTreeSet::new();
         for (i, h) in self.hooks.iter().enumerate() {

@@ -286,9 +286,15 @@ command = ["/bin/sh", "-c", "echo checkout page broken on $REJUV_SERVER; exit 1"
 
 #[test]
 fn dry_run_changes_nothing_and_says_what_it_would_do() {
+    let mut alice = tempfile::NamedTempFile::new().unwrap();
+    writeln!(alice, "alice-secret").unwrap();
     let spec = Spec {
         primaries: 1,
         spares: 1,
+        extra_toml: format!(
+            "[[auth.operators]]\nname = \"alice\"\ntoken_file = \"{}\"\n",
+            alice.path().display()
+        ),
         ..fast_aging()
     };
     let mut h = Harness::new(&spec);
@@ -300,11 +306,20 @@ fn dry_run_changes_nothing_and_says_what_it_would_do() {
     let routes_before: Value = proxy_routes(&h);
     h.start_controller_with(&["--dry-run"], &[]);
     // The stored state is paused (the first controller's flag); the advisory run is resumed
-    // by an operator like any other.
-    assert!(h
-        .api(reqwest::Method::POST, "/v1/resume")
-        .status()
-        .is_success());
+    // by an operator like any other, here with her own token: the event names her.
+    let resumed = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v1/resume", h.controller_addr))
+        .bearer_auth("alice-secret")
+        .send()
+        .unwrap();
+    assert!(resumed.status().is_success(), "{resumed:?}");
+    let by_alice = events_of(&h, "operator");
+    assert!(
+        by_alice
+            .iter()
+            .any(|m| m.starts_with("alice (operator token alice)")),
+        "{by_alice:?}"
+    );
     let said = wait_for(
         "the advisory controller to say it would rejuvenate s1",
         Duration::from_secs(60),
