@@ -144,6 +144,9 @@ pub struct Server {
     /// Wall time of the last completed rejuvenation.
     #[serde(default)]
     pub last_rejuvenated_at_ms: Option<u64>,
+    /// Wall time its agent stopped answering (`None` while it answers).
+    #[serde(default)]
+    pub unreachable_since_ms: Option<u64>,
 }
 
 impl Server {
@@ -270,6 +273,9 @@ pub struct Workflow {
     pub veto_passed: Vec<String>,
     #[serde(default)]
     pub vetoed: Option<String>,
+    /// Started because the source died (reactive failover), not because it aged.
+    #[serde(default)]
+    pub failover: bool,
 }
 
 impl Workflow {
@@ -517,6 +523,7 @@ impl Cluster {
                     blocked_reason: None,
                     level: 0,
                     last_rejuvenated_at_ms: None,
+                    unreachable_since_ms: None,
                 },
             );
             for svc in &s.instances {
@@ -908,6 +915,11 @@ impl Cluster {
             return;
         };
         let was_reachable = s.reachable();
+        if obs.reachable {
+            s.unreachable_since_ms = None;
+        } else if s.unreachable_since_ms.is_none() {
+            s.unreachable_since_ms = Some(now.wall_ms);
+        }
         if obs.reachable != was_reachable && s.observation.is_some() {
             let msg = if obs.reachable {
                 "agent reachable again"
@@ -1155,7 +1167,22 @@ impl Cluster {
                     .map(|i| i.id.clone())
                     .collect();
                 for id in gone {
-                    self.forget_instance(&id);
+                    // A start still on its way (e.g. after the agent lost the instance) would
+                    // leave a copy nobody tracks: it is followed by a stop.
+                    let starting = self.pending.values().any(|c| {
+                        matches!(&c.kind, CommandKind::StartInstance { instance, .. } if instance == &id)
+                    });
+                    if let Some(i) = self.forget_instance(&id) {
+                        if starting {
+                            self.issue(
+                                out,
+                                CommandKind::StopInstance {
+                                    server: i.server,
+                                    instance: i.id,
+                                },
+                            );
+                        }
+                    }
                 }
                 self.log(
                     out,
@@ -1169,13 +1196,47 @@ impl Cluster {
                     ),
                 );
             }
-            (CommandKind::Rejuvenate { run_id, .. }, CommandResult::Failed { error }) => {
-                if let Some(wid) = self
-                    .workflows
-                    .values()
-                    .find(|w| &w.run_id == run_id)
-                    .map(|w| w.id)
-                {
+            (
+                CommandKind::Rejuvenate {
+                    server,
+                    run_id,
+                    actions,
+                },
+                CommandResult::Failed { error },
+            ) => {
+                let Some(w) = self.workflows.values().find(|w| &w.run_id == run_id) else {
+                    return;
+                };
+                let wid = w.id;
+                let still_away = !self.servers[server].reachable();
+                if self.servers[server].maintenance {
+                    self.fail_with(
+                        wid,
+                        format!("{server} was put in maintenance: left alone, not rejuvenated"),
+                        false,
+                        now,
+                        out,
+                    );
+                } else if w.failover && still_away {
+                    // A dead server is rejuvenated when it comes back, before it rejoins:
+                    // ask again (the agent's run id makes a repeat harmless).
+                    if w.report.is_none() && !w.steps.iter().any(|s| s.phase == "waiting") {
+                        self.log(
+                            out,
+                            now,
+                            "step",
+                            Some(server),
+                            Some(wid),
+                            format!("{server} is still unreachable: it will be rejuvenated when it answers again"),
+                        );
+                    }
+                    let kind = CommandKind::Rejuvenate {
+                        server: server.clone(),
+                        run_id: run_id.clone(),
+                        actions: actions.clone(),
+                    };
+                    self.issue(out, kind);
+                } else {
                     self.fail(wid, format!("rejuvenation failed: {error}"), now, out);
                 }
             }
@@ -1495,6 +1556,18 @@ impl Cluster {
     }
 
     fn start_rejuvenation(&mut self, cfg: &Config, id: u64, now: Now, out: &mut Output) {
+        let source = self.workflows[&id].server.clone();
+        if self.servers[&source].maintenance {
+            // An operator took the server while its workflow ran: it is left alone.
+            self.fail_with(
+                id,
+                format!("{source} was put in maintenance: left alone, not rejuvenated"),
+                false,
+                now,
+                out,
+            );
+            return;
+        }
         let w = self.workflows.get_mut(&id).expect("present");
         w.enter(Phase::Rejuvenating, now);
         let server = w.server.clone();
@@ -1561,6 +1634,37 @@ impl Cluster {
                     server: Some(w.server.clone()),
                     summary: format!("{} {reason}", w.server),
                 },
+            );
+            self.completed_total += 1;
+            self.finish(w);
+            return;
+        }
+        if self.servers[&w.server].maintenance {
+            // Rejuvenated, but an operator holds it: it rejoins when they release it.
+            self.keep_out(
+                &w,
+                "rejuvenated while in maintenance: turn maintenance off to release it",
+            );
+            if let Some(s) = self.servers.get_mut(&w.server) {
+                s.last_rejuvenated_at_ms = Some(now.wall_ms);
+                s.role = role;
+            }
+            self.issue(
+                out,
+                CommandKind::ResetDetector {
+                    server: w.server.clone(),
+                },
+            );
+            self.log(
+                out,
+                now,
+                "workflow-completed",
+                Some(&w.server),
+                Some(id),
+                format!(
+                    "{} is fresh and stays out of service: it is in maintenance",
+                    w.server
+                ),
             );
             self.completed_total += 1;
             self.finish(w);
@@ -1692,6 +1796,11 @@ impl Cluster {
 
     /// A workflow past its switch failed: the source stays off the list, a person is alerted.
     fn fail(&mut self, id: u64, reason: String, now: Now, out: &mut Output) {
+        self.fail_with(id, reason, true, now, out);
+    }
+
+    /// [`Self::fail`], alerting only when `alert` (an operator's own doing needs no page).
+    fn fail_with(&mut self, id: u64, reason: String, alert: bool, now: Now, out: &mut Output) {
         let Some(mut w) = self.workflows.remove(&id) else {
             return;
         };
@@ -1726,14 +1835,16 @@ impl Cluster {
                 w.server
             ),
         );
-        self.issue(
-            out,
-            CommandKind::Alert {
-                name: "RejuvWorkflowFailed".into(),
-                server: Some(w.server.clone()),
-                summary: format!("rejuvenation of {} failed: {reason}", w.server),
-            },
-        );
+        if alert {
+            self.issue(
+                out,
+                CommandKind::Alert {
+                    name: "RejuvWorkflowFailed".into(),
+                    server: Some(w.server.clone()),
+                    summary: format!("rejuvenation of {} failed: {reason}", w.server),
+                },
+            );
+        }
         self.failed_total += 1;
         self.finish(w);
     }
@@ -1812,6 +1923,7 @@ impl Cluster {
                 s.judgement == Level::Unstable
                     || s.manual_request.is_some()
                     || self.due_by_age(cfg, s).is_some()
+                    || self.dead(cfg, s, now).is_some()
             })
             .filter(|s| !self.workflows.values().any(|w| w.server == s.id))
             .map(|s| s.id.clone())
@@ -1828,13 +1940,16 @@ impl Cluster {
             if self.servers[&id].reserved_by.is_some() {
                 continue;
             }
-            let forced = self.servers[&id].manual_request == Some(true);
+            // A dead server's capacity is gone already: its failover is not held by the
+            // budget, the cooldown or a freeze (rejuv's own disruptions are what those bound).
+            let failover = self.dead(cfg, &self.servers[&id], now).is_some();
+            let forced = self.servers[&id].manual_request == Some(true) || failover;
             let manual = self.servers[&id].manual_request.is_some();
-            if self.paused && !manual {
+            if self.paused && !manual && !failover {
                 self.blocked(&id, "rejuv is paused".into(), false, now, out);
                 continue;
             }
-            if let Some(window) = cfg.frozen_by(now.wall_ms).filter(|_| !manual) {
+            if let Some(window) = cfg.frozen_by(now.wall_ms).filter(|_| !manual && !failover) {
                 self.blocked(
                     &id,
                     format!("waiting: inside the freeze window '{}'", window.name),
@@ -1874,12 +1989,35 @@ impl Cluster {
                 );
                 continue;
             }
-            match self.choose_target(cfg, &id, now) {
+            match self.choose_target(cfg, &id, failover, now) {
                 Ok(target) if self.advisory => self.advise(cfg, &id, &target, now, out),
                 Ok(target) => self.start_workflow(cfg, &id, &target, forced, now, out),
                 Err(why) => self.blocked(&id, why, true, now, out),
             }
         }
+    }
+
+    /// Why `s` counts as dead (reactive failover), if it does: a primary on the list whose
+    /// agent has not answered for `policy.failover_after` and none of whose instances is
+    /// known healthy.
+    fn dead(&self, cfg: &Config, s: &Server, now: Now) -> Option<String> {
+        let since = s.unreachable_since_ms?;
+        let gone = now.wall_ms.saturating_sub(since);
+        let has_instances = self.instances.values().any(|i| i.server == s.id);
+        let any_healthy = self
+            .instances
+            .values()
+            .any(|i| i.server == s.id && i.healthy);
+        (s.role == Role::Primary
+            && has_instances
+            && !any_healthy
+            && u128::from(gone) >= cfg.policy.failover_after.as_millis())
+        .then(|| {
+            format!(
+                "agent unreachable for {:.0}s and its instances down: failing over",
+                gone as f64 / 1000.0
+            )
+        })
     }
 
     /// Why `s` is due for fixed-period rejuvenation, if it is: its running time passed
@@ -1928,7 +2066,13 @@ impl Cluster {
     }
 
     /// The target for `source`, or why there is none.
-    fn choose_target(&self, cfg: &Config, source: &str, now: Now) -> Result<ServerId, String> {
+    fn choose_target(
+        &self,
+        cfg: &Config,
+        source: &str,
+        failover: bool,
+        now: Now,
+    ) -> Result<ServerId, String> {
         let needed: u32 = self.used_units(cfg, source);
         let src = &self.servers[source];
         let usable = |s: &&Server| {
@@ -1972,7 +2116,7 @@ impl Cluster {
             }
         };
         let after = (self.available_capacity() + gain).saturating_sub(src.capacity);
-        if after < cfg.budget.min_available_capacity {
+        if !failover && after < cfg.budget.min_available_capacity {
             return Err(format!(
                 "the capacity floor would be broken ({after} < {} units)",
                 cfg.budget.min_available_capacity
@@ -1984,7 +2128,7 @@ impl Cluster {
     /// Advisory mode's stand-in for [`Self::start_workflow`]: says (once per episode) what
     /// would be started.
     fn advise(&mut self, cfg: &Config, source: &str, target: &str, now: Now, out: &mut Output) {
-        let (reason, _) = self.workflow_reason(cfg, source);
+        let (reason, _) = self.workflow_reason(cfg, source, now);
         let n = self
             .instances
             .values()
@@ -2008,8 +2152,16 @@ impl Cluster {
     }
 
     /// Why a workflow for `source` would start now, with the detector's explanation.
-    fn workflow_reason(&self, cfg: &Config, source: &str) -> (String, Option<Explanation>) {
+    fn workflow_reason(
+        &self,
+        cfg: &Config,
+        source: &str,
+        now: Now,
+    ) -> (String, Option<Explanation>) {
         let src = &self.servers[source];
+        if let Some(why) = self.dead(cfg, src, now) {
+            return (why, None);
+        }
         match (&src.manual_request, &src.explanation) {
             (Some(_), _) => (
                 "requested by an operator".to_string(),
@@ -2036,7 +2188,8 @@ impl Cluster {
     ) {
         let id = self.next_id;
         self.next_id += 1;
-        let (reason, explanation) = self.workflow_reason(cfg, source);
+        let (reason, explanation) = self.workflow_reason(cfg, source, now);
+        let failover = self.dead(cfg, &self.servers[source], now).is_some();
         let src = &self.servers[source];
         // Escalation: a server the detector finds aging again soon after its last
         // rejuvenation gets the next, stronger level of actions.
@@ -2114,6 +2267,7 @@ impl Cluster {
             level,
             exhausted,
             hooks_fired: Some(0),
+            failover,
             veto_pending: BTreeSet::new(),
             veto_passed: Vec::new(),
             vetoed: None,

@@ -299,6 +299,15 @@ pub struct PolicyConfig {
     /// server suspect, then unstable, when exhaustion comes within the horizon.
     #[serde(default)]
     pub trend: crate::trend::TrendConfig,
+    /// Reactive failover: a primary whose agent has not answered for this long, with its
+    /// instances down, has its instances started elsewhere and leaves the list; it is
+    /// rejuvenated when it comes back, before it rejoins.
+    #[serde(with = "humantime_serde", default = "default_failover_after")]
+    pub failover_after: Duration,
+}
+
+fn default_failover_after() -> Duration {
+    Duration::from_secs(15)
 }
 
 fn default_jitter() -> f64 {
@@ -334,6 +343,7 @@ impl Default for PolicyConfig {
             max_running_time: None,
             max_running_time_jitter: default_jitter(),
             trend: crate::trend::TrendConfig::default(),
+            failover_after: default_failover_after(),
         }
     }
 }
@@ -1222,6 +1232,12 @@ impl Config {
                     }
                 }
             }
+        }
+        if self.policy.failover_after <= self.controller.agent_timeout {
+            err(
+                "policy.failover_after".into(),
+                "must be longer than controller.agent_timeout (one missed poll is not a death)",
+            );
         }
         if self.controller.poll_interval.is_zero() {
             err("controller.poll_interval".into(), "must be greater than 0");

@@ -3921,4 +3921,63 @@ duration = "1h"
         assert_eq!(h.logs_of_kind("quorum-regained").len(), 1);
         assert_eq!(h.phase("s1"), Some(Phase::Duplexing));
     }
+
+    #[test]
+    fn a_dead_primary_fails_over_and_is_rejuvenated_when_it_comes_back() {
+        let mut h = booted_with(Mode::ActiveStandby, "");
+        h.observe_down("s1");
+        assert!(h.wf("s1").is_none(), "one missed answer is not a death");
+        h.now_ms += 16_000;
+        h.observe_down("s1");
+        let w = h.wf("s1").expect("failover started").clone();
+        assert!(w.failover, "{w:?}");
+        assert!(w.reason.contains("unreachable"), "{}", w.reason);
+        assert_eq!(w.target, "s4");
+        h.ack_starts();
+        h.observe("s4");
+        assert_eq!(
+            h.phase("s1"),
+            Some(Phase::Draining),
+            "no waiting for a quiet moment"
+        );
+        h.sync();
+        assert_eq!(h.phase("s1"), Some(Phase::Rejuvenating));
+        // The agent is still away: the rejuvenation waits for it instead of failing.
+        let rej = h.pending_rejuvenate();
+        h.ack_failed(&rej);
+        assert_eq!(h.phase("s1"), Some(Phase::Rejuvenating));
+        let again = h.pending_rejuvenate();
+        assert_ne!(again.id, rej.id, "asked again");
+        // It comes back: rejuvenated, verified, back as a spare.
+        h.ack_rejuvenate_ok();
+        h.observe("s1");
+        assert_eq!(outcome_name(h.last_finished("s1").unwrap()), "completed");
+        assert_eq!(h.c.servers["s1"].role, Role::Spare);
+        assert!(h.c.servers["s1"].on_list());
+    }
+
+    #[test]
+    fn a_server_put_in_maintenance_after_the_switch_is_left_alone() {
+        let mut h = booted_with(Mode::ActiveStandby, "");
+        to_gate(&mut h);
+        assert_eq!(h.phase("s1"), Some(Phase::Draining));
+        h.operator(OperatorCommand::Maintenance {
+            server: "s1".into(),
+            on: true,
+        });
+        let out = h.sync();
+        assert!(h.wf("s1").is_none());
+        assert!(
+            h.pending_where(|k| matches!(k, CommandKind::Rejuvenate { .. }))
+                .is_empty(),
+            "no rejuvenation of a server in maintenance"
+        );
+        assert!(
+            !out.commands
+                .iter()
+                .any(|c| matches!(c.kind, CommandKind::Alert { .. })),
+            "an operator's own doing pages nobody"
+        );
+        assert!(!h.c.servers["s1"].on_list());
+    }
 }
