@@ -6,4 +6,5 @@
 
 pub mod analyze;
 pub mod eval;
+pub mod sim;
 pub mod traces;
