@@ -1210,13 +1210,7 @@ impl Cluster {
                 let wid = w.id;
                 let still_away = !self.servers[server].reachable();
                 if self.servers[server].maintenance {
-                    self.fail_with(
-                        wid,
-                        format!("{server} was put in maintenance: left alone, not rejuvenated"),
-                        false,
-                        now,
-                        out,
-                    );
+                    self.evacuated(wid, now, out);
                 } else if w.failover && still_away {
                     // A dead server is rejuvenated when it comes back, before it rejoins:
                     // ask again (the agent's run id makes a repeat harmless).
@@ -1361,7 +1355,7 @@ impl Cluster {
                     load_quantile: obs.and_then(|o| o.load_quantile),
                 };
                 let mut decision = gate::decide(&cfg.gate, input);
-                if s.manual_request.is_some() || w.forced {
+                if s.manual_request.is_some() || w.forced || s.maintenance {
                     decision = gate::GateDecision::Now {
                         reason: "requested by an operator".into(),
                     };
@@ -1392,6 +1386,31 @@ impl Cluster {
                         format!("a copy on {target} is no longer healthy; duplexing again"),
                     );
                     return;
+                }
+                // Servers may have died since the workflow started: a switch that would now
+                // break the capacity floor waits (a failover or an operator's force does not).
+                let gain = match self.mode {
+                    Mode::ActiveStandby => self.servers.get(&target).map_or(0, |t| t.capacity),
+                    Mode::ActiveActive => 0,
+                };
+                let after = self.available_capacity() + gain;
+                if decision.is_now()
+                    && !source_down
+                    && !w.failover
+                    && !w.forced
+                    && !s.maintenance
+                    && after < cfg.budget.min_available_capacity
+                {
+                    let reason = format!(
+                        "the capacity floor would be broken ({after} < {} units)",
+                        cfg.budget.min_available_capacity
+                    );
+                    if u128::from(since) >= cfg.gate.max_wait.as_millis() {
+                        // Capacity lost elsewhere is not coming back soon: free the target.
+                        self.roll_back(cfg, id, reason, now, out);
+                        return;
+                    }
+                    decision = gate::GateDecision::Wait { reason };
                 }
                 let reason = decision.reason().to_string();
                 let changed = w.gate_reason.as_deref() != Some(reason.as_str());
@@ -1558,14 +1577,9 @@ impl Cluster {
     fn start_rejuvenation(&mut self, cfg: &Config, id: u64, now: Now, out: &mut Output) {
         let source = self.workflows[&id].server.clone();
         if self.servers[&source].maintenance {
-            // An operator took the server while its workflow ran: it is left alone.
-            self.fail_with(
-                id,
-                format!("{source} was put in maintenance: left alone, not rejuvenated"),
-                false,
-                now,
-                out,
-            );
+            // In maintenance (asked before or during the workflow): its instances have moved,
+            // it is left alone, out of service, until an operator releases it.
+            self.evacuated(id, now, out);
             return;
         }
         let w = self.workflows.get_mut(&id).expect("present");
@@ -1794,6 +1808,43 @@ impl Cluster {
         self.finish(w);
     }
 
+    /// Ends a workflow whose source went into maintenance, once its copies serve: the source is
+    /// out of service (not rejuvenated) until an operator turns maintenance off.
+    fn evacuated(&mut self, id: u64, now: Now, out: &mut Output) {
+        let Some(mut w) = self.workflows.remove(&id) else {
+            return;
+        };
+        let leftovers: Vec<(ServerId, InstanceId)> = self
+            .instances
+            .values()
+            .filter(|i| i.server == w.server && i.traffic == Traffic::Draining)
+            .map(|i| (i.server.clone(), i.id.clone()))
+            .collect();
+        for (server, instance) in leftovers {
+            self.forget_instance(&instance);
+            self.issue(out, CommandKind::StopInstance { server, instance });
+        }
+        self.keep_out(&w, "in maintenance: turn maintenance off to release it");
+        w.outcome = Some(Outcome::Completed);
+        w.steps.push(StepTime {
+            phase: "evacuated".into(),
+            at_ms: now.wall_ms,
+        });
+        self.log(
+            out,
+            now,
+            "workflow-completed",
+            Some(&w.server),
+            Some(id),
+            format!(
+                "{}'s instances serve from {}; {} is out of service for maintenance, not rejuvenated",
+                w.server, w.target, w.server
+            ),
+        );
+        self.completed_total += 1;
+        self.finish(w);
+    }
+
     /// A workflow past its switch failed: the source stays off the list, a person is alerted.
     fn fail(&mut self, id: u64, reason: String, now: Now, out: &mut Output) {
         self.fail_with(id, reason, true, now, out);
@@ -1849,13 +1900,18 @@ impl Cluster {
         self.finish(w);
     }
 
-    /// Capacity units of primaries on the list, counting sources of running workflows as off.
+    /// Capacity units of primaries on the list whose agents answer, counting sources of running
+    /// workflows as off.
     pub fn available_capacity(&self) -> u32 {
         let busy: BTreeSet<&ServerId> = self.workflows.values().map(|w| &w.server).collect();
         self.servers
             .values()
             .filter(|s| {
-                s.on_list() && !s.maintenance && s.role == Role::Primary && !busy.contains(&s.id)
+                s.on_list()
+                    && !s.maintenance
+                    && s.role == Role::Primary
+                    && s.reachable()
+                    && !busy.contains(&s.id)
             })
             .map(|s| s.capacity)
             .sum()
@@ -1916,14 +1972,17 @@ impl Cluster {
         let candidates: Vec<ServerId> = self
             .servers
             .values()
+            .filter(|s| s.on_list() && s.role == Role::Primary && s.reserved_by.is_none())
             .filter(|s| {
-                s.on_list() && s.role == Role::Primary && !s.maintenance && s.reserved_by.is_none()
-            })
-            .filter(|s| {
-                s.judgement == Level::Unstable
-                    || s.manual_request.is_some()
-                    || self.due_by_age(cfg, s).is_some()
-                    || self.dead(cfg, s, now).is_some()
+                if s.maintenance {
+                    // Maintenance takes a server out of service: what it runs moves first.
+                    self.instances.values().any(|i| i.server == s.id)
+                } else {
+                    s.judgement == Level::Unstable
+                        || s.manual_request.is_some()
+                        || self.due_by_age(cfg, s).is_some()
+                        || self.dead(cfg, s, now).is_some()
+                }
             })
             .filter(|s| !self.workflows.values().any(|w| w.server == s.id))
             .map(|s| s.id.clone())
@@ -1944,7 +2003,8 @@ impl Cluster {
             // budget, the cooldown or a freeze (rejuv's own disruptions are what those bound).
             let failover = self.dead(cfg, &self.servers[&id], now).is_some();
             let forced = self.servers[&id].manual_request == Some(true) || failover;
-            let manual = self.servers[&id].manual_request.is_some();
+            let manual =
+                self.servers[&id].manual_request.is_some() || self.servers[&id].maintenance;
             if self.paused && !manual && !failover {
                 self.blocked(&id, "rejuv is paused".into(), false, now, out);
                 continue;
@@ -2159,6 +2219,13 @@ impl Cluster {
         now: Now,
     ) -> (String, Option<Explanation>) {
         let src = &self.servers[source];
+        if src.maintenance {
+            return (
+                "put in maintenance by an operator: its instances move before it leaves the list"
+                    .to_string(),
+                None,
+            );
+        }
         if let Some(why) = self.dead(cfg, src, now) {
             return (why, None);
         }

@@ -1198,7 +1198,22 @@ mod table {
                 // Active-standby: the only spare is taken.
                 (_, false) => Expect::to(p, &["alert"], &["operator", "no-target"]),
             },
-            OpMaintenanceSource | OpMaintenanceTarget | OpPause => Expect::logs(p, &["operator"]),
+            OpMaintenanceSource => match p {
+                // Maintenance takes a serving primary out of service: its instances move first,
+                // as in a workflow; a workflow already running goes on and switches at once.
+                None => Expect::to(D, &["start", "start"], &["operator", "workflow-started"]),
+                G => Expect::logs(DR, &["operator", "step"]),
+                _ => Expect::logs(p, &["operator"]),
+            },
+            OpMaintenanceTarget => match (p, aa) {
+                // Active-active: the would-be target is a serving primary; its instances move
+                // off it (once it is no longer reserved as a target).
+                (None, true) => {
+                    Expect::to(p, &["start", "start"], &["operator", "workflow-started"])
+                }
+                _ => Expect::logs(p, &["operator"]),
+            },
+            OpPause => Expect::logs(p, &["operator"]),
             OpResume => Expect {
                 logs: vec!["operator"],
                 ..Expect::nothing(p)
@@ -2618,6 +2633,10 @@ mod scenarios {
             server: "s1".into(),
             on: true,
         });
+        // The only workflow it is the source of moves its instances off it, without rejuvenating.
+        let w = h.wf("s1").expect("its instances move").clone();
+        assert!(w.reason.contains("maintenance"), "{}", w.reason);
+        finish_workflow(&mut h, "s1");
         h.judge("s1", Level::Unstable);
         h.wait(60_000);
         assert_eq!(h.wf("s1"), None);
@@ -2632,15 +2651,22 @@ mod scenarios {
             server: "s1".into(),
             on: false,
         });
-        assert_eq!(h.phase("s1"), Some(Phase::Duplexing));
+        assert!(h.c.servers["s1"].on_list(), "released: back as a spare");
 
-        let mut h = booted(&Spec::active_active());
+        // Room for s2's instances elsewhere, and then s2 (empty) would be the roomiest.
+        let mut h = booted(&Spec::active_active().capacity(8));
         h.operator(OperatorCommand::Maintenance {
             server: "s2".into(),
             on: true,
         });
+        finish_workflow(&mut h, "s2");
+        h.now_ms += COOLDOWN_MS;
         h.judge("s1", Level::Unstable);
-        assert_eq!(h.target("s1"), "s3", "s2 would have been chosen");
+        assert_ne!(
+            h.target("s1"),
+            "s2",
+            "never the target while in maintenance"
+        );
 
         let mut h = booted(&Spec::active_active());
         for s in ["s2", "s3", "s4"] {
@@ -2649,9 +2675,12 @@ mod scenarios {
                 on: true,
             });
         }
-        let out = h.judge("s1", Level::Unstable);
+        // s2's instances move to s1 (the only primary not in maintenance); s3 and s4 wait for
+        // room; s1 is nobody's source while it is a target.
+        assert_eq!(h.target("s2"), "s1");
+        assert!(h.wf("s3").is_none() && h.wf("s4").is_none());
+        h.judge("s1", Level::Unstable);
         assert_eq!(h.wf("s1"), None);
-        assert_eq!(events_of(&out, "no-target").len(), 1);
     }
 
     #[test]
@@ -3979,5 +4008,49 @@ duration = "1h"
             "an operator's own doing pages nobody"
         );
         assert!(!h.c.servers["s1"].on_list());
+    }
+
+    #[test]
+    fn maintenance_on_a_serving_primary_moves_its_instances_then_takes_it_out() {
+        let mut h = booted_with(Mode::ActiveStandby, "");
+        let before = serving(&h).len();
+        h.operator(OperatorCommand::Maintenance {
+            server: "s1".into(),
+            on: true,
+        });
+        assert_eq!(
+            h.phase("s1"),
+            Some(Phase::Duplexing),
+            "its instances move first"
+        );
+        assert!(
+            h.c.servers["s1"].on_list(),
+            "still serving until the copies are hot"
+        );
+        finish_workflow(&mut h, "s1");
+        let w = h.last_finished("s1").unwrap();
+        assert_eq!(outcome_name(w), "completed");
+        assert_eq!(w.steps.last().unwrap().phase, "evacuated");
+        assert!(
+            !h.delivered
+                .iter()
+                .any(|(c, _)| matches!(&c.kind, CommandKind::Rejuvenate { .. })),
+            "not rejuvenated"
+        );
+        assert!(!h.c.servers["s1"].on_list());
+        assert!(h.instances_on("s1").is_empty());
+        assert_eq!(
+            serving(&h).len(),
+            before,
+            "everything it ran serves elsewhere"
+        );
+        h.tick();
+        assert!(h.wf("s1").is_none(), "left alone");
+        h.operator(OperatorCommand::Maintenance {
+            server: "s1".into(),
+            on: false,
+        });
+        assert!(h.c.servers["s1"].on_list());
+        assert_eq!(h.c.servers["s1"].role, Role::Spare);
     }
 }

@@ -12,29 +12,9 @@ const STEPS: u64 = 200;
 /// reported and not fixed yet. Remove an entry once its bug is fixed; the test says which
 /// entries pass again.
 ///
-/// - `maintenance-stays-out`: a workflow already past its switch when an operator turns
-///   maintenance on for its source still sends `Rejuvenate` to that server (its actions may
-///   restart the host) and then puts it back on the list.
-/// - `no-leaked-instances`: when `Rejuvenated` comes back, the core forgets the source's
-///   draining instances without a `StopInstance`; a `StartInstance` for one of them (issued
-///   when the agent had lost it) still in flight in the shell lands afterwards and leaves an
-///   instance running that no one knows of.
-const KNOWN_FAILURES: &[(u64, &str)] = &[
-    (168, "maintenance-stays-out"),
-    (171, "maintenance-stays-out"),
-    (2799, "maintenance-stays-out"),
-    (3404, "no-leaked-instances"),
-    (4399, "maintenance-stays-out"),
-    (4571, "maintenance-stays-out"),
-    (4651, "maintenance-stays-out"),
-    (5205, "maintenance-stays-out"),
-    (6192, "maintenance-stays-out"),
-    (6621, "maintenance-stays-out"),
-    (7364, "maintenance-stays-out"),
-    (8773, "maintenance-stays-out"),
-    (8898, "maintenance-stays-out"),
-    (9839, "maintenance-stays-out"),
-];
+/// (The two bugs this list once held, a server put in maintenance being rejuvenated and a
+/// start in flight leaking an untracked instance, are fixed in the core.)
+const KNOWN_FAILURES: &[(u64, &str)] = &[];
 
 fn opts() -> Options {
     Options {

@@ -268,7 +268,15 @@ fn capacity_floor(ctx: &StepCtx) -> Result<(), String> {
         })
         .map(|(s, _)| &s.id)
         .collect();
-    if !left.is_empty() && left.iter().all(|id| (ctx.down)(id)) {
+    if left.iter().all(|id| (ctx.down)(id)) && !left.is_empty() {
+        return Ok(());
+    }
+    // A dead server failed over in this step: its capacity was gone already, and the spare
+    // that replaces it may be smaller.
+    if left
+        .iter()
+        .any(|id| failed_over(ctx.after, id) || seen_down(ctx.after, id))
+    {
         return Ok(());
     }
     Err(format!(
@@ -277,12 +285,35 @@ fn capacity_floor(ctx: &StepCtx) -> Result<(), String> {
     ))
 }
 
+/// Whether `server` left the list through a reactive failover: its controller saw it dead
+/// (agent silent for `policy.failover_after`, instances down), which is the exception to the
+/// capacity and copy rules.
+fn failed_over(c: &Cluster, server: &str) -> bool {
+    c.workflows
+        .values()
+        .chain(c.history.iter())
+        .any(|w| w.server == server && w.failover)
+}
+
+/// Whether the controller last saw `server`'s agent silent: a source that went silent while
+/// its hot copy waited fails over to the copy at once (to the controller it is dead).
+fn seen_down(c: &Cluster, server: &str) -> bool {
+    c.servers
+        .get(server)
+        .and_then(|s| s.observation.as_ref())
+        .is_some_and(|o| !o.reachable)
+}
+
 /// A server leaves the list only when every one of its instances has a copy that its agent
 /// last reported healthy on the target (a dead server is the exception).
 fn off_list_only_when_copied(ctx: &StepCtx) -> Result<(), String> {
     let c = ctx.after;
     for (s, (stood, _)) in ctx.servers() {
-        if stood != Stood::InService || s.state == ServerState::InService || (ctx.down)(&s.id) {
+        if stood != Stood::InService
+            || s.state == ServerState::InService
+            || (ctx.down)(&s.id)
+            || failed_over(c, &s.id)
+        {
             continue;
         }
         let w = c
@@ -320,7 +351,12 @@ fn maintenance_respected(ctx: &StepCtx) -> Result<(), String> {
         if let Some(w) = c
             .workflows
             .values()
-            .find(|w| !ctx.before.had_workflow(w.id) && (w.server == s.id || w.target == s.id))
+            // Maintenance on a serving primary moves its instances off it first: that
+            // workflow has it as its source by design.
+            .find(|w| {
+                !ctx.before.had_workflow(w.id)
+                    && (w.target == s.id || (w.server == s.id && !c.servers[&s.id].maintenance))
+            })
         {
             return Err(format!(
                 "workflow {} started with {} (in maintenance) as its {}",

@@ -740,7 +740,8 @@ impl Sim {
                     let epoch = self.shell.epoch;
                     self.at(self.t, Ev::LocalDone { epoch, id: cmd.id });
                 }
-                CommandKind::Alert { .. } => {
+                // The simulated config has no hooks; a hook would end like an alert, locally.
+                CommandKind::Alert { .. } | CommandKind::RunHook { .. } => {
                     let epoch = self.shell.epoch;
                     self.at(self.t, Ev::LocalDone { epoch, id: cmd.id });
                 }
@@ -1049,7 +1050,9 @@ impl Sim {
                 to_server,
                 ..
             } => vec![from_server.clone(), to_server.clone()],
-            CommandKind::ResetDetector { .. } | CommandKind::Alert { .. } => vec![],
+            CommandKind::ResetDetector { .. }
+            | CommandKind::Alert { .. }
+            | CommandKind::RunHook { .. } => vec![],
         }
     }
 
@@ -1184,7 +1187,9 @@ impl Sim {
                 }
                 CommandResult::Rejuvenated { report }
             }
-            CommandKind::ResetDetector { .. } | CommandKind::Alert { .. } => CommandResult::Done,
+            CommandKind::ResetDetector { .. }
+            | CommandKind::Alert { .. }
+            | CommandKind::RunHook { .. } => CommandResult::Done,
         };
         let lost = self.lost();
         let reply_at = t + self.latency();
@@ -1526,6 +1531,7 @@ fn short_command(c: &Command) -> String {
         CommandKind::Alert { server, .. } => {
             format!("alert {}", server.as_deref().unwrap_or("-"))
         }
+        CommandKind::RunHook { hook, .. } => format!("hook {hook}"),
     }
 }
 
@@ -1562,6 +1568,7 @@ fn short_event(e: &Event) -> String {
                 },
                 CommandResult::Done => "done".into(),
                 CommandResult::Failed { error } => format!("FAILED ({error})"),
+                CommandResult::HookRan { ok, .. } => format!("hook ok={ok}"),
             };
             format!("done {id}: {r}")
         }
