@@ -249,8 +249,14 @@ async fn collect_once(agent: &Arc<Agent>) {
         Ok(Ok(c)) => agent
             .metrics
             .observe(&c.sample, &c.states, c.took.as_secs_f64()),
-        Ok(Err(e)) => tracing::warn!(error = %e, "sample failed"),
-        Err(e) => tracing::warn!(error = %e, "sample task failed"),
+        Ok(Err(e)) => {
+            agent.metrics.collection_failed();
+            tracing::warn!(error = %e, "sample failed")
+        }
+        Err(e) => {
+            agent.metrics.collection_failed();
+            tracing::warn!(error = %e, "sample task failed")
+        }
     }
 }
 
