@@ -7,14 +7,39 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The text `--version` prints after the name: the crate version, and the commit when the
+/// build set `REJUV_GIT_COMMIT` (`REJUV_GIT_COMMIT=$(git rev-parse --short HEAD) cargo build`).
+pub fn version_string() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| match option_env!("REJUV_GIT_COMMIT") {
+        Some(c) if !c.is_empty() => format!("{VERSION} (commit {c})"),
+        _ => VERSION.to_string(),
+    })
+}
+
+const EXAMPLES_TOP: &str = "\
+Examples:
+  rejuv demo                                   # a whole cluster on this machine
+  rejuv config check rejuv.toml                # validate a config
+  rejuv status --controller http://ctl:7070 --token-file /etc/rejuv/api.token
+  rejuv completions bash > /etc/bash_completion.d/rejuv
+
+Operator commands read --controller (or REJUV_CONTROLLER) and --token-file (or REJUV_TOKEN).
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config, 3 refused by the
+controller (does not fit the current state, or no such server), 4 unauthorized.";
+
 #[derive(Parser)]
 #[command(
     name = "rejuv",
-    version,
+    version = version_string(),
     about = "Proactive software rejuvenation for server clusters",
     long_about = "rejuv watches every server for aging (leaks, creeping latency), duplicates an aging \
 server's processes onto a spare, switches traffic without dropping a request, rejuvenates the \
-server and gives it back as the new spare.\n\nStart here:  rejuv demo"
+server and gives it back as the new spare.\n\nStart here:  rejuv demo",
+    after_help = EXAMPLES_TOP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -24,8 +49,10 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run the agent of one server.
-    ///
-    /// Example: rejuv agent --config rejuv.toml --server s1 --data-dir /var/lib/rejuv
+    #[command(after_help = "\
+Examples:
+  rejuv agent --config /etc/rejuv/rejuv.toml --server s1
+  rejuv agent --config rejuv.toml --server s1 --data-dir /var/lib/rejuv --token-file agent.token")]
     Agent {
         #[arg(long)]
         config: PathBuf,
@@ -40,8 +67,10 @@ pub enum Cmd {
         data_dir: Option<PathBuf>,
     },
     /// Run the controller.
-    ///
-    /// Example: rejuv controller --config rejuv.toml
+    #[command(after_help = "\
+Examples:
+  rejuv controller --config /etc/rejuv/rejuv.toml
+  rejuv controller --config rejuv.toml --listen 127.0.0.1:7070 --dry-run")]
     Controller {
         #[arg(long)]
         config: PathBuf,
@@ -59,19 +88,29 @@ pub enum Cmd {
         dry_run: bool,
     },
     /// Run the builtin proxy (the front end clients use).
-    ///
-    /// Example: rejuv proxy --config rejuv.toml
+    #[command(after_help = "\
+Examples:
+  rejuv proxy --config /etc/rejuv/rejuv.toml")]
     Proxy {
         #[arg(long)]
         config: PathBuf,
     },
     /// Run a demo cluster on this machine: agents, controller, proxy and load, with a summary.
     ///
-    /// Example: rejuv demo --mode active-active --duration 90s --summary-json summary.json
+    /// On a terminal it draws a live view (each workflow's step, each server's memory, the
+    /// requests served and failed); otherwise it prints a line per change. As soon as the
+    /// front end serves it prints `dashboard: URL` and `token file: PATH`.
+    #[command(after_help = "\
+Examples:
+  rejuv demo
+  rejuv demo --mode active-active --duration 90s --summary-json summary.json
+  rejuv demo --no-rejuvenation --duration 60s      # control run: the service crashes
+  rejuv demo --lb haproxy                           # a real HAProxy from PATH in front")]
     Demo(crate::demo::DemoArgs),
     /// An HTTP service that ages on purpose (for demos and tests).
-    ///
-    /// Example: rejuv sample-service --listen 127.0.0.1:9000 --leak-per-request 16384
+    #[command(after_help = "\
+Examples:
+  rejuv sample-service --listen 127.0.0.1:9000 --leak-per-request 16384")]
     SampleService {
         #[arg(long)]
         listen: SocketAddr,
@@ -79,8 +118,10 @@ pub enum Cmd {
         service: rejuv_sample::service::ServiceArgs,
     },
     /// A fixed-rate, bounded HTTP load generator.
-    ///
-    /// Example: rejuv loadgen --target 127.0.0.1:8080 --rps 200 --duration 30s
+    #[command(after_help = "\
+Examples:
+  rejuv loadgen --target 127.0.0.1:8080 --rps 200 --duration 30s
+  rejuv loadgen --target 127.0.0.1:8080 --rps 50 --post-every 0   # GETs only")]
     Loadgen {
         #[arg(long)]
         target: SocketAddr,
@@ -96,8 +137,10 @@ pub enum Cmd {
     },
     /// Feed a CSV series (`t_seconds,value`) to the trend detector, sample by sample, and say
     /// when it would have judged the resource unstable and the forecast at that moment.
-    ///
-    /// Example: rejuv analyze --input rss.csv --capacity 8589934592 --format text
+    #[command(after_help = "\
+Examples:
+  rejuv analyze --input rss.csv --capacity 8589934592 --format text
+  rejuv analyze --input fds.csv --capacity 65536 > report.json")]
     Analyze {
         #[arg(long)]
         input: PathBuf,
@@ -108,35 +151,63 @@ pub enum Cmd {
         format: AnalyzeFormat,
     },
     /// Work with config files.
+    #[command(after_help = "\
+Examples:
+  rejuv config check /etc/rejuv/rejuv.toml")]
     Config {
         #[command(subcommand)]
         command: ConfigCmd,
     },
-    /// Show the cluster: servers, roles, states, judgements, workflows.
-    ///
-    /// Example: rejuv status --controller http://127.0.0.1:7070 --token-file token --output json
+    /// Show the cluster: servers, roles, states, judgements, running workflows.
+    #[command(after_help = "\
+Examples:
+  rejuv status --controller http://127.0.0.1:7070 --token-file api.token
+  REJUV_TOKEN=... rejuv status --output json | jq '.servers[] | {id, role, state}'")]
     Status(crate::ops::Conn),
-    /// Show the event log.
-    ///
-    /// Example: rejuv events --controller http://127.0.0.1:7070 --follow
+    /// Show the event log: judgements, workflow steps, operator actions (who asked).
+    #[command(after_help = "\
+Examples:
+  rejuv events --limit 50
+  rejuv events --follow                         # until Ctrl-C
+  rejuv events --follow --output json | jq -r 'select(.kind == \"operator\") | .message'")]
     Events {
         #[command(flatten)]
         conn: crate::ops::Conn,
-        /// Keep printing new events.
-        #[arg(long)]
+        /// Keep printing new events as they come, until Ctrl-C.
+        #[arg(long, short = 'f')]
         follow: bool,
+        /// How many of the newest events to print first.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        limit: u32,
+        /// Print events after this sequence number instead of the newest ones.
+        #[arg(long)]
+        after: Option<i64>,
+        /// Poll interval of --follow (100ms to 60s).
+        #[arg(long, default_value = "1s", value_parser = crate::ops::parse_interval)]
+        interval: Duration,
     },
-    /// Why a server is judged as it is, and its forecast.
-    ///
-    /// Example: rejuv explain s2 --controller http://127.0.0.1:7070
+    /// Running and finished workflows, with their outcome and how long each took.
+    #[command(after_help = "\
+Examples:
+  rejuv workflows
+  rejuv workflows --output json | jq '.finished[0].steps'")]
+    Workflows(crate::ops::Conn),
+    /// Why a server is judged as it is: the rule that fired, and the forecast.
+    #[command(after_help = "\
+Examples:
+  rejuv explain s2
+  rejuv explain s2 --output json | jq .explanation.tte_s")]
     Explain {
         server: String,
         #[command(flatten)]
         conn: crate::ops::Conn,
     },
-    /// Rejuvenate a server now, through the same workflow.
-    ///
-    /// Example: rejuv rejuvenate s2 --controller http://127.0.0.1:7070
+    /// Rejuvenate a server now, through the same workflow (duplex, switch, rejuvenate,
+    /// rejoin), within the disruption budget unless --force.
+    #[command(after_help = "\
+Examples:
+  rejuv rejuvenate s2
+  rejuv rejuvenate s2 --force        # even if the disruption budget is used up")]
     Rejuvenate {
         server: String,
         /// Ignore the disruption budget.
@@ -145,9 +216,11 @@ pub enum Cmd {
         #[command(flatten)]
         conn: crate::ops::Conn,
     },
-    /// Put a server in maintenance (left alone by rejuv) or release it.
-    ///
-    /// Example: rejuv maintenance s2 on --controller http://127.0.0.1:7070
+    /// Put a server in maintenance (out of service, left alone by rejuv) or release it.
+    #[command(after_help = "\
+Examples:
+  rejuv maintenance s2 on
+  rejuv maintenance s2 off")]
     Maintenance {
         server: String,
         #[arg(value_parser = ["on", "off"])]
@@ -155,14 +228,26 @@ pub enum Cmd {
         #[command(flatten)]
         conn: crate::ops::Conn,
     },
-    /// Stop starting new workflows (running ones finish).
-    ///
-    /// Example: rejuv pause --controller http://127.0.0.1:7070
+    /// Freeze: no new workflow starts (running ones finish), e.g. for a maintenance window.
+    #[command(after_help = "\
+Examples:
+  rejuv pause && do-maintenance && rejuv resume")]
     Pause(crate::ops::Conn),
-    /// Let new workflows start again.
-    ///
-    /// Example: rejuv resume --controller http://127.0.0.1:7070
+    /// Let new workflows start again after `rejuv pause`.
+    #[command(after_help = "\
+Examples:
+  rejuv resume --controller http://127.0.0.1:7070")]
     Resume(crate::ops::Conn),
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  rejuv completions bash > /etc/bash_completion.d/rejuv
+  rejuv completions zsh > \"${fpath[1]}/_rejuv\"
+  rejuv completions fish > ~/.config/fish/completions/rejuv.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -174,8 +259,9 @@ pub enum AnalyzeFormat {
 #[derive(Subcommand)]
 pub enum ConfigCmd {
     /// Validate a config and report every error with its field.
-    ///
-    /// Example: rejuv config check rejuv.toml
+    #[command(after_help = "\
+Examples:
+  rejuv config check rejuv.toml && echo valid")]
     Check { file: PathBuf },
 }
 
@@ -196,8 +282,13 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
 }
 
 fn init_tracing() {
+    init_tracing_with("info");
+}
+
+/// Logs on stderr, filtered by `REJUV_LOG` or else `default`.
+fn init_tracing_with(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REJUV_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -426,11 +517,28 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Demo(args) => {
-            init_tracing();
+            // The demo reports progress itself; its load generator's own start and end lines
+            // would only cut through the live view.
+            init_tracing_with("info,rejuv_sample=warn");
             crate::demo::run(args)
         }
         Cmd::Status(conn) => crate::ops::status(&conn),
-        Cmd::Events { conn, follow } => crate::ops::events(&conn, follow),
+        Cmd::Events {
+            conn,
+            follow,
+            limit,
+            after,
+            interval,
+        } => crate::ops::events(
+            &conn,
+            &crate::ops::EventsOptions {
+                follow,
+                limit,
+                after,
+                interval,
+            },
+        ),
+        Cmd::Workflows(conn) => crate::ops::workflows(&conn),
         Cmd::Explain { server, conn } => crate::ops::explain(&conn, &server),
         Cmd::Rejuvenate {
             server,
@@ -442,9 +550,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             state,
             conn,
         } => crate::ops::maintenance(&conn, &server, state == "on"),
-        Cmd::Pause(conn) => {
-            crate::ops::post_simple(&conn, "/v1/pause", "paused: no new workflow starts")
+        Cmd::Pause(conn) => crate::ops::pause(&conn),
+        Cmd::Resume(conn) => crate::ops::resume(&conn),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "rejuv", &mut std::io::stdout());
+            Ok(0)
         }
-        Cmd::Resume(conn) => crate::ops::post_simple(&conn, "/v1/resume", "resumed"),
     }
 }

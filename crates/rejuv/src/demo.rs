@@ -3,8 +3,9 @@
 //! Real processes: one agent per server (each on its own loopback address 127.0.0.x), the
 //! controller, the builtin proxy as the front end on `--listen`, and an aging sample service
 //! placed on the primaries. A fixed-rate load (GETs and counter POSTs) runs against the front
-//! end while the demo prints what rejuv sees and does; at the end (or on SIGTERM) it stops
-//! everything it started and writes a summary.
+//! end while the demo shows what rejuv sees and does (a live view on a terminal, see
+//! [`crate::view`]); at the end (or on SIGTERM) it stops everything it started and writes a
+//! summary.
 //!
 //! On one machine every agent sees the same host, so the demo judges each server by its own
 //! instances' RSS against a per-server memory budget (`instance-rss`), as a per-service policy
@@ -16,7 +17,6 @@ use clap::{Args, ValueEnum};
 use rejuv_core::types::Mode;
 use serde::Serialize;
 use serde_json::Value;
-use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -368,28 +368,20 @@ async fn wait_http(
     }
 }
 
+/// Events worth a progress line: everything but a server judged stable again (that is the
+/// normal state, and a noisy signal would print it again and again).
+fn worth_a_line(e: &Value) -> bool {
+    let kind = e["kind"].as_str().unwrap_or("");
+    let msg = e["message"].as_str().unwrap_or("");
+    !(kind == "judgement" && msg.contains("stable") && !msg.contains("unstable"))
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(run_async(args))
-}
-
-struct Printer {
-    start: Instant,
-    tty: bool,
-}
-
-impl Printer {
-    fn line(&self, s: &str) {
-        let t = self.start.elapsed().as_secs_f64();
-        if self.tty {
-            println!("\x1b[2m[{t:6.1}s]\x1b[0m {s}");
-        } else {
-            println!("[{t:6.1}s] {s}");
-        }
-    }
 }
 
 async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
@@ -411,10 +403,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(dir.join("logs"))?;
     let plan = write_config(&args, &dir, mode)?;
     let exe = std::env::current_exe()?;
-    let p = Printer {
-        start: Instant::now(),
-        tty: std::io::stdout().is_terminal(),
-    };
+    let mut p = crate::view::Progress::new(&mode.to_string());
     p.line(&format!("state directory: {}", dir.display()));
     p.line(&format!(
         "{mode} cluster: {} servers; config {}",
@@ -512,11 +501,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     )
     .await?;
 
-    println!(
+    p.raw(&format!(
         "dashboard: http://{}/ui#token={}",
         plan.controller, plan.token
-    );
-    println!("token file: {}", plan.token_path.display());
+    ));
+    p.raw(&format!("token file: {}", plan.token_path.display()));
     p.line(&format!(
         "front end serving; load {} req/s for {:?}{}",
         args.load_rps,
@@ -537,12 +526,18 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         timeout: Duration::from_secs(5),
     };
     let load_stop = shutdown.child_token();
-    let load = tokio::spawn(rejuv_sample::loadgen::run(load_opts, load_stop.clone()));
+    let stats = rejuv_sample::loadgen::LiveStats::new();
+    let load = tokio::spawn(rejuv_sample::loadgen::run_with_stats(
+        load_opts,
+        load_stop.clone(),
+        stats.clone(),
+    ));
 
-    // Live view until the load ends.
+    // Progress until the load ends: events as they come (every 500 ms), the cluster's status
+    // about once a second for the view (or a summary line every 10 s without a terminal).
     let auth = format!("Bearer {}", plan.token);
     let mut last_seq: i64 = 0;
-    let mut last_status = Instant::now() - Duration::from_secs(10);
+    let mut last_status: Option<Instant> = None;
     let load_started = Instant::now();
     while !load.is_finished() {
         tokio::select! {
@@ -561,26 +556,20 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             if let Ok(v) = r.json::<Value>().await {
                 for e in v.as_array().into_iter().flatten() {
                     last_seq = e["seq"].as_i64().unwrap_or(last_seq);
-                    let kind = e["kind"].as_str().unwrap_or("");
-                    if kind == "judgement"
-                        && e["message"].as_str().is_some_and(|m| m.contains("stable"))
-                        && !e["message"]
-                            .as_str()
-                            .is_some_and(|m| m.contains("unstable"))
-                    {
+                    if !worth_a_line(e) {
                         continue;
                     }
                     p.line(&format!(
                         "{:<4} {:<20} {}",
                         e["server"].as_str().unwrap_or("-"),
-                        kind,
+                        e["kind"].as_str().unwrap_or(""),
                         e["message"].as_str().unwrap_or("")
                     ));
                 }
             }
         }
-        if last_status.elapsed() >= Duration::from_secs(5) {
-            last_status = Instant::now();
+        if last_status.is_none_or(|t| t.elapsed() >= Duration::from_millis(900)) {
+            last_status = Some(Instant::now());
             if let Ok(r) = http
                 .get(format!("http://{}/v1/status", plan.controller))
                 .header("authorization", &auth)
@@ -588,31 +577,18 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
                 .await
             {
                 if let Ok(v) = r.json::<Value>().await {
-                    let parts: Vec<String> = v["servers"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|s| {
-                            format!(
-                                "{} {}/{} {:.0}MB {}",
-                                s["id"].as_str().unwrap_or("?"),
-                                &s["role"].as_str().unwrap_or("?")[..1],
-                                s["state"].as_str().unwrap_or("?"),
-                                s["instances_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
-                                s["judgement"].as_str().unwrap_or("?")
-                            )
-                        })
-                        .collect();
-                    p.line(&format!(
-                        "status t+{:.0}s: {} | rejuvenated {}",
-                        load_started.elapsed().as_secs_f64(),
-                        parts.join(" | "),
-                        v["completed_total"]
-                    ));
+                    let totals = crate::view::Totals {
+                        load: stats.snapshot(),
+                        elapsed: load_started.elapsed(),
+                        duration: args.duration,
+                        rps: args.load_rps,
+                    };
+                    p.update(&v, &totals);
                 }
             }
         }
     }
+    p.finish();
     let report = load.await.context("load generator task")??;
     p.line(&format!(
         "load done: {} requests, {} failed, {} POSTs ok",
@@ -621,6 +597,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
 
     // Let running workflows finish before counting, so no state is mid-move.
     if !args.no_rejuvenation {
+        p.line("pausing new workflows; letting running ones finish (up to 40s) before counting");
         let _ = http
             .post(format!("http://{}/v1/pause", plan.controller))
             .header("authorization", &auth)
@@ -716,11 +693,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     if let Some(path) = &args.summary_json {
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
     }
-    println!(
+    p.raw(&format!(
         "summary: mode={} requests_total={} requests_failed={} rejuvenations_completed={} rejuvenations_aborted={} crashes={} latency_ms p50={:.1} p99={:.1} max={:.1} counter expected={} actual={}",
         summary.mode, summary.requests_total, summary.requests_failed, summary.rejuvenations_completed,
         summary.rejuvenations_aborted, summary.crashes, summary.latency_ms.p50, summary.latency_ms.p99,
         summary.latency_ms.max, summary.counter.expected, summary.counter.actual
-    );
+    ));
     Ok(0)
 }

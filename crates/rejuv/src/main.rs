@@ -1,12 +1,15 @@
 //! The `rejuv` binary: a thin `main` over the library crates.
 //!
 //! Exit codes: 0 success; 1 runtime failure; 2 bad usage or invalid config; 3 the controller
-//! refused an operator request (it does not fit the current state); 4 unauthorized.
+//! refused an operator request (it does not fit the current state); 4 unauthorized. The whole
+//! command line is described in `docs/cli.md`.
 
 mod cli;
 mod demo;
 mod ops;
 mod procs;
+mod table;
+mod view;
 
 use clap::Parser;
 

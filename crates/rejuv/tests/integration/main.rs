@@ -4,7 +4,10 @@
 mod harness;
 
 mod alerts;
+mod dashboard;
 mod errors;
 mod failures;
+mod operator;
 mod resume;
+mod scrape;
 mod workflow;
