@@ -572,7 +572,19 @@ fn render_explain(server: &str, v: &Value) -> String {
         str_of(v, "role"),
     );
     let mut kv = |k: &str, val: String| out.push_str(&format!("  {k:<10}{val}\n"));
-    match v["explanation"].as_object() {
+    // A server being rejuvenated is judged afresh; what started its workflow is kept on it.
+    let own_workflow = Some(&v["workflow"]).filter(|w| w["server"].as_str() == Some(server));
+    let from_workflow =
+        v["explanation"].is_null() && own_workflow.is_some_and(|w| w["explanation"].is_object());
+    if from_workflow {
+        kv("judged:", "when its workflow started:".into());
+    }
+    let explanation = if from_workflow {
+        own_workflow.and_then(|w| w["explanation"].as_object())
+    } else {
+        v["explanation"].as_object()
+    };
+    match explanation {
         Some(e) => {
             let get = |k: &str| e.get(k).cloned().unwrap_or(Value::Null);
             kv(
@@ -614,7 +626,10 @@ fn render_explain(server: &str, v: &Value) -> String {
                 ),
             }
         }
-        None => kv("rule:", "none fired".into()),
+        None => match own_workflow.and_then(|w| w["reason"].as_str()) {
+            Some(reason) => kv("why:", format!("its workflow started: {reason}")),
+            None => kv("rule:", "none fired".into()),
+        },
     }
     if let Some(b) = v["blocked_reason"].as_str() {
         kv("waiting:", b.trim_start_matches("waiting: ").to_string());
