@@ -4,6 +4,7 @@
 mod harness;
 
 mod errors;
+mod etcd;
 mod failures;
 mod resume;
 mod workflow;
