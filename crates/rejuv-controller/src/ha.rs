@@ -200,7 +200,7 @@ pub async fn run(
 
     let guard = session.guard();
     info!(fence, id = %me.id, "won leadership; loading the state");
-    let store = Store::Etcd(EtcdStore::leader(
+    let store = Store::Etcd(Box::new(EtcdStore::leader(
         client.clone(),
         keys.clone(),
         fence,
@@ -208,8 +208,12 @@ pub async fn run(
         ttl,
         cfg.retention.events,
         cfg.retention.workflows,
-    ));
-    let reader = Store::Etcd(EtcdStore::reader(client.clone(), keys.clone(), ttl));
+    )));
+    let reader = Store::Etcd(Box::new(EtcdStore::reader(
+        client.clone(),
+        keys.clone(),
+        ttl,
+    )));
     let started = start_leading(
         &opts,
         cfg.clone(),

@@ -54,8 +54,9 @@ pub struct StoredEvent {
 /// `block_in_place`).
 pub enum Store {
     Sqlite(SqliteStore),
+    /// Boxed: the etcd client is large, and a store is made once per term.
     #[cfg(feature = "etcd")]
-    Etcd(crate::etcd_store::EtcdStore),
+    Etcd(Box<crate::etcd_store::EtcdStore>),
 }
 
 macro_rules! each {

@@ -67,7 +67,7 @@ async fn leader_store(client: &etcd_client::Client, keys: &Keys, n: u32) -> (Ses
         .await
         .expect("an uncontested campaign wins at once")
         .unwrap();
-    let store = Store::Etcd(EtcdStore::leader(
+    let store = Store::Etcd(Box::new(EtcdStore::leader(
         client.clone(),
         keys.clone(),
         fence,
@@ -75,7 +75,7 @@ async fn leader_store(client: &etcd_client::Client, keys: &Keys, n: u32) -> (Ses
         TTL,
         5,
         5,
-    ));
+    )));
     (s, store)
 }
 
@@ -99,9 +99,17 @@ async fn round_trip_and_a_deposed_leader_is_fenced() {
         cluster.paused = round % 2 == 0;
         store1.commit(&cluster, &evs, &[]).unwrap();
     }
-    let reader = Store::Etcd(EtcdStore::reader(client.clone(), keys.clone(), TTL));
+    let reader = Store::Etcd(Box::new(EtcdStore::reader(
+        client.clone(),
+        keys.clone(),
+        TTL,
+    )));
     let loaded = {
-        let mut r = Store::Etcd(EtcdStore::reader(client.clone(), keys.clone(), TTL));
+        let mut r = Store::Etcd(Box::new(EtcdStore::reader(
+            client.clone(),
+            keys.clone(),
+            TTL,
+        )));
         r.load().unwrap().expect("state stored")
     };
     assert_eq!(
@@ -151,7 +159,11 @@ async fn round_trip_and_a_deposed_leader_is_fenced() {
     let err = store1.next_epoch().unwrap_err();
     assert!(err.to_string().contains("does not lead"), "{err}");
 
-    let mut r = Store::Etcd(EtcdStore::reader(client.clone(), keys.clone(), TTL));
+    let mut r = Store::Etcd(Box::new(EtcdStore::reader(
+        client.clone(),
+        keys.clone(),
+        TTL,
+    )));
     assert!(r.load().unwrap().unwrap().paused, "leader 2's state stands");
     let last = reader.recent_events(1).unwrap();
     assert_eq!(
