@@ -210,6 +210,8 @@ pub enum HaproxyError {
         line: String,
         reason: String,
     },
+    #[error("not the leader (or its lease lapsed): HAProxy is left alone")]
+    NotLeader,
 }
 
 /// One server of a backend as HAProxy reports it (`show servers state` joined with the
@@ -329,6 +331,8 @@ pub struct Haproxy {
     memory: Arc<Mutex<Memory>>,
     /// Serializes passes so two callers cannot interleave changes.
     pass_lock: Arc<tokio::sync::Mutex<()>>,
+    /// HAProxy cannot check an epoch: every change is made only while this says we lead.
+    guard: crate::leader::LeaderGuard,
 }
 
 impl Haproxy {
@@ -337,7 +341,15 @@ impl Haproxy {
             cfg: Arc::new(cfg),
             memory: Arc::new(Mutex::new(Memory::default())),
             pass_lock: Arc::new(tokio::sync::Mutex::new(())),
+            guard: crate::leader::LeaderGuard::always(),
         }
+    }
+
+    /// Changes HAProxy only while `guard` says this controller leads (checked right before
+    /// every change).
+    pub fn with_leader_guard(mut self, guard: crate::leader::LeaderGuard) -> Self {
+        self.guard = guard;
+        self
     }
 
     pub fn config(&self) -> &HaproxyConfig {
@@ -458,6 +470,9 @@ impl Haproxy {
             }
             let changed = !plan.changes.is_empty();
             for change in plan.changes {
+                if !self.guard.still_leader() {
+                    return Err(HaproxyError::NotLeader);
+                }
                 self.apply(backend, change, &mut report).await?;
             }
             // The counts must come from after the changes are in force: a request that

@@ -2,7 +2,9 @@
 //! serves the API.
 //!
 //! - [`engine`]: the single owner of the cluster state; applies events, commits, acts.
-//! - [`store`]: SQLite (embedded default).
+//! - [`store`]: SQLite (embedded default), or etcd ([`etcd_store`], feature `etcd`) for several
+//!   controllers with one leader ([`ha`]); [`leader`]: the leadership guard every
+//!   load-balancer write checks.
 //! - [`agent_client`]: the agent API client.
 //! - [`traffic`]: traffic adapters (builtin proxy) as reconcile loops.
 //! - [`api`]: the HTTP API; [`metrics`]: Prometheus text.
@@ -11,14 +13,23 @@ pub mod agent_client;
 pub mod alerts;
 pub mod api;
 pub mod engine;
+#[cfg(feature = "etcd")]
+pub mod etcd_store;
+#[cfg(feature = "etcd")]
+#[doc(hidden)]
+pub mod etcd_test_server;
+#[cfg(feature = "etcd")]
+pub mod ha;
 pub mod haproxy;
 pub mod hooks;
+pub mod leader;
 pub mod metrics;
 pub mod store;
 pub mod traffic;
 
 use anyhow::Context;
-use rejuv_core::config::{Config, TrafficAdapter};
+use leader::LeaderGuard;
+use rejuv_core::config::{Config, StoreKind, TrafficAdapter};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -38,14 +49,34 @@ pub struct ControllerOptions {
 
 /// Runs the controller until `shutdown` is cancelled.
 ///
+/// With `store.kind = "sqlite"` it leads at once. With `"etcd"` it campaigns and serves the
+/// API as a follower meanwhile (see [`ha`]); it returns an error when it loses leadership.
+///
 /// # Errors
-/// The store cannot be opened or holds a corrupt state; the listener fails.
+/// The store cannot be opened or holds a corrupt state; the listener fails; (etcd) this
+/// controller lost leadership.
 pub async fn run(
     listener: tokio::net::TcpListener,
     opts: ControllerOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let cfg = Arc::new(opts.config);
+    match opts.config.store.kind {
+        StoreKind::Sqlite => run_sqlite(listener, opts, shutdown).await,
+        #[cfg(feature = "etcd")]
+        StoreKind::Etcd => ha::run(listener, opts, shutdown).await,
+        #[cfg(not(feature = "etcd"))]
+        StoreKind::Etcd => anyhow::bail!(
+            "store.kind = \"etcd\": this binary was built without etcd support; build with --features etcd"
+        ),
+    }
+}
+
+async fn run_sqlite(
+    listener: tokio::net::TcpListener,
+    opts: ControllerOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(opts.config.clone());
     let store = store::Store::open(
         &opts.store_path,
         cfg.retention.events,
@@ -58,6 +89,49 @@ pub async fn run(
         cfg.retention.workflows,
     )
     .context("opening the controller store for reading")?;
+    let local = shutdown.child_token();
+    let mut leading = start_leading(
+        &opts,
+        cfg,
+        store,
+        reader,
+        LeaderGuard::always(),
+        local.clone(),
+    )?;
+    let serve_shutdown = local.clone();
+    axum::serve(listener, leading.app.clone())
+        .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
+        .await
+        .context("controller API server")?;
+    local.cancel();
+    leading.join().await;
+    Ok(())
+}
+
+/// What a leading controller runs: its API and its tasks (engine, pollers, traffic adapter).
+pub(crate) struct Leading {
+    pub app: axum::Router,
+    pub tasks: tokio::task::JoinSet<()>,
+}
+
+impl Leading {
+    /// Waits for every task to end (after `local` was cancelled).
+    pub async fn join(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Loads (or creates) the state through `store`, resends its outbox and starts every task
+/// of a leader under `local`. Nothing touches the load balancer unless `guard` says this
+/// controller still leads.
+pub(crate) fn start_leading(
+    opts: &ControllerOptions,
+    cfg: Arc<Config>,
+    store: store::Store,
+    reader: store::Store,
+    guard: LeaderGuard,
+    local: CancellationToken,
+) -> anyhow::Result<Leading> {
     let client = agent_client::AgentClient::new(opts.agent_token.clone());
     let alerts = alerts::AlertSink::new(&cfg.alerts, &cfg.cluster.name).context("[alerts]")?;
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
@@ -72,7 +146,6 @@ pub async fn run(
     )?;
     let published = engine.published.subscribe();
     let routes = engine.routes.subscribe();
-    let local = shutdown.child_token();
 
     let mut tasks = tokio::task::JoinSet::new();
     for s in &cfg.servers {
@@ -93,7 +166,8 @@ pub async fn run(
                 .admin
                 .context("traffic.admin is required for the builtin proxy")?;
             if !opts.dry_run {
-                let proxy = traffic::BuiltinProxy::new(admin, opts.api_token.clone());
+                let proxy = traffic::BuiltinProxy::new(admin, opts.api_token.clone())
+                    .with_leader_guard(guard.clone());
                 tasks.spawn(traffic::reconcile_builtin(
                     proxy,
                     cfg.traffic.listen.keys().cloned().collect(),
@@ -128,7 +202,7 @@ pub async fn run(
             hc.validate().context("[traffic.haproxy]")?;
             if !opts.dry_run {
                 tasks.spawn(haproxy::reconcile_haproxy(
-                    haproxy::Haproxy::new(hc),
+                    haproxy::Haproxy::new(hc).with_leader_guard(guard.clone()),
                     routes,
                     tx.clone(),
                     local.clone(),
@@ -160,19 +234,14 @@ pub async fn run(
     }
     let state = api::ApiState {
         cfg: cfg.clone(),
-        token: Arc::new(opts.api_token),
+        token: Arc::new(opts.api_token.clone()),
         operators: Arc::new(operators),
         published,
         tx,
         store: Arc::new(Mutex::new(reader)),
     };
-    let app = api::router(state);
-    let serve_shutdown = local.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
-        .await
-        .context("controller API server")?;
-    local.cancel();
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    Ok(Leading {
+        app: api::router(state),
+        tasks,
+    })
 }

@@ -1,6 +1,10 @@
 //! Durable state: the cluster (with its outbox), the event log and finished workflows.
 //!
-//! One [`Store::commit`] is one SQLite transaction holding the new cluster state, the commands
+//! [`Store`] is the backend the engine and the API use: [`SqliteStore`] (one controller, a
+//! file, the default) or, with the cargo feature `etcd`, [`crate::etcd_store::EtcdStore`]
+//! (several controllers, one leader, every write fenced). Both keep the same contract:
+//!
+//! One [`Store::commit`] is one SQLite (or etcd) transaction holding the new cluster state, the commands
 //! it issued (they live inside the state's outbox) and the events it logged, so a controller
 //! killed at any point restarts from a state whose intents were recorded before they were acted
 //! on. The state is stored as versioned JSON with a checksum; a checksum mismatch is an error,
@@ -32,6 +36,9 @@ pub enum StoreError {
     Version { found: i64, expected: i64 },
     #[error("encoding state")]
     Json(#[from] serde_json::Error),
+    #[cfg(feature = "etcd")]
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd_store::EtcdError),
 }
 
 /// A stored event with its sequence number.
@@ -42,7 +49,98 @@ pub struct StoredEvent {
     pub event: LogEvent,
 }
 
-pub struct Store {
+/// The store backend. Every method blocks the calling thread for the duration of one
+/// transaction or read, like SQLite's do (the etcd backend parks the tokio worker with
+/// `block_in_place`).
+pub enum Store {
+    Sqlite(SqliteStore),
+    /// Boxed: the etcd client is large, and a store is made once per term.
+    #[cfg(feature = "etcd")]
+    Etcd(Box<crate::etcd_store::EtcdStore>),
+}
+
+macro_rules! each {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            Store::Sqlite($s) => $e,
+            #[cfg(feature = "etcd")]
+            Store::Etcd($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the SQLite store at `path`.
+    pub fn open(path: &Path, events_kept: u32, workflows_kept: u32) -> Result<Self, StoreError> {
+        SqliteStore::open(path, events_kept, workflows_kept).map(Store::Sqlite)
+    }
+
+    /// Takes the next epoch (fencing term) for this controller's run.
+    pub fn next_epoch(&mut self) -> Result<u64, StoreError> {
+        each!(self, s => s.next_epoch())
+    }
+
+    pub fn load(&mut self) -> Result<Option<Cluster>, StoreError> {
+        each!(self, s => s.load())
+    }
+
+    /// Commits the state, its events and newly finished workflows in one transaction.
+    pub fn commit(
+        &mut self,
+        cluster: &Cluster,
+        events: &[LogEvent],
+        finished: &[Workflow],
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.commit(cluster, events, finished))
+    }
+
+    /// Events after `after` (a sequence number), oldest first, at most `limit`.
+    pub fn events(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        each!(self, s => s.events(after, limit))
+    }
+
+    /// The newest `limit` events, oldest first.
+    pub fn recent_events(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        each!(self, s => s.recent_events(limit))
+    }
+
+    /// Finished workflows, newest first.
+    pub fn finished_workflows(&self, limit: u32) -> Result<Vec<Workflow>, StoreError> {
+        each!(self, s => s.finished_workflows(limit))
+    }
+}
+
+/// The state encoded as stored: versioned JSON and its checksum.
+pub(crate) fn encode_checksum(json: &str) -> String {
+    format!("{:016x}", checksum(json.as_bytes()))
+}
+
+/// Decodes a stored state after checking its version and checksum.
+pub(crate) fn decode_state(version: i64, sum: &str, json: &str) -> Result<Cluster, StoreError> {
+    if version != STATE_VERSION {
+        return Err(StoreError::Version {
+            found: version,
+            expected: STATE_VERSION,
+        });
+    }
+    if encode_checksum(json) != sum {
+        return Err(StoreError::Corrupt("checksum mismatch".into()));
+    }
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The outcome name a finished workflow is filed under.
+pub(crate) fn outcome_name(w: &Workflow) -> Result<String, StoreError> {
+    Ok(match &w.outcome {
+        Some(o) => serde_json::to_value(o)?["outcome"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string(),
+        None => "unknown".into(),
+    })
+}
+
+pub struct SqliteStore {
     conn: Connection,
     events_kept: u32,
     workflows_kept: u32,
@@ -51,7 +149,7 @@ pub struct Store {
 
 use rejuv_core::digest::fnv1a64 as checksum;
 
-impl Store {
+impl SqliteStore {
     pub fn open(path: &Path, events_kept: u32, workflows_kept: u32) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: path.display().to_string(),
@@ -108,17 +206,7 @@ impl Store {
         let Some((version, sum, json)) = row else {
             return Ok(None);
         };
-        if version != STATE_VERSION {
-            return Err(StoreError::Version {
-                found: version,
-                expected: STATE_VERSION,
-            });
-        }
-        if format!("{:016x}", checksum(json.as_bytes())) != sum {
-            return Err(StoreError::Corrupt("checksum mismatch".into()));
-        }
-        let cluster: Cluster =
-            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let cluster = decode_state(version, &sum, &json)?;
         self.last_json = Some(json);
         Ok(Some(cluster))
     }
@@ -143,11 +231,7 @@ impl Store {
             "INSERT INTO cluster (id, version, checksum, json) VALUES (1, ?1, ?2, ?3)
              ON CONFLICT(id) DO UPDATE SET version = excluded.version,
                  checksum = excluded.checksum, json = excluded.json",
-            params![
-                STATE_VERSION,
-                format!("{:016x}", checksum(json.as_bytes())),
-                json
-            ],
+            params![STATE_VERSION, encode_checksum(&json), json],
         )?;
         for e in events {
             tx.execute(
@@ -156,13 +240,7 @@ impl Store {
             )?;
         }
         for w in finished {
-            let outcome = match &w.outcome {
-                Some(o) => serde_json::to_value(o)?["outcome"]
-                    .as_str()
-                    .unwrap_or("unknown")
-                    .to_string(),
-                None => "unknown".into(),
-            };
+            let outcome = outcome_name(w)?;
             tx.execute(
                 "INSERT OR REPLACE INTO workflows (id, server, outcome, json) VALUES (?1, ?2, ?3, ?4)",
                 params![w.id as i64, w.server, outcome, serde_json::to_string(w)?],
@@ -242,7 +320,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         {
-            let s = Store::open(&path, 10, 10).unwrap();
+            let s = SqliteStore::open(&path, 10, 10).unwrap();
             s.conn
                 .execute(
                     "INSERT INTO cluster (id, version, checksum, json) VALUES (1, 1, '0', '{}')",

@@ -4,8 +4,13 @@
 //! milliseconds besides, the whole desired table is sent; the answer (the table in force and the
 //! in-flight requests per backend) goes back to the engine as `TrafficSynced`, which is how a
 //! drain is known to be finished.
+//!
+//! The proxy cannot check an epoch: every write is made only while the [`LeaderGuard`] says
+//! this controller still leads; the next leader's reconcile corrects a write that raced a lost
+//! lease.
 
 use crate::engine::Msg;
+use crate::leader::LeaderGuard;
 use rejuv_core::api::{ProxyStatus, RouteTable};
 use rejuv_core::cluster::Event;
 use std::collections::BTreeMap;
@@ -29,6 +34,8 @@ pub enum TrafficError {
         status: u16,
         body: String,
     },
+    #[error("not the leader (or its lease lapsed): the load balancer is left alone")]
+    NotLeader,
 }
 
 /// Client of the builtin proxy's admin API.
@@ -37,6 +44,7 @@ pub struct BuiltinProxy {
     http: reqwest::Client,
     admin: SocketAddr,
     token: String,
+    guard: LeaderGuard,
 }
 
 impl BuiltinProxy {
@@ -45,11 +53,25 @@ impl BuiltinProxy {
             .timeout(Duration::from_secs(3))
             .build()
             .expect("http client");
-        Self { http, admin, token }
+        Self {
+            http,
+            admin,
+            token,
+            guard: LeaderGuard::always(),
+        }
+    }
+
+    /// Writes only while `guard` says this controller leads.
+    pub fn with_leader_guard(mut self, guard: LeaderGuard) -> Self {
+        self.guard = guard;
+        self
     }
 
     pub async fn put_routes(&self, table: &RouteTable) -> Result<ProxyStatus, TrafficError> {
         let addr = self.admin;
+        if !self.guard.still_leader() {
+            return Err(TrafficError::NotLeader);
+        }
         let resp = self
             .http
             .put(format!("http://{addr}/v1/routes"))

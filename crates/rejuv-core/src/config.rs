@@ -644,6 +644,15 @@ pub struct StoreConfig {
     /// SQLite database file.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// etcd client URLs (`kind = "etcd"`).
+    #[serde(default = "default_etcd_endpoints")]
+    pub endpoints: Vec<String>,
+    /// Key prefix in etcd (`kind = "etcd"`); default `/rejuv/<cluster name>`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// TTL of the leader's etcd lease (`kind = "etcd"`): a dead leader is replaced within it.
+    #[serde(with = "humantime_serde", default = "default_lease_ttl")]
+    pub lease_ttl: Duration,
 }
 
 fn default_store_kind() -> StoreKind {
@@ -652,12 +661,62 @@ fn default_store_kind() -> StoreKind {
 fn default_store_path() -> PathBuf {
     PathBuf::from("rejuv.db")
 }
+fn default_etcd_endpoints() -> Vec<String> {
+    vec!["http://127.0.0.1:2379".into()]
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl StoreConfig {
+    /// The etcd key prefix for `cluster`: `prefix`, or `/rejuv/<cluster>`.
+    pub fn etcd_prefix(&self, cluster: &str) -> String {
+        self.prefix
+            .clone()
+            .unwrap_or_else(|| format!("/rejuv/{cluster}"))
+    }
+
+    fn validate(&self, err: &mut impl FnMut(String, &str)) {
+        if self.kind != StoreKind::Etcd {
+            return;
+        }
+        if self.endpoints.is_empty() {
+            err(
+                "store.endpoints".into(),
+                "at least one etcd endpoint is required",
+            );
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !e.starts_with("http://") {
+                err(
+                    format!("store.endpoints[{i}]"),
+                    "must be an http:// URL (TLS to etcd is not supported yet)",
+                );
+            }
+        }
+        if let Some(p) = &self.prefix {
+            if !p.starts_with('/') || p.ends_with('/') || p.len() < 2 {
+                err(
+                    "store.prefix".into(),
+                    "must start with '/' and not end with '/'",
+                );
+            }
+        }
+        // etcd refuses (raises) TTLs under its minimum of about 2 s with default timing.
+        if self.lease_ttl < Duration::from_secs(2) || self.lease_ttl > Duration::from_secs(3600) {
+            err("store.lease_ttl".into(), "must be between 2s and 1h");
+        }
+    }
+}
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             kind: default_store_kind(),
             path: default_store_path(),
+            endpoints: default_etcd_endpoints(),
+            prefix: None,
+            lease_ttl: default_lease_ttl(),
         }
     }
 }
@@ -1036,6 +1095,8 @@ impl Config {
             );
         }
 
+        self.store.validate(&mut err);
+
         if self.services.is_empty() {
             err("services".into(), "at least one service is required");
         }
@@ -1309,6 +1370,25 @@ health = { path = "/healthz" }
         let c = Config::from_toml(EXAMPLE).unwrap();
         assert_eq!(c.servers.len(), 2);
         assert_eq!(c.cluster.mode, Mode::ActiveStandby);
+    }
+
+    #[test]
+    fn etcd_store_fields_are_checked() {
+        let ok = format!(
+            "{EXAMPLE}\n[store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl = \"5s\"\n"
+        );
+        let c = Config::from_toml(&ok).unwrap();
+        assert_eq!(c.store.kind, StoreKind::Etcd);
+        assert_eq!(c.store.etcd_prefix(&c.cluster.name), "/rejuv/rejuv");
+        let bad = ok
+            .replace("http://127.0.0.1:2379", "127.0.0.1:2379")
+            .replace("\"5s\"", "\"1s\"");
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&bad) else {
+            panic!()
+        };
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"store.endpoints[0]"), "{fields:?}");
+        assert!(fields.contains(&"store.lease_ttl"), "{fields:?}");
     }
 
     #[test]

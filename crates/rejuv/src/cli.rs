@@ -77,7 +77,8 @@ Examples:
         /// Listen address of the API (default: controller.listen of the config).
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// SQLite store file (default: store.path of the config).
+        /// SQLite store file (default: store.path of the config); unused with
+        /// store.kind = "etcd".
         #[arg(long)]
         store: Option<PathBuf>,
         /// Start with new workflows paused.

@@ -6,6 +6,7 @@ mod harness;
 mod alerts;
 mod dashboard;
 mod errors;
+mod etcd;
 mod failures;
 mod operator;
 mod resume;

@@ -1,0 +1,322 @@
+//! Several controllers on a real etcd: one leads, the others follow; the leader SIGKILLed in
+//! the middle of a workflow is replaced within the lease TTL + 1 s and its successor completes
+//! the workflow with no failed request. The ignored `etcd_failover_handover_times` is the
+//! handover benchmark (`bench/failover/run.sh`).
+#![cfg(feature = "etcd")]
+
+use crate::harness::{wait_for, Harness, Load, Spec, EXE};
+use rejuv_controller::etcd_test_server::EtcdServer;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Controllers started by a test, each in its own process group, all killed on drop.
+struct Controllers {
+    procs: Vec<(SocketAddr, Child)>,
+}
+
+impl Controllers {
+    fn new() -> Self {
+        Self { procs: Vec::new() }
+    }
+
+    fn start(&mut self, h: &Harness, listen: SocketAddr, env: &[(&str, &str)], log: &str) {
+        use std::os::unix::process::CommandExt;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(h.dir.path().join("logs").join(format!("{log}.log")))
+            .unwrap();
+        let mut cmd = Command::new(EXE);
+        cmd.args(["controller", "--config"])
+            .arg(&h.config)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f))
+            .stdin(Stdio::null())
+            .process_group(0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.procs
+            .push((listen, cmd.spawn().expect("spawning a controller")));
+    }
+
+    fn kill(&mut self, listen: SocketAddr) {
+        if let Some(i) = self.procs.iter().position(|(a, _)| *a == listen) {
+            let (_, mut c) = self.procs.remove(i);
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the controller on `listen` has exited (reaping it).
+    fn exited(&mut self, listen: SocketAddr) -> Option<std::process::ExitStatus> {
+        let i = self.procs.iter().position(|(a, _)| *a == listen)?;
+        let status = self.procs[i].1.try_wait().unwrap()?;
+        self.procs.remove(i);
+        Some(status)
+    }
+}
+
+impl Drop for Controllers {
+    fn drop(&mut self) {
+        let addrs: Vec<_> = self.procs.iter().map(|(a, _)| *a).collect();
+        for a in addrs {
+            self.kill(a);
+        }
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A test cluster whose controllers use etcd (agents and proxy already running).
+fn etcd_cluster(spec: &Spec, etcd: &EtcdServer, ttl: &str) -> Harness {
+    let h = Harness::new(spec);
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    let start = text
+        .find("[store]\npath = ")
+        .expect("the harness writes [store]");
+    let end = start + text[start..].find("\n\n").expect("end of [store]");
+    let store = format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"/rejuv-test/{}\"\nlease_ttl = \"{ttl}\"",
+        etcd.endpoint(),
+        h.dir.path().file_name().unwrap().to_string_lossy()
+    );
+    let text = format!("{}{}{}", &text[..start], store, &text[end..]);
+    std::fs::write(&h.config, text).unwrap();
+    h
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+/// The role a controller's `/healthz` reports, and the leader it names.
+fn role(c: &reqwest::blocking::Client, addr: SocketAddr) -> Option<(String, Option<String>)> {
+    let r = c.get(format!("http://{addr}/healthz")).send().ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Some((h("x-rejuv-role")?, h("x-rejuv-leader")))
+}
+
+fn wait_role(c: &reqwest::blocking::Client, addr: SocketAddr, want: &str, limit: Duration) {
+    wait_for(
+        &format!("the controller on {addr} to say it is the {want}"),
+        limit,
+        || role(c, addr).filter(|(r, _)| r == want).map(|_| ()),
+    );
+}
+
+#[test]
+fn leader_killed_mid_workflow_is_replaced_and_the_workflow_completes() {
+    let etcd = EtcdServer::start();
+    let spec = Spec {
+        primaries: 1,
+        spares: 1,
+        leak_per_second: 8 * 1024 * 1024,
+        memory_budget: 64 * 1024 * 1024,
+        ..Spec::default()
+    };
+    let ttl = Duration::from_secs(3);
+    let mut h = etcd_cluster(&spec, &etcd, "3s");
+    let c = http();
+    let mut ctl = Controllers::new();
+    let a = h.controller_addr;
+    let b = free_addr();
+    // A dies (SIGKILL, by the failpoint) right after committing the first draining step.
+    ctl.start(
+        &h,
+        a,
+        &[("REJUV_FAILPOINT_CRASH_AT", "draining")],
+        "controller",
+    );
+    wait_role(&c, a, "leader", Duration::from_secs(30));
+    ctl.start(&h, b, &[], "controller-b");
+    wait_role(&c, b, "follower", Duration::from_secs(30));
+    let (_, named) = role(&c, b).unwrap();
+    assert_eq!(named, Some(a.to_string()), "the follower names the leader");
+    let r = c
+        .get(format!("http://{b}/v1/status"))
+        .bearer_auth(&h.token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503, "a follower sends operators to the leader");
+    assert_eq!(
+        r.headers()["x-rejuv-leader"].to_str().unwrap(),
+        a.to_string()
+    );
+
+    h.wait_serving();
+    let load = Load::start(h.front, 50, Duration::from_secs(120));
+    let status = wait_for(
+        "the leader to die at the failpoint",
+        Duration::from_secs(60),
+        || ctl.exited(a),
+    );
+    let died = Instant::now();
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "the leader died by SIGKILL");
+    }
+    wait_for(
+        "the follower to take over",
+        ttl + Duration::from_secs(10),
+        || role(&c, b).filter(|(r, _)| r == "leader").map(|_| ()),
+    );
+    let handover = died.elapsed();
+    println!("leadership moved {handover:?} after the leader's SIGKILL (lease TTL {ttl:?})");
+    assert!(
+        handover <= ttl + Duration::from_secs(1),
+        "handover took {handover:?}, more than the TTL + 1 s"
+    );
+
+    // The harness's helpers now talk to the new leader.
+    h.controller_addr = b;
+    wait_for(
+        "the resumed workflow to complete",
+        Duration::from_secs(60),
+        || (h.completed() >= 1).then_some(()),
+    );
+    let report = load.finish();
+    let st = h.status();
+    let history = st["history"].as_array().unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|w| w["outcome"]["outcome"] == "completed"),
+        "nothing was rolled back or failed by the handover: {history:?}"
+    );
+    assert!(
+        st["epoch"].as_u64().unwrap() >= 2,
+        "the new leader took a new epoch"
+    );
+    let log = h.log("controller-b");
+    assert!(
+        log.contains("resuming stored cluster state") && log.contains("workflows=1"),
+        "the new leader picked up the workflow in flight"
+    );
+    assert!(
+        h.log("controller").contains("failpoint"),
+        "the old leader died at the failpoint"
+    );
+    assert_eq!(report.requests_failed, 0, "{report:?}");
+
+    // History and events come from etcd.
+    let wfs: Value = h.api(reqwest::Method::GET, "/v1/workflows").json().unwrap();
+    assert!(
+        wfs.as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["outcome"]["outcome"] == "completed"),
+        "{wfs}"
+    );
+    let events = h.events();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(
+        kinds.contains(&"workflow-started") && kinds.contains(&"workflow-completed"),
+        "the event log, written by both leaders, survived the handover: {kinds:?}"
+    );
+    let seqs: Vec<i64> = events.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "event sequence numbers increase across leaders: {seqs:?}"
+    );
+
+    // The old leader, restarted by its supervisor, follows.
+    ctl.start(&h, a, &[], "controller-a2");
+    wait_role(&c, a, "follower", Duration::from_secs(30));
+    assert_eq!(role(&c, a).unwrap().1, Some(b.to_string()));
+
+    assert_eq!(h.api(reqwest::Method::POST, "/v1/pause").status(), 202);
+    wait_for("workflows to finish", Duration::from_secs(40), || {
+        h.status()["workflows"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    });
+    assert_eq!(
+        h.counter_sum(),
+        report.posts_ok,
+        "no POST lost or applied twice across the handover"
+    );
+}
+
+/// The handover benchmark: `REJUV_FAILOVER_KILLS` (default 10) SIGKILLs of the leader of two
+/// controllers with lease TTL `REJUV_FAILOVER_TTL` (default 5s); prints one line per kill.
+#[test]
+#[ignore = "benchmark: run by bench/failover/run.sh"]
+fn etcd_failover_handover_times() {
+    let kills: usize = std::env::var("REJUV_FAILOVER_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let ttl_s = std::env::var("REJUV_FAILOVER_TTL").unwrap_or_else(|_| "5s".into());
+    let ttl = humantime::parse_duration(&ttl_s).unwrap();
+    let etcd = EtcdServer::start();
+    let h = etcd_cluster(&Spec::default(), &etcd, &ttl_s);
+    let c = http();
+    let mut ctl = Controllers::new();
+    let addrs = [h.controller_addr, free_addr()];
+    ctl.start(&h, addrs[0], &[], "controller-0");
+    wait_role(&c, addrs[0], "leader", Duration::from_secs(30));
+    ctl.start(&h, addrs[1], &[], "controller-1");
+    wait_role(&c, addrs[1], "follower", Duration::from_secs(30));
+    let mut times = Vec::new();
+    for k in 0..kills {
+        let (leader, other) = if role(&c, addrs[0]).is_some_and(|(r, _)| r == "leader") {
+            (addrs[0], addrs[1])
+        } else {
+            (addrs[1], addrs[0])
+        };
+        // Let the leader settle (a few keep-alives) so kills land at random lease phases.
+        std::thread::sleep(Duration::from_millis(1000 + (rand::random::<u64>() % 2000)));
+        ctl.kill(leader);
+        let died = Instant::now();
+        let until = died + ttl + Duration::from_secs(10);
+        while role(&c, other).is_none_or(|(r, _)| r != "leader") {
+            assert!(Instant::now() < until, "no handover within TTL + 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let t = died.elapsed();
+        println!("kill {k}: leadership moved in {:.3} s", t.as_secs_f64());
+        times.push(t);
+        let i = addrs.iter().position(|a| *a == leader).unwrap();
+        ctl.start(&h, leader, &[], &format!("controller-{i}"));
+        wait_role(&c, leader, "follower", Duration::from_secs(30));
+    }
+    times.sort();
+    let secs: Vec<f64> = times.iter().map(|t| t.as_secs_f64()).collect();
+    println!(
+        "handover over {} kills, lease TTL {ttl_s}: min {:.3} s, median {:.3} s, max {:.3} s",
+        secs.len(),
+        secs[0],
+        secs[secs.len() / 2],
+        secs[secs.len() - 1]
+    );
+    assert!(
+        *times.last().unwrap() <= ttl + Duration::from_secs(1),
+        "a handover took longer than the TTL + 1 s: {secs:?}"
+    );
+}
