@@ -59,11 +59,19 @@ pub struct Published {
     pub samples: Arc<BTreeMap<String, AgentState>>,
 }
 
+/// Wall-clock time as the controller uses it: read once, then carried forward by the monotonic
+/// clock. A wall clock stepped forward or back while the controller runs (NTP, an operator, a
+/// VM resumed) neither ends a timeout early nor stretches it; a restart re-reads the clock.
 pub fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    static ANCHOR: std::sync::OnceLock<(Instant, u64)> = std::sync::OnceLock::new();
+    let (at, wall) = ANCHOR.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        (Instant::now(), wall)
+    });
+    wall + at.elapsed().as_millis() as u64
 }
 
 pub struct Engine {
@@ -85,7 +93,6 @@ pub struct Engine {
     holds: BTreeMap<u64, String>,
     queued: BTreeMap<String, std::collections::VecDeque<Command>>,
     started: Instant,
-    wall_at_start: u64,
     dry_run: bool,
     alerts: AlertSink,
     /// Test-only failpoint: the phase at whose first commit the process SIGKILLs itself.
@@ -185,7 +192,6 @@ impl Engine {
                 holds: BTreeMap::new(),
                 queued: BTreeMap::new(),
                 started,
-                wall_at_start,
                 dry_run,
                 alerts,
                 crash_at: std::env::var(CRASH_AT_ENV).ok().filter(|v| !v.is_empty()),
@@ -199,7 +205,7 @@ impl Engine {
 
     fn now(&self) -> Now {
         let mono = self.started.elapsed().as_millis() as u64;
-        Now::new(mono, wall_ms().max(self.wall_at_start))
+        Now::new(mono, wall_ms())
     }
 
     pub fn epoch(&self) -> u64 {
