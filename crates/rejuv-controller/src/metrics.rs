@@ -58,6 +58,7 @@ pub const NAMES: &[&str] = &[
     "rejuv_workflows_active",
     "rejuv_workflow_phase_started_timestamp_seconds",
     "rejuv_workflows_total",
+    "rejuv_escalation_exhausted_total",
     "rejuv_recent_workflows",
     "rejuv_recent_step_seconds",
     "rejuv_recent_switchover_seconds",
@@ -492,6 +493,13 @@ fn workflow_metrics(reg: &mut Registry, c: &Cluster) {
         "workflows",
         "Finished workflows by outcome (since the store was created)",
         total,
+    );
+    let exhausted = Counter::<u64>::default();
+    exhausted.inc_by(c.exhausted_total);
+    reg.register(
+        "escalation_exhausted",
+        "Workflows after which a server was kept out: its strongest rejuvenation did not help",
+        exhausted,
     );
 
     let recent = Gauges::default();

@@ -467,6 +467,9 @@ pub struct Cluster {
     /// Fewer than a majority of agents answer: no workflow starts (said and alerted once).
     #[serde(default)]
     pub quorum_lost: bool,
+    /// Workflows after which a server was kept out because escalation was exhausted.
+    #[serde(default)]
+    pub exhausted_total: u64,
     /// What advisory mode already said it would do (so a repeated plan is said once).
     #[serde(skip)]
     advised: BTreeSet<String>,
@@ -492,6 +495,7 @@ impl Cluster {
             paused: false,
             advisory: false,
             quorum_lost: false,
+            exhausted_total: 0,
             advised: BTreeSet::new(),
             routes_version: 1,
             routes: RouteTable {
@@ -1649,6 +1653,7 @@ impl Cluster {
                     summary: format!("{} {reason}", w.server),
                 },
             );
+            self.exhausted_total += 1;
             self.completed_total += 1;
             self.finish(w);
             return;

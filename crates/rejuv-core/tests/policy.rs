@@ -314,6 +314,7 @@ escalation_window = "10m""#,
         "{:?}",
         sim.events
     );
+    assert_eq!(sim.c.exhausted_total, 1, "counted for the metric");
     // Its traffic moved to the other server before it was taken out.
     assert!(sim.c.instances.values().all(|i| i.server == "s2"));
     assert!(sim
