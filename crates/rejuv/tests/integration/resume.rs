@@ -6,11 +6,16 @@ use crate::harness::{wait_for, Harness, Load, Spec};
 use std::time::Duration;
 
 fn crash_and_resume(phase: &str) {
+    crash_and_resume_with(phase, String::new());
+}
+
+fn crash_and_resume_with(phase: &str, extra_toml: String) {
     let spec = Spec {
         primaries: 1,
         spares: 1,
         leak_per_second: 8 * 1024 * 1024,
         memory_budget: 64 * 1024 * 1024,
+        extra_toml,
         ..Spec::default()
     };
     let mut h = Harness::new(&spec);
@@ -87,3 +92,33 @@ fn controller_killed_during_drain_resumes() {
 fn controller_killed_during_rejuvenation_resumes() {
     crash_and_resume("rejuvenating");
 }
+
+#[test]
+fn controller_killed_during_gating_resumes() {
+    // The gate opens at once here (no load rule): a veto hook before the switch holds the
+    // workflow in gating long enough to be recorded there; the restarted controller runs the
+    // hook again (hooks are written to be safe to repeat) and goes on.
+    crash_and_resume_with(
+        "gating",
+        r#"
+[[hooks]]
+name = "warm-up"
+step = "draining"
+when = "before"
+veto = true
+command = ["/bin/sleep", "1"]
+"#
+        .into(),
+    );
+}
+
+#[test]
+fn controller_killed_during_hand_off_resumes() {
+    crash_and_resume("handing-off");
+}
+
+#[test]
+fn controller_killed_during_verification_resumes() {
+    crash_and_resume("verifying");
+}
+
