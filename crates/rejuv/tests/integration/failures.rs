@@ -160,3 +160,51 @@ fn no_spare_capacity_disrupts_nothing_and_says_why() {
     }
     assert_eq!(report.requests_failed, 0, "{report:?}");
 }
+
+#[test]
+fn the_targets_agent_killed_during_duplexing_rolls_back_and_another_spare_is_used() {
+    let spec = Spec {
+        primaries: 1,
+        spares: 2,
+        duplex_timeout: "4s",
+        ..fast_aging()
+    };
+    let mut h = Harness::new(&spec);
+    h.start_controller(&[]);
+    h.wait_serving();
+    let load = Load::start(h.front, 50, Duration::from_secs(90));
+    let target = wait_for("a workflow in duplexing", Duration::from_secs(30), || {
+        let st = h.try_status()?;
+        let w = st["workflows"].as_array()?.first()?.clone();
+        (w["phase"] == "duplexing").then(|| w["target"].as_str().unwrap().to_string())
+    });
+    // The target's agent dies (SIGKILL, no restart) while its copy starts.
+    let i = h.servers.iter().position(|s| s.id == target).unwrap();
+    let mut agent = h.servers[i].proc.take().unwrap();
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = agent.wait();
+    wait_for(
+        "a completed workflow onto the other spare",
+        Duration::from_secs(60),
+        || (h.completed() >= 1).then_some(()),
+    );
+    let report = load.finish();
+    assert_eq!(
+        report.requests_failed, 0,
+        "the source kept serving until a live copy took over: {report:?}"
+    );
+    let st = h.status();
+    let history = st["history"].as_array().unwrap();
+    assert_eq!(history[0]["target"], target.as_str(), "{history:?}");
+    assert_eq!(
+        history[0]["outcome"]["outcome"], "rolled-back",
+        "{}",
+        history[0]
+    );
+    let done = history.last().unwrap();
+    assert_eq!(done["outcome"]["outcome"], "completed", "{done}");
+    assert_ne!(done["target"], target.as_str(), "{done}");
+}
