@@ -263,6 +263,145 @@ fn leader_killed_mid_workflow_is_replaced_and_the_workflow_completes() {
     );
 }
 
+/// The pid group of a controller started by [`Controllers::start`].
+fn pgid_of(ctl: &Controllers, listen: SocketAddr) -> nix::unistd::Pid {
+    let (_, c) = ctl.procs.iter().find(|(a, _)| *a == listen).unwrap();
+    nix::unistd::Pid::from_raw(c.id() as i32)
+}
+
+#[test]
+fn leader_paused_past_its_lease_wakes_deposed_and_changes_nothing() {
+    let etcd = EtcdServer::start();
+    let spec = Spec {
+        primaries: 1,
+        spares: 1,
+        leak_per_second: 8 * 1024 * 1024,
+        memory_budget: 64 * 1024 * 1024,
+        // A veto hook before the switch holds the workflow at the gate while the leader is
+        // frozen; whoever leads then runs it again.
+        extra_toml: r#"
+[[hooks]]
+name = "warm-up"
+step = "draining"
+when = "before"
+veto = true
+command = ["/bin/sleep", "3"]
+"#
+        .into(),
+        ..Spec::default()
+    };
+    let ttl = Duration::from_secs(2);
+    let mut h = etcd_cluster(&spec, &etcd, "2s");
+    let c = http();
+    let mut ctl = Controllers::new();
+    let (a, b) = (h.controller_addr, free_addr());
+    ctl.start(&h, a, &[], "controller");
+    wait_role(&c, a, "leader", Duration::from_secs(30));
+    ctl.start(&h, b, &[], "controller-b");
+    wait_role(&c, b, "follower", Duration::from_secs(30));
+    h.wait_serving();
+    let epoch_a = h.status()["epoch"].as_u64().unwrap();
+    let load = Load::start(h.front, 50, Duration::from_secs(120));
+    wait_for(
+        "a workflow held at the gate by its hook",
+        Duration::from_secs(60),
+        || {
+            let st = h.try_status()?;
+            let w = st["workflows"].as_array()?.first()?.clone();
+            (w["phase"] == "gating").then_some(())
+        },
+    );
+    // Frozen (not dead) for twice its lease: a VM pause, a stuck disk, a debugger.
+    let pg = pgid_of(&ctl, a);
+    nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let frozen = Instant::now();
+    wait_for(
+        "the follower to take over from the frozen leader",
+        2 * ttl + Duration::from_secs(10),
+        || role(&c, b).filter(|(r, _)| r == "leader").map(|_| ()),
+    );
+    println!(
+        "leadership moved {:?} after the leader froze",
+        frozen.elapsed()
+    );
+    let rest = (2 * ttl).saturating_sub(frozen.elapsed());
+    std::thread::sleep(rest);
+    nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGCONT).unwrap();
+
+    // Woken, it finds its lease gone: it steps down (exits to be restarted as a follower)
+    // and never says it leads.
+    let status = wait_for(
+        "the woken leader to step down",
+        Duration::from_secs(20),
+        || {
+            if role(&c, a).is_some_and(|(r, _)| r == "leader") {
+                panic!("the woken controller claims to lead");
+            }
+            ctl.exited(a)
+        },
+    );
+    assert!(!status.success(), "it stepped down by exiting: {status:?}");
+
+    h.controller_addr = b;
+    wait_for(
+        "the new leader to complete the workflow",
+        Duration::from_secs(60),
+        || (h.completed() >= 1).then_some(()),
+    );
+    let report = load.finish();
+    assert_eq!(report.requests_failed, 0, "{report:?}");
+    let st = h.status();
+    let epoch_b = st["epoch"].as_u64().unwrap();
+    assert!(
+        epoch_b > epoch_a,
+        "the new leader's epoch {epoch_b} > {epoch_a}"
+    );
+    // Every agent the new leader commanded holds its epoch: one from the old leader is refused.
+    let agent_token = std::fs::read_to_string(h.dir.path().join("token")).unwrap();
+    let mut fenced = 0;
+    for s in &h.servers {
+        let v: Value = c
+            .get(format!("http://{}/v1/state", s.agent))
+            .bearer_auth(agent_token.trim())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if v["epoch"].as_u64().unwrap_or(0) >= epoch_b {
+            fenced += 1;
+            // What the old leader would send now is refused.
+            let r = c
+                .delete(format!(
+                    "http://{}/v1/instances/no-such-instance?epoch={epoch_a}",
+                    s.agent
+                ))
+                .bearer_auth(agent_token.trim())
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 409, "{}: a command at the old epoch", s.id);
+        }
+    }
+    assert!(fenced >= 1, "the new leader commanded an agent");
+    // The load balancer holds the new leader's table, whatever the old one did on waking.
+    assert_eq!(h.api(reqwest::Method::POST, "/v1/pause").status(), 202);
+    wait_for(
+        "the proxy to hold the leader's table",
+        Duration::from_secs(20),
+        || {
+            let st = h.status();
+            let want = st["routes"]["version"].as_u64()?;
+            let p: Value = c
+                .get(format!("http://{}/v1/status", h.admin))
+                .bearer_auth(&h.token)
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            (p["version"].as_u64()? == want).then_some(())
+        },
+    );
+}
+
 /// The handover benchmark: `REJUV_FAILOVER_KILLS` (default 10) SIGKILLs of the leader of two
 /// controllers with lease TTL `REJUV_FAILOVER_TTL` (default 5s); prints one line per kill.
 #[test]
