@@ -8,7 +8,8 @@
 //!   `/healthz` for its role (`x-rejuv-role`), publishes the current leader's address for the
 //!   rest of the demo, counts leader changes, restarts any controller that exited on its own
 //!   (a deposed leader exits with status 1, as under systemd's `Restart=always`), and, with
-//!   chaos on, SIGKILLs the leader's process group at random (seeded) moments and restarts it.
+//!   chaos on, SIGKILLs the leader's process group at random (seeded) moments and restarts it
+//!   once another controller leads (so it comes back as a follower).
 //! - [`watch_invariants`] polls, every [`WATCH_EVERY`], the status of whichever controller
 //!   answers `/v1/status` (only the leader does: followers answer 503) and the builtin proxy's
 //!   admin status, and counts broken invariants (listed on [`watch_invariants`]).
@@ -35,6 +36,9 @@ pub const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// Chaos waits a random time in this range (seconds) between two kills.
 const KILL_EVERY_S: (u64, u64) = (12, 25);
+/// A killed controller is restarted once another leads (so it comes back as a follower and
+/// every kill moves leadership to another controller), or after this long without a leader.
+const HANDOVER_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The etcd the demo runs; dropping it kills its process group.
 pub struct Etcd {
@@ -228,8 +232,15 @@ async fn role(http: &reqwest::Client, addr: SocketAddr) -> Option<String> {
         .map(str::to_string)
 }
 
+fn restart(ctl: &mut Controllers, i: usize, lines: &Lines) {
+    if let Err(e) = ctl.spawn(i) {
+        let _ = lines.send(format!("restarting a controller failed: {e:#}"));
+    }
+}
+
 /// Runs until `stop`: tracks the leader (published on `leader`), restarts controllers that
-/// exited, and with `chaos` (a seed) kills the leader every 12–25 s until `chaos_off`. Returns the controllers
+/// exited, and with `chaos` (a seed) kills the leader every 12–25 s until `chaos_off`,
+/// restarting it once another controller leads. Returns the controllers
 /// (still running, for the caller to stop) and the report.
 pub async fn supervise(
     mut ctl: Controllers,
@@ -267,9 +278,7 @@ pub async fn supervise(
                     ctl.slots[i].addr
                 ));
                 ctl.slots[i].proc = None;
-                if let Err(e) = ctl.spawn(i) {
-                    let _ = lines.send(format!("restarting a controller failed: {e:#}"));
-                }
+                restart(&mut ctl, i, &lines);
             }
         }
         // Who leads? With two answering "leader" (a deposed one not yet stepped down), the
@@ -302,8 +311,23 @@ pub async fn supervise(
                     let ms = at.elapsed().as_millis() as u64;
                     report.handover_ms.push(ms);
                     pending = None;
-                    let _ = lines.send(format!("chaos: leadership moved {ms} ms after the kill"));
+                    let _ = lines.send(format!(
+                        "chaos: leadership moved {ms} ms after the kill; restarting {} as a follower",
+                        ctl.slots[killed.0].addr
+                    ));
+                    restart(&mut ctl, killed.0, &lines);
                 }
+            }
+        }
+        // A handover that takes too long: bring the killed controller back anyway (it may
+        // be the one to lead next).
+        if let Some((at, killed)) = pending {
+            if at.elapsed() > HANDOVER_PATIENCE && ctl.slots[killed.0].proc.is_none() {
+                let _ = lines.send(format!(
+                    "chaos: no new leader {HANDOVER_PATIENCE:?} after the kill; restarting {}",
+                    ctl.slots[killed.0].addr
+                ));
+                restart(&mut ctl, killed.0, &lines);
             }
         }
         leader.send_replace(now_leader.map(|(i, _)| ctl.slots[i].addr));
@@ -311,14 +335,11 @@ pub async fn supervise(
         if let (Some(at), Some(id)) = (kill_at, now_leader) {
             if Instant::now() >= at && pending.is_none() && !chaos_off.is_cancelled() {
                 let addr = ctl.slots[id.0].addr;
-                let _ = lines.send(format!("chaos: SIGKILL the leader {addr}; restarting it"));
+                let _ = lines.send(format!("chaos: SIGKILL the leader {addr}"));
                 ctl.kill(id.0);
                 report.controller_kills += 1;
                 pending = Some((Instant::now(), id));
                 leader.send_replace(None);
-                if let Err(e) = ctl.spawn(id.0) {
-                    let _ = lines.send(format!("restarting a controller failed: {e:#}"));
-                }
                 kill_at = Some(next_kill(&mut rng));
             }
         }
@@ -597,10 +618,8 @@ health = { path = "/healthz" }
 
         let mut st = healthy_status();
         st["servers"][1]["on_list"] = json!(false);
-        st["servers"]
-            .as_array_mut()
-            .unwrap()
-            .push(st["servers"][0].clone());
+        let dup = st["servers"][0].clone();
+        st["servers"].as_array_mut().unwrap().push(dup);
         let b = broken(&c, &st, None);
         assert!(
             b.iter().any(|x| x.contains("s2 is in-service but on_list")),
