@@ -106,7 +106,8 @@ Examples:
   rejuv demo
   rejuv demo --mode active-active --duration 90s --summary-json summary.json
   rejuv demo --no-rejuvenation --duration 60s      # control run: the service crashes
-  rejuv demo --lb haproxy                           # a real HAProxy from PATH in front")]
+  rejuv demo --lb haproxy                           # a real HAProxy from PATH in front
+  rejuv demo --store etcd --controllers 2 --chaos   # leader killed at random (--features etcd)")]
     Demo(crate::demo::DemoArgs),
     /// An HTTP service that ages on purpose (for demos and tests).
     #[command(after_help = "\

@@ -7,6 +7,12 @@
 //! [`crate::view`]); at the end (or on SIGTERM) it stops everything it started and writes a
 //! summary.
 //!
+//! With `--store etcd` the demo also runs etcd from PATH and `--controllers N` controllers on
+//! it, one leading; `--chaos` SIGKILLs the leader at random moments and restarts it (see
+//! [`crate::chaos`]). The front end is its own process either way, so a controller's death
+//! drops no client connection. Every run has an invariant watcher outside the controllers;
+//! its count is in the summary.
+//!
 //! On one machine every agent sees the same host, so the demo judges each server by its own
 //! instances' RSS against a per-server memory budget (`instance-rss`), as a per-service policy
 //! would on a real fleet.
@@ -21,6 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum DemoMode {
@@ -36,8 +43,29 @@ pub enum Lb {
     Haproxy,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum StoreKind {
+    /// One controller with a SQLite file in the state directory.
+    Sqlite,
+    /// etcd from PATH (Debian etcd-server); needs a binary built with --features etcd.
+    Etcd,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
+    /// Where the controllers keep the cluster state.
+    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+    /// Controllers (more than one needs --store etcd: one leads, the others follow).
+    #[arg(long, default_value_t = 1)]
+    pub controllers: u32,
+    /// SIGKILL the leading controller at random moments (every 12-25 s) and restart it;
+    /// needs --store etcd and --controllers 2 or more.
+    #[arg(long)]
+    pub chaos: bool,
+    /// Seed of the chaos schedule (default: random, printed).
+    #[arg(long)]
+    pub chaos_seed: Option<u64>,
     /// The load balancer in front of the cluster.
     #[arg(long, value_enum, default_value_t = Lb::Builtin)]
     pub lb: Lb,
@@ -94,6 +122,26 @@ pub struct Summary {
     pub counter: Counter,
     pub workflows: Vec<Value>,
     pub state_dir: PathBuf,
+    pub store: String,
+    pub controllers: u32,
+    /// Broken invariants seen by the watcher outside the controllers (see [`crate::chaos`]).
+    pub invariant_violations: u64,
+    pub invariant_details: Vec<String>,
+    /// Polls of the watcher that reached a leader (and the proxy): what the count rests on.
+    pub invariant_polls: u64,
+    /// Changes of leading controller after the first election.
+    pub leader_changes: u64,
+    /// etcd runs: SIGKILLs sent by chaos.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller_kills: Option<u64>,
+    /// etcd runs: controllers that exited on their own (a deposed leader) and were restarted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller_exits: Option<u64>,
+    /// etcd runs: per kill, milliseconds until another controller led.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handover_ms: Option<Vec<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos_seed: Option<u64>,
 }
 
 #[derive(Serialize, Debug)]
@@ -110,7 +158,7 @@ pub struct Counter {
 }
 
 /// A free TCP port on `ip`, found by binding port 0.
-fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
+pub(crate) fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind((ip, 0))
         .with_context(|| format!("finding a free port on {ip}"))?;
     Ok(l.local_addr()?.port())
@@ -130,13 +178,20 @@ fn free_range(ip: IpAddr, n: u16) -> anyhow::Result<[u16; 2]> {
 struct Plan {
     config_path: PathBuf,
     token_path: PathBuf,
-    controller: SocketAddr,
+    config: rejuv_core::config::Config,
+    /// The controllers' API addresses; the first is `controller.listen` of the config.
+    controllers: Vec<SocketAddr>,
     admin: SocketAddr,
     servers: Vec<(String, SocketAddr)>,
     token: String,
 }
 
-fn write_config(args: &DemoArgs, dir: &Path, mode: Mode) -> anyhow::Result<Plan> {
+fn write_config(
+    args: &DemoArgs,
+    dir: &Path,
+    mode: Mode,
+    etcd: Option<&str>,
+) -> anyhow::Result<Plan> {
     let exe = std::env::current_exe().context("finding the rejuv executable")?;
     let token: String = (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
@@ -148,7 +203,11 @@ fn write_config(args: &DemoArgs, dir: &Path, mode: Mode) -> anyhow::Result<Plan>
         std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600))?;
     }
     let lo: IpAddr = "127.0.0.1".parse()?;
-    let controller = SocketAddr::new(lo, free_port(lo)?);
+    let mut controllers = Vec::new();
+    for _ in 0..args.controllers {
+        controllers.push(SocketAddr::new(lo, free_port(lo)?));
+    }
+    let controller = controllers[0];
     let admin = SocketAddr::new(lo, free_port(lo)?);
     let (primaries, spares) = match mode {
         Mode::ActiveStandby => (args.servers.unwrap_or(3), args.spares.unwrap_or(1)),
@@ -201,6 +260,8 @@ max_wait = "10s"
 
 [budget]
 max_concurrent = 1
+# One primary at a time may be out of service: the one a workflow moves.
+min_available_capacity = {floor}
 
 [rejuvenation]
 actions = ["stop-instances", "clear-scratch", "drop-caches", "compact-memory", "restart-agent"]
@@ -214,8 +275,7 @@ sample_interval = "500ms"
 
 {traffic}
 
-[store]
-path = "{store}"
+{store}
 
 [services.web]
 command = "{exe}"
@@ -251,7 +311,14 @@ stop_grace = "3s"
                 dir.join("haproxy.sock").display()
             ),
         },
-        store = dir.join("rejuv.db").display(),
+        floor = primaries.saturating_sub(1) * 4,
+        store = match etcd {
+            // A short lease: a dead leader is replaced within about 3 s.
+            Some(endpoint) => format!(
+                "[store]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/rejuv/demo\"\nlease_ttl = \"3s\"\n"
+            ),
+            None => format!("[store]\npath = \"{}\"\n", dir.join("rejuv.db").display()),
+        },
         exe = exe.display(),
         lpr = args.leak_per_request,
         lps = args.leak_per_second,
@@ -295,12 +362,13 @@ data_dir = "{data}"
     }
     let config_path = dir.join("rejuv.toml");
     std::fs::write(&config_path, &toml)?;
-    rejuv_core::config::Config::from_toml(&toml)
+    let config = rejuv_core::config::Config::from_toml(&toml)
         .context("the demo wrote a config it cannot read")?;
     Ok(Plan {
         config_path,
         token_path,
-        controller,
+        config,
+        controllers,
         admin,
         servers,
         token,
@@ -339,7 +407,7 @@ backend be_web
     )
 }
 
-fn log_file(dir: &Path, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
+pub(crate) fn log_file(dir: &Path, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -384,7 +452,52 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     rt.block_on(run_async(args))
 }
 
+/// The usage rules of `--store`, `--controllers` and `--chaos`, checked before anything starts.
+fn check_args(args: &DemoArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.controllers >= 1, "--controllers must be at least 1");
+    anyhow::ensure!(args.controllers <= 9, "--controllers: at most 9 in a demo");
+    if args.store == StoreKind::Sqlite {
+        anyhow::ensure!(
+            args.controllers == 1,
+            "--controllers {} needs --store etcd: controllers share the cluster state through etcd (SQLite serves one controller)",
+            args.controllers
+        );
+        anyhow::ensure!(
+            !args.chaos,
+            "--chaos needs --store etcd and --controllers 2 or more"
+        );
+    }
+    anyhow::ensure!(
+        !args.chaos || args.controllers >= 2,
+        "--chaos needs --controllers 2 or more (it kills the leader; another must take over)"
+    );
+    anyhow::ensure!(
+        args.store != StoreKind::Etcd || cfg!(feature = "etcd"),
+        "--store etcd: this binary was built without etcd support; build with --features etcd"
+    );
+    Ok(())
+}
+
+/// The controller to talk to: the leader the supervisor saw last, waiting up to `limit` for
+/// one.
+async fn leader_within(
+    rx: &tokio::sync::watch::Receiver<Option<SocketAddr>>,
+    limit: Duration,
+) -> Option<SocketAddr> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(a) = *rx.borrow() {
+            return Some(a);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
+    check_args(&args)?;
     let shutdown = crate::procs::shutdown_on_signal();
     let mode = match args.mode {
         DemoMode::ActiveStandby => Mode::ActiveStandby,
@@ -401,19 +514,34 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         )),
     };
     std::fs::create_dir_all(dir.join("logs"))?;
-    let plan = write_config(&args, &dir, mode)?;
-    let exe = std::env::current_exe()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let mut p = crate::view::Progress::new(&mode.to_string());
     p.line(&format!("state directory: {}", dir.display()));
+    // Declared first, so dropped (stopped) last: the controllers revoke their leases on a
+    // clean stop, which needs etcd.
+    let etcd = match args.store {
+        StoreKind::Etcd => {
+            let e = crate::chaos::start_etcd(&dir, &http).await?;
+            p.line(&format!("etcd up at {} (log: logs/etcd.log)", e.endpoint));
+            Some(e)
+        }
+        StoreKind::Sqlite => None,
+    };
+    let plan = write_config(
+        &args,
+        &dir,
+        mode,
+        etcd.as_ref().map(|e| e.endpoint.as_str()),
+    )?;
+    let exe = std::env::current_exe()?;
     p.line(&format!(
         "{mode} cluster: {} servers; config {}",
         plan.servers.len(),
         plan.config_path.display()
     ));
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
     // Processes, dropped (and so stopped) in reverse order: controller, proxy, agents.
     let mut agents = Vec::new();
     for (id, _) in &plan.servers {
@@ -472,23 +600,61 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             p
         }
     };
-    let mut controller = {
-        let (out, err) = log_file(&dir, "controller")?;
-        let mut cmd = Command::new(&exe);
-        cmd.args(["controller", "--config"]).arg(&plan.config_path);
-        if args.no_rejuvenation {
-            cmd.arg("--paused");
+    let controllers = crate::chaos::Controllers::start(
+        &exe,
+        &plan.config_path,
+        &dir,
+        &plan.controllers,
+        args.no_rejuvenation,
+    )?;
+    for c in &plan.controllers {
+        wait_http(
+            &http,
+            &format!("http://{c}/healthz"),
+            "controller",
+            Duration::from_secs(30),
+        )
+        .await?;
+    }
+    // The leader, as the supervisor sees it (with SQLite: the one controller, always).
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(match args.store {
+        StoreKind::Sqlite => Some(plan.controllers[0]),
+        StoreKind::Etcd => None,
+    });
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let background = CancellationToken::new();
+    // Chaos stops when the load ends, so the summary is read from a settled cluster.
+    let chaos_stop = background.child_token();
+    let chaos_seed = args
+        .chaos
+        .then(|| args.chaos_seed.unwrap_or_else(rand::random));
+    let mut sqlite_controllers = None;
+    let supervisor = match args.store {
+        StoreKind::Etcd => Some(tokio::spawn(crate::chaos::supervise(
+            controllers,
+            chaos_seed,
+            chaos_stop.clone(),
+            leader_tx,
+            lines_tx.clone(),
+            background.clone(),
+        ))),
+        StoreKind::Sqlite => {
+            sqlite_controllers = Some(controllers);
+            None
         }
-        cmd.stdout(out).stderr(err).stdin(Stdio::null());
-        Proc::spawn("controller", cmd)?
     };
-    wait_http(
-        &http,
-        &format!("http://{}/healthz", plan.controller),
-        "controller",
-        Duration::from_secs(30),
-    )
-    .await?;
+    let watcher = tokio::spawn(crate::chaos::watch_invariants(
+        plan.config.clone(),
+        plan.controllers.clone(),
+        (args.lb == Lb::Builtin).then_some(plan.admin),
+        plan.token.clone(),
+        lines_tx.clone(),
+        background.clone(),
+    ));
+    drop(lines_tx);
+    let first_leader = leader_within(&leader_rx, Duration::from_secs(30))
+        .await
+        .context("no controller became the leader within 30 s; see logs/controller*.log")?;
     p.line(&format!(
         "agents, proxy and controller up; waiting for the front end {} to serve",
         args.listen
@@ -503,9 +669,27 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
 
     p.raw(&format!(
         "dashboard: http://{}/ui#token={}",
-        plan.controller, plan.token
+        first_leader, plan.token
     ));
+    if plan.controllers.len() > 1 {
+        let others: Vec<String> = plan
+            .controllers
+            .iter()
+            .filter(|c| **c != first_leader)
+            .map(|c| c.to_string())
+            .collect();
+        p.line(&format!(
+            "{} controllers: {first_leader} leads now, also {}; a follower answers 503 with x-rejuv-leader naming the leader",
+            plan.controllers.len(),
+            others.join(", ")
+        ));
+    }
     p.raw(&format!("token file: {}", plan.token_path.display()));
+    if let Some(seed) = chaos_seed {
+        p.line(&format!(
+            "chaos on (seed {seed}): the leader is SIGKILLed every 12-25 s and restarted"
+        ));
+    }
     p.line(&format!(
         "front end serving; load {} req/s for {:?}{}",
         args.load_rps,
@@ -544,10 +728,16 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             _ = shutdown.cancelled() => { load_stop.cancel(); break; }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+        while let Ok(l) = lines_rx.try_recv() {
+            p.line(&l);
+        }
+        // No leader right now (a handover under way): try again in 500 ms.
+        let Some(controller) = *leader_rx.borrow() else {
+            continue;
+        };
         if let Ok(r) = http
             .get(format!(
-                "http://{}/v1/events?after={last_seq}&limit=200",
-                plan.controller
+                "http://{controller}/v1/events?after={last_seq}&limit=200"
             ))
             .header("authorization", &auth)
             .send()
@@ -571,7 +761,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         if last_status.is_none_or(|t| t.elapsed() >= Duration::from_millis(900)) {
             last_status = Some(Instant::now());
             if let Ok(r) = http
-                .get(format!("http://{}/v1/status", plan.controller))
+                .get(format!("http://{controller}/v1/status"))
                 .header("authorization", &auth)
                 .send()
                 .await
@@ -588,6 +778,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             }
         }
     }
+    chaos_stop.cancel();
     p.finish();
     let report = load.await.context("load generator task")??;
     p.line(&format!(
@@ -595,18 +786,22 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         report.requests_total, report.requests_failed, report.posts_ok
     ));
 
+    // The last kill may have left no leader yet: wait for one (the lease TTL and a bit).
+    let controller = leader_within(&leader_rx, Duration::from_secs(30))
+        .await
+        .context("no controller leads 30 s after the load ended; see logs/controller*.log")?;
     // Let running workflows finish before counting, so no state is mid-move.
     if !args.no_rejuvenation {
         p.line("pausing new workflows; letting running ones finish (up to 40s) before counting");
         let _ = http
-            .post(format!("http://{}/v1/pause", plan.controller))
+            .post(format!("http://{controller}/v1/pause"))
             .header("authorization", &auth)
             .send()
             .await;
         let until = Instant::now() + Duration::from_secs(40);
         while Instant::now() < until && !shutdown.is_cancelled() {
             let busy = match http
-                .get(format!("http://{}/v1/status", plan.controller))
+                .get(format!("http://{controller}/v1/status"))
                 .header("authorization", &auth)
                 .send()
                 .await
@@ -625,7 +820,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         }
     }
     let status: Value = http
-        .get(format!("http://{}/v1/status", plan.controller))
+        .get(format!("http://{controller}/v1/status"))
         .header("authorization", &auth)
         .send()
         .await?
@@ -660,6 +855,20 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             }
         }
     }
+
+    background.cancel();
+    let watched = watcher.await.context("invariant watcher task")?;
+    let (mut controllers, supervised) = match supervisor {
+        Some(s) => {
+            let (c, r) = s.await.context("controller supervisor task")?;
+            (c, Some(r))
+        }
+        None => (sqlite_controllers.context("the SQLite controller")?, None),
+    };
+    while let Ok(l) = lines_rx.try_recv() {
+        p.line(&l);
+    }
+
     let workflows: Vec<Value> = status["history"].as_array().cloned().unwrap_or_default();
     let summary = Summary {
         mode: mode.to_string(),
@@ -681,23 +890,45 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         },
         workflows,
         state_dir: dir.clone(),
+        store: match args.store {
+            StoreKind::Sqlite => "sqlite".into(),
+            StoreKind::Etcd => "etcd".into(),
+        },
+        controllers: args.controllers,
+        invariant_violations: watched.violations,
+        invariant_details: watched.details,
+        invariant_polls: watched.polls,
+        leader_changes: supervised.as_ref().map_or(0, |r| r.leader_changes),
+        controller_kills: supervised.as_ref().map(|r| r.controller_kills),
+        controller_exits: supervised.as_ref().map(|r| r.controller_exits),
+        handover_ms: supervised.as_ref().map(|r| r.handover_ms.clone()),
+        chaos_seed,
     };
 
-    controller.stop(Duration::from_secs(10));
+    controllers.stop(Duration::from_secs(10));
     proxy.stop(Duration::from_secs(10));
     for a in agents.iter_mut() {
         a.stop(Duration::from_secs(15));
     }
+    drop(etcd);
 
     let json = serde_json::to_string_pretty(&summary)?;
     if let Some(path) = &args.summary_json {
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
     }
+    let mut ha = String::new();
+    if let (Some(k), Some(h)) = (summary.controller_kills, &summary.handover_ms) {
+        ha = format!(
+            " controller_kills={k} handover_ms_max={}",
+            h.iter().max().copied().unwrap_or(0)
+        );
+    }
     p.raw(&format!(
-        "summary: mode={} requests_total={} requests_failed={} rejuvenations_completed={} rejuvenations_aborted={} crashes={} latency_ms p50={:.1} p99={:.1} max={:.1} counter expected={} actual={}",
+        "summary: mode={} requests_total={} requests_failed={} rejuvenations_completed={} rejuvenations_aborted={} crashes={} latency_ms p50={:.1} p99={:.1} max={:.1} counter expected={} actual={} invariant_violations={} leader_changes={}{ha}",
         summary.mode, summary.requests_total, summary.requests_failed, summary.rejuvenations_completed,
         summary.rejuvenations_aborted, summary.crashes, summary.latency_ms.p50, summary.latency_ms.p99,
-        summary.latency_ms.max, summary.counter.expected, summary.counter.actual
+        summary.latency_ms.max, summary.counter.expected, summary.counter.actual,
+        summary.invariant_violations, summary.leader_changes
     ));
     Ok(0)
 }
