@@ -121,4 +121,3 @@ fn controller_killed_during_hand_off_resumes() {
 fn controller_killed_during_verification_resumes() {
     crash_and_resume("verifying");
 }
-
