@@ -49,6 +49,22 @@
 //!    The alarm must then **persist** for [`TrendConfig::min_evaluations`] consecutive
 //!    evaluations of that scale and [`TrendConfig::min_persistence`] of time before the
 //!    series is judged unstable.
+//! 7. **Forecast consistency.** A wide, slow wander (an Ornstein–Uhlenbeck-like level with a
+//!    correlation time of hours) or the rising half of a daily cycle seen for the first time
+//!    looks, inside one window, exactly like a leak: significant, steady, and its projected
+//!    exhaustion moment even stays put for hours while it rises. What gives it away is that
+//!    it turns: the forecast stops coming true. So before an unstable judgement
+//!    - the alarm must hold for [`PERSIST_SHARE`] of its own forecast time to exhaustion (a
+//!      forecast of 5 h must survive an hour; one of 10 minutes, two: imminent exhaustion
+//!      keeps its fast path, [`required_persistence_ms`]), and
+//!    - the most recent data must bear the forecast out: the next shorter scale's
+//!      least-squares slope must be at least [`RECENT_SHARE`] of the forecast's slope
+//!      ([`recent_backs`]). A wander that has flattened at its peak, or a cycle near its top,
+//!      fails this; a leak, whose latest stretch rises as fast as its window, passes.
+//!
+//!    We also tried requiring the projected exhaustion moment to stay put over the
+//!    persistence span: it does not separate the kinds (the wander's moment stays put while
+//!    it rises, and a bursty leak's jumps about), see bench/RESULTS.md.
 //!
 //! [`SeriesDetector::reset`] forgets everything, as after a rejuvenation.
 //!
@@ -210,6 +226,10 @@ const FORECAST_RECENT_WHEN_FASTER: bool = true;
 /// No rise over an eighth of the window may exceed this share of the window's whole rise.
 const STEP_SHARE: f64 = 0.5;
 const MAX_SCALES: usize = 6;
+/// An alarm must hold for this share of its own forecast time to exhaustion (rule 7).
+pub const PERSIST_SHARE: f64 = 0.2;
+/// The next shorter scale must rise at least at this share of the forecast's slope (rule 7).
+pub const RECENT_SHARE: f64 = 0.8;
 
 /// How a bucket summarizes the samples that fall in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -673,6 +693,8 @@ struct Scale {
     streak: u32,
     streak_since_ms: u64,
     last: Option<Forecast>,
+    /// Whether the next shorter scale's recent data bore out the last alarm (rule 7).
+    backed: bool,
 }
 
 /// Parameters derived once from a [`TrendConfig`].
@@ -733,6 +755,7 @@ impl SeriesDetector {
                 streak: 0,
                 streak_since_ms: 0,
                 last: None,
+                backed: true,
             })
             .collect();
         Self {
@@ -766,6 +789,7 @@ impl SeriesDetector {
             s.firing = false;
             s.streak = 0;
             s.last = None;
+            s.backed = true;
         }
         self.origin_ms = None;
         self.last_ms = 0;
@@ -796,7 +820,8 @@ impl SeriesDetector {
             let origin = *self.origin_ms.get_or_insert(t_ms);
             self.last_ms = t_ms;
             let rel = t_ms - origin;
-            for sc in &mut self.scales {
+            let mut closed = [false; MAX_SCALES];
+            for (i, sc) in self.scales.iter_mut().enumerate() {
                 let b = rel / sc.bucket_ms;
                 match sc.cur {
                     Some(cur) if cur == b => {}
@@ -814,14 +839,26 @@ impl SeriesDetector {
                         sc.cur_max = f64::NEG_INFINITY;
                         sc.cur_sum = 0.0;
                         sc.cur_n = 0;
-                        // The evaluation's "now" is the end of the bucket just closed.
-                        evaluate(sc, &self.params, self.capacity, t_ms);
+                        closed[i] = true;
                     }
                     None => sc.cur = Some(b),
                 }
                 sc.cur_max = sc.cur_max.max(value);
                 sc.cur_sum += value;
                 sc.cur_n += 1;
+            }
+            // Judged once every scale holds its closed buckets, so that an alarm can be
+            // checked against the next shorter scale's most recent data.
+            for i in (0..self.scales.len()).filter(|&i| closed[i]) {
+                let (head, tail) = self.scales.split_at_mut(i + 1);
+                // The evaluation's "now" is the end of the bucket just closed.
+                evaluate(
+                    &mut head[i],
+                    tail.first(),
+                    &self.params,
+                    self.capacity,
+                    t_ms,
+                );
             }
         }
         self.verdict(t_ms)
@@ -832,14 +869,16 @@ impl SeriesDetector {
         let mut level = Level::Stable;
         let mut best: Option<&Forecast> = None;
         for sc in self.scales.iter().filter(|s| s.firing) {
+            let f = sc.last.as_ref().expect("a firing scale has a forecast");
             let persistent = sc.streak >= self.params.min_evaluations
-                && now_ms.saturating_sub(sc.streak_since_ms) >= self.params.min_persistence_ms;
+                && now_ms.saturating_sub(sc.streak_since_ms)
+                    >= required_persistence_ms(f.tte_s, self.params.min_persistence_ms)
+                && sc.backed;
             let l = if persistent {
                 Level::Unstable
             } else {
                 Level::Suspect
             };
-            let f = sc.last.as_ref().expect("a firing scale has a forecast");
             // Among equals, the longest window (scales are longest first): it has seen most.
             if l > level {
                 level = l;
@@ -866,7 +905,7 @@ fn eval_every(cfg: &TrendConfig, window: Duration, points: usize) -> u32 {
 }
 
 /// Judges a scale after one of its buckets closed.
-fn evaluate(sc: &mut Scale, p: &Params, capacity: f64, now_ms: u64) {
+fn evaluate(sc: &mut Scale, shorter: Option<&Scale>, p: &Params, capacity: f64, now_ms: u64) {
     if sc.eval_wait > 0 {
         sc.eval_wait -= 1;
         return;
@@ -889,7 +928,47 @@ fn evaluate(sc: &mut Scale, p: &Params, capacity: f64, now_ms: u64) {
         sc.streak = 0;
     }
     sc.firing = alarm;
+    // The forecast must agree with the most recent data: the next shorter scale must still
+    // rise at a good part of the forecast's rate (see the module overview, rule 7).
+    sc.backed = match (&forecast, shorter) {
+        (Some(f), Some(short)) if alarm => {
+            recent_backs(recent_slope_per_s(short, p.min_points), f.slope_per_s)
+        }
+        _ => true,
+    };
     sc.last = forecast;
+}
+
+/// The least-squares slope (per second) of a scale's bucketed window: how fast the most recent
+/// data rise. Least squares and not Sen's slope, because the median of the pairwise slopes of
+/// a bursty leak is zero between two bursts, while a least-squares line follows each burst.
+/// `None` while the scale holds fewer than `min_points` buckets (it cannot say anything yet).
+fn recent_slope_per_s(sc: &Scale, min_points: usize) -> Option<f64> {
+    if sc.mk.len() < min_points {
+        return None;
+    }
+    let bucket_s = sc.bucket_ms as f64 / 1000.0;
+    BUFFERS.with(|b| {
+        let mut b = b.borrow_mut();
+        let Buffers { ts, xs, .. } = &mut *b;
+        sc.mk.ordered(ts, xs);
+        Some(ols_slope(ts, xs) / bucket_s)
+    })
+}
+
+/// Whether the recent slope backs an alarm whose forecast rises at `forecast_slope_per_s`:
+/// it must be at least [`RECENT_SHARE`] of it. With no recent slope (too little data) the
+/// alarm stands on its own.
+pub fn recent_backs(recent_slope_per_s: Option<f64>, forecast_slope_per_s: f64) -> bool {
+    recent_slope_per_s.is_none_or(|r| r >= RECENT_SHARE * forecast_slope_per_s)
+}
+
+/// How long an alarm whose forecast is `tte_s` seconds must hold before the series is judged
+/// unstable, in milliseconds: [`PERSIST_SHARE`] of the forecast, and never less than
+/// `min_persistence_ms`.
+pub fn required_persistence_ms(tte_s: f64, min_persistence_ms: u64) -> u64 {
+    let share = (PERSIST_SHARE * tte_s.max(0.0) * 1000.0).min(u64::MAX as f64) as u64;
+    share.max(min_persistence_ms)
 }
 
 /// Reused buffers of the evaluation: the window in order, and pairwise slopes. One set per
@@ -1314,6 +1393,25 @@ mod tests {
         assert!(f.tte_s < truth);
         assert!(f.tte_low_s <= f.tte_s && f.tte_high_s.is_none_or(|h| h >= f.tte_s));
         assert!(f.confidence >= cfg.confidence);
+    }
+
+    #[test]
+    fn forecast_consistency_rules_match_hand_computed_values() {
+        // Least squares through (0,1) (1,3) (2,2) (3,5): t̄ = 1.5, x̄ = 2.75,
+        // Sxy = 2.625 − 0.125 − 0.375 + 3.375 = 5.5, Sxx = 5, slope 1.1.
+        assert!((ols_slope(&[0.0, 1.0, 2.0, 3.0], &[1.0, 3.0, 2.0, 5.0]) - 1.1).abs() < 1e-12);
+        assert_eq!(ols_slope(&[2.0, 2.0], &[1.0, 5.0]), 0.0);
+        // The recent slope must be at least RECENT_SHARE (0.8) of the forecast's.
+        assert!(recent_backs(None, 1.0));
+        assert!(recent_backs(Some(0.8), 1.0));
+        assert!(recent_backs(Some(2.0), 1.0));
+        assert!(!recent_backs(Some(0.79), 1.0));
+        assert!(!recent_backs(Some(-0.1), 1.0));
+        // PERSIST_SHARE (a fifth) of the forecast, never below the configured minimum.
+        assert_eq!(required_persistence_ms(5.0 * 3600.0, 60_000), 3_600_000);
+        assert_eq!(required_persistence_ms(600.0, 60_000), 120_000);
+        assert_eq!(required_persistence_ms(120.0, 60_000), 60_000);
+        assert_eq!(required_persistence_ms(f64::INFINITY, 0), u64::MAX);
     }
 
     #[test]

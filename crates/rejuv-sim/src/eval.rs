@@ -297,6 +297,26 @@ mod tests {
     }
 
     #[test]
+    fn wanders_and_first_daily_cycles_whose_forecast_does_not_come_true_raise_no_alarm() {
+        // Regression: healthy traces of the dev stress suite on which the detector alarmed
+        // before the forecast-consistency rule: wide, slow wanders (correlation times of
+        // hours) alarmed on an 8 h or 2 h scale while rising, and daily cycles on the rising
+        // half of their first day. Each levels off or turns within a fifth of its forecast.
+        let cfg = TrendConfig::default();
+        let wanders: &[u64] = &[
+            2_000_496, 2_000_497, 2_000_520, 2_000_541, 2_000_547, 2_000_594,
+        ];
+        let cycles: &[u64] = &[2_000_018, 2_000_024, 2_000_035, 2_000_073, 2_000_093];
+        let cases = [(Family::Wander, wanders), (Family::DailyCycle, cycles)];
+        for (family, seeds) in cases {
+            for &seed in seeds {
+                let o = run_trace(&generate(family, seed, Draw::Dev), &cfg);
+                assert_eq!(o.detected_s, None, "{} false alarm", o.name);
+            }
+        }
+    }
+
+    #[test]
     fn one_trace_of_every_family_is_judged_right() {
         // A regression guard on members of the dev suite (the full suites run in the
         // detector-bench binary).

@@ -2,10 +2,12 @@
 //! the detector's throughput and memory.
 //!
 //! `cargo run --release -p rejuv-sim --bin detector-bench [-- --details] [--skip-suites]
-//! [--skip-throughput]`
+//! [--skip-throughput] [--dev-only] [--stress N]`
 //!
 //! Prints markdown: the figures of both suites (dev and held-back), per family, and the
-//! series-updates per second of one core.
+//! series-updates per second of one core. `--dev-only` leaves the held-back suite out (for
+//! tuning runs); `--stress N` adds a suite of `N` dev-draw traces per family from other seeds
+//! (its details list only the traces judged wrong).
 
 use rejuv_core::detector::Level;
 use rejuv_core::trend::{Aggregate, SeriesDetector, TrendConfig};
@@ -16,19 +18,33 @@ use std::time::{Duration, Instant};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let details = args.iter().any(|a| a == "--details");
+    let dev_only = args.iter().any(|a| a == "--dev-only");
+    let stress: usize = args
+        .iter()
+        .position(|a| a == "--stress")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| {
+            n.parse()
+                .expect("--stress takes a number of traces per family")
+        })
+        .unwrap_or(0);
     let cfg = TrendConfig::default();
     if !args.iter().any(|a| a == "--skip-suites") {
-        for (title, suite) in [
-            ("dev suite", traces::dev_suite()),
-            ("held-back suite", traces::held_back_suite()),
-        ] {
+        let mut suites = vec![("dev suite", traces::dev_suite(), false)];
+        if stress > 0 {
+            suites.push(("dev stress suite", traces::dev_stress_suite(stress), true));
+        }
+        if !dev_only {
+            suites.push(("held-back suite", traces::held_back_suite(), false));
+        }
+        for (title, suite, only_wrong) in suites {
             let outs = eval::run_suite(&suite, &cfg);
             let score = eval::score(&outs);
             println!("### {title}\n");
             println!("{}", eval::markdown_summary(title, &score));
             println!("{}", eval::markdown_families(&outs));
             if details {
-                print_details(&outs);
+                print_details(&outs, only_wrong);
             }
         }
     }
@@ -37,13 +53,16 @@ fn main() {
     }
 }
 
-fn print_details(outs: &[eval::Outcome]) {
+fn print_details(outs: &[eval::Outcome], only_wrong: bool) {
     let f = |x: Option<f64>| x.map_or("-".into(), |s| format!("{:.2}h", s / 3600.0));
     println!("```");
     for o in outs {
         let bad = (o.aging && !o.caught())
             || (!o.aging && o.detected_s.is_some())
             || o.detected_s.is_some_and(|t| t < o.onset_s);
+        if only_wrong && !bad {
+            continue;
+        }
         println!(
             "{} {:<30} exhaust={:>8} detect={:>8} tte={:>8} err={:>5} window={:>7} lead={:>7} lead90={:>7}",
             if bad { "!!" } else { "  " },
@@ -64,7 +83,7 @@ fn print_details(outs: &[eval::Outcome]) {
 /// as a controller would (every series gets one sample per tick).
 fn throughput(cfg: &TrendConfig) {
     println!("### throughput (one core)\n");
-    println!("| workload | series | updates | seconds | updates/s | bytes/series |\n|---|---|---|---|---|---|");
+    println!("| workload | series | updates | seconds | updates/s | CPU seconds | updates per CPU second | bytes/series |\n|---|---|---|---|---|---|---|---|");
     let n_series = 2000;
     let ticks = 8640; // one day of 10 s samples
                       // Unit fractions of capacity; an aging trace shorter than a day wraps around.
@@ -89,6 +108,7 @@ fn throughput(cfg: &TrendConfig) {
             .collect();
         let mut unstable = 0u64;
         let start = Instant::now();
+        let cpu_start = thread_cpu_s();
         for k in 0..ticks {
             let now = k as u64 * step_ms;
             for (d, tr) in dets.iter_mut().zip(traces) {
@@ -98,10 +118,13 @@ fn throughput(cfg: &TrendConfig) {
             }
         }
         let secs = start.elapsed().as_secs_f64();
+        let cpu = thread_cpu_s().zip(cpu_start).map(|(b, a)| b - a);
         let updates = (n_series * ticks) as f64;
         println!(
-            "| {name} | {n_series} | {updates:.0} | {secs:.2} | {:.0} | {} |",
+            "| {name} | {n_series} | {updates:.0} | {secs:.2} | {:.0} | {} | {} | {} |",
             updates / secs,
+            cpu.map_or("-".into(), |c| format!("{c:.2}")),
+            cpu.map_or("-".into(), |c| format!("{:.0}", updates / c)),
             dets[0].memory_bytes()
         );
         // Keeps the work observable, so it cannot be optimized away.
@@ -130,4 +153,13 @@ fn throughput(cfg: &TrendConfig) {
         step,
     );
     println!();
+}
+
+/// CPU time this thread has run, seconds (Linux's `/proc/thread-self/schedstat`, nanoseconds):
+/// on a machine shared with other builds, updates per CPU second measure the detector while
+/// wall-clock rates measure the load.
+fn thread_cpu_s() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns / 1e9)
 }
