@@ -155,16 +155,6 @@ pub fn wait_phase(h: &Harness, phases: &[&str], limit: Duration) -> Value {
     })
 }
 
-/// Workflows that have ended (completed, rolled back or failed).
-pub fn ended(h: &Harness) -> u64 {
-    h.try_status().map_or(0, |s| {
-        ["completed_total", "rolled_back_total", "failed_total"]
-            .iter()
-            .map(|k| s[k].as_u64().unwrap_or(0))
-            .sum()
-    })
-}
-
 /// A finished workflow from the history, by id.
 pub fn finished(h: &Harness, id: u64) -> Option<Value> {
     h.try_status()?["history"]

@@ -174,6 +174,6 @@ fn controller_state_dir_on_a_full_tmpfs_fails_closed() {
         "filled {filled} bytes; {failed_commits} failed commits while full; completed {to_complete:?} \
          after freeing; load {report:?}"
     );
-    assert!(report.requests_total > 500, "too little load: {report:?}");
+    assert!(report.requests_total > 300, "too little load: {report:?}");
     assert_eq!(report.requests_failed, 0, "{report:?}");
 }

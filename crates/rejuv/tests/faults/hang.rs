@@ -88,6 +88,6 @@ fn agent_hung_by_sigstop_longer_than_timeouts() {
             .all(|s| s["reachable"] == true),
         "every agent answers again: {st}"
     );
-    assert!(report.requests_total > 500, "too little load: {report:?}");
+    assert!(report.requests_total > 300, "too little load: {report:?}");
     assert_eq!(report.requests_failed, 0, "{report:?}");
 }
