@@ -53,7 +53,10 @@ impl Checker {
                     .bearer_auth(&token)
                     .send()
                     .ok()
-                    .and_then(|r| r.json().ok());
+                    // A follower or a controller still loading answers with an error.
+                    .filter(|r| r.status().is_success())
+                    .and_then(|r| r.json().ok())
+                    .filter(|v: &Value| v["servers"].is_array());
                 match st {
                     Some(st) => {
                         obs.polls += 1;
@@ -141,7 +144,8 @@ fn check(st: &Value, obs: &mut Observed, on_list: &mut BTreeMap<String, bool>) {
     let available = st["available_capacity"].as_u64().unwrap_or(0);
     if !exempt && available < MIN_CAPACITY {
         v.push(format!(
-            "available capacity {available} < minimum {MIN_CAPACITY} with every server reachable"
+            "available capacity {available} < minimum {MIN_CAPACITY} with every server reachable: {}",
+            summary(st)
         ));
     }
 
@@ -188,6 +192,38 @@ fn check(st: &Value, obs: &mut Observed, on_list: &mut BTreeMap<String, bool>) {
             obs.violations.push(x);
         }
     }
+}
+
+/// A one-line view of a status for a violation's message: each server's role, state and
+/// reachability, and each running workflow's source, target and phase.
+fn summary(st: &Value) -> String {
+    let empty = Vec::new();
+    let servers: Vec<String> = st["servers"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} reachable={} maintenance={}",
+                s["id"], s["role"], s["state"], s["reachable"], s["maintenance"]
+            )
+        })
+        .collect();
+    let workflows: Vec<String> = st["workflows"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|w| {
+            format!(
+                "{} {}->{} {}",
+                w["id"], w["server"], w["target"], w["phase"]
+            )
+        })
+        .collect();
+    format!(
+        "epoch {} servers {servers:?} workflows {workflows:?}",
+        st["epoch"]
+    )
 }
 
 /// Ends a scenario's run: pauses the controller so no new workflow starts, waits (bounded)

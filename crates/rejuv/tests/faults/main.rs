@@ -14,5 +14,7 @@ mod invariants;
 
 mod clock;
 mod disk;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod hang;
 mod network;
