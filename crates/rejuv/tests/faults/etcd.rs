@@ -1,0 +1,310 @@
+//! etcd goes away for 20 s in the middle of a workflow and comes back. The leader stops
+//! acting (it exits, to be restarted by its supervisor: here the test), nothing is carried
+//! out on the agents while etcd is down, and once etcd is back a leader resumes the stored
+//! workflow and completes it; the front end serves throughout.
+#![cfg(feature = "etcd")]
+
+use crate::common::{aging_spec, outcome, slot};
+use crate::harness::{wait_for, Harness, Load, EXE};
+use crate::invariants::{settle_and_assert, Checker};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn kill_group(c: &mut Child) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = c.wait();
+}
+
+/// One etcd member that can be stopped and started again on the same data and ports
+/// (the shared test server cannot restart).
+struct Etcd {
+    dir: PathBuf,
+    client: SocketAddr,
+    peer: String,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    fn start(dir: PathBuf) -> Self {
+        let mut e = Etcd {
+            dir,
+            client: free_addr(),
+            peer: format!("http://{}", free_addr()),
+            child: None,
+        };
+        e.up();
+        e
+    }
+
+    fn up(&mut self) {
+        use std::os::unix::process::CommandExt;
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .unwrap();
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "t", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .arg("--listen-client-urls")
+            .arg(format!("http://{}", self.client))
+            .arg("--advertise-client-urls")
+            .arg(format!("http://{}", self.client))
+            .args(["--listen-peer-urls", &self.peer])
+            .args(["--initial-advertise-peer-urls", &self.peer])
+            .arg("--initial-cluster")
+            .arg(format!("t={}", self.peer))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .process_group(0);
+        self.child = Some(
+            cmd.spawn()
+                .expect("spawning etcd (Debian package etcd-server)"),
+        );
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let url = format!("http://{}/health", self.client);
+        wait_for("etcd to become healthy", Duration::from_secs(30), || {
+            let body = http.get(&url).send().ok()?.text().ok()?;
+            body.contains("\"health\":\"true\"").then_some(())
+        });
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_group(&mut c);
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// The controller under a supervisor that restarts it when it exits (at most once a second),
+/// as systemd's `Restart=always` would.
+struct Supervised {
+    child: Option<Child>,
+    started: Instant,
+    exits: u32,
+}
+
+impl Supervised {
+    fn spawn(h: &Harness) -> Child {
+        use std::os::unix::process::CommandExt;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(h.dir.path().join("logs/controller.log"))
+            .unwrap();
+        Command::new(EXE)
+            .args(["controller", "--config"])
+            .arg(&h.config)
+            .stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f))
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawning the controller")
+    }
+
+    fn start(h: &Harness) -> Self {
+        Self {
+            child: Some(Self::spawn(h)),
+            started: Instant::now(),
+            exits: 0,
+        }
+    }
+
+    /// Whether the controller process is running now (restarting it if due).
+    fn keep_up(&mut self, h: &Harness) -> bool {
+        if let Some(c) = self.child.as_mut() {
+            if c.try_wait().unwrap().is_none() {
+                return true;
+            }
+            self.child = None;
+            self.exits += 1;
+        }
+        if self.started.elapsed() >= Duration::from_secs(1) {
+            self.child = Some(Self::spawn(h));
+            self.started = Instant::now();
+        }
+        false
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_group(&mut c);
+        }
+    }
+}
+
+/// Instance ids each agent runs, straight from the agents.
+fn agent_instances(h: &Harness) -> BTreeMap<String, Vec<String>> {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    h.servers
+        .iter()
+        .map(|s| {
+            let v: Value = http
+                .get(format!("http://{}/v1/state", s.agent))
+                .bearer_auth(&h.token)
+                .send()
+                .expect("agent /v1/state")
+                .json()
+                .expect("agent state json");
+            let ids = v["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|i| i["id"].as_str().map(str::to_string))
+                .collect();
+            (s.id.clone(), ids)
+        })
+        .collect()
+}
+
+#[test]
+fn etcd_stopped_for_20s_and_restarted() {
+    let _slot = slot();
+    let h = Harness::new(&aging_spec());
+    let mut etcd = Etcd::start(h.dir.path().join("etcd"));
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    let start = text
+        .find("[store]\npath = ")
+        .expect("the harness writes [store]");
+    let end = start + text[start..].find("\n\n").expect("end of [store]");
+    let store = format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [\"http://{}\"]\nprefix = \"/rejuv-faults\"\nlease_ttl = \"3s\"",
+        etcd.client
+    );
+    // A target whose copy a rollback stopped is avoided for failed_target_cooldown; the
+    // harness's 60 s would leave no free spare for the rest of this scenario.
+    let text = format!("{}{}{}", &text[..start], store, &text[end..]);
+    let cooldown = "failed_target_cooldown = \"60s\"";
+    assert!(
+        text.contains(cooldown),
+        "the harness's [rejuvenation] changed"
+    );
+    let text = text.replace(cooldown, "failed_target_cooldown = \"5s\"");
+    std::fs::write(&h.config, text).unwrap();
+    let mut ctl = Supervised::start(&h);
+    h.wait_serving();
+    let checker = Checker::start(&h);
+    let load = Load::start(h.front, 50, Duration::from_secs(110));
+
+    let w = wait_for("a running workflow", Duration::from_secs(45), || {
+        h.try_status()?["workflows"].as_array()?.first().cloned()
+    });
+    let id = w["id"].as_u64().unwrap();
+    etcd.down();
+    let down_at = Instant::now();
+    wait_for(
+        "the leader to stop acting (exit) without etcd",
+        Duration::from_secs(15),
+        || (ctl.exits >= 1 || !ctl.keep_up_no_restart()).then_some(()),
+    );
+    let exited_after = down_at.elapsed();
+    let before = agent_instances(&h);
+    while down_at.elapsed() < Duration::from_secs(20) {
+        ctl.keep_up(&h);
+        assert_eq!(
+            agent_instances(&h),
+            before,
+            "an agent's instances changed while etcd was down"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    etcd.up();
+    let up_at = Instant::now();
+    let done = wait_for(
+        "a leader to resume and end the workflow",
+        Duration::from_secs(60),
+        || {
+            ctl.keep_up(&h);
+            let st = h.try_status()?;
+            st["history"]
+                .as_array()?
+                .iter()
+                .find(|x| x["id"] == id)
+                .cloned()
+        },
+    );
+    let resumed_in = up_at.elapsed();
+    // The resumed leader goes on acting: a workflow completes after the outage.
+    wait_for(
+        "a completed workflow after the outage",
+        Duration::from_secs(60),
+        || {
+            ctl.keep_up(&h);
+            (h.completed() >= 1).then_some(())
+        },
+    );
+    let report = load.finish();
+    let obs = checker.finish();
+    let st = settle_and_assert(&h, &obs, &[]);
+    eprintln!(
+        "etcd down 20 s; the leader exited {exited_after:?} after; workflow {id} {} ({}) \
+         {resumed_in:?} after etcd returned ({} controller exits); load {report:?}",
+        outcome(&done),
+        done["outcome"]["reason"],
+        ctl.exits
+    );
+    // The workflow's deadlines run on through the outage (they are wall-clock times in the
+    // stored state): one caught in duplexing is rolled back by the resumed leader (duplex
+    // timeout 10 s < 20 s down), one past the switch completes. Both are clean ends.
+    assert!(
+        ["completed", "rolled-back"].contains(&outcome(&done)),
+        "{done}"
+    );
+    assert!(
+        st["epoch"].as_u64().unwrap() >= 2,
+        "a new leader term after the outage"
+    );
+    assert!(
+        h.log("controller")
+            .contains("resuming stored cluster state"),
+        "the new leader resumed the stored state"
+    );
+    assert!(report.requests_total > 1000, "too little load: {report:?}");
+    assert_eq!(report.requests_failed, 0, "{report:?}");
+}
+
+impl Supervised {
+    /// Whether the controller process still runs (without restarting it).
+    fn keep_up_no_restart(&mut self) -> bool {
+        let Some(c) = self.child.as_mut() else {
+            return false;
+        };
+        if c.try_wait().unwrap().is_none() {
+            return true;
+        }
+        self.child = None;
+        self.exits += 1;
+        false
+    }
+}
