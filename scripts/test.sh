@@ -14,6 +14,8 @@ command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
 command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler) # builds the etcd client (feature etcd)
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)  # real scrape test, promtool
 command -v chromium >/dev/null || need_pkgs+=(chromium)      # dashboard test in headless Chromium
+command -v iptables >/dev/null || need_pkgs+=(iptables)      # fault suite: cut-offs, packet loss
+command -v faketime >/dev/null || need_pkgs+=(faketime)      # fault suite: wall-clock jumps
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need_pkgs[*]}"
