@@ -50,6 +50,20 @@ struct HaState {
     role: watch::Receiver<Role>,
     /// The leader's API, set once when the campaign is won.
     leader_app: Arc<OnceLock<Router>>,
+    /// The won term's lease: a leader whose lease may have lapsed (it was frozen, say) no
+    /// longer says it leads, nor serves, even before its tasks notice.
+    guard: Arc<OnceLock<LeaderGuard>>,
+}
+
+impl HaState {
+    fn role(&self) -> Role {
+        match self.role.borrow().clone() {
+            Role::Leader if !self.guard.get().is_some_and(|g| g.still_leader()) => {
+                Role::Follower(None)
+            }
+            r => r,
+        }
+    }
 }
 
 /// The API in front of everything: `/healthz` says the role; the rest goes to the leader's API
@@ -62,7 +76,7 @@ fn router(state: HaState) -> Router {
 }
 
 async fn healthz(State(s): State<HaState>) -> Response {
-    let role = s.role.borrow().clone();
+    let role = s.role();
     match role {
         Role::Leader => ([("x-rejuv-role", "leader")], "ok: leader\n").into_response(),
         Role::Follower(l) => {
@@ -84,7 +98,7 @@ fn add_leader_header(resp: &mut Response, leader: Option<&LeaderInfo>) {
 }
 
 async fn forward(State(s): State<HaState>, req: Request) -> Response {
-    let role = s.role.borrow().clone();
+    let role = s.role();
     match (role, s.leader_app.get()) {
         (Role::Leader, Some(app)) => match app.clone().oneshot(req).await {
             Ok(r) => r,
@@ -139,11 +153,13 @@ pub async fn run(
 
     let (role_tx, role_rx) = watch::channel(Role::Follower(None));
     let leader_app = Arc::new(OnceLock::new());
+    let lease_guard = Arc::new(OnceLock::new());
     let local = shutdown.child_token();
     let serve_shutdown = local.clone();
     let app = router(HaState {
         role: role_rx,
         leader_app: leader_app.clone(),
+        guard: lease_guard.clone(),
     });
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -232,6 +248,7 @@ pub async fn run(
         }
     };
     let _ = leader_app.set(leading.app.clone());
+    let _ = lease_guard.set(guard.clone());
     role_tx.send_replace(Role::Leader);
     info!("leading");
 
