@@ -1819,16 +1819,7 @@ impl Cluster {
         let Some(mut w) = self.workflows.remove(&id) else {
             return;
         };
-        let leftovers: Vec<(ServerId, InstanceId)> = self
-            .instances
-            .values()
-            .filter(|i| i.server == w.server && i.traffic == Traffic::Draining)
-            .map(|i| (i.server.clone(), i.id.clone()))
-            .collect();
-        for (server, instance) in leftovers {
-            self.forget_instance(&instance);
-            self.issue(out, CommandKind::StopInstance { server, instance });
-        }
+        self.stop_drained(&w.server, out);
         self.keep_out(&w, "in maintenance: turn maintenance off to release it");
         w.outcome = Some(Outcome::Completed);
         w.steps.push(StepTime {
@@ -1850,28 +1841,28 @@ impl Cluster {
         self.finish(w);
     }
 
-    /// A workflow past its switch failed: the source stays off the list, a person is alerted.
-    fn fail(&mut self, id: u64, reason: String, now: Now, out: &mut Output) {
-        self.fail_with(id, reason, true, now, out);
-    }
-
-    /// [`Self::fail`], alerting only when `alert` (an operator's own doing needs no page).
-    fn fail_with(&mut self, id: u64, reason: String, alert: bool, now: Now, out: &mut Output) {
-        let Some(mut w) = self.workflows.remove(&id) else {
-            return;
-        };
-        // The failed server takes no traffic: its old instances leave the table and are
-        // stopped (their copies serve).
+    /// Forgets and stops the source's draining instances (their copies serve).
+    fn stop_drained(&mut self, server: &str, out: &mut Output) {
         let leftovers: Vec<(ServerId, InstanceId)> = self
             .instances
             .values()
-            .filter(|i| i.server == w.server && i.traffic == Traffic::Draining)
+            .filter(|i| i.server == server && i.traffic == Traffic::Draining)
             .map(|i| (i.server.clone(), i.id.clone()))
             .collect();
         for (server, instance) in leftovers {
             self.forget_instance(&instance);
             self.issue(out, CommandKind::StopInstance { server, instance });
         }
+    }
+
+    /// A workflow past its switch failed: the source stays off the list, a person is alerted.
+    fn fail(&mut self, id: u64, reason: String, now: Now, out: &mut Output) {
+        let Some(mut w) = self.workflows.remove(&id) else {
+            return;
+        };
+        // The failed server takes no traffic: its old instances leave the table and are
+        // stopped (their copies serve).
+        self.stop_drained(&w.server, out);
         self.keep_out(&w, &reason);
         w.outcome = Some(Outcome::Failed {
             reason: reason.clone(),
@@ -1891,16 +1882,14 @@ impl Cluster {
                 w.server
             ),
         );
-        if alert {
-            self.issue(
-                out,
-                CommandKind::Alert {
-                    name: "RejuvWorkflowFailed".into(),
-                    server: Some(w.server.clone()),
-                    summary: format!("rejuvenation of {} failed: {reason}", w.server),
-                },
-            );
-        }
+        self.issue(
+            out,
+            CommandKind::Alert {
+                name: "RejuvWorkflowFailed".into(),
+                server: Some(w.server.clone()),
+                summary: format!("rejuvenation of {} failed: {reason}", w.server),
+            },
+        );
         self.failed_total += 1;
         self.finish(w);
     }
