@@ -179,6 +179,7 @@ pub fn status_json(cfg: &Config, p: &Published) -> serde_json::Value {
         "completed_total": c.completed_total,
         "rolled_back_total": c.rolled_back_total,
         "failed_total": c.failed_total,
+        "store": p.store,
     })
 }
 

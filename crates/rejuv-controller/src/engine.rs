@@ -57,6 +57,21 @@ pub struct Published {
     pub epoch: u64,
     /// Latest sample per server (memory only).
     pub samples: Arc<BTreeMap<String, AgentState>>,
+    /// Whether the store takes this controller's commits.
+    pub store: StoreHealth,
+}
+
+/// How the store has been taking commits: while it refuses them the controller acts on
+/// nothing (fail closed), and says so here (status, metrics).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StoreHealth {
+    /// Commits refused or failed since this controller started.
+    pub commit_failures_total: u64,
+    /// Wall-clock time (ms) of the first failure of the current run of failures; `None` while
+    /// commits succeed.
+    pub failing_since_ms: Option<u64>,
+    /// The last failure, as the store said it.
+    pub last_error: Option<String>,
 }
 
 /// Wall-clock time as the controller uses it: read once, then carried forward by the monotonic
@@ -173,6 +188,7 @@ impl Engine {
             cluster: Arc::new(cluster.clone()),
             epoch,
             samples: Arc::new(BTreeMap::new()),
+            store: StoreHealth::default(),
         });
         let routes = watch::Sender::new(cluster.routes.clone());
         let (events, _) = broadcast::channel(1024);
@@ -337,10 +353,42 @@ impl Engine {
             .collect();
         if let Err(e) = self.store.commit(&self.cluster, &out.events, &finished) {
             // Fail closed: nothing that was not recorded is acted on.
-            warn!(error = %e, "store commit failed; the step is dropped and nothing is acted on");
+            let error = rejuv_core::error_chain(&e);
+            let first = self.published.borrow().store.failing_since_ms.is_none();
+            if first {
+                warn!(error = %error, "store commit failed; the step is dropped and nothing is acted on until the store takes commits again");
+            } else {
+                tracing::debug!(error = %error, "store commit failed again");
+            }
             // The published snapshot is the state of the last successful commit.
             self.cluster = (*self.published.borrow().cluster).clone();
+            self.published.send_modify(|p| {
+                p.store.commit_failures_total += 1;
+                p.store.failing_since_ms.get_or_insert(now.wall_ms);
+                p.store.last_error = Some(error);
+            });
             return;
+        }
+        let failing_since = self.published.borrow().store.failing_since_ms;
+        if let Some(since) = failing_since {
+            // Results that came back while commits failed were dropped with their steps: their
+            // commands are still in the committed outbox, so carry them out again (each is
+            // idempotent by its id, as after a crash), in the order they were issued.
+            let again: Vec<Command> = self
+                .cluster
+                .pending
+                .values()
+                .filter(|c| {
+                    !self.running.contains(&c.id) && !out.commands.iter().any(|n| n.id == c.id)
+                })
+                .cloned()
+                .collect();
+            info!(
+                failing_for_ms = now.wall_ms.saturating_sub(since),
+                resent = again.len(),
+                "the store takes commits again"
+            );
+            self.dispatch(again);
         }
         if let Some(phase) = &self.crash_at {
             if self
@@ -364,10 +412,15 @@ impl Engine {
         if self.routes.borrow().version != self.cluster.routes.version {
             self.routes.send_replace(self.cluster.routes.clone());
         }
+        let store = StoreHealth {
+            failing_since_ms: None,
+            ..self.published.borrow().store.clone()
+        };
         self.published.send_replace(Published {
             cluster: Arc::new(self.cluster.clone()),
             epoch: self.epoch,
             samples: self.samples.clone(),
+            store,
         });
     }
 

@@ -41,6 +41,8 @@ pub const NAMES: &[&str] = &[
     "rejuv_epoch",
     "rejuv_routes_version",
     "rejuv_pending_commands",
+    "rejuv_store_failing",
+    "rejuv_store_commit_failures_total",
     "rejuv_server_state",
     "rejuv_server_maintenance",
     "rejuv_server_judgement",
@@ -231,6 +233,19 @@ fn cluster_metrics(reg: &mut Registry, p: &Published) {
         "pending_commands",
         "Commands issued and not yet acknowledged (the outbox)",
         c.pending.len() as f64,
+    );
+    one_gauge(
+        reg,
+        "store_failing",
+        "1 while the store refuses this controller's commits: it acts on nothing meanwhile",
+        flag(p.store.failing_since_ms.is_some()),
+    );
+    let failures = Counter::<u64>::default();
+    failures.inc_by(p.store.commit_failures_total);
+    reg.register(
+        "store_commit_failures",
+        "Store commits that failed since this controller started (each dropped its step)",
+        failures,
     );
 }
 
@@ -719,6 +734,11 @@ port_range = [20000, 20009]
             cluster: Arc::new(c),
             epoch: 4,
             samples: Arc::new([("s1".to_string(), state)].into()),
+            store: crate::engine::StoreHealth {
+                commit_failures_total: 2,
+                failing_since_ms: Some(1_004_000),
+                last_error: Some("etcd: committing a step failed".into()),
+            },
         }
     }
 

@@ -21,3 +21,40 @@ pub mod gate;
 pub mod time;
 pub mod trend;
 pub mod types;
+
+/// An error with its causes, `outer: cause: root cause`, for a log line, an API body or a
+/// status field; a cause whose text the message already holds (a wrapper that repeats its
+/// source) is not written twice.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("committing a step failed")]
+    struct Outer(#[source] Inner);
+    #[derive(Debug, thiserror::Error)]
+    #[error("database space exceeded")]
+    struct Inner;
+
+    #[test]
+    fn error_chain_writes_every_cause_once() {
+        assert_eq!(
+            super::error_chain(&Outer(Inner)),
+            "committing a step failed: database space exceeded"
+        );
+        let io = std::io::Error::other(Inner);
+        assert_eq!(super::error_chain(&io), "database space exceeded");
+    }
+}

@@ -316,6 +316,14 @@ fn render_status(v: &Value) -> String {
         v["rolled_back_total"].as_u64().unwrap_or(0),
         v["failed_total"].as_u64().unwrap_or(0),
     );
+    if let Some(since) = v["store"]["failing_since_ms"].as_u64() {
+        out.push_str(&format!(
+            "STORE FAILING since {} ({} commits failed): nothing is acted on until it takes commits again; last error: {}\n",
+            wall(since),
+            v["store"]["commit_failures_total"],
+            str_of(&v["store"], "last_error"),
+        ));
+    }
     let mut t = Table::new(&[
         "SERVER", "ROLE", "STATE", "LIST", "JUDGED", "MEMORY", "LOAD", "RUNNING", "WHY",
     ]);
