@@ -14,7 +14,8 @@
 //! | `<prefix>/events/<seq, 20 digits>` | JSON array of the events of one commit, each with its `seq`; the key is the last seq | commits with events, fenced | none |
 //! | `<prefix>/workflows/<id, 20 digits>` | JSON of one finished workflow | commits that finish workflows, fenced | none |
 //!
-//! Retention: each commit with events deletes the batches whose last seq is older than the
+//! Retention: the leader compacts etcd's history every `store.compact_every` (see
+//! [`compact_history`]); each commit with events deletes the batches whose last seq is older than the
 //! newest `retention.events`; each commit that finishes workflows deletes ids older than the
 //! newest `retention.workflows`. Raw samples never come here.
 //!
@@ -727,6 +728,55 @@ impl EtcdStore {
         kvs.iter()
             .map(|kv| serde_json::from_slice(kv.value()).map_err(StoreError::from))
             .collect()
+    }
+}
+
+/// Compacts etcd's key history while this controller leads: every `every`, up to the revision
+/// seen one period before (so at least one period of history stays for watchers), as
+/// Kubernetes' API server does. Every commit rewrites `<prefix>/state`; without compaction the
+/// old revisions pile up until etcd's backend quota is full and every write fails (`NOSPACE`).
+/// Compaction only frees space inside etcd's file for reuse; giving it back to the file
+/// system needs `etcdctl defrag`, which blocks the member and is left to operators.
+/// Ends when `stop` is cancelled.
+pub async fn compact_history(
+    client: Client,
+    every: Duration,
+    guard: LeaderGuard,
+    stop: tokio_util::sync::CancellationToken,
+    keys: Keys,
+) {
+    let mut kv = client.kv_client();
+    let mut seen: Option<i64> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if !guard.still_leader() {
+            return;
+        }
+        let now = match timed(
+            "reading the revision",
+            Duration::from_secs(3),
+            kv.get(keys.leader(), Some(GetOptions::new().with_keys_only())),
+        )
+        .await
+        {
+            Ok(r) => r.header().map(|h| h.revision()),
+            Err(e) => {
+                warn!(error = %e, "cannot read etcd's revision for compaction; trying next period");
+                continue;
+            }
+        };
+        if let Some(rev) = seen {
+            match timed("compacting", Duration::from_secs(10), kv.compact(rev, None)).await {
+                Ok(_) => info!(revision = rev, "compacted etcd's history"),
+                // Someone compacted further already (etcd's own auto-compaction, another tool).
+                Err(e) if e.to_string().contains("compacted") => {}
+                Err(e) => warn!(error = %e, revision = rev, "etcd compaction failed"),
+            }
+        }
+        seen = now;
     }
 }
 

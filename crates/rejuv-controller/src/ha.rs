@@ -247,6 +247,15 @@ pub async fn run(
             return Err(e.context("taking over as leader"));
         }
     };
+    let compactor = (!sc.compact_every.is_zero()).then(|| {
+        tokio::spawn(etcd_store::compact_history(
+            client.clone(),
+            sc.compact_every,
+            guard.clone(),
+            local.clone(),
+            keys.clone(),
+        ))
+    });
     let _ = leader_app.set(leading.app.clone());
     let _ = lease_guard.set(guard.clone());
     role_tx.send_replace(Role::Leader);
@@ -256,6 +265,9 @@ pub async fn run(
     // Stop acting first, then (on a clean stop) give the lease back.
     local.cancel();
     leading.join().await;
+    if let Some(c) = compactor {
+        let _ = c.await;
+    }
     let _ = server.await;
     match lost {
         None => {

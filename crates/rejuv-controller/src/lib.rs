@@ -60,6 +60,9 @@ pub async fn run(
     opts: ControllerOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    for w in opts.config.warnings() {
+        tracing::warn!(field = %w.field, "config: {}", w.reason);
+    }
     match opts.config.store.kind {
         StoreKind::Sqlite => run_sqlite(listener, opts, shutdown).await,
         #[cfg(feature = "etcd")]

@@ -653,6 +653,12 @@ pub struct StoreConfig {
     /// TTL of the leader's etcd lease (`kind = "etcd"`): a dead leader is replaced within it.
     #[serde(with = "humantime_serde", default = "default_lease_ttl")]
     pub lease_ttl: Duration,
+    /// How often the leader compacts etcd's key history (`kind = "etcd"`), each time up to the
+    /// revision it saw one period before, so that history of at least one period is kept;
+    /// `0s` leaves compaction to etcd's own `--auto-compaction-retention`. The state is
+    /// rewritten on every step, so an etcd that nobody compacts fills its quota.
+    #[serde(with = "humantime_serde", default = "default_compact_every")]
+    pub compact_every: Duration,
 }
 
 fn default_store_kind() -> StoreKind {
@@ -666,6 +672,9 @@ fn default_etcd_endpoints() -> Vec<String> {
 }
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(5)
+}
+fn default_compact_every() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl StoreConfig {
@@ -706,6 +715,12 @@ impl StoreConfig {
         if self.lease_ttl < Duration::from_secs(2) || self.lease_ttl > Duration::from_secs(3600) {
             err("store.lease_ttl".into(), "must be between 2s and 1h");
         }
+        if self.compact_every > Duration::from_secs(24 * 3600) {
+            err(
+                "store.compact_every".into(),
+                "must be at most 24h (0s leaves compaction to etcd)",
+            );
+        }
     }
 }
 
@@ -717,6 +732,7 @@ impl Default for StoreConfig {
             endpoints: default_etcd_endpoints(),
             prefix: None,
             lease_ttl: default_lease_ttl(),
+            compact_every: default_compact_every(),
         }
     }
 }
@@ -994,6 +1010,30 @@ impl Config {
 
     pub fn server(&self, id: &str) -> Option<&ServerConfig> {
         self.servers.iter().find(|s| s.id == id)
+    }
+
+    /// What is allowed but likely to hurt, each naming its field: the controller logs these
+    /// at start and `rejuv config check` prints them.
+    pub fn warnings(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        if self.store.kind == StoreKind::Etcd {
+            // A leader that dies during a hand-off is replaced within the lease TTL; the
+            // next one then finishes the move. Requests held longer than `hold` fail.
+            let needed = self.store.lease_ttl + Duration::from_secs(2);
+            for (name, svc) in &self.services {
+                if let Some(h) = svc.handoff.as_ref().filter(|h| h.hold < needed) {
+                    out.push(FieldError {
+                        field: format!("services.{name}.handoff.hold"),
+                        reason: format!(
+                            "{} is shorter than store.lease_ttl + 2s ({}): requests held while a leader that died mid-hand-off is replaced would fail",
+                            humantime::format_duration(h.hold),
+                            humantime::format_duration(needed)
+                        ),
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Every semantic problem, each naming its field.
@@ -1389,6 +1429,28 @@ health = { path = "/healthz" }
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"store.endpoints[0]"), "{fields:?}");
         assert!(fields.contains(&"store.lease_ttl"), "{fields:?}");
+        let compact = ok.replace("lease_ttl = \"5s\"", "compact_every = \"2d\"");
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&compact) else {
+            panic!("a compaction period of two days is refused")
+        };
+        assert_eq!(errs[0].field, "store.compact_every");
+    }
+
+    #[test]
+    fn a_handoff_hold_shorter_than_a_leader_handover_is_warned_about() {
+        let held = EXAMPLE.replace(
+            "health = { path = \"/healthz\" }",
+            "health = { path = \"/healthz\" }\nhandoff = { export = \"/e\", import = \"/i\", hold = \"3s\" }",
+        );
+        let sqlite = Config::from_toml(&held).unwrap();
+        assert!(sqlite.warnings().is_empty(), "no leader handover on SQLite");
+        let etcd = format!("{held}\n[store]\nkind = \"etcd\"\nlease_ttl = \"5s\"\n");
+        let w = Config::from_toml(&etcd).unwrap().warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].field, "services.web.handoff.hold");
+        assert!(w[0].reason.contains("7s"), "{}", w[0].reason);
+        let long = etcd.replace("hold = \"3s\"", "hold = \"7s\"");
+        assert!(Config::from_toml(&long).unwrap().warnings().is_empty());
     }
 
     #[test]

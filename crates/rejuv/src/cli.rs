@@ -322,6 +322,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         c.servers.len(),
                         c.services.len()
                     );
+                    for w in c.warnings() {
+                        eprintln!("warning: {w}");
+                    }
                     Ok(0)
                 }
                 Err(e) => {

@@ -286,7 +286,7 @@ env = {{ REJUV_LOG = "warn" }}
 health = {{ path = "/healthz", interval = "250ms", timeout = "1s" }}
 drain = "5s"
 stop_grace = "3s"
-handoff = {{ export = "/_rejuv/state", import = "/_rejuv/state", hold = "3s" }}
+handoff = {{ export = "/_rejuv/state", import = "/_rejuv/state", hold = "{hold}" }}
 
 # A cache that warms up to a plateau and stays there: the detector must leave its server alone.
 [services.cache]
@@ -312,6 +312,8 @@ stop_grace = "3s"
             ),
         },
         floor = primaries.saturating_sub(1) * 4,
+        // Requests held during a hand-off must outlast a leader's replacement (lease 3 s).
+        hold = if etcd.is_some() { "5s" } else { "3s" },
         store = match etcd {
             // A short lease: a dead leader is replaced within about 3 s.
             Some(endpoint) => format!(

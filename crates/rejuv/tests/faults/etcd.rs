@@ -2,6 +2,10 @@
 //! acting (it exits, to be restarted by its supervisor: here the test), nothing is carried
 //! out on the agents while etcd is down, and once etcd is back a leader resumes the stored
 //! workflow and completes it; the front end serves throughout.
+//!
+//! etcd runs out of quota (its `NOSPACE` alarm) in the middle of a workflow: every commit is
+//! refused, the controller acts on nothing and says so, and once an operator has freed space
+//! and disarmed the alarm the workflow goes on and completes; the stored state is whole.
 #![cfg(feature = "etcd")]
 
 use crate::common::{aging_spec, outcome, slot};
@@ -35,19 +39,48 @@ struct Etcd {
     dir: PathBuf,
     client: SocketAddr,
     peer: String,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Etcd {
     fn start(dir: PathBuf) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    fn start_with(dir: PathBuf, extra: &[&str]) -> Self {
         let mut e = Etcd {
             dir,
             client: free_addr(),
             peer: format!("http://{}", free_addr()),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         e.up();
         e
+    }
+
+    /// Runs `etcdctl` against this member, with `stdin` as its input; returns its stdout and
+    /// whether it succeeded (stderr is appended to the output on failure).
+    fn ctl(&self, args: &[&str], stdin: &[u8]) -> (bool, String) {
+        use std::io::Write;
+        let mut child = Command::new("etcdctl")
+            .arg(format!("--endpoints=http://{}", self.client))
+            .args(["--command-timeout=10s"])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running etcdctl (Debian package etcd-client)");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+        (out.status.success(), text)
     }
 
     fn up(&mut self) {
@@ -69,6 +102,7 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &self.peer])
             .arg("--initial-cluster")
             .arg(format!("t={}", self.peer))
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -161,6 +195,29 @@ impl Drop for Supervised {
     }
 }
 
+/// Points the harness's controller at `etcd` (lease TTL 3 s).
+fn use_etcd(h: &Harness, etcd: &Etcd) {
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    let start = text
+        .find("[store]\npath = ")
+        .expect("the harness writes [store]");
+    let end = start + text[start..].find("\n\n").expect("end of [store]");
+    let store = format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [\"http://{}\"]\nprefix = \"/rejuv-faults\"\nlease_ttl = \"3s\"",
+        etcd.client
+    );
+    // A target whose copy a rollback stopped is avoided for failed_target_cooldown; the
+    // harness's 60 s would leave no free spare for the rest of a scenario.
+    let text = format!("{}{}{}", &text[..start], store, &text[end..]);
+    let cooldown = "failed_target_cooldown = \"60s\"";
+    assert!(
+        text.contains(cooldown),
+        "the harness's [rejuvenation] changed"
+    );
+    let text = text.replace(cooldown, "failed_target_cooldown = \"5s\"");
+    std::fs::write(&h.config, text).unwrap();
+}
+
 /// Instance ids each agent runs, straight from the agents.
 fn agent_instances(h: &Harness) -> BTreeMap<String, Vec<String>> {
     let http = reqwest::blocking::Client::builder()
@@ -193,25 +250,7 @@ fn etcd_stopped_for_20s_and_restarted() {
     let _slot = slot();
     let h = Harness::new(&aging_spec());
     let mut etcd = Etcd::start(h.dir.path().join("etcd"));
-    let text = std::fs::read_to_string(&h.config).unwrap();
-    let start = text
-        .find("[store]\npath = ")
-        .expect("the harness writes [store]");
-    let end = start + text[start..].find("\n\n").expect("end of [store]");
-    let store = format!(
-        "[store]\nkind = \"etcd\"\nendpoints = [\"http://{}\"]\nprefix = \"/rejuv-faults\"\nlease_ttl = \"3s\"",
-        etcd.client
-    );
-    // A target whose copy a rollback stopped is avoided for failed_target_cooldown; the
-    // harness's 60 s would leave no free spare for the rest of this scenario.
-    let text = format!("{}{}{}", &text[..start], store, &text[end..]);
-    let cooldown = "failed_target_cooldown = \"60s\"";
-    assert!(
-        text.contains(cooldown),
-        "the harness's [rejuvenation] changed"
-    );
-    let text = text.replace(cooldown, "failed_target_cooldown = \"5s\"");
-    std::fs::write(&h.config, text).unwrap();
+    use_etcd(&h, &etcd);
     let mut ctl = Supervised::start(&h);
     h.wait_serving();
     let checker = Checker::start(&h);
@@ -307,4 +346,191 @@ impl Supervised {
         self.exits += 1;
         false
     }
+}
+
+/// etcd's backend quota in this scenario: small, so that a few writes fill it.
+const QUOTA_BYTES: u64 = 16 * 1024 * 1024;
+
+#[test]
+fn etcd_out_of_quota_fails_closed_and_goes_on_after_disarm() {
+    let _slot = slot();
+    // A veto hook before the switch holds the workflow at the gate for 8 s: the quota runs
+    // out while it runs, so its result comes back to a store that refuses every commit.
+    let spec = crate::harness::Spec {
+        extra_toml: format!(
+            "{}\n[[hooks]]\nname = \"warm-up\"\nstep = \"draining\"\nwhen = \"before\"\nveto = true\ntimeout = \"30s\"\ncommand = [\"/bin/sleep\", \"8\"]\n",
+            aging_spec().extra_toml
+        ),
+        ..aging_spec()
+    };
+    let h = Harness::new(&spec);
+    let quota = QUOTA_BYTES.to_string();
+    let etcd = Etcd::start_with(
+        h.dir.path().join("etcd"),
+        &["--quota-backend-bytes", &quota],
+    );
+    use_etcd(&h, &etcd);
+    let mut ctl = Supervised::start(&h);
+    h.wait_serving();
+    let checker = Checker::start(&h);
+    let load = Load::start(h.front, 50, Duration::from_secs(110));
+
+    let w = crate::common::wait_phase(&h, &["gating"], Duration::from_secs(60));
+    let id = w["id"].as_u64().unwrap();
+    let before = agent_instances(&h);
+    // Fill the quota as another tenant of the etcd cluster (or years of unretained history)
+    // would: 1 MB values until etcd refuses a write and raises its NOSPACE alarm.
+    let value = vec![b'x'; 1_000_000];
+    let mut filled = 0u64;
+    let full = loop {
+        let (ok, out) = etcd.ctl(&["put", &format!("/filler/{filled:04}")], &value);
+        if !ok {
+            break out;
+        }
+        filled += 1;
+        assert!(
+            filled <= 2 * QUOTA_BYTES / 1_000_000,
+            "etcd took {filled} MB under a quota of {QUOTA_BYTES} bytes"
+        );
+    };
+    let full_at = Instant::now();
+    assert!(
+        full.contains("database space exceeded"),
+        "etcd refused the filler for another reason: {full}"
+    );
+    let (_, alarms) = etcd.ctl(&["alarm", "list"], b"");
+    assert!(alarms.contains("NOSPACE"), "no NOSPACE alarm: {alarms}");
+
+    // The controller sees its commits refused and says so; nothing moves meanwhile.
+    let status = wait_for(
+        "the status to say the store refuses commits",
+        Duration::from_secs(20),
+        || {
+            ctl.keep_up(&h);
+            let st = h.try_status()?;
+            st["store"]["failing_since_ms"].is_u64().then_some(st)
+        },
+    );
+    let error = status["store"]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        error.contains("database space exceeded"),
+        "the status names etcd's reason: {error:?}"
+    );
+    let scrape = reqwest::blocking::Client::new()
+        .get(format!("http://{}/metrics", h.controller_addr))
+        .bearer_auth(&h.token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l == "rejuv_store_failing 1" || l == "rejuv_store_failing 1.0"),
+        "the metric says the store fails"
+    );
+    while full_at.elapsed() < Duration::from_secs(15) {
+        ctl.keep_up(&h);
+        assert_eq!(
+            agent_instances(&h),
+            before,
+            "an agent's instances changed while etcd refused every write"
+        );
+        if let Some(st) = h.try_status() {
+            let phase = st["workflows"]
+                .as_array()
+                .and_then(|ws| ws.iter().find(|x| x["id"] == id))
+                .map(|x| x["phase"].clone());
+            assert_eq!(
+                phase,
+                Some(Value::from("gating")),
+                "the workflow left the gate while etcd refused every write: {st}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        h.log("controller").contains("hook"),
+        "the hook ran and finished while the store was full"
+    );
+
+    // What an operator does (docs/operations.md): free space, compact, defragment, disarm.
+    let recover_at = Instant::now();
+    for args in [
+        &["del", "--prefix", "/filler/"][..],
+        &["compact", &current_revision(&etcd).to_string()][..],
+        &["defrag"][..],
+        &["alarm", "disarm"][..],
+    ] {
+        let (ok, out) = etcd.ctl(args, b"");
+        assert!(ok, "etcdctl {args:?}: {out}");
+    }
+    let done = wait_for(
+        "the held workflow to end once etcd takes writes again",
+        Duration::from_secs(60),
+        || {
+            ctl.keep_up(&h);
+            crate::common::finished(&h, id)
+        },
+    );
+    let resumed_in = recover_at.elapsed();
+    assert_eq!(
+        outcome(&done),
+        "completed",
+        "the workflow whose hook result was refused went on: {done}"
+    );
+    assert!(
+        h.status()["store"]["failing_since_ms"].is_null(),
+        "the status says the store works again"
+    );
+    let log = h.log("controller");
+    assert!(
+        ctl.exits > 0 || log.contains("the store takes commits again"),
+        "the controller says when the store takes commits again"
+    );
+    let report = load.finish();
+    let obs = checker.finish();
+    let st = settle_and_assert(&h, &obs, &[]);
+    let completed = st["completed_total"].as_u64().unwrap();
+    let failures = st["store"]["commit_failures_total"].as_u64().unwrap_or(0);
+
+    // Nothing corrupted: a controller killed now resumes exactly what was stored.
+    let exits = ctl.exits;
+    let epoch = st["epoch"].as_u64().unwrap();
+    if let Some(c) = ctl.child.as_mut() {
+        kill_group(c);
+    }
+    ctl.child = None;
+    let st2 = wait_for(
+        "a restarted controller to resume the stored state",
+        Duration::from_secs(30),
+        || {
+            ctl.keep_up(&h);
+            let st = h.try_status()?;
+            (st["epoch"].as_u64()? > epoch).then_some(st)
+        },
+    );
+    assert_eq!(st2["completed_total"].as_u64().unwrap(), completed);
+    assert_eq!(st2["history"], st["history"], "the history came back whole");
+    eprintln!(
+        "etcd full after {filled} MB of filler; store error {error:?}; {failures} commits refused; \
+         workflow {id} {} {resumed_in:?} after the operator's recovery ({exits} controller exits \
+         meanwhile); load {report:?}",
+        outcome(&done),
+    );
+    assert!(report.requests_total > 1000, "too little load: {report:?}");
+    assert_eq!(report.requests_failed, 0, "{report:?}");
+}
+
+/// etcd's current revision, as `etcdctl endpoint status` reports it.
+fn current_revision(etcd: &Etcd) -> i64 {
+    let (ok, out) = etcd.ctl(&["endpoint", "status", "-w", "json"], b"");
+    assert!(ok, "etcdctl endpoint status: {out}");
+    let v: Value = serde_json::from_str(&out).expect("endpoint status json");
+    v[0]["Status"]["header"]["revision"]
+        .as_i64()
+        .expect("a revision in the endpoint status")
 }
