@@ -1539,12 +1539,50 @@ impl Cluster {
     /// The gate said now: the copies take the traffic, the source leaves the list.
     fn switch(&mut self, id: u64, gate_reason: String, now: Now, out: &mut Output) {
         let next_version = self.routes_version + 1;
+        let source_reachable = self
+            .workflows
+            .get(&id)
+            .and_then(|w| self.servers.get(&w.server))
+            .is_some_and(Server::reachable);
+        // State is exported by the source's agent from a live instance: from a dead source
+        // (reactive failover, or a source that died while its copy waited) there is nothing
+        // to move, and waiting for the export to give up would keep the copy out of service.
+        let lost: Vec<(InstanceId, InstanceId)> = self.workflows[&id]
+            .pairs
+            .iter()
+            .filter(|p| p.handoff && !p.transferred)
+            .filter(|p| !source_reachable || !self.instances.get(&p.old).is_some_and(|i| i.healthy))
+            .map(|p| (p.old.clone(), p.new.clone()))
+            .collect();
         let w = self.workflows.get_mut(&id).expect("present");
+        for p in w.pairs.iter_mut() {
+            if lost.iter().any(|(_, new)| new == &p.new) {
+                p.handoff = false;
+            }
+        }
         w.gate_reason = Some(gate_reason.clone());
         w.enter(Phase::Draining, now);
         let pairs = w.pairs.clone();
         let server = w.server.clone();
         let target = w.target.clone();
+        for (old, new) in &lost {
+            self.log(
+                out,
+                now,
+                "handoff-skipped",
+                Some(&server),
+                Some(id),
+                format!("{old} is down: its state is lost; {new} serves without it"),
+            );
+            self.issue(
+                out,
+                CommandKind::Alert {
+                    name: "RejuvHandoffFailed".into(),
+                    server: Some(server.clone()),
+                    summary: format!("state hand-off {old} -> {new} impossible: {old} is down"),
+                },
+            );
+        }
         for p in &pairs {
             if let Some(new) = self.instances.get_mut(&p.new) {
                 // A stateful copy takes traffic only once the state has moved.

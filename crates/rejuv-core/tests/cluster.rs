@@ -1120,8 +1120,9 @@ mod table {
                 _ => Expect::nothing(p),
             },
             SourceLost => match p {
-                // The source died while its hot copy waited: fail over to the copy at once.
-                G => Expect::logs(DR, &["agent", "step"]),
+                // The source died while its hot copy waited: fail over to the copy at once;
+                // the stateful copy serves without the state it cannot get, and says so.
+                G => Expect::to(DR, &["alert"], &["agent", "handoff-skipped", "step"]),
                 _ => Expect::logs(p, &["agent"]),
             },
             TargetSeen => Expect::nothing(p),
@@ -1476,9 +1477,15 @@ mod table {
                         h.c.servers["s1"].state,
                         ServerState::Rejuvenating { workflow: w.id }
                     );
+                    // Every copy serves at once, a stateful one too: the dead source has
+                    // no state to hand off.
                     for p in &old_pairs {
-                        let want = (!p.handoff).then_some(BackendState::Serving);
-                        assert_eq!(h.backend(&p.new), want, "{} after the failover", p.new);
+                        assert_eq!(
+                            h.backend(&p.new),
+                            Some(BackendState::Serving),
+                            "{} after the failover",
+                            p.new
+                        );
                     }
                 }
             }
@@ -3134,21 +3141,25 @@ mod regressions {
             Some(BackendState::Serving),
             "the hot copy takes over"
         );
-        assert_eq!(
-            h.backend(&db.new),
-            None,
-            "a stateful copy waits for its state"
-        );
-
-        // The dead source's state cannot be moved: the stateful copy serves without it.
-        h.sync();
-        assert_eq!(h.phase("s1"), Some(Phase::HandingOff));
-        let transfer = h.pending_where(|k| matches!(k, CommandKind::TransferState { .. }));
-        assert_eq!(transfer.len(), 1);
-        let out = h.ack_failed(&transfer[0]);
-        assert_eq!(alerts(&out).len(), 1);
+        // Was: the stateful copy waited for a transfer from the dead source, which the
+        // controller retries for 30 s before giving up; the copy served nothing meanwhile.
+        // The dead source's state cannot be moved: the stateful copy serves at once, without
+        // it, and a person is told.
         assert_eq!(h.backend(&db.new), Some(BackendState::Serving));
-        assert_eq!(h.phase("s1"), Some(Phase::Rejuvenating));
+        let skipped = events_of(&out, "handoff-skipped");
+        assert_eq!(skipped.len(), 1, "{out:?}");
+        assert!(
+            skipped[0].message.contains(&db.old) && skipped[0].message.contains("lost"),
+            "{}",
+            skipped[0].message
+        );
+        assert_eq!(alerts(&out).len(), 1, "{out:?}");
+        assert!(!h.wf("s1").unwrap().pairs.iter().any(|p| p.handoff));
+        h.sync();
+        assert!(h
+            .pending_where(|k| matches!(k, CommandKind::TransferState { .. }))
+            .is_empty());
+        assert_eq!(h.phase("s1"), Some(Phase::Rejuvenating), "no hand-off step");
     }
 
     /// The same failover when the agent answers but none of the old instances is healthy; one
@@ -3983,6 +3994,47 @@ duration = "1h"
         assert_eq!(outcome_name(h.last_finished("s1").unwrap()), "completed");
         assert_eq!(h.c.servers["s1"].role, Role::Spare);
         assert!(h.c.servers["s1"].on_list());
+    }
+
+    /// Was: a failover of a stateful service asked the dead source's agent for the state;
+    /// the real controller retries that for 30 s, and the copy served nothing meanwhile.
+    #[test]
+    fn a_dead_primarys_stateful_copy_serves_at_once_without_its_state() {
+        let mut h = booted(&Spec::active_standby().services(&["db"]));
+        let old = h.instance_of("s1", "db");
+        h.observe_down("s1");
+        h.now_ms += 16_000;
+        h.observe_down("s1");
+        assert!(h.wf("s1").expect("failover started").failover);
+        h.ack_starts();
+        let out = h.observe("s4");
+        assert_eq!(h.phase("s1"), Some(Phase::Draining));
+        let new = h.wf("s1").unwrap().pairs[0].new.clone();
+        assert_eq!(
+            h.backend(&new),
+            Some(BackendState::Serving),
+            "serves at once"
+        );
+        let skipped = events_of(&out, "handoff-skipped");
+        assert_eq!(skipped.len(), 1, "{out:?}");
+        assert!(skipped[0].message.contains(&old), "{}", skipped[0].message);
+        assert_eq!(alerts(&out).len(), 1, "a person is told the state is lost");
+        h.sync();
+        assert!(h
+            .pending_where(|k| matches!(k, CommandKind::TransferState { .. }))
+            .is_empty());
+        assert_eq!(h.phase("s1"), Some(Phase::Rejuvenating));
+    }
+
+    #[test]
+    fn a_live_sources_stateful_copy_still_waits_for_its_state() {
+        let mut h = booted(&Spec::active_standby().services(&["db"]));
+        h.judge("s1", Level::Unstable);
+        h.ack_starts();
+        let out = h.observe("s4");
+        assert_eq!(h.phase("s1"), Some(Phase::Draining));
+        assert!(events_of(&out, "handoff-skipped").is_empty(), "{out:?}");
+        assert!(h.wf("s1").unwrap().pairs[0].handoff);
     }
 
     #[test]

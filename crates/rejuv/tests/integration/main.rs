@@ -7,6 +7,7 @@ mod alerts;
 mod dashboard;
 mod errors;
 mod etcd;
+mod failover;
 mod failures;
 mod operator;
 mod resume;
