@@ -6,10 +6,17 @@
 //! tree; the cgroup only adds members, so a host without (writable) cgroups loses nothing but
 //! that extra net.
 //!
-//! Layout: `<hierarchy>/<agent's own cgroup>/rejuv/<server>-<agent pid>-<n>/<instance>`.
-//! Nesting under the agent's own cgroup keeps any limits the operator set on the agent in
-//! force for its instances; the per-agent directory keeps several agents on one host (the demo,
-//! the tests) apart.
+//! Layout: `<hierarchy>/<agent's own cgroup>/rejuv/<scope>-<agent pid>-<n>/<instance>`, where
+//! the scope is the server id and a hash of the agent's data directory. Nesting under the
+//! agent's own cgroup keeps any limits the operator set on the agent in force for its
+//! instances; the per-agent directory keeps several agents on one host (the demo, the tests)
+//! apart.
+//!
+//! An agent that died (SIGKILL, OOM) leaves its instances running: they have their own
+//! process groups. The next agent of the same server and data directory ends them at start
+//! ([`Cgroups::detect`]): it cannot supervise what it did not start, a rejuvenation would
+//! otherwise report "nothing was running" while the old processes keep their memory and
+//! ports, and it is what systemd's `KillMode=mixed` does when it restarts the agent unit.
 //!
 //! A v2 hierarchy (`/sys/fs/cgroup/unified`, or `/sys/fs/cgroup` on a pure v2 host) is tried
 //! first: with no controllers enabled it only tracks membership. The v1 memory hierarchy is the
@@ -57,8 +64,9 @@ fn own_path(self_cgroup: &str, kind: Kind) -> Option<String> {
 }
 
 impl Cgroups {
-    /// Finds a writable hierarchy and creates this agent's directory in it.
-    pub fn detect(server_id: &str) -> Option<Self> {
+    /// Finds a writable hierarchy and creates this agent's directory in it, after ending what
+    /// earlier, dead agents of the same `scope` (see [`scope`]) left running there.
+    pub fn detect(scope: &str) -> Option<Self> {
         let self_cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let candidates = [
             (Kind::V2, PathBuf::from("/sys/fs/cgroup/unified")),
@@ -77,9 +85,9 @@ impl Cgroups {
                 continue;
             };
             let parent = mount.join(own.trim_start_matches('/')).join("rejuv");
-            sweep_stale(&parent, server_id);
+            sweep_stale(&parent, scope);
             let name = format!(
-                "{server_id}-{}-{}",
+                "{scope}-{}-{}",
                 std::process::id(),
                 SEQ.fetch_add(1, Ordering::Relaxed)
             );
@@ -146,23 +154,78 @@ pub async fn remove(dir: &Path) {
     tracing::warn!(cgroup = %dir.display(), "instance cgroup still busy; left in place");
 }
 
-/// Removes empty directories left by earlier agents of this server that died without cleaning
-/// up. `remove_dir` only succeeds on cgroups without processes, so nothing live is touched.
-fn sweep_stale(parent: &Path, server_id: &str) {
+/// The cgroup scope of an agent: its server id and a hash of its data directory, so that a
+/// restarted agent finds exactly its predecessors' cgroups, and agents of other clusters on
+/// the host (same server ids, other data directories) are never touched.
+pub fn scope(server_id: &str, data_dir: &Path) -> String {
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let hash = rejuv_core::digest::fnv1a64(dir.as_os_str().as_encoded_bytes());
+    format!("{server_id}-{:08x}", hash as u32)
+}
+
+/// Whether a process with this pid exists (a zombie counts as gone).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let after = &s[s.rfind(')').map_or(0, |i| i + 1)..];
+            !matches!(after.split_whitespace().next(), Some("Z" | "X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Ends what earlier agents of this scope left behind: for every directory whose agent is
+/// dead, SIGKILLs the processes still in its instance cgroups, waits (bounded) for them to
+/// go, and removes the directories. A directory whose agent still runs is left alone.
+fn sweep_stale(parent: &Path, scope: &str) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
-    let prefix = format!("{server_id}-");
+    let prefix = format!("{scope}-");
+    let me = std::process::id() as i32;
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if owner == me || process_alive(owner) {
             continue;
         }
+        let mut ended = 0usize;
         if let Ok(children) = std::fs::read_dir(entry.path()) {
             for child in children.flatten() {
-                if child.file_type().is_ok_and(|t| t.is_dir()) {
-                    let _ = std::fs::remove_dir(child.path());
+                if !child.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let dir = child.path();
+                let left = pids(&dir);
+                for pid in &left {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                ended += left.len();
+                // SIGKILL cannot be ignored; the kernel takes a moment to reap.
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while !pids(&dir).is_empty() && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                if let Err(e) = std::fs::remove_dir(&dir) {
+                    tracing::warn!(cgroup = %dir.display(), error = %e, "cannot remove a dead agent's instance cgroup");
                 }
             }
+        }
+        if ended > 0 {
+            tracing::warn!(
+                processes = ended,
+                agent_pid = owner,
+                "ended processes an earlier agent of this server left running when it died"
+            );
         }
         let _ = std::fs::remove_dir(entry.path());
     }
@@ -171,6 +234,15 @@ fn sweep_stale(parent: &Path, server_id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scope_names_the_server_and_its_data_directory() {
+        let a = scope("s1", Path::new("/var/lib/rejuv/a"));
+        assert!(a.starts_with("s1-") && a.len() == "s1-".len() + 8, "{a}");
+        assert_eq!(a, scope("s1", Path::new("/var/lib/rejuv/a")));
+        assert_ne!(a, scope("s1", Path::new("/var/lib/rejuv/b")));
+        assert_ne!(a, scope("s2", Path::new("/var/lib/rejuv/a")));
+    }
 
     #[test]
     fn own_path_per_hierarchy() {

@@ -147,7 +147,7 @@ async fn run_inner(
     let started_at_ms = wall_ms();
     let store = Arc::new(Store::open(&data_dir, started_at_ms).map_err(StartError::Store)?);
     let metrics = Arc::new(Metrics::new(store.crashes_total()));
-    let cgroups = cgroup::Cgroups::detect(&server_id);
+    let cgroups = cgroup::Cgroups::detect(&cgroup::scope(&server_id, &data_dir));
     let sup = Arc::new(
         Supervisor::new(
             server,

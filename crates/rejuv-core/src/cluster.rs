@@ -1551,7 +1551,9 @@ impl Cluster {
             .pairs
             .iter()
             .filter(|p| p.handoff && !p.transferred)
-            .filter(|p| !source_reachable || !self.instances.get(&p.old).is_some_and(|i| i.healthy))
+            // A reachable agent whose instance looks unhealthy (slow under memory pressure,
+            // say) may still export: only a source that is gone loses its state.
+            .filter(|_| !source_reachable)
             .map(|p| (p.old.clone(), p.new.clone()))
             .collect();
         let w = self.workflows.get_mut(&id).expect("present");

@@ -449,3 +449,54 @@ fn dead_primary_fails_over_and_rejoins_rejuvenated(primaries: u32, spares: u32) 
         "the agent reports a rejuvenation after its restart: {agent}"
     );
 }
+
+/// An agent SIGKILLed alone leaves its instances running (they have their own process
+/// groups); the next agent of that server ends them when it starts, so what it reports, and
+/// what a later rejuvenation stops, is all that runs there.
+#[test]
+fn an_agent_restarted_after_a_kill_ends_the_instances_its_predecessor_left() {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    let mut h = Harness::new(&Spec {
+        primaries: 1,
+        spares: 1,
+        ..Spec::default()
+    });
+    h.start_controller(&[]);
+    h.wait_serving();
+    // The harness gives server i the address 127.0.0.(i + 2).
+    let address = "127.0.0.2";
+    let before = instance_pids(&h, address);
+    assert!(!before.is_empty(), "s1 runs instances");
+    let in_cgroup = before.iter().all(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| c.contains("/rejuv/"))
+    });
+    if !in_cgroup {
+        eprintln!("note: no writable cgroup here; a dead agent's instances cannot be found");
+        return;
+    }
+    let mut agent = h.servers[0].proc.take().expect("agent running");
+    let _ = killpg(Pid::from_raw(agent.id() as i32), Signal::SIGKILL);
+    let _ = agent.wait();
+    assert_eq!(
+        instance_pids(&h, address),
+        before,
+        "the instances outlive their agent"
+    );
+    h.start_agent(0);
+    wait_for(
+        "the restarted agent to end its predecessor's instances",
+        Duration::from_secs(20),
+        || {
+            before
+                .iter()
+                .all(|p| !instance_pids(&h, address).contains(p))
+                .then_some(())
+        },
+    );
+    assert!(
+        h.log("agent-s1")
+            .contains("ended processes an earlier agent of this server left running"),
+        "the agent says what it ended"
+    );
+}
