@@ -225,16 +225,7 @@ async fn clear_scratch(agent: &Agent) -> ActionReport {
     )
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+use rejuv_core::error_chain;
 
 async fn restart_host(agent: &Agent, action: Action) -> ActionReport {
     let argv = &agent.config.agent.restart_command;

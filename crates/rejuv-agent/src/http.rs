@@ -60,14 +60,7 @@ impl From<SupervisorError> for HttpError {
             Handoff { .. } => StatusCode::BAD_GATEWAY,
             Spawn { .. } | StopIncomplete { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let mut message = e.to_string();
-        let mut cur = std::error::Error::source(&e);
-        while let Some(c) = cur {
-            message.push_str(": ");
-            message.push_str(&c.to_string());
-            cur = c.source();
-        }
-        Self::new(status, message)
+        Self::new(status, rejuv_core::error_chain(&e))
     }
 }
 

@@ -103,19 +103,7 @@ fn emit(text: &str) -> bool {
         .is_ok()
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = c.source();
-    }
-    s
-}
+use rejuv_core::error_chain;
 
 /// The name sent in `x-rejuv-actor`: printable, short, never empty (the controller keeps at
 /// most 64 characters and adds which token was used).
