@@ -4,13 +4,18 @@
 //! remembers the members it found, so a process that leaves the group and gets reparented is
 //! still counted (and still stopped) later. The time a collection takes is measured and
 //! exported as `rejuv_agent_collection_seconds`.
+//!
+//! The newest samples are also kept in memory (see [`history_len`]) and served at
+//! `GET /v1/samples`: a controller that takes over (a restart, a new etcd leader) replays them
+//! into its detectors instead of watching blind for the trend rule's whole `min_window`.
 
 use crate::procfs::{clock_and_page, tree_members, tree_usage, ProcError, ProcFs};
 use crate::supervisor::Instance;
 use rejuv_core::api::InstanceState;
 use rejuv_core::types::{InstanceSample, Sample};
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub struct Collector {
@@ -20,6 +25,22 @@ pub struct Collector {
     /// The agent's own pid: never part of an instance.
     self_pid: i32,
     latest: RwLock<Sample>,
+    /// The newest samples, oldest first; at most `keep`.
+    history: Mutex<VecDeque<Sample>>,
+    keep: usize,
+}
+
+/// How many samples to keep for a controller that takes over: enough for the trend rule to
+/// judge at once (twice its `min_window` + `min_persistence`, at least 10 minutes, at most its
+/// `window`, and at least the threshold rules' hold-down), never more than 8192.
+pub fn history_len(cfg: &rejuv_core::config::Config) -> usize {
+    let t = &cfg.policy.trend;
+    let span = (2 * (t.min_window + t.min_persistence))
+        .max(Duration::from_secs(600))
+        .min(t.window)
+        .max(2 * cfg.policy.hold_down);
+    let every = cfg.agent.sample_interval.max(Duration::from_millis(10));
+    (span.as_millis() / every.as_millis()).clamp(1, 8192) as usize
 }
 
 /// One collection's result.
@@ -38,7 +59,24 @@ impl Collector {
             page_size,
             self_pid,
             latest: RwLock::new(Sample::default()),
+            history: Mutex::new(VecDeque::new()),
+            keep: 1,
         }
+    }
+
+    /// Keeps the newest `keep` samples for [`Collector::history`].
+    pub fn with_history(mut self, keep: usize) -> Self {
+        self.keep = keep.max(1);
+        self
+    }
+
+    /// The kept samples taken after `after_ms`, oldest first.
+    pub fn history(&self, after_ms: u64) -> Vec<Sample> {
+        let h = self.history.lock().expect("history lock");
+        h.iter()
+            .filter(|s| s.taken_at_ms > after_ms)
+            .cloned()
+            .collect()
     }
 
     pub fn latest(&self) -> Sample {
@@ -102,6 +140,13 @@ impl Collector {
             instances: per_instance,
         };
         *self.latest.write().expect("sample lock") = sample.clone();
+        {
+            let mut h = self.history.lock().expect("history lock");
+            if h.len() >= self.keep {
+                h.pop_front();
+            }
+            h.push_back(sample.clone());
+        }
         Ok(Collected {
             sample,
             states,

@@ -79,6 +79,7 @@ type Result<T, E = HttpError> = std::result::Result<T, E>;
 pub fn router(agent: Arc<Agent>) -> Router {
     let protected = Router::new()
         .route("/v1/state", get(state))
+        .route("/v1/samples", get(samples))
         .route(
             "/v1/instances/{id}",
             put(start_instance).delete(stop_instance),
@@ -153,6 +154,22 @@ async fn state(State(agent): State<Arc<Agent>>) -> Json<AgentState> {
         last_rejuvenation: agent.store.last_report().await,
         version: env!("CARGO_PKG_VERSION").to_string(),
     })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SamplesQuery {
+    /// Only samples taken after this wall-clock time (ms since the epoch).
+    #[serde(default)]
+    after_ms: u64,
+}
+
+/// The samples this agent kept, oldest first (for a controller that takes over).
+async fn samples(
+    State(agent): State<Arc<Agent>>,
+    q: axum::extract::Query<SamplesQuery>,
+) -> Json<Vec<rejuv_core::types::Sample>> {
+    Json(agent.collector.history(q.after_ms))
 }
 
 async fn start_instance(

@@ -159,7 +159,10 @@ async fn run_inner(
         )
         .map_err(StartError::HttpClient)?,
     );
-    let collector = Arc::new(Collector::new(procfs::ProcFs::default(), sup.self_pid()));
+    let collector = Arc::new(
+        Collector::new(procfs::ProcFs::default(), sup.self_pid())
+            .with_history(collector::history_len(&config)),
+    );
     let sample_interval = config.agent.sample_interval.max(Duration::from_millis(10));
     // The longest a stop can take: the server gets that long to finish in-flight requests.
     let longest_stop = config

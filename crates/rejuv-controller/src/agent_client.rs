@@ -106,6 +106,24 @@ impl AgentClient {
         Self::json(addr, r).await
     }
 
+    /// The samples the agent kept, oldest first, taken after `after_ms`.
+    pub async fn samples(
+        &self,
+        addr: SocketAddr,
+        after_ms: u64,
+        timeout: Duration,
+    ) -> Result<Vec<rejuv_core::types::Sample>, ClientError> {
+        let r = self
+            .send(
+                addr,
+                self.http
+                    .get(format!("http://{addr}/v1/samples?after_ms={after_ms}"))
+                    .timeout(timeout),
+            )
+            .await?;
+        Self::json(addr, r).await
+    }
+
     pub async fn start(
         &self,
         addr: SocketAddr,

@@ -48,6 +48,13 @@ pub enum Msg {
         command: OperatorCommand,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
+    /// The samples an agent kept (oldest first), fetched once when this controller starts
+    /// leading: replayed into the server's detector so that a restart or a handover does not
+    /// blind it for the trend rule's `min_window`.
+    History {
+        server: String,
+        samples: Vec<rejuv_core::types::Sample>,
+    },
 }
 
 /// What the engine publishes after every step.
@@ -97,6 +104,9 @@ pub struct Engine {
     detectors: BTreeMap<String, ServerDetector>,
     /// Shared with the published snapshot; copied only when a sample arrives.
     samples: Arc<BTreeMap<String, AgentState>>,
+    /// Time (agent clock) of the newest sample each detector has seen: a sample polled twice
+    /// is judged once.
+    observed_at: BTreeMap<String, u64>,
     /// Recent load1 readings per server (memory only), for the gate's quiet-moment rule.
     load_history: BTreeMap<String, std::collections::VecDeque<f64>>,
     client: AgentClient,
@@ -200,6 +210,7 @@ impl Engine {
                 epoch,
                 detectors,
                 samples: Arc::new(BTreeMap::new()),
+                observed_at: BTreeMap::new(),
                 load_history: BTreeMap::new(),
                 client,
                 agents,
@@ -247,6 +258,7 @@ impl Engine {
                     Some(Msg::Sample { server, sent_at_ms, result }) => {
                         self.on_sample(server, sent_at_ms, result)
                     }
+                    Some(Msg::History { server, samples }) => self.on_history(server, samples),
                     Some(Msg::Operator { by, command, reply }) => {
                         let r = self.cluster.check_operator(&command);
                         if r.is_ok() {
@@ -270,12 +282,14 @@ impl Engine {
                     server: server.clone(),
                     observation: obs,
                 });
-                if let Some(d) = self.detectors.get_mut(&server) {
-                    let j = d.observe(&state.sample, state.sample.taken_at_ms.max(1));
-                    self.handle(Event::Judged {
-                        server: server.clone(),
-                        judgement: j,
-                    });
+                if self.fresh_sample(&server, state.sample.taken_at_ms) {
+                    if let Some(d) = self.detectors.get_mut(&server) {
+                        let j = d.observe(&state.sample, state.sample.taken_at_ms.max(1));
+                        self.handle(Event::Judged {
+                            server: server.clone(),
+                            judgement: j,
+                        });
+                    }
                 }
                 Arc::make_mut(&mut self.samples).insert(server, state);
             }
@@ -296,6 +310,77 @@ impl Engine {
                     observation: obs,
                 });
             }
+        }
+    }
+
+    /// Whether a sample taken at `taken_at_ms` is news for the server's detector (and records
+    /// it): one already seen (polled twice, or replayed from the history) is not. A time more
+    /// than a minute before the newest seen is the agent's clock stepped back: the detector
+    /// starts afresh rather than going blind until the clock catches up.
+    fn fresh_sample(&mut self, server: &str, taken_at_ms: u64) -> bool {
+        let last = self.observed_at.get(server).copied().unwrap_or(0);
+        if taken_at_ms <= last {
+            if last - taken_at_ms < 60_000 {
+                return false;
+            }
+            warn!(
+                server,
+                "the agent's clock went back; its detector starts afresh"
+            );
+            if let Some(d) = self.detectors.get_mut(server) {
+                d.reset();
+            }
+        }
+        self.observed_at.insert(server.to_string(), taken_at_ms);
+        true
+    }
+
+    /// Replays an agent's kept samples into the server's detector (see [`Msg::History`]).
+    /// Samples from before the server's last rejuvenation are left out: the detector was
+    /// reset then. A server in a workflow is left alone (its detector restarts at rejoin).
+    fn on_history(&mut self, server: String, mut samples: Vec<rejuv_core::types::Sample>) {
+        let Some(s) = self.cluster.servers.get(&server) else {
+            return;
+        };
+        if self.cluster.workflows.values().any(|w| w.server == server) {
+            return;
+        }
+        let cutoff = s.last_rejuvenated_at_ms.unwrap_or(0);
+        samples.retain(|x| x.taken_at_ms > cutoff);
+        samples.sort_by_key(|x| x.taken_at_ms);
+        samples.dedup_by_key(|x| x.taken_at_ms);
+        let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+            return;
+        };
+        let Some(d) = self.detectors.get_mut(&server) else {
+            return;
+        };
+        let span_s = last.taken_at_ms.saturating_sub(first.taken_at_ms) / 1000;
+        let newest = last.taken_at_ms;
+        d.reset();
+        let mut judgement = None;
+        for x in &samples {
+            judgement = Some(d.observe(x, x.taken_at_ms.max(1)));
+        }
+        let loads = self.load_history.entry(server.clone()).or_default();
+        for x in &samples {
+            if loads.len() == LOAD_HISTORY_KEPT {
+                loads.pop_front();
+            }
+            loads.push_back(x.load1);
+        }
+        self.observed_at.insert(server.clone(), newest);
+        info!(
+            server,
+            samples = samples.len(),
+            span_s,
+            "detector warmed from the agent's kept samples"
+        );
+        if let Some(j) = judgement {
+            self.handle(Event::Judged {
+                server,
+                judgement: j,
+            });
         }
     }
 
@@ -686,6 +771,28 @@ pub async fn poll_agent(
     tx: mpsc::Sender<Msg>,
     shutdown: CancellationToken,
 ) {
+    // First the samples the agent kept, for the detector (best effort: an agent that is down
+    // now, or too old to keep samples, is judged from live samples only).
+    let history = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        h = client.samples(addr, 0, timeout) => h,
+    };
+    match history {
+        Ok(samples) if !samples.is_empty() => {
+            if tx
+                .send(Msg::History {
+                    server: server.clone(),
+                    samples,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(server, error = %e, "no sample history from the agent"),
+    }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

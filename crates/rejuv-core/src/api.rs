@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | GET | `/healthz` | | `ok` (no token needed) |
 //! | GET | `/v1/state` | | [`AgentState`] |
+//! | GET | `/v1/samples?after_ms=T` | | the newest samples the agent kept ([`crate::types::Sample`] array, oldest first), those taken after `T` |
 //! | PUT | `/v1/instances/{id}` | [`StartInstance`] | [`InstanceStatus`]; same id again changes nothing |
 //! | DELETE | `/v1/instances/{id}?epoch=N` | | [`InstanceStatus`] once the whole tree has ended; an unknown id answers `state = "absent"` |
 //! | GET | `/v1/instances/{id}/state` | | the instance's exported state (its `handoff.export`), bytes |

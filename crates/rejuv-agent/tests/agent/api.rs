@@ -349,3 +349,59 @@ async fn a_corrupt_state_file_is_a_clear_error() {
     assert_eq!(agent.state().await.epoch, 4);
     agent.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_samples_are_served_oldest_first_after_a_time() {
+    let h = Harness::new();
+    let agent = h.start(h.config()).await;
+    let samples = wait_for(
+        "three kept samples",
+        std::time::Duration::from_secs(20),
+        || async {
+            let a = agent
+                .send(Method::GET, "/v1/samples", None, Some(TOKEN))
+                .await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            let v = a.body.as_array().cloned().unwrap_or_default();
+            (v.len() >= 3).then_some(v)
+        },
+    )
+    .await;
+    let times: Vec<u64> = samples
+        .iter()
+        .map(|s| s["taken_at_ms"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    let after = times[times.len() - 2];
+    let a = agent
+        .send(
+            Method::GET,
+            &format!("/v1/samples?after_ms={after}"),
+            None,
+            Some(TOKEN),
+        )
+        .await;
+    let newer: Vec<u64> = a
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["taken_at_ms"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !newer.is_empty() && newer.iter().all(|t| *t > after),
+        "{newer:?}"
+    );
+    let bad = agent
+        .send(
+            Method::GET,
+            "/v1/samples?after_ms=yesterday",
+            None,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    let anon = agent.send(Method::GET, "/v1/samples", None, None).await;
+    assert_eq!(anon.status, StatusCode::UNAUTHORIZED);
+    agent.shut_down().await;
+}
