@@ -249,14 +249,7 @@ fn leader_killed_mid_workflow_is_replaced_and_the_workflow_completes() {
     wait_role(&c, a, "follower", Duration::from_secs(30));
     assert_eq!(role(&c, a).unwrap().1, Some(b.to_string()));
 
-    assert_eq!(h.api(reqwest::Method::POST, "/v1/pause").status(), 202);
-    wait_for("workflows to finish", Duration::from_secs(40), || {
-        h.status()["workflows"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-            .then_some(())
-    });
+    h.pause_and_settle();
     assert_eq!(
         h.counter_sum(),
         report.posts_ok,
@@ -284,15 +277,7 @@ fn each_controller_killed_at_every_step_in_turn_and_the_workflow_completes() {
         memory_budget: 64 * 1024 * 1024,
         // The gate opens at once here: a veto hook before the switch keeps the workflow in
         // gating long enough to be committed there (hooks are written to be safe to repeat).
-        extra_toml: r#"
-[[hooks]]
-name = "warm-up"
-step = "draining"
-when = "before"
-veto = true
-command = ["/bin/sleep", "1"]
-"#
-        .into(),
+        extra_toml: crate::harness::hold_at_gate(1),
         ..Spec::default()
     };
     let ttl = Duration::from_secs(2);
@@ -440,14 +425,7 @@ command = ["/bin/sleep", "1"]
         "revision 2 is compacted away: {said}"
     );
 
-    assert_eq!(h.api(reqwest::Method::POST, "/v1/pause").status(), 202);
-    wait_for("workflows to finish", Duration::from_secs(40), || {
-        h.status()["workflows"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-            .then_some(())
-    });
+    h.pause_and_settle();
     assert_eq!(
         h.counter_sum(),
         report.posts_ok,
@@ -482,15 +460,7 @@ fn leader_paused_past_its_lease_wakes_deposed_and_changes_nothing() {
         memory_budget: 64 * 1024 * 1024,
         // A veto hook before the switch holds the workflow at the gate while the leader is
         // frozen; whoever leads then runs it again.
-        extra_toml: r#"
-[[hooks]]
-name = "warm-up"
-step = "draining"
-when = "before"
-veto = true
-command = ["/bin/sleep", "3"]
-"#
-        .into(),
+        extra_toml: crate::harness::hold_at_gate(3),
         ..Spec::default()
     };
     let ttl = Duration::from_secs(2);

@@ -109,6 +109,14 @@ fn kill_group(child: &mut Child, sig: nix::sys::signal::Signal) {
 }
 
 /// Waits up to `limit` for `f` to return `Some`, polling; panics with `what` otherwise.
+/// Config text of a veto hook before the switch that sleeps `secs`: it holds a workflow at
+/// the gate (phase `gating`) that long, where the gate would otherwise open at once.
+pub fn hold_at_gate(secs: u32) -> String {
+    format!(
+        "\n[[hooks]]\nname = \"warm-up\"\nstep = \"draining\"\nwhen = \"before\"\nveto = true\ncommand = [\"/bin/sleep\", \"{secs}\"]\n"
+    )
+}
+
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let until = Instant::now() + limit;
     loop {
@@ -387,6 +395,23 @@ data_dir = "{data}"
         self.try_status()
             .and_then(|s| s["completed_total"].as_u64())
             .unwrap_or(0)
+    }
+
+    /// Pauses new workflows and waits (bounded) for the running ones to finish, so that no
+    /// state is mid-move when a test counts.
+    pub fn pause_and_settle(&self) {
+        assert_eq!(self.api(reqwest::Method::POST, "/v1/pause").status(), 202);
+        wait_for(
+            "running workflows to finish after pausing",
+            Duration::from_secs(40),
+            || {
+                self.status()["workflows"]
+                    .as_array()
+                    .unwrap()
+                    .is_empty()
+                    .then_some(())
+            },
+        );
     }
 
     /// Sum of the counters of the instances taking traffic.

@@ -63,14 +63,7 @@ fn crash_and_resume_with(phase: &str, extra_toml: String) {
         "the restarted controller took a new epoch"
     );
     assert_eq!(report.requests_failed, 0, "{report:?}");
-    assert_eq!(h.api(reqwest::Method::POST, "/v1/pause").status(), 202);
-    wait_for("workflows to finish", Duration::from_secs(40), || {
-        h.status()["workflows"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-            .then_some(())
-    });
+    h.pause_and_settle();
     assert_eq!(
         h.counter_sum(),
         report.posts_ok,
@@ -98,18 +91,7 @@ fn controller_killed_during_gating_resumes() {
     // The gate opens at once here (no load rule): a veto hook before the switch holds the
     // workflow in gating long enough to be recorded there; the restarted controller runs the
     // hook again (hooks are written to be safe to repeat) and goes on.
-    crash_and_resume_with(
-        "gating",
-        r#"
-[[hooks]]
-name = "warm-up"
-step = "draining"
-when = "before"
-veto = true
-command = ["/bin/sleep", "1"]
-"#
-        .into(),
-    );
+    crash_and_resume_with("gating", crate::harness::hold_at_gate(1));
 }
 
 #[test]

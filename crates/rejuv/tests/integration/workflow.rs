@@ -35,18 +35,7 @@ fn run_loop(spec: Spec, want: u64) -> (Harness, rejuv_sample::loadgen::LoadRepor
     );
     let report = load.finish();
     // Let any running workflow finish so that no state is mid-move, then count.
-    assert_eq!(h.api(reqwest::Method::POST, "/v1/pause").status(), 202);
-    wait_for(
-        "running workflows to finish",
-        Duration::from_secs(40),
-        || {
-            h.status()["workflows"]
-                .as_array()
-                .unwrap()
-                .is_empty()
-                .then_some(())
-        },
-    );
+    h.pause_and_settle();
     (h, report)
 }
 
