@@ -53,6 +53,8 @@ struct HaState {
     /// The won term's lease: a leader whose lease may have lapsed (it was frozen, say) no
     /// longer says it leads, nor serves, even before its tasks notice.
     guard: Arc<OnceLock<LeaderGuard>>,
+    /// The API token: a follower's `/metrics` asks for it as the leader's does.
+    token: Arc<String>,
 }
 
 impl HaState {
@@ -71,6 +73,7 @@ impl HaState {
 fn router(state: HaState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .fallback(forward)
         .with_state(state)
 }
@@ -89,6 +92,35 @@ async fn healthz(State(s): State<HaState>) -> Response {
             resp
         }
     }
+}
+
+/// The leader's metrics; on a follower only `rejuv_leader 0`, so that a scrape of every
+/// controller sees them all up and `absent(rejuv_leader == 1)` says when none leads.
+async fn metrics(State(s): State<HaState>, req: Request) -> Response {
+    if matches!(s.role(), Role::Leader) {
+        return forward(State(s), req).await;
+    }
+    let header = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !rejuv_core::digest::bearer_matches(header, &s.token) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(ApiError {
+                error: "missing or wrong bearer token".into(),
+            }),
+        )
+            .into_response();
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        "# HELP rejuv_leader 1 on the controller that leads (acts), 0 on a follower.\n# TYPE rejuv_leader gauge\nrejuv_leader 0\n# EOF\n",
+    )
+        .into_response()
 }
 
 fn add_leader_header(resp: &mut Response, leader: Option<&LeaderInfo>) {
@@ -160,6 +192,7 @@ pub async fn run(
         role: role_rx,
         leader_app: leader_app.clone(),
         guard: lease_guard.clone(),
+        token: Arc::new(opts.api_token.clone()),
     });
     let server = tokio::spawn(async move {
         axum::serve(listener, app)

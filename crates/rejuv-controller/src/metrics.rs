@@ -36,6 +36,7 @@ pub const NAMES: &[&str] = &[
     "rejuv_available_capacity_units",
     "rejuv_capacity_units",
     "rejuv_servers_kept_out",
+    "rejuv_leader",
     "rejuv_paused",
     "rejuv_advisory",
     "rejuv_epoch",
@@ -204,6 +205,12 @@ fn cluster_metrics(reg: &mut Registry, p: &Published) {
         kept_out,
     );
 
+    one_gauge(
+        reg,
+        "leader",
+        "1 on the controller that leads (acts), 0 on a follower",
+        1.0,
+    );
     one_gauge(
         reg,
         "paused",

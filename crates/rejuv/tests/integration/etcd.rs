@@ -163,6 +163,30 @@ fn leader_killed_mid_workflow_is_replaced_and_the_workflow_completes() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 503, "a follower sends operators to the leader");
+    // A follower's metrics say only that it follows (and want the token, as the leader's).
+    let scrape = |addr: SocketAddr, token: Option<&str>| {
+        let mut req = c.get(format!("http://{addr}/metrics"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let (code, text) = scrape(b, Some(&h.token));
+    assert_eq!(code, 200, "{text}");
+    assert!(text.lines().any(|l| l == "rejuv_leader 0"), "{text}");
+    assert_eq!(
+        scrape(b, None).0,
+        401,
+        "a follower's metrics want the token"
+    );
+    let (code, text) = scrape(a, Some(&h.token));
+    assert_eq!(code, 200);
+    assert!(
+        text.lines()
+            .any(|l| l == "rejuv_leader 1" || l == "rejuv_leader 1.0"),
+        "the leader says it leads"
+    );
     assert_eq!(
         r.headers()["x-rejuv-leader"].to_str().unwrap(),
         a.to_string()
