@@ -457,17 +457,25 @@ fn etcd_out_of_quota_fails_closed_and_goes_on_after_disarm() {
         "the hook ran and finished while the store was full"
     );
 
-    // What an operator does (docs/operations.md): free space, compact, defragment, disarm.
+    // What an operator does (docs/operations.md): free space, compact at the revision after
+    // the delete (an earlier one keeps the deleted values), defragment, disarm.
     let recover_at = Instant::now();
+    let (ok, out) = etcd.ctl(&["del", "--prefix", "/filler/"], b"");
+    assert!(ok, "etcdctl del: {out}");
+    let (revision, _) = endpoint_status(&etcd);
     for args in [
-        &["del", "--prefix", "/filler/"][..],
-        &["compact", &current_revision(&etcd).to_string()][..],
+        &["compact", &revision.to_string()][..],
         &["defrag"][..],
         &["alarm", "disarm"][..],
     ] {
         let (ok, out) = etcd.ctl(args, b"");
         assert!(ok, "etcdctl {args:?}: {out}");
     }
+    let (_, db_size) = endpoint_status(&etcd);
+    assert!(
+        db_size < QUOTA_BYTES / 4,
+        "the database is {db_size} bytes after the clean-up (quota {QUOTA_BYTES})"
+    );
     let done = wait_for(
         "the held workflow to end once etcd takes writes again",
         Duration::from_secs(60),
@@ -525,12 +533,18 @@ fn etcd_out_of_quota_fails_closed_and_goes_on_after_disarm() {
     assert_eq!(report.requests_failed, 0, "{report:?}");
 }
 
-/// etcd's current revision, as `etcdctl endpoint status` reports it.
-fn current_revision(etcd: &Etcd) -> i64 {
+/// etcd's current revision and database size, as `etcdctl endpoint status` reports them.
+fn endpoint_status(etcd: &Etcd) -> (i64, u64) {
     let (ok, out) = etcd.ctl(&["endpoint", "status", "-w", "json"], b"");
     assert!(ok, "etcdctl endpoint status: {out}");
     let v: Value = serde_json::from_str(&out).expect("endpoint status json");
-    v[0]["Status"]["header"]["revision"]
-        .as_i64()
-        .expect("a revision in the endpoint status")
+    let status = &v[0]["Status"];
+    (
+        status["header"]["revision"]
+            .as_i64()
+            .expect("a revision in the endpoint status"),
+        status["dbSize"]
+            .as_u64()
+            .expect("dbSize in the endpoint status"),
+    )
 }
