@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct EtcdServer {
@@ -30,15 +30,8 @@ impl EtcdServer {
     /// # Panics
     /// `etcd` is not installed, or does not become healthy in time (its log is printed).
     pub fn start() -> Self {
-        let found = Command::new("etcd")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
         assert!(
-            found,
+            crate::etcd_member::on_path(),
             "the etcd tests need a real etcd: `etcd` is not on PATH (Debian: apt-get install etcd-server)"
         );
         let nanos = std::time::SystemTime::now()
@@ -48,24 +41,10 @@ impl EtcdServer {
         let dir = std::env::temp_dir().join(format!("rejuv-etcd-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("etcd test directory");
         let client: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let peer = format!("http://127.0.0.1:{}", free_port());
+        let peer: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::fs::File::create(dir.join("etcd.log")).expect("etcd log file");
-        let mut cmd = Command::new("etcd");
-        cmd.arg("--name")
-            .arg("t")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--listen-client-urls")
-            .arg(format!("http://{client}"))
-            .arg("--advertise-client-urls")
-            .arg(format!("http://{client}"))
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("t={peer}"))
-            .stdin(Stdio::null())
+        let mut cmd = crate::etcd_member::command("t", &dir.join("data"), client, peer);
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log));
         {

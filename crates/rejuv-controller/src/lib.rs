@@ -13,6 +13,7 @@ pub mod agent_client;
 pub mod alerts;
 pub mod api;
 pub mod engine;
+pub mod etcd_member;
 #[cfg(feature = "etcd")]
 pub mod etcd_store;
 #[cfg(feature = "etcd")]

@@ -52,37 +52,16 @@ pub struct Etcd {
 /// # Errors
 /// `etcd` is not on PATH (the message names the Debian package); it does not become healthy.
 pub async fn start_etcd(dir: &Path, http: &reqwest::Client) -> anyhow::Result<Etcd> {
-    let found = Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
     anyhow::ensure!(
-        found,
+        rejuv_controller::etcd_member::on_path(),
         "--store etcd runs etcd from PATH, and `etcd` was not found (Debian: apt-get install etcd-server)"
     );
     let lo: std::net::IpAddr = "127.0.0.1".parse()?;
     let client = SocketAddr::new(lo, crate::demo::free_port(lo)?);
-    let peer = format!("http://127.0.0.1:{}", crate::demo::free_port(lo)?);
+    let peer = SocketAddr::new(lo, crate::demo::free_port(lo)?);
     let (out, err) = crate::demo::log_file(dir, "etcd")?;
-    let mut cmd = Command::new("etcd");
-    cmd.args(["--name", "demo", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .arg("--listen-client-urls")
-        .arg(format!("http://{client}"))
-        .arg("--advertise-client-urls")
-        .arg(format!("http://{client}"))
-        .arg("--listen-peer-urls")
-        .arg(&peer)
-        .arg("--initial-advertise-peer-urls")
-        .arg(&peer)
-        .arg("--initial-cluster")
-        .arg(format!("demo={peer}"))
-        .stdout(out)
-        .stderr(err)
-        .stdin(Stdio::null());
+    let mut cmd = rejuv_controller::etcd_member::command("demo", &dir.join("etcd"), client, peer);
+    cmd.stdout(out).stderr(err).stdin(Stdio::null());
     let proc = Proc::spawn("etcd", cmd)?;
     let endpoint = format!("http://{client}");
     let until = Instant::now() + Duration::from_secs(30);

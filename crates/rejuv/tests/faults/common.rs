@@ -2,7 +2,7 @@
 //! mount namespaces, a gate so that only a few heavy scenarios run at once, and small
 //! helpers for iptables and signals.
 
-use crate::harness::{wait_for, Harness, Spec};
+use crate::harness::{kill_env_tagged, wait_for, Harness, Spec};
 use serde_json::Value;
 use std::process::Command;
 use std::sync::{Condvar, Mutex};
@@ -82,27 +82,6 @@ pub fn in_namespaces(test: &str, limit: Duration) -> bool {
         "scenario {test} failed in its namespaces: {status}"
     );
     false
-}
-
-/// SIGKILLs every process whose environment holds `needle` (`KEY=VALUE`).
-fn kill_env_tagged(needle: &str) {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
 }
 
 /// Runs a command that must succeed (iptables, ip, mount).

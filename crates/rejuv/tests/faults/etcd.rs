@@ -38,7 +38,7 @@ fn kill_group(c: &mut Child) {
 struct Etcd {
     dir: PathBuf,
     client: SocketAddr,
-    peer: String,
+    peer: SocketAddr,
     extra: Vec<String>,
     child: Option<Child>,
 }
@@ -52,7 +52,7 @@ impl Etcd {
         let mut e = Etcd {
             dir,
             client: free_addr(),
-            peer: format!("http://{}", free_addr()),
+            peer: free_addr(),
             extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
@@ -91,18 +91,13 @@ impl Etcd {
             .append(true)
             .open(self.dir.join("etcd.log"))
             .unwrap();
-        let mut cmd = Command::new("etcd");
-        cmd.args(["--name", "t", "--data-dir"])
-            .arg(self.dir.join("data"))
-            .arg("--listen-client-urls")
-            .arg(format!("http://{}", self.client))
-            .arg("--advertise-client-urls")
-            .arg(format!("http://{}", self.client))
-            .args(["--listen-peer-urls", &self.peer])
-            .args(["--initial-advertise-peer-urls", &self.peer])
-            .arg("--initial-cluster")
-            .arg(format!("t={}", self.peer))
-            .args(&self.extra)
+        let mut cmd = rejuv_controller::etcd_member::command(
+            "t",
+            &self.dir.join("data"),
+            self.client,
+            self.peer,
+        );
+        cmd.args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -197,18 +192,10 @@ impl Drop for Supervised {
 
 /// Points the harness's controller at `etcd` (lease TTL 3 s).
 fn use_etcd(h: &Harness, etcd: &Etcd) {
-    let text = std::fs::read_to_string(&h.config).unwrap();
-    let start = text
-        .find("[store]\npath = ")
-        .expect("the harness writes [store]");
-    let end = start + text[start..].find("\n\n").expect("end of [store]");
-    let store = format!(
-        "[store]\nkind = \"etcd\"\nendpoints = [\"http://{}\"]\nprefix = \"/rejuv-faults\"\nlease_ttl = \"3s\"",
-        etcd.client
-    );
+    h.use_etcd(&format!("http://{}", etcd.client), "/rejuv-faults", "3s");
     // A target whose copy a rollback stopped is avoided for failed_target_cooldown; the
     // harness's 60 s would leave no free spare for the rest of a scenario.
-    let text = format!("{}{}{}", &text[..start], store, &text[end..]);
+    let text = std::fs::read_to_string(&h.config).unwrap();
     let cooldown = "failed_target_cooldown = \"60s\"";
     assert!(
         text.contains(cooldown),

@@ -80,34 +80,22 @@ fn wall_ms() -> u64 {
 /// Pids of this harness's instance processes that listen on `address` (the agent substitutes
 /// the address into the service's command line; the tag in their environment says whose).
 fn instance_pids(h: &Harness, address: &str) -> Vec<i32> {
-    let tag = h.dir.path().file_name().unwrap().to_string_lossy();
-    let needle = format!("REJUV_TEST_TAG={tag}");
     let listen = format!("{address}:");
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let (Ok(env), Ok(cmdline)) = (
-            std::fs::read(format!("/proc/{pid}/environ")),
-            std::fs::read(format!("/proc/{pid}/cmdline")),
-        ) else {
-            continue;
-        };
-        let ours = env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes());
-        let there = String::from_utf8_lossy(&cmdline).contains(&listen);
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        if ours && there && !zombie {
-            pids.push(pid);
-        }
-    }
-    pids
+    crate::harness::pids_with_env(&h.tag_env())
+        .into_iter()
+        .filter(|pid| {
+            let there = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&listen));
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true);
+            there && !zombie
+        })
+        .collect()
 }
 
 /// SIGKILLs server `i` outright: its agent's process group, then every instance process group

@@ -458,24 +458,51 @@ data_dir = "{data}"
     /// Kills every process whose environment carries this harness's tag (instances whose
     /// agent died without stopping them).
     fn kill_tagged(&self) {
-        let needle = format!("REJUV_TEST_TAG={}", self.tag);
-        let Ok(rd) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-                continue;
-            };
-            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+        kill_env_tagged(&self.tag_env());
+    }
+
+    /// Points the controller's `[store]` at etcd (`endpoint`, key `prefix`, lease `ttl`).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub fn use_etcd(&self, endpoint: &str, prefix: &str, ttl: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let start = text
+            .find("[store]\npath = ")
+            .expect("the harness writes [store]");
+        let end = start + text[start..].find("\n\n").expect("end of [store]");
+        let store = format!(
+            "[store]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"{prefix}\"\nlease_ttl = \"{ttl}\""
+        );
+        let text = format!("{}{}{}", &text[..start], store, &text[end..]);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// `REJUV_TEST_TAG=<tag>`: in the environment of every service process of this harness.
+    pub fn tag_env(&self) -> String {
+        format!("REJUV_TEST_TAG={}", self.tag)
+    }
+}
+
+/// Pids of the processes whose environment holds `needle` (`KEY=VALUE`).
+pub fn pids_with_env(needle: &str) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// SIGKILLs every process whose environment holds `needle` (`KEY=VALUE`).
+pub fn kill_env_tagged(needle: &str) {
+    for pid in pids_with_env(needle) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
