@@ -139,7 +139,7 @@ pub(crate) fn start_leading(
     let client = agent_client::AgentClient::new(opts.agent_token.clone());
     let alerts = alerts::AlertSink::new(&cfg.alerts, &cfg.cluster.name).context("[alerts]")?;
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
-    let (engine, resend) = engine::Engine::new(
+    let engine = engine::Engine::new(
         cfg.clone(),
         store,
         client.clone(),
@@ -214,7 +214,7 @@ pub(crate) fn start_leading(
             }
         }
     }
-    tasks.spawn(engine.run(rx, resend, local.clone()));
+    tasks.spawn(engine.run(rx, local.clone()));
 
     let mut operators = Vec::new();
     for o in &cfg.auth.operators {

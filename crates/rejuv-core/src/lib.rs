@@ -11,6 +11,8 @@
 //! - [`detector`]: per-server judgement (thresholds with hold-down; trend forecasts).
 //! - [`gate`]: switch-and-rejuvenate now, or wait for a quieter moment.
 //! - [`cluster`]: the cluster-wide state machine `step(cluster, event, now)`.
+//! - [`shell`]: the driver of that machine (commit, then act; retries; the detector), shared
+//!   by the controller and the simulator.
 
 pub mod api;
 pub mod cluster;
@@ -18,6 +20,7 @@ pub mod config;
 pub mod detector;
 pub mod digest;
 pub mod gate;
+pub mod shell;
 pub mod time;
 pub mod trend;
 pub mod types;

@@ -1,14 +1,16 @@
 //! The simulated world around the controller: the scenario a seed draws (cluster shape, config,
 //! fault profile), the agents on the servers, and the builtin proxy the traffic adapter feeds.
 //!
-//! Everything here is plain data advanced by the simulation loop in [`super`]; nothing reads a
-//! real clock or touches the network.
+//! Everything here is plain data advanced by the simulation loop; nothing reads a real clock
+//! or touches the network.
 
 use super::rng::Rng;
-use rejuv_core::api::{ActionOutcome, ActionReport, InstanceState, RejuvenationReport, RouteTable};
-use rejuv_core::cluster::{Observation, ObservedInstance};
+use rejuv_core::api::{
+    ActionOutcome, ActionReport, AgentState, InstanceState, InstanceStatus, RejuvenationReport,
+    RouteTable,
+};
 use rejuv_core::config::{Action, Config};
-use rejuv_core::types::{InstanceId, Mode};
+use rejuv_core::types::{InstanceId, Mode, Sample};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -174,9 +176,13 @@ handoff = {{ export = "/state", import = "/state", hold = "3s" }}
                 ""
             },
         );
+        // The production detector, with windows for servers that age within minutes and are
+        // polled every 2 s: a threshold at 75% held 4 s, and the trend rule on memory.
+        t += "\n[policy]\nhold_down = \"4s\"\nrules = [{ resource = \"memory-used\", above = 0.75 }]\n";
         if let Some(s) = self.max_running_time_s {
-            t += &format!("\n[policy]\nmax_running_time = \"{s}s\"\n");
+            t += &format!("max_running_time = \"{s}s\"\n");
         }
+        t += "\n[policy.trend]\nwindow = \"8m\"\nmin_window = \"32s\"\npoints = 32\nhorizon = \"3m\"\nmin_persistence = \"6s\"\nresources = [\"memory-used\"]\n";
         for i in 0..self.server_count() {
             let primary = i < self.primaries;
             let instances: Vec<String> = if primary {
@@ -319,40 +325,62 @@ impl Agent {
         i.crashed_until <= t && i.healthy_at.is_some_and(|h| t >= h)
     }
 
-    pub fn observe(&mut self, t: u64, sent_wall: u64) -> Observation {
+    /// `GET /v1/state` at `t`: the agent's reading of its server (memory used is the
+    /// simulated fraction of 8 GiB, the rest flat) and of its instances.
+    pub fn state(&mut self, t: u64, server: &str) -> AgentState {
         self.advance_mem(t);
         let wall = self.wall(t);
-        Observation {
-            reachable: true,
-            at_ms: sent_wall,
+        let total: u64 = 8 << 30;
+        let used = (self.mem * total as f64) as u64;
+        let sample = Sample {
+            taken_at_ms: wall,
             load1: self.load1,
-            running_since_ms: self.running_since_wall,
+            load5: self.load1,
+            load15: self.load1,
             running_time_s: wall.saturating_sub(self.running_since_wall) as f64 / 1000.0,
+            mem_total_bytes: total,
+            mem_used_bytes: used,
+            mem_available_bytes: total - used,
+            open_fds: 1_000,
+            max_fds: 1_000_000,
+            threads: 200,
+            ..Sample::default()
+        };
+        let instances = self
+            .instances
+            .iter()
+            .map(|(id, i)| {
+                let healthy = Self::healthy(i, t);
+                let state = if i.crashed_until > t {
+                    InstanceState::Crashed
+                } else if healthy {
+                    InstanceState::Running
+                } else {
+                    InstanceState::Starting
+                };
+                InstanceStatus {
+                    id: id.clone(),
+                    service: id.split('-').next().unwrap_or_default().to_string(),
+                    addr: Some(SocketAddr::new(self.address, i.port)),
+                    pid: None,
+                    state,
+                    healthy,
+                    started_at_ms: Some(i.started_wall),
+                    crashes: 0,
+                    last_exit: None,
+                }
+            })
+            .collect();
+        AgentState {
+            server_id: server.to_string(),
+            agent_started_at_ms: self.running_since_wall,
+            running_since_ms: self.running_since_wall,
+            epoch: 0,
+            sample,
+            instances,
             crashes_total: 0,
-            load_quantile: None,
-            instances: self
-                .instances
-                .iter()
-                .map(|(id, i)| {
-                    let healthy = Self::healthy(i, t);
-                    let state = if i.crashed_until > t {
-                        InstanceState::Crashed
-                    } else if healthy {
-                        InstanceState::Running
-                    } else {
-                        InstanceState::Starting
-                    };
-                    (
-                        id.clone(),
-                        ObservedInstance {
-                            state,
-                            healthy,
-                            addr: Some(SocketAddr::new(self.address, i.port)),
-                            started_at_ms: Some(i.started_wall),
-                        },
-                    )
-                })
-                .collect(),
+            last_rejuvenation: None,
+            version: "sim".into(),
         }
     }
 

@@ -1,0 +1,158 @@
+//! Readings: from an agent's sample to what the core is told (an observation, and the
+//! production detector's judgement).
+//!
+//! Detectors and load histories live here, in memory: they are rebuilt from samples (the
+//! agents keep their newest ones for a controller that starts leading), never stored.
+
+use crate::api::AgentState;
+use crate::cluster::Observation;
+use crate::config::Config;
+use crate::detector::{Judgement, ServerDetector};
+use crate::types::{Sample, ServerId};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Load readings kept per server for the gate: an hour at one sample a second.
+const LOAD_HISTORY_KEPT: usize = 3600;
+/// A sample this much older than the newest seen means the agent's clock went back.
+const CLOCK_BACK_MS: u64 = 60_000;
+
+/// What a sample did to a server's detector.
+pub enum Judged {
+    /// The sample was news: the detector's judgement of it.
+    Fresh(Judgement),
+    /// The sample was seen before (polled twice, or replayed).
+    Seen,
+    /// The agent's clock went back; the detector started afresh with this sample.
+    ClockBack(Judgement),
+}
+
+pub struct Readings {
+    detectors: BTreeMap<ServerId, ServerDetector>,
+    /// Time (agent clock) of the newest sample each detector has seen.
+    observed_at: BTreeMap<ServerId, u64>,
+    load_history: BTreeMap<ServerId, VecDeque<f64>>,
+}
+
+impl Readings {
+    pub fn new(cfg: &Config) -> Self {
+        let detectors = cfg
+            .servers
+            .iter()
+            .map(|s| {
+                let budget = s.memory_budget_bytes.unwrap_or(u64::MAX);
+                let d = ServerDetector::with_trend(&cfg.policy, budget, cfg.policy.trend.clone());
+                (s.id.clone(), d)
+            })
+            .collect();
+        Self {
+            detectors,
+            observed_at: BTreeMap::new(),
+            load_history: BTreeMap::new(),
+        }
+    }
+
+    /// The observation an agent's reply makes, as of `sent_at_ms` (when the poll went out:
+    /// a reply that raced a command is not mistaken for newer news). `gating`: one of the
+    /// server's workflows waits at the gate, which wants to know where the load stands.
+    pub fn observe(
+        &mut self,
+        server: &str,
+        state: &AgentState,
+        sent_at_ms: u64,
+        gating: bool,
+    ) -> Observation {
+        let mut obs = Observation::from_agent(state, sent_at_ms);
+        obs.load_quantile = self.load_quantile(server, state.sample.load1, gating);
+        obs
+    }
+
+    /// What a poll that got no answer makes.
+    pub fn unreachable(at_ms: u64) -> Observation {
+        Observation {
+            reachable: false,
+            at_ms,
+            load1: 0.0,
+            running_since_ms: 0,
+            running_time_s: 0.0,
+            crashes_total: 0,
+            load_quantile: None,
+            instances: BTreeMap::new(),
+        }
+    }
+
+    /// Feeds a sample to the server's detector, once (`None` for a server it does not know).
+    pub fn judge(&mut self, server: &str, sample: &Sample) -> Option<Judged> {
+        let taken = sample.taken_at_ms;
+        let last = self.observed_at.get(server).copied().unwrap_or(0);
+        let d = self.detectors.get_mut(server)?;
+        let clock_back = taken <= last && last - taken >= CLOCK_BACK_MS;
+        if taken <= last && !clock_back {
+            return Some(Judged::Seen);
+        }
+        if clock_back {
+            d.reset();
+        }
+        self.observed_at.insert(server.to_string(), taken);
+        let j = d.observe(sample, taken.max(1));
+        Some(if clock_back {
+            Judged::ClockBack(j)
+        } else {
+            Judged::Fresh(j)
+        })
+    }
+
+    /// Replays the samples an agent kept into its server's detector, afresh; samples taken
+    /// at or before `cutoff_ms` (the last rejuvenation) are left out. The judgement of the
+    /// newest, if any was left.
+    pub fn replay(
+        &mut self,
+        server: &str,
+        mut samples: Vec<Sample>,
+        cutoff_ms: u64,
+    ) -> Option<(Judgement, usize, u64)> {
+        samples.retain(|x| x.taken_at_ms > cutoff_ms);
+        samples.sort_by_key(|x| x.taken_at_ms);
+        samples.dedup_by_key(|x| x.taken_at_ms);
+        let (first, last) = (samples.first()?, samples.last()?);
+        let span_s = last.taken_at_ms.saturating_sub(first.taken_at_ms) / 1000;
+        let newest = last.taken_at_ms;
+        let d = self.detectors.get_mut(server)?;
+        d.reset();
+        let mut judgement = Judgement::stable();
+        for x in &samples {
+            judgement = d.observe(x, x.taken_at_ms.max(1));
+        }
+        let loads = self.load_history.entry(server.to_string()).or_default();
+        for x in &samples {
+            if loads.len() == LOAD_HISTORY_KEPT {
+                loads.pop_front();
+            }
+            loads.push_back(x.load1);
+        }
+        self.observed_at.insert(server.to_string(), newest);
+        Some((judgement, samples.len(), span_s))
+    }
+
+    /// Forgets the server's detector history (it was just rejuvenated).
+    pub fn reset(&mut self, server: &str) {
+        if let Some(d) = self.detectors.get_mut(server) {
+            d.reset();
+        }
+    }
+
+    /// Records `load1` in the server's load history and, while `gating`, says where it
+    /// stands in that history (fraction of readings below).
+    fn load_quantile(&mut self, server: &str, load1: f64, gating: bool) -> Option<f64> {
+        let history = self.load_history.entry(server.to_string()).or_default();
+        if history.len() == LOAD_HISTORY_KEPT {
+            history.pop_front();
+        }
+        history.push_back(load1);
+        // A short history says nothing about what is usual for this server.
+        if !gating || history.len() < LOAD_HISTORY_KEPT / 10 {
+            return None;
+        }
+        let below = history.iter().filter(|l| **l < load1).count();
+        Some(below as f64 / history.len() as f64)
+    }
+}
