@@ -113,7 +113,6 @@ struct World {
     crash_at: Option<String>,
     /// Latest sample per server; shared with the published snapshot.
     samples: Arc<BTreeMap<String, AgentState>>,
-    published: watch::Sender<Published>,
     routes: watch::Sender<RouteTable>,
     events: broadcast::Sender<LogEvent>,
 }
@@ -178,7 +177,6 @@ impl Engine {
             alerts,
             crash_at: std::env::var(CRASH_AT_ENV).ok().filter(|v| !v.is_empty()),
             samples: Arc::new(BTreeMap::new()),
-            published: published.clone(),
             routes: routes.clone(),
             events: events.clone(),
         };
