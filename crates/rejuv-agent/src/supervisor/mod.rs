@@ -10,9 +10,9 @@
 //! process found in the tree before (so a `setsid` child that got reparented stays counted).
 //! See [`crate::procfs::tree_members`].
 //!
-//! The folder keeps the instance ([`instance`]), the supervisor and its table ([`table`]),
-//! starting ([`start`]), stopping a tree ([`stop`]), the per-instance keeper ([`keeper`]), one
-//! process ([`process`]), state hand-off ([`handoff`]) and the errors ([`error`]) apart.
+//! The folder keeps the instance (`instance`), the supervisor and its table (`table`),
+//! starting (`start`), stopping a tree (`stop`), the per-instance keeper (`keeper`), one
+//! process (`process`), state hand-off (`handoff`) and the errors (`error`) apart.
 //!
 //! # Guarantees
 //! - Only services from `config.services` are started; the controller names a service, never a

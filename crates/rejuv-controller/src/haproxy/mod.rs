@@ -15,6 +15,10 @@
 //! | absent | drain, then `maint` + `del server` once its sessions reach 0 |
 //! | other address | the old server leaves as if absent, then the new one is added |
 //!
+//! The folder keeps the configuration (`config`), the errors (`error`), the argument checks
+//! (`args`), HAProxy's answers parsed (`state`), the runtime API client (`client`), the pure
+//! planner (`plan`), the reconciler (`reconcile`) and the loop task (`task`) apart.
+//!
 //! # Guarantees
 //! - Only servers whose name starts with the prefix are ever changed; static servers and other
 //!   dynamic servers are left alone.
