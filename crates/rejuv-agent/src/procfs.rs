@@ -1,15 +1,18 @@
 //! Reading `/proc`: host-wide figures and the process table, and finding an instance's whole
 //! process tree in that table.
 //!
-//! The parsers are plain functions on text so they can be tested on canned files; [`ProcFs`]
-//! reads them from a root directory (`/proc` on a host, a temporary directory in tests).
+//! The `procfs` crate reads and parses the files; this module keeps the few figures a sample
+//! needs, in the units the samples carry (bytes, clock ticks, f64 load). [`ProcFs`] reads from a
+//! root directory (`/proc` on a host, a canned tree in tests).
 //!
 //! # Assumptions
-//! Linux `/proc` formats: `loadavg`, `meminfo` (kB units), `sys/fs/file-nr`, `PID/stat`
-//! (`comm` in parentheses, may itself contain spaces and parentheses), `PID/statm` (pages).
+//! Linux `/proc` formats (the crate's parsers): `loadavg`, `meminfo`, `PID/stat`, `PID/statm`,
+//! and `sys/fs/file-nr`, which is parsed here (see [`parse_file_nr`]).
 
+use procfs::process::{Process, Stat};
+use procfs::{FromRead, LoadAverage, Meminfo};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A `/proc` file that could not be read or understood.
 #[derive(Debug, thiserror::Error)]
@@ -18,17 +21,10 @@ pub enum ProcError {
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: procfs::ProcError,
     },
     #[error("cannot parse {what}: {reason}")]
     Parse { what: &'static str, reason: String },
-}
-
-fn parse_err(what: &'static str, reason: impl Into<String>) -> ProcError {
-    ProcError::Parse {
-        what,
-        reason: reason.into(),
-    }
 }
 
 /// `/proc/loadavg`: load averages and the number of scheduling entities (threads).
@@ -40,29 +36,19 @@ pub struct LoadAvg {
     pub threads: u64,
 }
 
-pub fn parse_loadavg(text: &str) -> Result<LoadAvg, ProcError> {
-    const WHAT: &str = "loadavg";
-    let f: Vec<&str> = text.split_whitespace().collect();
-    if f.len() < 4 {
-        return Err(parse_err(
-            WHAT,
-            format!("expected at least 4 fields, got {}", f.len()),
-        ));
+impl From<LoadAverage> for LoadAvg {
+    fn from(l: LoadAverage) -> Self {
+        // The crate keeps loads as f32; the kernel writes two decimals. Widening through the
+        // shortest decimal gives the f64 of what the file says (1.1, not 1.100000023841858),
+        // so samples keep the figures they had when this module parsed the file itself.
+        let widen = |v: f32| v.to_string().parse::<f64>().unwrap_or(f64::from(v));
+        Self {
+            load1: widen(l.one),
+            load5: widen(l.five),
+            load15: widen(l.fifteen),
+            threads: u64::from(l.max),
+        }
     }
-    let num = |i: usize| -> Result<f64, ProcError> {
-        f[i].parse::<f64>()
-            .map_err(|e| parse_err(WHAT, format!("field {}: {e}", i + 1)))
-    };
-    let threads = f[3]
-        .split_once('/')
-        .and_then(|(_, total)| total.parse::<u64>().ok())
-        .ok_or_else(|| parse_err(WHAT, format!("field 4 '{}' is not running/total", f[3])))?;
-    Ok(LoadAvg {
-        load1: num(0)?,
-        load5: num(1)?,
-        load15: num(2)?,
-        threads,
-    })
 }
 
 /// The `/proc/meminfo` figures a sample needs, in bytes.
@@ -88,56 +74,44 @@ impl MemInfo {
     }
 }
 
-pub fn parse_meminfo(text: &str) -> Result<MemInfo, ProcError> {
-    const WHAT: &str = "meminfo";
-    let mut kb: HashMap<&str, u64> = HashMap::new();
-    for line in text.lines() {
-        let Some((key, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let mut parts = rest.split_whitespace();
-        let Some(Ok(value)) = parts.next().map(str::parse::<u64>) else {
-            continue;
-        };
-        // Every size line is in kB; the few unit-less lines (HugePages_*) are counts we skip.
-        if parts.next() == Some("kB") {
-            kb.insert(key.trim(), value.saturating_mul(1024));
+impl From<Meminfo> for MemInfo {
+    fn from(m: Meminfo) -> Self {
+        // Kernels before 3.14 have no MemAvailable: estimate it the old way.
+        let available = m
+            .mem_available
+            .unwrap_or(m.mem_free + m.buffers + m.cached)
+            .min(m.mem_total);
+        Self {
+            total: m.mem_total,
+            free: m.mem_free,
+            available,
+            buffers: m.buffers,
+            cached: m.cached,
+            swap_total: m.swap_total,
+            swap_free: m.swap_free,
         }
     }
-    let get = |k: &str| kb.get(k).copied();
-    let total = get("MemTotal").ok_or_else(|| parse_err(WHAT, "no MemTotal line"))?;
-    let free = get("MemFree").ok_or_else(|| parse_err(WHAT, "no MemFree line"))?;
-    let buffers = get("Buffers").unwrap_or(0);
-    let cached = get("Cached").unwrap_or(0);
-    // Kernels before 3.14 have no MemAvailable: estimate it the old way.
-    let available = get("MemAvailable")
-        .unwrap_or_else(|| free + buffers + cached)
-        .min(total);
-    Ok(MemInfo {
-        total,
-        free,
-        available,
-        buffers,
-        cached,
-        swap_total: get("SwapTotal").unwrap_or(0),
-        swap_free: get("SwapFree").unwrap_or(0),
-    })
 }
 
 /// `/proc/sys/fs/file-nr`: `allocated unused max`. Returns (open, max).
+///
+/// Parsed here: the crate reads this file only at the fixed path `/proc/sys/fs/file-nr`, not
+/// under a root that tests can point at a canned tree.
 pub fn parse_file_nr(text: &str) -> Result<(u64, u64), ProcError> {
-    const WHAT: &str = "file-nr";
     let f: Vec<u64> = text
         .split_whitespace()
         .map(str::parse::<u64>)
         .collect::<Result<_, _>>()
-        .map_err(|e| parse_err(WHAT, e.to_string()))?;
+        .map_err(|e| ProcError::Parse {
+            what: "file-nr",
+            reason: e.to_string(),
+        })?;
     match f.as_slice() {
         [allocated, unused, max] => Ok((allocated.saturating_sub(*unused), *max)),
-        _ => Err(parse_err(
-            WHAT,
-            format!("expected 3 numbers, got {}", f.len()),
-        )),
+        _ => Err(ProcError::Parse {
+            what: "file-nr",
+            reason: format!("expected 3 numbers, got {}", f.len()),
+        }),
     }
 }
 
@@ -174,66 +148,29 @@ impl ProcStat {
     }
 }
 
+impl From<Stat> for ProcStat {
+    fn from(s: Stat) -> Self {
+        // cutime/cstime/num_threads are signed in the kernel's format; never negative in practice.
+        let unsigned = |v: i64| v.max(0) as u64;
+        Self {
+            pid: s.pid,
+            state: s.state,
+            ppid: s.ppid,
+            pgrp: s.pgrp,
+            session: s.session,
+            utime: s.utime,
+            stime: s.stime,
+            cutime: unsigned(s.cutime),
+            cstime: unsigned(s.cstime),
+            num_threads: unsigned(s.num_threads),
+            starttime: s.starttime,
+            rss_pages: s.rss,
+        }
+    }
+}
+
 /// A process identity that survives pid reuse: (pid, start time in ticks).
 pub type ProcKey = (i32, u64);
-
-pub fn parse_stat(text: &str) -> Result<ProcStat, ProcError> {
-    const WHAT: &str = "PID/stat";
-    // `comm` is in parentheses and may contain anything, including ") ": split at the last ')'.
-    let open = text.find('(').ok_or_else(|| parse_err(WHAT, "no '('"))?;
-    let close = text.rfind(')').ok_or_else(|| parse_err(WHAT, "no ')'"))?;
-    let pid = text[..open]
-        .trim()
-        .parse::<i32>()
-        .map_err(|e| parse_err(WHAT, format!("pid: {e}")))?;
-    // Fields after comm, numbered from 3 (state) as in proc(5).
-    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    let field = |n: usize| -> Result<&str, ProcError> {
-        rest.get(n - 3)
-            .copied()
-            .ok_or_else(|| parse_err(WHAT, format!("missing field {n}")))
-    };
-    let num = |n: usize| -> Result<u64, ProcError> {
-        field(n)?
-            .parse::<u64>()
-            .map_err(|e| parse_err(WHAT, format!("field {n}: {e}")))
-    };
-    let int = |n: usize| -> Result<i32, ProcError> {
-        field(n)?
-            .parse::<i32>()
-            .map_err(|e| parse_err(WHAT, format!("field {n}: {e}")))
-    };
-    // cutime/cstime are signed in the kernel's format; negative values never occur in practice.
-    let signed = |n: usize| -> Result<u64, ProcError> {
-        field(n)?
-            .parse::<i64>()
-            .map(|v| v.max(0) as u64)
-            .map_err(|e| parse_err(WHAT, format!("field {n}: {e}")))
-    };
-    Ok(ProcStat {
-        pid,
-        state: field(3)?.chars().next().unwrap_or('?'),
-        ppid: int(4)?,
-        pgrp: int(5)?,
-        session: int(6)?,
-        utime: num(14)?,
-        stime: num(15)?,
-        cutime: signed(16)?,
-        cstime: signed(17)?,
-        num_threads: num(20)?,
-        starttime: num(22)?,
-        rss_pages: signed(24)?,
-    })
-}
-
-/// `/proc/PID/statm`: the resident set in pages (second field).
-pub fn parse_statm_resident(text: &str) -> Result<u64, ProcError> {
-    text.split_whitespace()
-        .nth(1)
-        .ok_or_else(|| parse_err("PID/statm", "missing field 2"))?
-        .parse::<u64>()
-        .map_err(|e| parse_err("PID/statm", e.to_string()))
-}
 
 /// Host-wide readings of one sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -314,15 +251,20 @@ impl ProcFs {
         Self { root: root.into() }
     }
 
-    fn read(&self, rel: impl AsRef<Path>) -> Result<String, ProcError> {
+    fn read<T: FromRead>(&self, rel: &str) -> Result<T, ProcError> {
         let path = self.root.join(rel);
-        std::fs::read_to_string(&path).map_err(|source| ProcError::Read { path, source })
+        T::from_file(&path).map_err(|source| ProcError::Read { path, source })
     }
 
     pub fn host(&self) -> Result<HostReading, ProcError> {
-        let load = parse_loadavg(&self.read("loadavg")?)?;
-        let mem = parse_meminfo(&self.read("meminfo")?)?;
-        let (open_fds, max_fds) = parse_file_nr(&self.read("sys/fs/file-nr")?)?;
+        let load = LoadAvg::from(self.read::<LoadAverage>("loadavg")?);
+        let mem = MemInfo::from(self.read::<Meminfo>("meminfo")?);
+        let path = self.root.join("sys/fs/file-nr");
+        let text = std::fs::read_to_string(&path).map_err(|e| ProcError::Read {
+            path,
+            source: e.into(),
+        })?;
+        let (open_fds, max_fds) = parse_file_nr(&text)?;
         Ok(HostReading {
             load,
             mem,
@@ -333,35 +275,31 @@ impl ProcFs {
 
     /// Every process's `stat`. Processes that end while the table is read are skipped.
     pub fn processes(&self) -> Result<Vec<ProcStat>, ProcError> {
-        let dir = std::fs::read_dir(&self.root).map_err(|source| ProcError::Read {
-            path: self.root.clone(),
-            source,
+        let all = procfs::process::all_processes_with_root(&self.root).map_err(|source| {
+            ProcError::Read {
+                path: self.root.clone(),
+                source,
+            }
         })?;
-        let mut table = Vec::new();
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            if let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) {
-                if let Ok(stat) = parse_stat(&text) {
-                    table.push(stat);
-                }
-            }
-        }
+        let mut table: Vec<ProcStat> = all
+            .filter_map(|p| p.ok()?.stat().ok())
+            .map(ProcStat::from)
+            .collect();
         table.sort_by_key(|p| p.pid);
         Ok(table)
     }
 
     /// Resident pages of one process from `statm`, or `None` if it is gone.
     pub fn resident_pages(&self, pid: i32) -> Option<u64> {
-        self.read(format!("{pid}/statm"))
-            .ok()
-            .and_then(|t| parse_statm_resident(&t).ok())
+        let p = Process::new_with_root(self.root.join(pid.to_string())).ok()?;
+        p.statm().ok().map(|m| m.resident)
     }
 
     /// Open file descriptors of one process, or `None` if it is gone.
+    ///
+    /// Counted here: the crate's `Process::fd_count` counts `.` and `..` too where the kernel
+    /// does not report the count as the directory's size (before Linux 6.2, and for a process
+    /// with no descriptor table), so a process there would read 2 descriptors too many.
     pub fn fd_count(&self, pid: i32) -> Option<u64> {
         std::fs::read_dir(self.root.join(format!("{pid}/fd")))
             .ok()
@@ -381,6 +319,8 @@ pub struct TreeUsage {
 
 /// Sums an instance's members. CPU counts each member's own time plus the time of children it
 /// has already reaped, so a short-lived helper's work is not lost and nothing is counted twice.
+/// A member that ends before its `statm` and `fd` are read counts with the resident pages of
+/// its `stat` and no descriptors.
 pub fn tree_usage(fs: &ProcFs, members: &[&ProcStat], page_size: u64, clk_tck: u64) -> TreeUsage {
     let mut u = TreeUsage::default();
     let mut ticks = 0u64;
@@ -398,32 +338,61 @@ pub fn tree_usage(fs: &ProcFs, members: &[&ProcStat], page_size: u64, clk_tck: u
 
 /// Clock ticks per second and the page size, from `sysconf`.
 pub fn clock_and_page() -> (u64, u64) {
-    use nix::unistd::{sysconf, SysconfVar};
-    let tck = sysconf(SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|v| *v > 0)
-        .unwrap_or(100);
-    let page = sysconf(SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .filter(|v| *v > 0)
-        .unwrap_or(4096);
-    (tck as u64, page as u64)
+    (
+        procfs::ticks_per_second().max(1),
+        procfs::page_size().max(1),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MEMINFO: &str = "MemTotal:       24683656 kB\nMemFree:        22973636 kB\n\
-        MemAvailable:   24339296 kB\nBuffers:            4024 kB\nCached:          1534196 kB\n\
-        SwapCached:            0 kB\nSwapTotal:       2097148 kB\nSwapFree:        1048574 kB\n\
+    /// The lines every kernel since 2.6 writes (the crate requires them), MemAvailable aside.
+    const MEMINFO_BASE: &str = "MemTotal:       24683656 kB\nMemFree:        22973636 kB\n\
+        Buffers:            4024 kB\nCached:          1534196 kB\nSwapCached:            0 kB\n\
+        Active:           520000 kB\nInactive:        1100000 kB\nSwapTotal:       2097148 kB\n\
+        SwapFree:        1048574 kB\nDirty:                12 kB\nWriteback:             0 kB\n\
+        Mapped:           200000 kB\nSlab:             90000 kB\nCommitted_AS:    800000 kB\n\
+        VmallocTotal:   34359738367 kB\nVmallocUsed:      30000 kB\nVmallocChunk:         0 kB\n\
         HugePages_Total:       0\n";
+
+    fn meminfo_text(available_kb: Option<u64>) -> String {
+        let extra = available_kb.map_or(String::new(), |kb| format!("MemAvailable: {kb} kB\n"));
+        format!("{MEMINFO_BASE}{extra}")
+    }
+
+    fn meminfo(text: &str) -> Result<MemInfo, procfs::ProcError> {
+        Meminfo::from_read(text.as_bytes()).map(MemInfo::from)
+    }
+
+    fn loadavg(text: &str) -> Result<LoadAvg, procfs::ProcError> {
+        LoadAverage::from_read(text.as_bytes()).map(LoadAvg::from)
+    }
+
+    /// A `PID/stat` line as the kernel writes it (52 fields), with the fields the agent reads.
+    fn stat_line(comm: &str, s: &ProcStat) -> String {
+        format!(
+            "{} ({comm}) {} {} {} {} 0 -1 4194560 100 0 0 0 {} {} {} {} 20 0 {} 0 {} 1000000 {} \
+             18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0",
+            s.pid,
+            s.state,
+            s.ppid,
+            s.pgrp,
+            s.session,
+            s.utime,
+            s.stime,
+            s.cutime,
+            s.cstime,
+            s.num_threads,
+            s.starttime,
+            s.rss_pages
+        )
+    }
 
     #[test]
     fn loadavg_fields() {
-        let l = parse_loadavg("1.10 1.31 0.67 1/78 7294\n").unwrap();
+        let l = loadavg("1.10 1.31 0.67 1/78 7294\n").unwrap();
         assert_eq!(
             l,
             LoadAvg {
@@ -433,28 +402,35 @@ mod tests {
                 threads: 78
             }
         );
-        assert!(parse_loadavg("1.0 2.0").is_err());
-        assert!(parse_loadavg("a b c 1/2 3").is_err());
+        assert!(loadavg("1.0 2.0").is_err());
+        assert!(loadavg("a b c 1/2 3").is_err());
+        // Loads keep the decimals the kernel wrote.
+        let high = loadavg("9999.99 123.45 0.01 3/4 5\n").unwrap();
+        assert_eq!(
+            (high.load1, high.load5, high.load15),
+            (9999.99, 123.45, 0.01)
+        );
     }
 
     #[test]
     fn meminfo_in_bytes_and_used_is_total_minus_available() {
-        let m = parse_meminfo(MEMINFO).unwrap();
+        let m = meminfo(&meminfo_text(Some(24339296))).unwrap();
         assert_eq!(m.total, 24683656 * 1024);
         assert_eq!(m.available, 24339296 * 1024);
         assert_eq!(m.buffers, 4024 * 1024);
         assert_eq!(m.cached, 1534196 * 1024);
         assert_eq!(m.used(), (24683656 - 24339296) * 1024);
         assert_eq!(m.swap_used(), (2097148 - 1048574) * 1024);
-        assert!(parse_meminfo("MemFree: 1 kB\n").is_err());
+        assert!(meminfo("MemFree: 1 kB\n").is_err());
     }
 
     #[test]
     fn meminfo_without_memavailable_is_estimated() {
-        let m =
-            parse_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 10 kB\nCached: 200 kB\n")
-                .unwrap();
-        assert_eq!(m.available, 310 * 1024);
+        let m = meminfo(&meminfo_text(None)).unwrap();
+        assert_eq!(m.available, (22973636 + 4024 + 1534196) * 1024);
+        // Never above the total.
+        let small = meminfo_text(None).replace("MemTotal:       24683656", "MemTotal: 1000");
+        assert_eq!(meminfo(&small).unwrap().available, 1000 * 1024);
     }
 
     #[test]
@@ -466,27 +442,25 @@ mod tests {
 
     #[test]
     fn stat_with_awkward_comm() {
+        let want = ProcStat {
+            pid: 4242,
+            state: 'S',
+            ppid: 1,
+            pgrp: 4242,
+            session: 4242,
+            utime: 250,
+            stime: 50,
+            cutime: 7,
+            cstime: 3,
+            num_threads: 3,
+            starttime: 12345,
+            rss_pages: 512,
+        };
         // comm "a) (b c" with spaces and parentheses.
-        let text = "4242 (a) (b c) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
-                    250 50 7 3 20 0 3 0 12345 1000000 512 18446744073709551615 0 0 0 0 0 0 0 0 0";
-        let s = parse_stat(text).unwrap();
-        assert_eq!(s.pid, 4242);
-        assert_eq!(s.state, 'S');
-        assert_eq!((s.ppid, s.pgrp, s.session), (1, 4242, 4242));
-        assert_eq!((s.utime, s.stime, s.cutime, s.cstime), (250, 50, 7, 3));
-        assert_eq!(s.num_threads, 3);
-        assert_eq!(s.starttime, 12345);
-        assert_eq!(s.rss_pages, 512);
-        assert!(parse_stat("12 (x) S 1").is_err());
-    }
-
-    #[test]
-    fn statm_resident() {
-        assert_eq!(
-            parse_statm_resident("2000 512 100 1 0 300 0\n").unwrap(),
-            512
-        );
-        assert!(parse_statm_resident("2000").is_err());
+        let text = stat_line("a) (b c", &want);
+        let got = ProcStat::from(Stat::from_read(text.as_bytes()).unwrap());
+        assert_eq!(got, want);
+        assert!(Stat::from_read("12 (x) S 1".as_bytes()).is_err());
     }
 
     fn p(pid: i32, ppid: i32, pgrp: i32, state: char) -> ProcStat {
@@ -591,14 +565,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::write(root.join("loadavg"), "0.50 0.25 0.10 2/321 999\n").unwrap();
-        std::fs::write(root.join("meminfo"), MEMINFO).unwrap();
+        std::fs::write(root.join("meminfo"), meminfo_text(Some(24339296))).unwrap();
         std::fs::create_dir_all(root.join("sys/fs")).unwrap();
         std::fs::write(root.join("sys/fs/file-nr"), "1000\t0\t50000\n").unwrap();
         let stat = |pid: i32, ppid: i32, pgrp: i32, threads: u64| {
-            format!(
-                "{pid} (svc) S {ppid} {pgrp} {pgrp} 0 -1 0 0 0 0 0 100 50 10 0 20 0 {threads} 0 {} 0 9 0",
-                pid * 10
-            )
+            let s = ProcStat {
+                utime: 100,
+                stime: 50,
+                cutime: 10,
+                cstime: 0,
+                num_threads: threads,
+                rss_pages: 9,
+                ..p(pid, ppid, pgrp, 'S')
+            };
+            stat_line("svc", &s)
         };
         for (pid, ppid, pgrp, threads, fds) in
             [(10, 1, 10, 4, 3), (11, 10, 11, 2, 2), (12, 1, 12, 1, 1)]
@@ -612,6 +592,7 @@ mod tests {
             }
         }
         std::fs::create_dir_all(root.join("self")).unwrap(); // not a pid: skipped
+        std::fs::create_dir_all(root.join("13")).unwrap(); // ended mid-read: no stat, skipped
         let fs = ProcFs::new(root);
         let host = fs.host().unwrap();
         assert_eq!(
@@ -636,5 +617,34 @@ mod tests {
         assert_eq!(u.rss_bytes, 2 * 25 * 4096);
         // (100 + 50 + 10) ticks each, two processes, 100 ticks per second.
         assert!((u.cpu_seconds - 3.2).abs() < 1e-9, "{}", u.cpu_seconds);
+        // A member that ended after the table was read: its stat's pages, no descriptors.
+        std::fs::remove_dir_all(root.join("11")).unwrap();
+        assert_eq!((fs.resident_pages(11), fs.fd_count(11)), (None, None));
+        let u = tree_usage(&fs, &members, 4096, 100);
+        assert_eq!((u.processes, u.fds), (2, 3));
+        assert_eq!(u.rss_bytes, (25 + 9) * 4096);
+    }
+
+    #[test]
+    fn this_kernel_is_read() {
+        let fs = ProcFs::default();
+        let host = fs.host().unwrap();
+        assert!(host.mem.total > 0 && host.max_fds > 0 && host.load.threads > 0);
+        let me = std::process::id() as i32;
+        let table = fs.processes().unwrap();
+        let mine = table
+            .iter()
+            .find(|p| p.pid == me)
+            .expect("this test's own process");
+        assert!(mine.num_threads >= 1 && mine.starttime > 0);
+        let u = tree_usage(&fs, &[mine], 4096, 100);
+        // The kernel's own count (the size of `PID/fd` since Linux 6.2), where it gives one.
+        let size = std::fs::metadata(format!("/proc/{me}/fd")).unwrap().len();
+        assert!(
+            u.fds > 0 && (size == 0 || u.fds.abs_diff(size) <= 2),
+            "{} vs {size}",
+            u.fds
+        );
+        assert!(u.rss_bytes > 0);
     }
 }
