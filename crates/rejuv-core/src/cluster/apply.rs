@@ -4,7 +4,7 @@
 //! hooks fired, advisory mode's commands described instead of issued).
 
 use super::event::Event;
-use super::output::{CommandKind, Output};
+use super::output::{CommandKind, EventKind, Output};
 use super::state::{Cluster, Instance, Server, ServerState, Traffic};
 use crate::api::RouteTable;
 use crate::config::{Config, ServerConfig};
@@ -52,7 +52,7 @@ impl Cluster {
         c.log(
             &mut out,
             now,
-            "cluster-created",
+            EventKind::ClusterCreated,
             None,
             None,
             format!(

@@ -5,7 +5,7 @@
 //! Planning asks these before it starts a workflow; the gate asks the floor again before it
 //! switches.
 
-use super::output::{CommandKind, Output};
+use super::output::{CommandKind, EventKind, Output};
 use super::state::Cluster;
 use crate::config::Config;
 use crate::time::Now;
@@ -54,7 +54,7 @@ impl Cluster {
             let summary = format!(
                 "only {up} of {total} agents answer: no workflow starts until a majority answers"
             );
-            self.log(out, now, "no-quorum", None, None, summary.clone());
+            self.log(out, now, EventKind::NoQuorum, None, None, summary.clone());
             self.issue(
                 out,
                 CommandKind::Alert {
@@ -68,7 +68,7 @@ impl Cluster {
             self.log(
                 out,
                 now,
-                "quorum-regained",
+                EventKind::QuorumRegained,
                 None,
                 None,
                 format!("{up} of {total} agents answer again"),

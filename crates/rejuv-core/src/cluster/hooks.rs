@@ -5,8 +5,8 @@
 //! carried out by the shell, their results fed back as [`CommandResult::HookRan`].
 
 use super::event::CommandResult;
-use super::output::{CommandKind, Output};
-use super::state::Cluster;
+use super::output::{CommandKind, EventKind, Output};
+use super::state::{Cluster, Step};
 use crate::config::{Config, HookWhen};
 use crate::time::Now;
 use std::collections::BTreeSet;
@@ -33,18 +33,17 @@ impl Cluster {
                 continue;
             }
             for i in fired..w.steps.len() {
-                let entered = w.steps[i].phase.as_str();
                 let mut points = Vec::new();
                 if i > 0 {
-                    points.push((HookWhen::After, w.steps[i - 1].phase.clone()));
+                    points.push((HookWhen::After, w.steps[i - 1].phase.to_string()));
                 }
-                match entered {
-                    "rejoined" => {
+                match &w.steps[i].phase {
+                    Step::Rejoined => {
                         points.push((HookWhen::Before, "rejoin".to_string()));
                         points.push((HookWhen::After, "rejoin".to_string()));
                     }
-                    "rolled-back" | "failed" => {}
-                    phase => points.push((HookWhen::Before, phase.to_string())),
+                    Step::RolledBack | Step::Failed => {}
+                    step => points.push((HookWhen::Before, step.to_string())),
                 }
                 for (when, step) in points {
                     for h in cfg
@@ -115,7 +114,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "hook",
+            EventKind::Hook,
             Some(&server),
             Some(id),
             format!(
@@ -157,7 +156,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "hook",
+            EventKind::Hook,
             Some(server),
             Some(*workflow),
             format!(

@@ -32,7 +32,8 @@
 //! The loop, bottom up (a module uses only those above it in this list):
 //!
 //! - `event`: what comes in (events, observations, operators' requests, command results).
-//! - `output`: what goes out (commands, event-log lines).
+//! - `names`: enums with stable stored names (event kinds, workflow steps).
+//! - `output`: what goes out (commands, event-log lines and their kinds).
 //! - `state`: the cluster, its servers, instances and workflows.
 //! - `outbox`: issuing commands and writing the event log; advisory mode's filter.
 //! - `budget`: capacity and its floor, concurrency, pause, freeze, cooldown, reservations,
@@ -52,6 +53,7 @@ mod budget;
 mod event;
 mod hooks;
 mod invariants;
+mod names;
 mod observe;
 mod operator;
 mod outbox;
@@ -65,7 +67,7 @@ mod workflow;
 pub use apply::step;
 pub use event::{CommandResult, Event, Observation, ObservedInstance, OperatorCommand};
 pub use operator::Refusal;
-pub use output::{Command, CommandKind, LogEvent, Output};
+pub use output::{Command, CommandKind, EventKind, LogEvent, Output};
 pub use state::{
-    Cluster, Instance, Outcome, Pair, Phase, Server, ServerState, StepTime, Traffic, Workflow,
+    Cluster, Instance, Outcome, Pair, Phase, Server, ServerState, Step, StepTime, Traffic, Workflow,
 };

@@ -6,7 +6,7 @@
 //! workflows and the plan act on it when the step settles.
 
 use super::event::Observation;
-use super::output::{CommandKind, LogEvent, Output};
+use super::output::{CommandKind, EventKind, LogEvent, Output};
 use super::state::{Cluster, Server, Traffic};
 use crate::api::InstanceState;
 use crate::config::Config;
@@ -41,10 +41,11 @@ impl Cluster {
             };
             out.events.push(LogEvent {
                 at_ms: now.wall_ms,
-                kind: "agent".into(),
+                kind: EventKind::Agent,
                 server: Some(server.to_string()),
                 workflow: None,
                 message: msg.into(),
+                level: None,
             });
         }
         self.record_observation(server, obs);
@@ -104,7 +105,7 @@ impl Cluster {
                 self.log(
                     out,
                     now,
-                    "instance-lost",
+                    EventKind::InstanceLost,
                     Some(server),
                     None,
                     format!("agent does not run {id}: starting it again"),
@@ -133,7 +134,8 @@ impl Cluster {
                 Some(e) => format!("judged {}: {}", j.level, e.message),
                 None => format!("judged {}", j.level),
             };
-            self.log(out, now, "judgement", Some(server), None, msg);
+            self.log(out, now, EventKind::Judgement, Some(server), None, msg)
+                .level = Some(j.level);
         }
     }
 

@@ -4,7 +4,7 @@
 //! A request changes what planning sees (a manual request, maintenance, pause); the workflow
 //! itself starts from the plan like any other.
 
-use super::output::{CommandKind, Output};
+use super::output::{CommandKind, EventKind, Output};
 use super::state::{Cluster, Phase, ServerState};
 use crate::detector::Level;
 use crate::time::Now;
@@ -75,7 +75,7 @@ impl Cluster {
             self.log(
                 out,
                 now,
-                "operator-refused",
+                EventKind::OperatorRefused,
                 None,
                 None,
                 format!("{by}: {refusal}"),
@@ -94,7 +94,7 @@ impl Cluster {
                 self.log(
                     out,
                     now,
-                    "operator",
+                    EventKind::Operator,
                     None,
                     None,
                     format!("{by} paused rejuv: no new workflow starts; running ones finish"),
@@ -105,7 +105,7 @@ impl Cluster {
                 self.log(
                     out,
                     now,
-                    "operator",
+                    EventKind::Operator,
                     None,
                     None,
                     format!("{by} resumed rejuv"),
@@ -128,7 +128,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "operator",
+            EventKind::Operator,
             Some(server),
             None,
             format!(
@@ -176,7 +176,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "operator",
+            EventKind::Operator,
             Some(server),
             None,
             format!(

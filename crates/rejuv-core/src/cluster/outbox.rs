@@ -5,7 +5,7 @@
 //! into the step's [`Output`]; it leaves the outbox when its result comes back. In advisory
 //! mode the step's commands are taken out again before they leave and described instead.
 
-use super::output::{Command, CommandKind, LogEvent, Output};
+use super::output::{Command, CommandKind, EventKind, LogEvent, Output};
 use super::state::{Cluster, Instance};
 use crate::time::Now;
 use crate::types::{InstanceId, ServerId};
@@ -35,22 +35,26 @@ impl Cluster {
         id
     }
 
-    pub(super) fn log(
+    /// Writes a line to the step's event log; the line is returned for fields beyond the
+    /// common ones (a judgement's level).
+    pub(super) fn log<'o>(
         &self,
-        out: &mut Output,
+        out: &'o mut Output,
         now: Now,
-        kind: &str,
+        kind: EventKind,
         server: Option<&str>,
         workflow: Option<u64>,
         message: String,
-    ) {
+    ) -> &'o mut LogEvent {
         out.events.push(LogEvent {
             at_ms: now.wall_ms,
-            kind: kind.to_string(),
+            kind,
             server: server.map(str::to_string),
             workflow,
             message,
+            level: None,
         });
+        out.events.last_mut().expect("just pushed")
     }
 
     /// Advisory mode: the commands this step issued are not carried out; the event log says
@@ -67,7 +71,7 @@ impl Cluster {
                 self.log(
                     out,
                     now,
-                    "dry-run",
+                    EventKind::DryRun,
                     server.as_deref(),
                     None,
                     format!("dry run: would {said}"),

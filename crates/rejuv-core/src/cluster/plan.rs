@@ -3,7 +3,7 @@
 //! target reserved and the copies asked for (duplexing). In advisory mode the plan is said,
 //! not started.
 
-use super::output::{CommandKind, Output};
+use super::output::{CommandKind, EventKind, Output};
 use super::state::{Cluster, Instance, Pair, Phase, Server, Traffic, Workflow};
 use crate::config::Config;
 use crate::detector::{Explanation, Level};
@@ -79,7 +79,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "no-target",
+            EventKind::NoTarget,
             Some(server),
             None,
             format!("{server} needs rejuvenation but {why}"),
@@ -179,7 +179,7 @@ impl Cluster {
             return;
         }
         s.blocked_reason = Some(said.clone());
-        self.log(out, now, "dry-run", Some(source), None, said);
+        self.log(out, now, EventKind::DryRun, Some(source), None, said);
     }
 
     /// Why a workflow for `source` would start now, with the detector's explanation.
@@ -266,7 +266,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "workflow-started",
+            EventKind::WorkflowStarted,
             Some(source),
             Some(id),
             format!("{source} unstable ({reason}); duplexing {n} instance(s) onto {target}"),

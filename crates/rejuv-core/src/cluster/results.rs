@@ -5,7 +5,7 @@
 //! A result for a command no longer in the outbox (a repeat after a crash) is ignored.
 
 use super::event::CommandResult;
-use super::output::{CommandKind, Output};
+use super::output::{CommandKind, EventKind, Output};
 use super::state::Cluster;
 use crate::config::Config;
 use crate::time::Now;
@@ -57,7 +57,7 @@ impl Cluster {
                 self.log(
                     out,
                     now,
-                    "command-failed",
+                    EventKind::CommandFailed,
                     Some(server),
                     None,
                     format!("stop {instance}: {error}"),

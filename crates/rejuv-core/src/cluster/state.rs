@@ -6,6 +6,7 @@
 //! behaviour lives in the sibling modules, each in its own `impl Cluster` block.
 
 use super::event::Observation;
+use super::names::named;
 use super::output::Command;
 use crate::api::{RejuvenationReport, RouteTable};
 use crate::detector::{Explanation, Level};
@@ -140,6 +141,37 @@ pub enum Outcome {
     Failed { reason: String },
 }
 
+named! {
+    /// A step a workflow went through: the phases it entered, then how it ended.
+    pub enum Step {
+        Duplexing => "duplexing",
+        Gating => "gating",
+        Draining => "draining",
+        HandingOff => "handing-off",
+        Rejuvenating => "rejuvenating",
+        Verifying => "verifying",
+        /// Completed: back on the list (or kept out, see the workflow's outcome).
+        Rejoined => "rejoined",
+        /// Completed without rejuvenation: the source went into maintenance.
+        Evacuated => "evacuated",
+        RolledBack => "rolled-back",
+        Failed => "failed",
+    }
+}
+
+impl From<Phase> for Step {
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Duplexing => Step::Duplexing,
+            Phase::Gating => Step::Gating,
+            Phase::Draining => Step::Draining,
+            Phase::HandingOff => Step::HandingOff,
+            Phase::Rejuvenating => Step::Rejuvenating,
+            Phase::Verifying => Step::Verifying,
+        }
+    }
+}
+
 /// One instance of the source and its copy on the target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pair {
@@ -152,7 +184,7 @@ pub struct Pair {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepTime {
-    pub phase: String,
+    pub phase: Step,
     pub at_ms: u64,
 }
 
@@ -204,7 +236,7 @@ impl Workflow {
         self.phase = phase;
         self.phase_since_ms = now.wall_ms;
         self.steps.push(StepTime {
-            phase: phase.to_string(),
+            phase: phase.into(),
             at_ms: now.wall_ms,
         });
     }
@@ -243,4 +275,38 @@ pub struct Cluster {
     /// What advisory mode already said it would do (so a repeated plan is said once).
     #[serde(skip)]
     pub(super) advised: BTreeSet<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_keep_their_names() {
+        for step in Step::ALL {
+            let json = serde_json::to_string(step).unwrap();
+            assert_eq!(&serde_json::from_str::<Step>(&json).unwrap(), step);
+        }
+        for phase in [
+            Phase::Duplexing,
+            Phase::Gating,
+            Phase::Draining,
+            Phase::HandingOff,
+            Phase::Rejuvenating,
+            Phase::Verifying,
+        ] {
+            assert_eq!(Step::from(phase).as_str(), phase.to_string());
+        }
+        let names: Vec<&str> = Step::ALL.iter().map(Step::as_str).collect();
+        assert_eq!(
+            names[6..],
+            ["rejoined", "evacuated", "rolled-back", "failed"]
+        );
+        let old: StepTime = serde_json::from_str(r#"{"phase":"waiting","at_ms":3}"#).unwrap();
+        assert_eq!(old.phase, Step::Other("waiting".into()));
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"phase":"waiting","at_ms":3}"#
+        );
+    }
 }

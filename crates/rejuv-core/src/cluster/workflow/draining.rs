@@ -3,7 +3,7 @@
 //! drain time of its services. Then the state of stateful services moves (handing off), or
 //! rejuvenation starts.
 
-use crate::cluster::output::{CommandKind, Output};
+use crate::cluster::output::{CommandKind, EventKind, Output};
 use crate::cluster::state::{Cluster, Pair, Phase};
 use crate::config::Config;
 use crate::time::Now;
@@ -37,7 +37,7 @@ impl Cluster {
                 self.log(
                     out,
                     now,
-                    "drain-timeout",
+                    EventKind::DrainTimeout,
                     Some(&server),
                     Some(id),
                     format!("in-flight requests still running after {drain_limit:?}; going on"),
@@ -57,7 +57,7 @@ impl Cluster {
                 self.log(
                     out,
                     now,
-                    "step",
+                    EventKind::Step,
                     Some(&server),
                     Some(id),
                     format!(

@@ -2,7 +2,7 @@
 //! the workflow waits until each copy is healthy, then goes to the gate. A copy that does not
 //! come up within `rejuvenation.duplex_timeout`, or whose start fails, rolls the workflow back.
 
-use crate::cluster::output::Output;
+use crate::cluster::output::{EventKind, Output};
 use crate::cluster::state::{Cluster, Phase};
 use crate::config::Config;
 use crate::time::Now;
@@ -33,7 +33,7 @@ impl Cluster {
             self.log(
                 out,
                 now,
-                "step",
+                EventKind::Step,
                 Some(&server),
                 Some(id),
                 format!("duplexed: {n} instance(s) healthy on {target}; the replacement is hot"),
@@ -68,7 +68,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "command-failed",
+            EventKind::CommandFailed,
             Some(server),
             wf,
             format!("start {instance}: {error}"),

@@ -3,9 +3,9 @@
 //! alerted), or evacuated (the source went into maintenance: its copies serve, it is left
 //! alone). Each ends in the history ([`Cluster::history`]) with its outcome.
 
-use crate::cluster::output::{CommandKind, Output};
+use crate::cluster::output::{CommandKind, EventKind, Output};
 use crate::cluster::state::{
-    Cluster, Outcome, Phase, ServerState, StepTime, Traffic, Workflow, HISTORY_KEPT,
+    Cluster, Outcome, Phase, ServerState, Step, StepTime, Traffic, Workflow, HISTORY_KEPT,
 };
 use crate::config::Config;
 use crate::time::Now;
@@ -75,13 +75,13 @@ impl Cluster {
             reason: reason.clone(),
         });
         w.steps.push(StepTime {
-            phase: "rolled-back".into(),
+            phase: Step::RolledBack,
             at_ms: now.wall_ms,
         });
         self.log(
             out,
             now,
-            "workflow-rolled-back",
+            EventKind::WorkflowRolledBack,
             Some(&w.server),
             Some(id),
             format!(
@@ -111,13 +111,13 @@ impl Cluster {
         self.keep_out(&w, "in maintenance: turn maintenance off to release it");
         w.outcome = Some(Outcome::Completed);
         w.steps.push(StepTime {
-            phase: "evacuated".into(),
+            phase: Step::Evacuated,
             at_ms: now.wall_ms,
         });
         self.log(
             out,
             now,
-            "workflow-completed",
+            EventKind::WorkflowCompleted,
             Some(&w.server),
             Some(id),
             format!(
@@ -156,13 +156,13 @@ impl Cluster {
             reason: reason.clone(),
         });
         w.steps.push(StepTime {
-            phase: "failed".into(),
+            phase: Step::Failed,
             at_ms: now.wall_ms,
         });
         self.log(
             out,
             now,
-            "workflow-failed",
+            EventKind::WorkflowFailed,
             Some(&w.server),
             Some(id),
             format!(

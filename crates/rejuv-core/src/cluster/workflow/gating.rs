@@ -5,7 +5,7 @@
 //! and takes the source off the list.
 
 use crate::cluster::hooks::VetoGate;
-use crate::cluster::output::{CommandKind, Output};
+use crate::cluster::output::{CommandKind, EventKind, Output};
 use crate::cluster::state::{Cluster, Phase, Server, ServerState, Traffic};
 use crate::config::Config;
 use crate::gate::{self, GateDecision, GateInput};
@@ -38,7 +38,7 @@ impl Cluster {
             self.log(
                 out,
                 now,
-                "step",
+                EventKind::Step,
                 Some(&server),
                 Some(id),
                 format!("a copy on {target} is no longer healthy; duplexing again"),
@@ -69,7 +69,7 @@ impl Cluster {
                 self.log(
                     out,
                     now,
-                    "gate",
+                    EventKind::Gate,
                     Some(&server),
                     Some(id),
                     format!("waiting: {reason}"),
@@ -172,7 +172,7 @@ impl Cluster {
             self.log(
                 out,
                 now,
-                "handoff-skipped",
+                EventKind::HandoffSkipped,
                 Some(&server),
                 Some(id),
                 format!("{old} is down: its state is lost; {new} serves without it"),
@@ -210,7 +210,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "step",
+            EventKind::Step,
             Some(&server),
             Some(id),
             format!(

@@ -2,7 +2,7 @@
 //! read from the source and written to its copy, which takes traffic once it has it. A failed
 //! move leaves the copy serving without the state, and a person is alerted.
 
-use crate::cluster::output::{CommandKind, Output};
+use crate::cluster::output::{CommandKind, EventKind, Output};
 use crate::cluster::state::{Cluster, Traffic};
 use crate::config::Config;
 use crate::time::Now;
@@ -46,7 +46,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "handoff-failed",
+            EventKind::HandoffFailed,
             None,
             None,
             format!("moving state {from} -> {to} failed: {error}; serving from {to} without it"),

@@ -3,8 +3,8 @@
 //! maintenance stays out until released; one whose escalation is exhausted (it aged again
 //! soon after its strongest rejuvenation) is kept out for a person to look at.
 
-use crate::cluster::output::{CommandKind, Output};
-use crate::cluster::state::{Cluster, Outcome, ServerState, StepTime, Workflow};
+use crate::cluster::output::{CommandKind, EventKind, Output};
+use crate::cluster::state::{Cluster, Outcome, ServerState, Step, StepTime, Workflow};
 use crate::config::Config;
 use crate::detector::Level;
 use crate::time::Now;
@@ -22,7 +22,7 @@ impl Cluster {
             return;
         };
         w.steps.push(StepTime {
-            phase: "rejoined".into(),
+            phase: Step::Rejoined,
             at_ms: now.wall_ms,
         });
         w.outcome = Some(Outcome::Completed);
@@ -55,7 +55,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "escalation-exhausted",
+            EventKind::EscalationExhausted,
             Some(&w.server),
             Some(id),
             format!(
@@ -95,7 +95,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "workflow-completed",
+            EventKind::WorkflowCompleted,
             Some(&w.server),
             Some(w.id),
             format!(
@@ -131,7 +131,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "workflow-completed",
+            EventKind::WorkflowCompleted,
             Some(&w.server),
             Some(id),
             format!(

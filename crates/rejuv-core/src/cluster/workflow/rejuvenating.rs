@@ -4,7 +4,7 @@
 //! dead source (reactive failover) is asked again until it answers.
 
 use crate::api::RejuvenationReport;
-use crate::cluster::output::{CommandKind, Output};
+use crate::cluster::output::{CommandKind, EventKind, Output};
 use crate::cluster::state::{Cluster, Phase, Traffic};
 use crate::config::Config;
 use crate::time::Now;
@@ -34,7 +34,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "step",
+            EventKind::Step,
             Some(&server),
             Some(id),
             format!("rejuvenating: {}", names.join(", ")),
@@ -79,7 +79,7 @@ impl Cluster {
         self.log(
             out,
             now,
-            "step",
+            EventKind::Step,
             Some(server),
             Some(wid),
             format!(
@@ -143,11 +143,11 @@ impl Cluster {
         } else if w.failover && still_away {
             // A dead server is rejuvenated when it comes back, before it rejoins:
             // ask again (the agent's run id makes a repeat harmless).
-            if w.report.is_none() && !w.steps.iter().any(|s| s.phase == "waiting") {
+            if w.report.is_none() {
                 self.log(
                     out,
                     now,
-                    "step",
+                    EventKind::Step,
                     Some(server),
                     Some(wid),
                     format!(
