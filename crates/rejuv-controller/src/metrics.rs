@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use rejuv_core::cluster::{Cluster, Outcome, Phase, ServerState, Workflow};
+use rejuv_core::cluster::{Cluster, Outcome, Phase, ServerState, Step, Workflow};
 use rejuv_core::detector::Level;
 use rejuv_core::types::Role;
 use std::collections::BTreeMap;
@@ -419,7 +419,7 @@ fn server_metrics(reg: &mut Registry, p: &Published) {
 /// switchover: from the switch (entering `draining`) until the old server is drained and any
 /// state handed off (entering `rejuvenating`).
 struct Timing {
-    phases: BTreeMap<String, f64>,
+    phases: BTreeMap<Step, f64>,
     switchover_s: Option<f64>,
     total_s: Option<f64>,
 }
@@ -430,8 +430,8 @@ fn timing(w: &Workflow) -> Timing {
         let secs = pair[1].at_ms.saturating_sub(pair[0].at_ms) as f64 / 1000.0;
         *phases.entry(pair[0].phase.clone()).or_insert(0.0) += secs;
     }
-    let first = |name: &str| w.steps.iter().find(|s| s.phase == name).map(|s| s.at_ms);
-    let switchover_s = match (first("draining"), first("rejuvenating")) {
+    let first = |step: Step| w.steps.iter().find(|s| s.phase == step).map(|s| s.at_ms);
+    let switchover_s = match (first(Step::Draining), first(Step::Rejuvenating)) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1000.0),
         _ => None,
     };
@@ -545,7 +545,7 @@ fn workflow_metrics(reg: &mut Registry, c: &Cluster) {
         let name = phase.to_string();
         let values = timings
             .iter()
-            .filter_map(|t| t.phases.get(&name).copied())
+            .filter_map(|t| t.phases.get(&Step::from(phase)).copied())
             .collect();
         set_quantiles(&steps, &[("phase", &name)], values);
     }
@@ -642,7 +642,7 @@ port_range = [20000, 20009]
         let steps: Vec<StepTime> = steps
             .iter()
             .map(|(p, at)| StepTime {
-                phase: p.to_string(),
+                phase: Step::from_name(p),
                 at_ms: *at,
             })
             .collect();

@@ -12,7 +12,8 @@
 //!
 //! Raw samples never come here: they stay in the controller's memory.
 
-use rejuv_core::cluster::{Cluster, LogEvent, Workflow};
+use rejuv_core::cluster::{Cluster, EventKind, LogEvent, Workflow};
+use rejuv_core::detector::Level;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::Path;
@@ -140,6 +141,25 @@ pub(crate) fn outcome_name(w: &Workflow) -> Result<String, StoreError> {
     })
 }
 
+/// Events written before events had a level have no `level` column: it is added (empty for
+/// the old rows, which read back with no level).
+fn add_level_column(conn: &Connection) -> Result<(), StoreError> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('events') WHERE name = 'level'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE events ADD COLUMN level TEXT;")?;
+    }
+    Ok(())
+}
+
+/// A detector level by its stored name; an unknown one reads as none.
+fn level_named(name: &str) -> Option<Level> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+}
+
 pub struct SqliteStore {
     conn: Connection,
     events_kept: u32,
@@ -164,10 +184,11 @@ impl SqliteStore {
                  version INTEGER NOT NULL, checksum TEXT NOT NULL, json TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  at_ms INTEGER NOT NULL, kind TEXT NOT NULL, server TEXT, workflow INTEGER,
-                 message TEXT NOT NULL);
+                 message TEXT NOT NULL, level TEXT);
              CREATE TABLE IF NOT EXISTS workflows (id INTEGER PRIMARY KEY, server TEXT NOT NULL,
                  outcome TEXT NOT NULL, json TEXT NOT NULL);",
         )?;
+        add_level_column(&conn)?;
         Ok(Self {
             conn,
             events_kept,
@@ -235,8 +256,15 @@ impl SqliteStore {
         )?;
         for e in events {
             tx.execute(
-                "INSERT INTO events (at_ms, kind, server, workflow, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![e.at_ms as i64, e.kind, e.server, e.workflow.map(|w| w as i64), e.message],
+                "INSERT INTO events (at_ms, kind, server, workflow, message, level) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    e.at_ms as i64,
+                    e.kind.as_str(),
+                    e.server,
+                    e.workflow.map(|w| w as i64),
+                    e.message,
+                    e.level.map(|l| l.to_string())
+                ],
             )?;
         }
         for w in finished {
@@ -266,7 +294,7 @@ impl SqliteStore {
     /// Events after `after` (a sequence number), oldest first, at most `limit`.
     pub fn events(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT seq, at_ms, kind, server, workflow, message FROM events
+            "SELECT seq, at_ms, kind, server, workflow, message, level FROM events
              WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after, i64::from(limit)], |r| {
@@ -274,10 +302,11 @@ impl SqliteStore {
                 seq: r.get(0)?,
                 event: LogEvent {
                     at_ms: r.get::<_, i64>(1)? as u64,
-                    kind: r.get(2)?,
+                    kind: EventKind::from_name(&r.get::<_, String>(2)?),
                     server: r.get(3)?,
                     workflow: r.get::<_, Option<i64>>(4)?.map(|w| w as u64),
                     message: r.get(5)?,
+                    level: r.get::<_, Option<String>>(6)?.and_then(|l| level_named(&l)),
                 },
             })
         })?;
@@ -331,6 +360,58 @@ mod tests {
         let mut s = Store::open(&path, 10, 10).unwrap();
         let e = s.load().unwrap_err();
         assert!(e.to_string().contains("corrupt"), "{e}");
+    }
+
+    #[test]
+    fn events_of_a_store_from_before_levels_read_back_and_new_ones_keep_kind_and_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            // The events table as it was before events had a level, with one old row.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     at_ms INTEGER NOT NULL, kind TEXT NOT NULL, server TEXT, workflow INTEGER,
+                     message TEXT NOT NULL);
+                 INSERT INTO events (at_ms, kind, server, workflow, message)
+                     VALUES (1, 'workflow-rolled-back', 's1', 3, 'old'),
+                            (2, 'from-elsewhere', NULL, NULL, 'unknown kind');",
+            )
+            .unwrap();
+        }
+        let mut s = SqliteStore::open(&path, 10, 10).unwrap();
+        let cluster: Cluster = serde_json::from_value(serde_json::json!({
+            "mode": "active-standby", "servers": {}, "instances": {}, "workflows": {},
+            "history": [], "pending": {}, "paused": false, "routes_version": 1,
+            "routes": {"version": 1, "services": {}}, "next_id": 1,
+            "completed_total": 0, "rolled_back_total": 0, "failed_total": 0
+        }))
+        .unwrap();
+        let judged = LogEvent {
+            at_ms: 3,
+            kind: EventKind::Judgement,
+            server: Some("s1".into()),
+            workflow: None,
+            message: "judged stable".into(),
+            level: Some(Level::Stable),
+        };
+        s.commit(&cluster, std::slice::from_ref(&judged), &[])
+            .unwrap();
+        let got: Vec<LogEvent> = s
+            .events(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(got[0].kind, EventKind::WorkflowRolledBack);
+        assert_eq!(got[0].level, None);
+        assert_eq!(got[1].kind.as_str(), "from-elsewhere");
+        assert_eq!(got[2], judged);
+        let text: String = s
+            .conn
+            .query_row("SELECT kind FROM events WHERE seq = 3", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(text, "judgement");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use rejuv_controller::etcd_store::{self, EtcdStore, Keys, LeaderInfo, Session};
 use rejuv_controller::etcd_test_server::EtcdServer;
 use rejuv_controller::store::{Store, StoreError};
-use rejuv_core::cluster::{Cluster, LogEvent};
+use rejuv_core::cluster::{Cluster, EventKind, LogEvent};
 use rejuv_core::config::Config;
 use rejuv_core::time::Now;
 use std::time::{Duration, Instant};
@@ -50,10 +50,11 @@ fn me(n: u32) -> LeaderInfo {
 fn event(i: u64) -> LogEvent {
     LogEvent {
         at_ms: 1000 + i,
-        kind: "test".into(),
+        kind: EventKind::Other("test".into()),
         server: Some("s1".into()),
         workflow: None,
         message: format!("event {i}"),
+        level: None,
     }
 }
 

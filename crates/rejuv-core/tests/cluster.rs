@@ -17,7 +17,7 @@ use rejuv_core::api::{
 };
 use rejuv_core::cluster::{
     step, Cluster, Command, CommandKind, CommandResult, Event, LogEvent, Observation,
-    ObservedInstance, OperatorCommand, Outcome, Output, Phase, Refusal, ServerState, Traffic,
+    ObservedInstance, OperatorCommand, Outcome, Output, Phase, Refusal, ServerState, Step, Traffic,
     Workflow,
 };
 use rejuv_core::config::{Action, Config, Resource};
@@ -318,7 +318,7 @@ fn command_names(out: &Output) -> Vec<&'static str> {
 }
 
 fn log_kinds(out: &Output) -> Vec<String> {
-    let mut v: Vec<_> = out.events.iter().map(|e| e.kind.clone()).collect();
+    let mut v: Vec<_> = out.events.iter().map(|e| e.kind.to_string()).collect();
     v.sort_unstable();
     v
 }
@@ -759,7 +759,10 @@ impl H {
     }
 
     fn logs_of_kind(&self, kind: &str) -> Vec<&LogEvent> {
-        self.log.iter().filter(|e| e.kind == kind).collect()
+        self.log
+            .iter()
+            .filter(|e| e.kind.as_str() == kind)
+            .collect()
     }
 
     fn alerts_issued(outs: &[Output]) -> usize {
@@ -1751,7 +1754,10 @@ fn alerts(out: &Output) -> Vec<(Option<ServerId>, String)> {
 }
 
 fn events_of<'a>(out: &'a Output, kind: &str) -> Vec<&'a LogEvent> {
-    out.events.iter().filter(|e| e.kind == kind).collect()
+    out.events
+        .iter()
+        .filter(|e| e.kind.as_str() == kind)
+        .collect()
 }
 
 /// Carried through `step` anyway, a refused command is logged and changes nothing.
@@ -1941,7 +1947,7 @@ mod scenarios {
                 .unwrap()
                 .steps
                 .iter()
-                .map(|s| s.phase.clone())
+                .map(|s| s.phase.to_string())
                 .collect();
             assert!(!steps.iter().any(|s| s == "handing-off"), "{steps:?}");
             assert_eq!(outcome_name(h.last_finished("s1").unwrap()), "completed");
@@ -4082,7 +4088,7 @@ duration = "1h"
         finish_workflow(&mut h, "s1");
         let w = h.last_finished("s1").unwrap();
         assert_eq!(outcome_name(w), "completed");
-        assert_eq!(w.steps.last().unwrap().phase, "evacuated");
+        assert_eq!(w.steps.last().unwrap().phase, Step::Evacuated);
         assert!(
             !h.delivered
                 .iter()

@@ -1,0 +1,133 @@
+//! What flows into the state machine: [`Event`]s, with the agents' [`Observation`]s, the
+//! operators' requests and the results of carried-out commands.
+//!
+//! These are plain data at the bottom of the loop: the shell builds them from what it saw
+//! and feeds them to [`crate::cluster::step`]; nothing here decides anything.
+
+use crate::api::{AgentState, InstanceState, RejuvenationReport};
+use crate::detector::Judgement;
+use crate::types::{InstanceId, ServerId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// What the controller last learned from a server's agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub reachable: bool,
+    pub at_ms: u64,
+    pub load1: f64,
+    pub running_since_ms: u64,
+    pub running_time_s: f64,
+    pub crashes_total: u64,
+    /// Where `load1` stands in the server's recent load history (fraction of past readings
+    /// below it), computed by the shell from samples it keeps in memory.
+    #[serde(default)]
+    pub load_quantile: Option<f64>,
+    /// Instances the agent reports, with whether each is healthy and where it serves.
+    pub instances: BTreeMap<InstanceId, ObservedInstance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedInstance {
+    pub state: InstanceState,
+    pub healthy: bool,
+    pub addr: Option<SocketAddr>,
+    pub started_at_ms: Option<u64>,
+}
+
+impl Observation {
+    /// Builds an observation from an agent's state reply.
+    pub fn from_agent(state: &AgentState, at_ms: u64) -> Self {
+        Self {
+            reachable: true,
+            at_ms,
+            load1: state.sample.load1,
+            running_since_ms: state.running_since_ms,
+            running_time_s: state.sample.running_time_s,
+            crashes_total: state.crashes_total,
+            load_quantile: None,
+            instances: state
+                .instances
+                .iter()
+                .map(|i| {
+                    (
+                        i.id.clone(),
+                        ObservedInstance {
+                            state: i.state,
+                            healthy: i.healthy,
+                            addr: i.addr,
+                            started_at_ms: i.started_at_ms,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What came back from carrying out a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum CommandResult {
+    Started {
+        addr: Option<SocketAddr>,
+    },
+    Stopped,
+    Transferred,
+    Rejuvenated {
+        report: RejuvenationReport,
+    },
+    Done,
+    /// A hook ended: `ok` when it exited 0 within its timeout; `detail` holds its exit status,
+    /// duration and the end of its output.
+    HookRan {
+        ok: bool,
+        detail: String,
+    },
+    /// Will not succeed by retrying (the agent refused it, or it timed out for good).
+    Failed {
+        error: String,
+    },
+}
+
+/// An operator's request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum OperatorCommand {
+    Rejuvenate { server: ServerId, force: bool },
+    Maintenance { server: ServerId, on: bool },
+    Pause,
+    Resume,
+}
+
+/// Something that happened, fed to [`step`](crate::cluster::step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// An agent answered (or did not: `reachable = false`).
+    Observed {
+        server: ServerId,
+        observation: Observation,
+    },
+    /// The detector's latest judgement of a server.
+    Judged {
+        server: ServerId,
+        judgement: Judgement,
+    },
+    /// Time passed: timeouts, the gate, planning.
+    Tick,
+    CommandDone {
+        id: u64,
+        result: CommandResult,
+    },
+    /// The traffic adapter applied route table `version`; in-flight counts per instance.
+    TrafficSynced {
+        version: u64,
+        in_flight: BTreeMap<InstanceId, u64>,
+    },
+    Operator {
+        by: String,
+        command: OperatorCommand,
+    },
+}

@@ -1,0 +1,188 @@
+//! Operators' requests: whether one fits the current state ([`Cluster::check_operator`],
+//! asked by the shell before it feeds the request in) and carrying it out.
+//!
+//! A request changes what planning sees (a manual request, maintenance, pause); the workflow
+//! itself starts from the plan like any other.
+
+use super::output::{CommandKind, EventKind, Output};
+use super::state::{Cluster, Phase, ServerState};
+use crate::detector::Level;
+use crate::time::Now;
+use crate::types::{Mode, Role};
+use serde::{Deserialize, Serialize};
+
+use super::event::OperatorCommand;
+
+/// Why an operator's request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Refusal {
+    #[error("no server named '{0}'")]
+    UnknownServer(String),
+    #[error("server '{0}' is already being rejuvenated")]
+    Busy(String),
+    #[error("server '{0}' is in maintenance")]
+    InMaintenance(String),
+    #[error("server '{0}' is a spare: spares run nothing to rejuvenate")]
+    Spare(String),
+    #[error("server '{0}' failed ({1}); check it, then release it with `maintenance off`")]
+    Failed(String, String),
+}
+
+impl Cluster {
+    /// Whether an operator's command fits the current state.
+    pub fn check_operator(&self, command: &OperatorCommand) -> Result<(), Refusal> {
+        match command {
+            OperatorCommand::Rejuvenate { server, .. } => {
+                let s = self
+                    .servers
+                    .get(server)
+                    .ok_or_else(|| Refusal::UnknownServer(server.clone()))?;
+                if s.maintenance {
+                    return Err(Refusal::InMaintenance(server.clone()));
+                }
+                if let ServerState::Failed { reason } = &s.state {
+                    return Err(Refusal::Failed(server.clone(), reason.clone()));
+                }
+                // A request for a workflow still waiting at the gate opens the gate; one that
+                // has switched already has nothing left to ask for.
+                if self.workflows.values().any(|w| {
+                    &w.server == server && !matches!(w.phase, Phase::Duplexing | Phase::Gating)
+                }) {
+                    return Err(Refusal::Busy(server.clone()));
+                }
+                if s.role == Role::Spare {
+                    return Err(Refusal::Spare(server.clone()));
+                }
+                Ok(())
+            }
+            OperatorCommand::Maintenance { server, .. } => self
+                .servers
+                .get(server)
+                .map(|_| ())
+                .ok_or_else(|| Refusal::UnknownServer(server.clone())),
+            OperatorCommand::Pause | OperatorCommand::Resume => Ok(()),
+        }
+    }
+
+    pub(super) fn on_operator(
+        &mut self,
+        by: &str,
+        command: OperatorCommand,
+        now: Now,
+        out: &mut Output,
+    ) {
+        if let Err(refusal) = self.check_operator(&command) {
+            self.log(
+                out,
+                now,
+                EventKind::OperatorRefused,
+                None,
+                None,
+                format!("{by}: {refusal}"),
+            );
+            return;
+        }
+        match command {
+            OperatorCommand::Rejuvenate { server, force } => {
+                self.operator_rejuvenate(by, &server, force, now, out)
+            }
+            OperatorCommand::Maintenance { server, on } => {
+                self.operator_maintenance(by, &server, on, now, out)
+            }
+            OperatorCommand::Pause => {
+                self.paused = true;
+                self.log(
+                    out,
+                    now,
+                    EventKind::Operator,
+                    None,
+                    None,
+                    format!("{by} paused rejuv: no new workflow starts; running ones finish"),
+                );
+            }
+            OperatorCommand::Resume => {
+                self.paused = false;
+                self.log(
+                    out,
+                    now,
+                    EventKind::Operator,
+                    None,
+                    None,
+                    format!("{by} resumed rejuv"),
+                );
+            }
+        }
+    }
+
+    fn operator_rejuvenate(
+        &mut self,
+        by: &str,
+        server: &str,
+        force: bool,
+        now: Now,
+        out: &mut Output,
+    ) {
+        if let Some(s) = self.servers.get_mut(server) {
+            s.manual_request = Some(force);
+        }
+        self.log(
+            out,
+            now,
+            EventKind::Operator,
+            Some(server),
+            None,
+            format!(
+                "{by} asked to rejuvenate {server}{}",
+                if force {
+                    " (force: budget ignored)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+
+    fn operator_maintenance(
+        &mut self,
+        by: &str,
+        server: &str,
+        on: bool,
+        now: Now,
+        out: &mut Output,
+    ) {
+        let back_role = match self.mode {
+            Mode::ActiveStandby => Role::Spare,
+            Mode::ActiveActive => Role::Primary,
+        };
+        if let Some(s) = self.servers.get_mut(server) {
+            s.maintenance = on;
+            if on {
+                s.manual_request = None;
+            } else if matches!(s.state, ServerState::Failed { .. }) {
+                // Released by a person who looked at it: back on the list, empty,
+                // judged afresh.
+                s.state = ServerState::InService;
+                s.role = back_role;
+                s.judgement = Level::Stable;
+                s.explanation = None;
+                self.issue(
+                    out,
+                    CommandKind::ResetDetector {
+                        server: server.to_string(),
+                    },
+                );
+            }
+        }
+        self.log(
+            out,
+            now,
+            EventKind::Operator,
+            Some(server),
+            None,
+            format!(
+                "{by} turned maintenance {} for {server}",
+                if on { "on" } else { "off" }
+            ),
+        );
+    }
+}

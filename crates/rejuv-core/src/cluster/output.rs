@@ -1,0 +1,166 @@
+//! What flows out of the state machine: [`Command`]s for the shell to carry out and
+//! [`LogEvent`]s for the event log, gathered per step in an [`Output`].
+//!
+//! Plain data: the outbox ([`crate::cluster::Cluster::pending`]) holds these commands until
+//! their results come back as events.
+
+use super::names::named;
+use crate::config::{Action, HookWhen};
+use crate::detector::Level;
+use crate::types::{InstanceId, ServerId, ServiceName};
+use serde::{Deserialize, Serialize};
+
+/// A command the shell must carry out; retried until its result comes back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: u64,
+    pub kind: CommandKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum CommandKind {
+    StartInstance {
+        server: ServerId,
+        instance: InstanceId,
+        service: ServiceName,
+    },
+    StopInstance {
+        server: ServerId,
+        instance: InstanceId,
+    },
+    /// Read the state of `from` (its service's export) and write it to `to` (import).
+    TransferState {
+        from_server: ServerId,
+        from: InstanceId,
+        to_server: ServerId,
+        to: InstanceId,
+    },
+    Rejuvenate {
+        server: ServerId,
+        run_id: String,
+        actions: Vec<Action>,
+    },
+    /// Forget the server's detector history (it was just rejuvenated).
+    ResetDetector { server: ServerId },
+    /// Something a person must look at; `name` is the alert's name (`alertname` label).
+    Alert {
+        #[serde(default)]
+        name: String,
+        server: Option<ServerId>,
+        summary: String,
+    },
+    /// Run an operator's hook (see [`crate::config::HookConfig`]).
+    RunHook {
+        workflow: u64,
+        hook: String,
+        step: String,
+        when: HookWhen,
+        server: ServerId,
+        target: ServerId,
+        veto: bool,
+    },
+}
+
+/// A line for the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEvent {
+    pub at_ms: u64,
+    pub kind: EventKind,
+    pub server: Option<ServerId>,
+    pub workflow: Option<u64>,
+    pub message: String,
+    /// The detector's level, on [`EventKind::Judgement`] events: what the server was judged
+    /// (so "stable again" can be told without reading `message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<Level>,
+}
+
+named! {
+    /// What an event-log line is about. The names are part of the interface: the event log
+    /// (API, `rejuv events`, the stores) shows and filters by them.
+    pub enum EventKind {
+        ClusterCreated => "cluster-created",
+        /// An agent stopped or started answering.
+        Agent => "agent",
+        InstanceLost => "instance-lost",
+        /// The detector's judgement of a server changed (see [`LogEvent::level`]).
+        Judgement => "judgement",
+        Operator => "operator",
+        OperatorRefused => "operator-refused",
+        WorkflowStarted => "workflow-started",
+        /// A workflow moved to its next phase (or is waiting in one).
+        Step => "step",
+        /// The gate holds a workflow, with the reason.
+        Gate => "gate",
+        DrainTimeout => "drain-timeout",
+        HandoffSkipped => "handoff-skipped",
+        HandoffFailed => "handoff-failed",
+        Hook => "hook",
+        CommandFailed => "command-failed",
+        WorkflowCompleted => "workflow-completed",
+        WorkflowRolledBack => "workflow-rolled-back",
+        WorkflowFailed => "workflow-failed",
+        EscalationExhausted => "escalation-exhausted",
+        /// A server needs a workflow that cannot start (no target, budget, pause, freeze).
+        NoTarget => "no-target",
+        NoQuorum => "no-quorum",
+        QuorumRegained => "quorum-regained",
+        /// Advisory mode: what would have been done.
+        DryRun => "dry-run",
+    }
+}
+
+/// What one step produced besides the new state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    /// Commands added to the outbox by this step, to carry out once the state is committed.
+    pub commands: Vec<Command>,
+    pub events: Vec<LogEvent>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_keep_their_names() {
+        for kind in EventKind::ALL {
+            let json = serde_json::to_string(kind).unwrap();
+            assert_eq!(json, format!("\"{kind}\""));
+            assert_eq!(&serde_json::from_str::<EventKind>(&json).unwrap(), kind);
+            assert_eq!(&EventKind::from_name(kind.as_str()), kind);
+        }
+        assert_eq!(
+            EventKind::WorkflowRolledBack.as_str(),
+            "workflow-rolled-back"
+        );
+        assert_eq!(EventKind::NoQuorum.to_string(), "no-quorum");
+    }
+
+    #[test]
+    fn an_unknown_kind_is_read_and_written_back_unchanged() {
+        let json =
+            r#"{"at_ms":1,"kind":"from-elsewhere","server":null,"workflow":null,"message":"m"}"#;
+        let e: LogEvent = serde_json::from_str(json).unwrap();
+        assert_eq!(e.kind, EventKind::Other("from-elsewhere".into()));
+        assert_eq!(e.level, None);
+        assert_eq!(serde_json::to_string(&e).unwrap(), json);
+    }
+
+    #[test]
+    fn a_judgement_carries_its_level() {
+        let e = LogEvent {
+            at_ms: 1,
+            kind: EventKind::Judgement,
+            server: Some("s1".into()),
+            workflow: None,
+            message: "judged stable".into(),
+            level: Some(Level::Stable),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains(r#""kind":"judgement""#), "{json}");
+        assert!(json.contains(r#""level":"stable""#), "{json}");
+        assert_eq!(serde_json::from_str::<LogEvent>(&json).unwrap(), e);
+    }
+}

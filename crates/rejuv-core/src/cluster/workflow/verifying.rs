@@ -1,0 +1,48 @@
+//! Verifying: the rejuvenated server must come back fresh (its agent answers, its running
+//! time restarted after the run began, the old instances gone) within
+//! `rejuvenation.verify_timeout`, and pass the `rejoin` veto hooks; then it rejoins.
+//! Otherwise the workflow fails and the server stays out.
+
+use crate::cluster::hooks::VetoGate;
+use crate::cluster::output::Output;
+use crate::cluster::state::Cluster;
+use crate::config::Config;
+use crate::time::Now;
+
+impl Cluster {
+    pub(in crate::cluster) fn advance_verifying(
+        &mut self,
+        cfg: &Config,
+        id: u64,
+        since: u64,
+        now: Now,
+        out: &mut Output,
+    ) {
+        let w = &self.workflows[&id];
+        let server = w.server.clone();
+        let fresh = self.servers[&server].observation.as_ref().is_some_and(|o| {
+            o.reachable
+                && w.report
+                    .as_ref()
+                    .is_some_and(|r| o.running_since_ms >= r.started_at_ms)
+                && w.pairs.iter().all(|p| !o.instances.contains_key(&p.old))
+        });
+        if fresh {
+            match self.veto_gate(cfg, id, "rejoin", now, out) {
+                VetoGate::Passed => self.complete(cfg, id, now, out),
+                VetoGate::Waiting => {}
+                VetoGate::Vetoed(why) => self.fail(id, why, now, out),
+            }
+        } else if u128::from(since) >= cfg.rejuvenation.verify_timeout.as_millis() {
+            self.fail(
+                id,
+                format!(
+                    "did not come back fresh within {:?}",
+                    cfg.rejuvenation.verify_timeout
+                ),
+                now,
+                out,
+            );
+        }
+    }
+}
