@@ -11,6 +11,7 @@
 //! - [`detector`]: per-server judgement (thresholds with hold-down; trend forecasts).
 //! - [`gate`]: switch-and-rejuvenate now, or wait for a quieter moment.
 //! - [`cluster`]: the cluster-wide state machine `step(cluster, event, now)`.
+//! - [`wire`]: the controller API's request and answer types (controller, CLI, dashboard).
 
 pub mod api;
 pub mod cluster;
@@ -21,6 +22,7 @@ pub mod gate;
 pub mod time;
 pub mod trend;
 pub mod types;
+pub mod wire;
 
 /// An error with its causes, `outer: cause: root cause`, for a log line, an API body or a
 /// status field; a cause whose text the message already holds (a wrapper that repeats its
