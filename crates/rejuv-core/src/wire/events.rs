@@ -22,7 +22,7 @@ pub struct StoredEvent {
 /// Running and finished workflows side by side (`rejuv workflows --output json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workflows {
-    /// As in [`super::Status::workflows`].
+    /// The running workflows, as in the status.
     pub running: Vec<Workflow>,
     /// As `GET /v1/workflows` answers: newest first.
     pub finished: Vec<Workflow>,

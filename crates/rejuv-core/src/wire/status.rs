@@ -39,7 +39,7 @@ pub struct ServerView {
     pub id: ServerId,
     pub role: Role,
     /// The state's name: `in-service`, `rejuvenating` or `failed` (the whole state, with its
-    /// workflow or reason, is in [`super::Explain`]).
+    /// workflow or reason, is in the explain answer).
     pub state: String,
     pub on_list: bool,
     pub maintenance: bool,
