@@ -238,11 +238,17 @@ impl Progress {
     /// A line on stdout as is (the `dashboard:` and `token file:` lines, the summary), which
     /// scripts look for at the start of a line.
     pub fn raw(&mut self, s: &str) {
-        self.bar.suspend(|| {
+        let print = || {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{s}");
             let _ = out.flush();
-        });
+        };
+        // Once finished, the last frame stays where it is and what follows prints below it.
+        if self.bar.is_finished() {
+            print();
+        } else {
+            self.bar.suspend(print);
+        }
     }
 
     /// Records a status poll: the view redraws; the plain display prints a summary every
