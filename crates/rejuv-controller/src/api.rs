@@ -2,7 +2,8 @@
 //!
 //! Every route but `/healthz` needs `Authorization: Bearer <api token>`. Operator actions are
 //! parsed into [`OperatorCommand`]s and sent to the engine, the single owner of the state; one
-//! that does not fit the current state gets `409` with the reason.
+//! that does not fit the current state gets `409` with the reason. The routes, their requests
+//! and their answers are the types of [`rejuv_core::wire`].
 
 use crate::engine::{Msg, Published};
 use crate::store::Store;
@@ -11,10 +12,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rejuv_core::api::ApiError;
-use rejuv_core::cluster::{OperatorCommand, Traffic};
+use rejuv_core::cluster::OperatorCommand;
 use rejuv_core::config::Config;
-use serde::{Deserialize, Serialize};
+use rejuv_core::wire::{
+    Accepted, ApiError, EventsQuery, Explain, InstanceView, MaintenanceRequest, RejuvenateQuery,
+    ServerView, Status, StoreHealth,
+};
+use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -34,7 +38,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         // The dashboard page itself carries no data; its calls to the API carry the token.
         .route("/ui", get(ui))
-        .route("/v1/status", get(status))
+        .route("/v1/status", get(get_status))
         .route("/v1/events", get(events))
         .route("/v1/workflows", get(workflows))
         .route("/v1/servers/{id}/explain", get(explain))
@@ -90,40 +94,10 @@ macro_rules! guard {
     };
 }
 
-#[derive(Serialize)]
-pub struct ServerView {
-    pub id: String,
-    pub role: String,
-    pub state: String,
-    pub on_list: bool,
-    pub maintenance: bool,
-    pub reachable: bool,
-    pub judgement: String,
-    pub explanation: Option<rejuv_core::detector::Explanation>,
-    pub blocked_reason: Option<String>,
-    pub capacity: u32,
-    pub reserved_by: Option<u64>,
-    pub running_time_s: Option<f64>,
-    pub load1: Option<f64>,
-    pub instances_rss_bytes: u64,
-    pub memory_budget_bytes: Option<u64>,
-    pub crashes_total: u64,
-    pub instances: Vec<InstanceView>,
-}
-
-#[derive(Serialize)]
-pub struct InstanceView {
-    pub id: String,
-    pub service: String,
-    pub addr: Option<std::net::SocketAddr>,
-    pub healthy: bool,
-    pub traffic: Traffic,
-    pub rss_bytes: Option<u64>,
-}
-
-pub fn status_json(cfg: &Config, p: &Published) -> serde_json::Value {
+/// The status answer: the published cluster, one row per server with its latest sample.
+pub fn status(cfg: &Config, p: &Published) -> Status {
     let c = &p.cluster;
-    let servers: Vec<ServerView> = c
+    let servers = c
         .servers
         .values()
         .map(|s| {
@@ -131,12 +105,12 @@ pub fn status_json(cfg: &Config, p: &Published) -> serde_json::Value {
             let obs = s.observation.as_ref();
             ServerView {
                 id: s.id.clone(),
-                role: s.role.to_string(),
+                role: s.role,
                 state: s.state.name().to_string(),
                 on_list: s.on_list(),
                 maintenance: s.maintenance,
                 reachable: obs.is_some_and(|o| o.reachable),
-                judgement: s.judgement.to_string(),
+                judgement: s.judgement,
                 explanation: s.explanation.clone(),
                 blocked_reason: s.blocked_reason.clone(),
                 capacity: s.capacity,
@@ -166,33 +140,40 @@ pub fn status_json(cfg: &Config, p: &Published) -> serde_json::Value {
             }
         })
         .collect();
-    serde_json::json!({
-        "cluster": cfg.cluster.name,
-        "mode": c.mode,
-        "epoch": p.epoch,
-        "paused": c.paused,
-        "available_capacity": c.available_capacity(),
-        "servers": servers,
-        "workflows": c.workflows.values().collect::<Vec<_>>(),
-        "history": c.history,
-        "routes": c.routes,
-        "completed_total": c.completed_total,
-        "rolled_back_total": c.rolled_back_total,
-        "failed_total": c.failed_total,
-        "store": p.store,
-    })
+    Status {
+        cluster: cfg.cluster.name.clone(),
+        mode: c.mode,
+        epoch: p.epoch,
+        paused: c.paused,
+        available_capacity: c.available_capacity(),
+        servers,
+        workflows: c.workflows.values().cloned().collect(),
+        history: c.history.clone(),
+        routes: c.routes.clone(),
+        completed_total: c.completed_total,
+        rolled_back_total: c.rolled_back_total,
+        failed_total: c.failed_total,
+        store: StoreHealth {
+            commit_failures_total: p.store.commit_failures_total,
+            failing_since_ms: p.store.failing_since_ms,
+            last_error: p.store.last_error.clone(),
+        },
+    }
 }
 
-async fn status(State(s): State<ApiState>, h: HeaderMap) -> Response {
+/// `answer` as JSON with its keys sorted at every level, as the status and explain answers
+/// have always been written (a `curl` diffed against an earlier one shows only what changed).
+fn sorted_json(answer: &impl Serialize) -> Response {
+    match serde_json::to_value(answer) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get_status(State(s): State<ApiState>, h: HeaderMap) -> Response {
     guard!(s, h);
     let p = s.published.borrow().clone();
-    Json(status_json(&s.cfg, &p)).into_response()
-}
-
-#[derive(Deserialize)]
-struct EventsQuery {
-    after: Option<i64>,
-    limit: Option<u32>,
+    sorted_json(&status(&s.cfg, &p))
 }
 
 async fn events(State(s): State<ApiState>, h: HeaderMap, q: Query<EventsQuery>) -> Response {
@@ -230,17 +211,16 @@ async fn explain(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>
         .values()
         .find(|w| w.server == id || w.target == id);
     let last = p.cluster.history.iter().rev().find(|w| w.server == id);
-    Json(serde_json::json!({
-        "id": id,
-        "role": server.role,
-        "state": server.state,
-        "judgement": server.judgement,
-        "explanation": server.explanation,
-        "blocked_reason": server.blocked_reason,
-        "workflow": wf,
-        "last_workflow": last,
-    }))
-    .into_response()
+    sorted_json(&Explain {
+        id: id.clone(),
+        role: server.role,
+        state: server.state.clone(),
+        judgement: server.judgement,
+        explanation: server.explanation.clone(),
+        blocked_reason: server.blocked_reason.clone(),
+        workflow: wf.cloned(),
+        last_workflow: last.cloned(),
+    })
 }
 
 async fn send_op(s: &ApiState, by: String, command: OperatorCommand) -> Response {
@@ -256,11 +236,7 @@ async fn send_op(s: &ApiState, by: String, command: OperatorCommand) -> Response
         );
     }
     match rx.await {
-        Ok(Ok(())) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"accepted": true})),
-        )
-            .into_response(),
+        Ok(Ok(())) => (StatusCode::ACCEPTED, Json(Accepted { accepted: true })).into_response(),
         Ok(Err(refusal)) => err(StatusCode::CONFLICT, refusal.to_string()),
         Err(_) => err(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -269,17 +245,11 @@ async fn send_op(s: &ApiState, by: String, command: OperatorCommand) -> Response
     }
 }
 
-#[derive(Deserialize)]
-struct ForceQuery {
-    #[serde(default)]
-    force: bool,
-}
-
 async fn rejuvenate(
     State(s): State<ApiState>,
     h: HeaderMap,
     Path(id): Path<String>,
-    q: Query<ForceQuery>,
+    q: Query<RejuvenateQuery>,
 ) -> Response {
     guard!(s, h);
     send_op(
@@ -293,17 +263,11 @@ async fn rejuvenate(
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MaintenanceBody {
-    on: bool,
-}
-
 async fn maintenance(
     State(s): State<ApiState>,
     h: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Json<MaintenanceBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<MaintenanceRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     guard!(s, h);
     let Json(b) = match body {

@@ -49,44 +49,18 @@
 //! - The state of one cluster fits one etcd value (etcd's request limit is 1.5 MiB).
 
 use crate::leader::LeaderGuard;
-use crate::store::{decode_state, encode_checksum, StoreError, StoredEvent, STATE_VERSION};
+pub use crate::store_codec::EtcdError;
+use crate::store_codec::{decode_state, encode_checksum, StoreError, STATE_VERSION};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
     SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use rejuv_core::cluster::{Cluster, LogEvent, Workflow};
+use rejuv_core::wire::StoredEvent;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
-
-#[derive(Debug, thiserror::Error)]
-pub enum EtcdError {
-    #[error("cannot connect to etcd at {endpoints:?}")]
-    Connect {
-        endpoints: Vec<String>,
-        #[source]
-        source: etcd_client::Error,
-    },
-    #[error("etcd: {what} failed")]
-    Op {
-        what: &'static str,
-        #[source]
-        source: etcd_client::Error,
-    },
-    #[error("etcd: {what} had no answer within {after:?}")]
-    Timeout { what: &'static str, after: Duration },
-    #[error("fenced: the leader key is no longer ours (another controller leads); stepping down")]
-    Fenced,
-    #[error("this controller does not lead (or its lease lapsed): it writes nothing")]
-    NotLeader,
-    #[error("the etcd store needs tokio's multi-thread runtime")]
-    Runtime,
-    #[error("etcd value under {key} is malformed: {reason}")]
-    Malformed { key: String, reason: String },
-    #[error("the etcd lease was lost")]
-    LeaseLost,
-}
 
 /// The keys of one cluster (see the module docs).
 #[derive(Debug, Clone)]
@@ -650,20 +624,7 @@ impl EtcdStore {
     }
 
     fn parse_batch(kv: &etcd_client::KeyValue) -> Result<Vec<StoredEvent>, StoreError> {
-        #[derive(Deserialize)]
-        struct Stored {
-            seq: i64,
-            #[serde(flatten)]
-            event: LogEvent,
-        }
-        let batch: Vec<Stored> = serde_json::from_slice(kv.value())?;
-        Ok(batch
-            .into_iter()
-            .map(|s| StoredEvent {
-                seq: s.seq,
-                event: s.event,
-            })
-            .collect())
+        Ok(serde_json::from_slice(kv.value())?)
     }
 
     /// Events after `after` (a sequence number), oldest first, at most `limit`.

@@ -4,7 +4,8 @@
 //! - [`engine`]: the single owner of the cluster state; applies events, commits, acts.
 //! - [`store`]: SQLite (embedded default), or etcd ([`etcd_store`], feature `etcd`) for several
 //!   controllers with one leader ([`ha`]); [`leader`]: the leadership guard every
-//!   load-balancer write checks.
+//!   load-balancer write checks; [`store_codec`]: the state's encoding and the errors both
+//!   backends share.
 //! - [`agent_client`]: the agent API client.
 //! - [`traffic`]: traffic adapters (builtin proxy) as reconcile loops.
 //! - [`api`]: the HTTP API; [`metrics`]: Prometheus text.
@@ -26,6 +27,7 @@ pub mod hooks;
 pub mod leader;
 pub mod metrics;
 pub mod store;
+pub mod store_codec;
 pub mod traffic;
 
 use anyhow::Context;

@@ -12,43 +12,13 @@
 //!
 //! Raw samples never come here: they stay in the controller's memory.
 
+use crate::store_codec::{decode_state, encode_checksum, outcome_name};
+pub use crate::store_codec::{StoreError, STATE_VERSION};
 use rejuv_core::cluster::{Cluster, EventKind, LogEvent, Workflow};
 use rejuv_core::detector::Level;
+pub use rejuv_core::wire::StoredEvent;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 use std::path::Path;
-
-/// Version of the persisted cluster JSON; bumped when its shape changes incompatibly.
-pub const STATE_VERSION: i64 = 1;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("opening the store at {path}")]
-    Open {
-        path: String,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("store query failed")]
-    Sql(#[from] rusqlite::Error),
-    #[error("stored cluster state is corrupt: {0}")]
-    Corrupt(String),
-    #[error("stored cluster state has version {found}, this controller reads {expected}")]
-    Version { found: i64, expected: i64 },
-    #[error("encoding state")]
-    Json(#[from] serde_json::Error),
-    #[cfg(feature = "etcd")]
-    #[error(transparent)]
-    Etcd(#[from] crate::etcd_store::EtcdError),
-}
-
-/// A stored event with its sequence number.
-#[derive(Debug, Clone, Serialize)]
-pub struct StoredEvent {
-    pub seq: i64,
-    #[serde(flatten)]
-    pub event: LogEvent,
-}
 
 /// The store backend. Every method blocks the calling thread for the duration of one
 /// transaction or read, like SQLite's do (the etcd backend parks the tokio worker with
@@ -111,36 +81,6 @@ impl Store {
     }
 }
 
-/// The state encoded as stored: versioned JSON and its checksum.
-pub(crate) fn encode_checksum(json: &str) -> String {
-    format!("{:016x}", checksum(json.as_bytes()))
-}
-
-/// Decodes a stored state after checking its version and checksum.
-pub(crate) fn decode_state(version: i64, sum: &str, json: &str) -> Result<Cluster, StoreError> {
-    if version != STATE_VERSION {
-        return Err(StoreError::Version {
-            found: version,
-            expected: STATE_VERSION,
-        });
-    }
-    if encode_checksum(json) != sum {
-        return Err(StoreError::Corrupt("checksum mismatch".into()));
-    }
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-/// The outcome name a finished workflow is filed under.
-pub(crate) fn outcome_name(w: &Workflow) -> Result<String, StoreError> {
-    Ok(match &w.outcome {
-        Some(o) => serde_json::to_value(o)?["outcome"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_string(),
-        None => "unknown".into(),
-    })
-}
-
 /// Events written before events had a level have no `level` column: it is added (empty for
 /// the old rows, which read back with no level).
 fn add_level_column(conn: &Connection) -> Result<(), StoreError> {
@@ -166,8 +106,6 @@ pub struct SqliteStore {
     workflows_kept: u32,
     last_json: Option<String>,
 }
-
-use rejuv_core::digest::fnv1a64 as checksum;
 
 impl SqliteStore {
     pub fn open(path: &Path, events_kept: u32, workflows_kept: u32) -> Result<Self, StoreError> {
@@ -338,6 +276,7 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store_codec::checksum;
 
     #[test]
     fn checksum_detects_a_changed_byte() {

@@ -13,6 +13,7 @@
 //! - [`cluster`]: the cluster-wide state machine `step(cluster, event, now)`.
 //! - [`shell`]: the driver of that machine (commit, then act; retries; the detector), shared
 //!   by the controller and the simulator.
+//! - [`wire`]: the controller API's request and answer types (controller, CLI, dashboard).
 
 pub mod api;
 pub mod cluster;
@@ -24,6 +25,7 @@ pub mod shell;
 pub mod time;
 pub mod trend;
 pub mod types;
+pub mod wire;
 
 /// An error with its causes, `outer: cause: root cause`, for a log line, an API body or a
 /// status field; a cause whose text the message already holds (a wrapper that repeats its

@@ -19,9 +19,13 @@
 
 use crate::procs::Proc;
 use rand::{Rng, SeedableRng};
+use rejuv_core::api::{BackendState, ProxyStatus};
+use rejuv_core::cluster::Traffic;
 use rejuv_core::config::Config;
+use rejuv_core::types::Role;
+use rejuv_core::wire::Status;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,9 +61,9 @@ pub async fn start_etcd(dir: &Path, http: &reqwest::Client) -> anyhow::Result<Et
         "--store etcd runs etcd from PATH, and `etcd` was not found (Debian: apt-get install etcd-server)"
     );
     let lo: std::net::IpAddr = "127.0.0.1".parse()?;
-    let client = SocketAddr::new(lo, crate::demo::free_port(lo)?);
-    let peer = SocketAddr::new(lo, crate::demo::free_port(lo)?);
-    let (out, err) = crate::demo::log_file(dir, "etcd")?;
+    let client = SocketAddr::new(lo, crate::procs::free_port(lo)?);
+    let peer = SocketAddr::new(lo, crate::procs::free_port(lo)?);
+    let (out, err) = crate::procs::log_file(dir, "etcd")?;
     let mut cmd = rejuv_controller::etcd_member::command("demo", &dir.join("etcd"), client, peer);
     cmd.stdout(out).stderr(err).stdin(Stdio::null());
     let proc = Proc::spawn("etcd", cmd)?;
@@ -145,7 +149,7 @@ impl Controllers {
         } else {
             format!("controller-{}", i + 1)
         };
-        let (out, err) = crate::demo::log_file(&self.dir, &log)?;
+        let (out, err) = crate::procs::log_file(&self.dir, &log)?;
         let mut cmd = Command::new(&self.exe);
         cmd.args(["controller", "--config"])
             .arg(&self.config)
@@ -353,37 +357,34 @@ pub struct WatchReport {
 ///    floor cannot promise anything about).
 /// 4. Routing: every backend the proxy has as `serving` is an instance the leader's status
 ///    shows with traffic `serving` and healthy (builtin proxy only).
-pub fn broken(cfg: &Config, status: &Value, proxy: Option<&Value>) -> BTreeSet<String> {
+pub fn broken(cfg: &Config, status: &Status, proxy: Option<&ProxyStatus>) -> BTreeSet<String> {
     let mut bad = BTreeSet::new();
-    let workflows = status["workflows"].as_array().cloned().unwrap_or_default();
-    let unforced = workflows
-        .iter()
-        .filter(|w| !w["forced"].as_bool().unwrap_or(false))
-        .count() as u32;
+    let workflows = &status.workflows;
+    let unforced = workflows.iter().filter(|w| !w.forced).count() as u32;
     if unforced > cfg.budget.max_concurrent {
         bad.insert(format!(
             "{unforced} workflows running, budget.max_concurrent {}",
             cfg.budget.max_concurrent
         ));
     }
-    let servers = status["servers"].as_array().cloned().unwrap_or_default();
-    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
-    for s in &servers {
-        let id = s["id"].as_str().unwrap_or("?").to_string();
-        *seen.entry(id.clone()).or_default() += 1;
-        let state = s["state"].as_str().unwrap_or("");
+    let servers = &status.servers;
+    let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
+    for s in servers {
+        let id = s.id.as_str();
+        *seen.entry(id).or_default() += 1;
+        let state = s.state.as_str();
         if !matches!(state, "in-service" | "rejuvenating" | "failed") {
             bad.insert(format!("server {id} is in an unknown state {state:?}"));
         }
-        if s["on_list"].as_bool() != Some(state == "in-service") {
+        if s.on_list != (state == "in-service") {
             bad.insert(format!(
                 "server {id} is {state} but on_list is {}",
-                s["on_list"]
+                s.on_list
             ));
         }
     }
     for sc in &cfg.servers {
-        match seen.get(&sc.id) {
+        match seen.get(sc.id.as_str()) {
             Some(1) => {}
             Some(n) => {
                 bad.insert(format!("server {} appears {n} times", sc.id));
@@ -393,12 +394,10 @@ pub fn broken(cfg: &Config, status: &Value, proxy: Option<&Value>) -> BTreeSet<S
             }
         }
     }
-    let mut in_workflow: BTreeMap<String, u32> = BTreeMap::new();
-    for w in &workflows {
-        for k in ["server", "target"] {
-            if let Some(id) = w[k].as_str() {
-                *in_workflow.entry(id.to_string()).or_default() += 1;
-            }
+    let mut in_workflow: BTreeMap<&str, u32> = BTreeMap::new();
+    for w in workflows {
+        for id in [&w.server, &w.target] {
+            *in_workflow.entry(id.as_str()).or_default() += 1;
         }
     }
     for (id, n) in in_workflow {
@@ -406,14 +405,11 @@ pub fn broken(cfg: &Config, status: &Value, proxy: Option<&Value>) -> BTreeSet<S
             bad.insert(format!("server {id} is part of {n} workflows"));
         }
     }
-    let all_reachable = servers
-        .iter()
-        .all(|s| s["reachable"].as_bool() == Some(true));
-    if all_reachable {
+    if servers.iter().all(|s| s.reachable) {
         let capacity: u64 = servers
             .iter()
-            .filter(|s| s["state"] == "in-service" && s["role"] == "primary")
-            .map(|s| s["capacity"].as_u64().unwrap_or(0))
+            .filter(|s| s.state == "in-service" && s.role == Role::Primary)
+            .map(|s| u64::from(s.capacity))
             .sum();
         if capacity < u64::from(cfg.budget.min_available_capacity) {
             bad.insert(format!(
@@ -423,33 +419,41 @@ pub fn broken(cfg: &Config, status: &Value, proxy: Option<&Value>) -> BTreeSet<S
         }
     }
     if let Some(proxy) = proxy {
-        let good: BTreeSet<(String, String)> = servers
+        let good: BTreeSet<(&str, SocketAddr)> = servers
             .iter()
-            .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
-            .filter(|i| i["traffic"] == "serving" && i["healthy"] == true)
-            .filter_map(|i| {
-                Some((
-                    i["id"].as_str()?.to_string(),
-                    i["addr"].as_str()?.to_string(),
-                ))
-            })
+            .flat_map(|s| &s.instances)
+            .filter(|i| i.traffic == Traffic::Serving && i.healthy)
+            .filter_map(|i| Some((i.id.as_str(), i.addr?)))
             .collect();
-        for (service, st) in proxy["services"].as_object().into_iter().flatten() {
-            for b in st["backends"].as_array().into_iter().flatten() {
-                if b["state"] != "serving" {
+        for (service, st) in &proxy.services {
+            for b in &st.backends {
+                if b.state != Some(BackendState::Serving) {
                     continue;
                 }
-                let id = b["id"].as_str().unwrap_or("?").to_string();
-                let addr = b["addr"].as_str().unwrap_or("?").to_string();
-                if !good.contains(&(id.clone(), addr.clone())) {
+                if !good.contains(&(b.id.as_str(), b.addr)) {
                     bad.insert(format!(
-                        "the proxy sends new {service} requests to {id} at {addr}, which the leader does not have serving and healthy"
+                        "the proxy sends new {service} requests to {} at {}, which the leader does not have serving and healthy",
+                        b.id, b.addr
                     ));
                 }
             }
         }
     }
     bad
+}
+
+/// `GET url` with the token, read as `T`; `None` when it cannot be had (no answer, an error
+/// status such as a follower's 503, or a body of another shape).
+async fn get_json<T: DeserializeOwned>(
+    http: &reqwest::Client,
+    url: String,
+    token: &str,
+) -> Option<T> {
+    let r = http.get(url).bearer_auth(token).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json::<T>().await.ok()
 }
 
 /// Polls until `stop` and counts the broken invariants of [`broken`] that persist across two
@@ -470,26 +474,20 @@ pub async fn watch_invariants(
     let mut report = WatchReport::default();
     let mut previous: BTreeSet<String> = BTreeSet::new();
     let mut counted: BTreeSet<String> = BTreeSet::new();
-    let get = |url: String| {
-        let req = http.get(url).bearer_auth(&token);
-        async move {
-            let r = req.send().await.ok()?;
-            if !r.status().is_success() {
-                return None;
-            }
-            r.json::<Value>().await.ok()
-        }
-    };
     while !stop.is_cancelled() {
         let mut status = None;
         for c in &controllers {
-            if let Some(v) = get(format!("http://{c}/v1/status")).await {
+            if let Some(v) =
+                get_json::<Status>(&http, format!("http://{c}/v1/status"), &token).await
+            {
                 status = Some(v);
                 break;
             }
         }
         let proxy = match proxy_admin {
-            Some(a) => get(format!("http://{a}/v1/status")).await,
+            Some(a) => {
+                get_json::<ProxyStatus>(&http, format!("http://{a}/v1/status"), &token).await
+            }
             None => None,
         };
         match status {
@@ -523,7 +521,7 @@ pub async fn watch_invariants(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     /// Two servers of 4 units (s1 primary, s2 spare); the floor is 4 units.
     fn cfg() -> Config {
@@ -558,6 +556,16 @@ health = { path = "/healthz" }
         Config::from_toml(text).unwrap_or_else(|e| panic!("test config: {e}"))
     }
 
+    /// [`broken`] on fixtures written as JSON.
+    fn broken_in(cfg: &Config, status: &Value, proxy: Option<&Value>) -> BTreeSet<String> {
+        let proxy = proxy.map(|p| crate::testdata::proxy(p.clone()));
+        broken(
+            cfg,
+            &crate::testdata::status(status.clone()),
+            proxy.as_ref(),
+        )
+    }
+
     fn server(id: &str, role: &str, state: &str, instances: Value) -> Value {
         json!({"id": id, "role": role, "state": state, "on_list": state == "in-service",
                "reachable": true, "capacity": 4, "instances": instances})
@@ -581,7 +589,10 @@ health = { path = "/healthz" }
     #[test]
     fn a_healthy_cluster_breaks_nothing() {
         let p = proxy("i1", "127.0.0.2:20000", "serving");
-        assert_eq!(broken(&cfg(), &healthy_status(), Some(&p)), BTreeSet::new());
+        assert_eq!(
+            broken_in(&cfg(), &healthy_status(), Some(&p)),
+            BTreeSet::new()
+        );
     }
 
     #[test]
@@ -591,7 +602,7 @@ health = { path = "/healthz" }
 
         let mut st = healthy_status();
         st["workflows"] = json!([wf(1, "s1", "s2"), wf(2, "s2", "s1")]);
-        let b = broken(&c, &st, None);
+        let b = broken_in(&c, &st, None);
         assert!(b.iter().any(|x| x.contains("2 workflows running")), "{b:?}");
         assert!(b.iter().any(|x| x.contains("part of 2 workflows")), "{b:?}");
 
@@ -599,7 +610,7 @@ health = { path = "/healthz" }
         st["servers"][1]["on_list"] = json!(false);
         let dup = st["servers"][0].clone();
         st["servers"].as_array_mut().unwrap().push(dup);
-        let b = broken(&c, &st, None);
+        let b = broken_in(&c, &st, None);
         assert!(
             b.iter().any(|x| x.contains("s2 is in-service but on_list")),
             "{b:?}"
@@ -609,17 +620,17 @@ health = { path = "/healthz" }
         let mut st = healthy_status();
         st["servers"][0]["state"] = json!("rejuvenating");
         st["servers"][0]["on_list"] = json!(false);
-        let b = broken(&c, &st, None);
+        let b = broken_in(&c, &st, None);
         assert!(b.iter().any(|x| x.contains("hold 0 units")), "{b:?}");
         // ... but not while a server is unreachable.
         st["servers"][1]["reachable"] = json!(false);
-        assert_eq!(broken(&c, &st, None), BTreeSet::new());
+        assert_eq!(broken_in(&c, &st, None), BTreeSet::new());
 
         let p = proxy("i9", "127.0.0.2:20001", "serving");
-        let b = broken(&c, &healthy_status(), Some(&p));
+        let b = broken_in(&c, &healthy_status(), Some(&p));
         assert!(b.iter().any(|x| x.contains("i9")), "{b:?}");
         // A draining backend takes no new requests: fine.
         let p = proxy("i9", "127.0.0.2:20001", "draining");
-        assert_eq!(broken(&c, &healthy_status(), Some(&p)), BTreeSet::new());
+        assert_eq!(broken_in(&c, &healthy_status(), Some(&p)), BTreeSet::new());
     }
 }

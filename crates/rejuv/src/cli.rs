@@ -1,5 +1,6 @@
 //! Command-line interface: every subcommand, its flags, and the glue to the libraries.
 
+use crate::conn::read_token;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rejuv_core::config::Config;
@@ -165,7 +166,7 @@ Examples:
 Examples:
   rejuv status --controller http://127.0.0.1:7070 --token-file api.token
   REJUV_TOKEN=... rejuv status --output json | jq '.servers[] | {id, role, state}'")]
-    Status(crate::ops::Conn),
+    Status(crate::conn::Conn),
     /// Show the event log: judgements, workflow steps, operator actions (who asked).
     #[command(after_help = "\
 Examples:
@@ -174,7 +175,7 @@ Examples:
   rejuv events --follow --output json | jq -r 'select(.kind == \"operator\") | .message'")]
     Events {
         #[command(flatten)]
-        conn: crate::ops::Conn,
+        conn: crate::conn::Conn,
         /// Keep printing new events as they come, until Ctrl-C.
         #[arg(long, short = 'f')]
         follow: bool,
@@ -193,7 +194,7 @@ Examples:
 Examples:
   rejuv workflows
   rejuv workflows --output json | jq '.finished[0].steps'")]
-    Workflows(crate::ops::Conn),
+    Workflows(crate::conn::Conn),
     /// Why a server is judged as it is: the rule that fired, and the forecast.
     #[command(after_help = "\
 Examples:
@@ -202,7 +203,7 @@ Examples:
     Explain {
         server: String,
         #[command(flatten)]
-        conn: crate::ops::Conn,
+        conn: crate::conn::Conn,
     },
     /// Rejuvenate a server now, through the same workflow (duplex, switch, rejuvenate,
     /// rejoin), within the disruption budget unless --force.
@@ -216,7 +217,7 @@ Examples:
         #[arg(long)]
         force: bool,
         #[command(flatten)]
-        conn: crate::ops::Conn,
+        conn: crate::conn::Conn,
     },
     /// Put a server in maintenance (out of service, left alone by rejuv) or release it.
     #[command(after_help = "\
@@ -228,18 +229,18 @@ Examples:
         #[arg(value_parser = ["on", "off"])]
         state: String,
         #[command(flatten)]
-        conn: crate::ops::Conn,
+        conn: crate::conn::Conn,
     },
     /// Freeze: no new workflow starts (running ones finish), e.g. for a maintenance window.
     #[command(after_help = "\
 Examples:
   rejuv pause && do-maintenance && rejuv resume")]
-    Pause(crate::ops::Conn),
+    Pause(crate::conn::Conn),
     /// Let new workflows start again after `rejuv pause`.
     #[command(after_help = "\
 Examples:
   rejuv resume --controller http://127.0.0.1:7070")]
-    Resume(crate::ops::Conn),
+    Resume(crate::conn::Conn),
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -273,14 +274,6 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     Config::from_toml(&text)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("in {}", path.display()))
-}
-
-pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    let t = std::fs::read_to_string(path)
-        .with_context(|| format!("reading token file {}", path.display()))?;
-    let t = t.trim().to_string();
-    anyhow::ensure!(!t.is_empty(), "token file {} is empty", path.display());
-    Ok(t)
 }
 
 fn init_tracing() {

@@ -6,10 +6,13 @@
 
 mod chaos;
 mod cli;
+mod conn;
 mod demo;
 mod ops;
 mod procs;
 mod table;
+#[cfg(test)]
+mod testdata;
 mod view;
 
 use clap::Parser;

@@ -1,6 +1,10 @@
-//! Child processes started by the demo and by `rejuv agent`'s restart, and signal handling.
+//! Child processes started by the demo and by `rejuv agent`'s restart, what they need from the
+//! machine (a free port, a log file), and signal handling.
 
-use std::process::{Child, Command};
+use anyhow::Context;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -84,4 +88,20 @@ pub fn shutdown_on_signal() -> CancellationToken {
         }
     });
     token
+}
+
+/// A free TCP port on `ip`, found by binding port 0.
+pub fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind((ip, 0))
+        .with_context(|| format!("finding a free port on {ip}"))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// `dir/logs/NAME.log`, opened for appending, as a child's stdout and stderr.
+pub fn log_file(dir: &Path, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("logs").join(format!("{name}.log")))?;
+    Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
 }

@@ -1,57 +1,27 @@
 //! Plain-text tables and small formatters for the operator commands and the demo's view.
 //!
-//! Columns are as wide as their widest cell (counted in characters, so `▁▂▃` and `–` line up)
-//! and separated by two spaces; the last column is never padded, so long reasons do not leave
-//! trailing blanks.
+//! Tables are `comfy-table`'s, without borders: columns as wide as their widest cell,
+//! separated by two spaces, and no trailing blanks (so long reasons in the last column leave
+//! none).
 
+use comfy_table::presets::NOTHING;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub struct Table {
-    head: Vec<String>,
-    rows: Vec<Vec<String>>,
+pub use comfy_table::Table;
+
+/// An empty table with these column headings.
+pub fn table(head: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(NOTHING).set_header(head.to_vec());
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 2));
+    }
+    t
 }
 
-impl Table {
-    pub fn new(head: &[&str]) -> Self {
-        Self {
-            head: head.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// The table, one line per row, each ending in a newline.
-    pub fn render(&self) -> String {
-        let cols = self.head.len();
-        let mut width = vec![0usize; cols];
-        for r in std::iter::once(&self.head).chain(&self.rows) {
-            for (i, c) in r.iter().enumerate().take(cols) {
-                width[i] = width[i].max(c.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for r in std::iter::once(&self.head).chain(&self.rows) {
-            let mut line = String::new();
-            for (i, w) in width.iter().enumerate() {
-                let cell = r.get(i).map_or("", String::as_str);
-                line.push_str(cell);
-                if i + 1 < cols {
-                    let pad = w - cell.chars().count();
-                    line.extend(std::iter::repeat_n(' ', pad + 2));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
-    }
+/// The table, one line per row, each ending in a newline.
+pub fn render(t: &Table) -> String {
+    t.lines().map(|l| format!("{}\n", l.trim_end())).collect()
 }
 
 /// A span of seconds for people: `12.3s`, `4m05s`, `2h03m`, `3d04h`.
@@ -112,11 +82,11 @@ mod tests {
 
     #[test]
     fn columns_line_up_and_the_last_is_not_padded() {
-        let mut t = Table::new(&["A", "BB", "WHY"]);
-        t.row(vec!["xxx".into(), "▁▂".into(), "a reason".into()]);
-        t.row(vec!["y".into(), "zzzz".into(), String::new()]);
+        let mut t = table(&["A", "BB", "WHY"]);
+        t.add_row(vec!["xxx", "▁▂", "a reason"]);
+        t.add_row(vec!["y", "zzzz", ""]);
         assert_eq!(
-            t.render(),
+            render(&t),
             "A    BB    WHY\nxxx  ▁▂    a reason\ny    zzzz\n"
         );
     }

@@ -7,10 +7,14 @@
 //! (events) scroll above it on stdout. Without a terminal (tests, CI, a pipe) nothing is
 //! redrawn: the demo prints a line per event and a one-line summary every ten seconds, so a
 //! log stays readable.
+//!
+//! The redrawing is `indicatif`'s: the frame is the message of one bar on stderr, and a log
+//! line is printed with the bar suspended, so it lands above the view.
 
-use crate::table::{bytes, clip, now_ms, secs, Table};
+use crate::table::{bytes, clip, now_ms, render, secs, table};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rejuv_core::wire::Status;
 use rejuv_sample::loadgen::LiveSnapshot;
-use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -61,7 +65,7 @@ pub struct Totals {
 /// The lines of one frame of the live view (without colour; the caller cuts them to width).
 pub fn frame(
     mode: &str,
-    status: &Value,
+    status: &Status,
     history: &BTreeMap<String, VecDeque<u64>>,
     totals: &Totals,
     now_wall_ms: u64,
@@ -71,53 +75,43 @@ pub fn frame(
         totals.elapsed.as_secs_f64(),
         totals.duration.as_secs_f64(),
         totals.rps,
-        if status["paused"].as_bool() == Some(true) {
-            " · PAUSED"
-        } else {
-            ""
-        }
+        if status.paused { " · PAUSED" } else { "" }
     )];
-    let mut t = Table::new(&["SERVER", "ROLE", "STATE", "MEMORY", "", "JUDGED", "WHY"]);
-    for s in status["servers"].as_array().into_iter().flatten() {
-        let id = s["id"].as_str().unwrap_or("?");
-        let budget = s["memory_budget_bytes"].as_u64();
+    let mut t = table(&["SERVER", "ROLE", "STATE", "MEMORY", "", "JUDGED", "WHY"]);
+    for s in &status.servers {
+        let budget = s.memory_budget_bytes;
         let values: Vec<u64> = history
-            .get(id)
+            .get(&s.id)
             .map(|h| h.iter().copied().collect())
             .unwrap_or_default();
-        let rss = s["instances_rss_bytes"].as_u64().unwrap_or(0);
-        let mut state = s["state"].as_str().unwrap_or("?").to_string();
-        if s["maintenance"].as_bool() == Some(true) {
+        let rss = s.instances_rss_bytes;
+        let mut state = s.state.clone();
+        if s.maintenance {
             state.push_str(",maint");
         }
-        t.row(vec![
-            id.to_string(),
-            s["role"].as_str().unwrap_or("?").to_string(),
+        t.add_row(vec![
+            s.id.clone(),
+            s.role.to_string(),
             state,
             sparkline(&values, budget, SPARK_LEN),
             match budget.filter(|b| *b > 0) {
                 Some(b) => format!("{:>5} {:>3.0}%", bytes(rss), rss as f64 * 100.0 / b as f64),
                 None => bytes(rss),
             },
-            s["judgement"].as_str().unwrap_or("?").to_string(),
-            s["explanation"]["message"]
-                .as_str()
-                .or(s["blocked_reason"].as_str())
-                .unwrap_or("")
-                .to_string(),
+            s.judgement.to_string(),
+            s.explanation
+                .as_ref()
+                .map(|e| e.message.clone())
+                .or_else(|| s.blocked_reason.clone())
+                .unwrap_or_default(),
         ]);
     }
-    lines.extend(t.render().lines().map(|l| format!(" {l}")));
-    let workflows: Vec<&Value> = status["workflows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .collect();
-    if workflows.is_empty() {
+    lines.extend(render(&t).lines().map(|l| format!(" {l}")));
+    if status.workflows.is_empty() {
         lines.push(" workflows: none running".into());
     }
-    for w in workflows {
-        let phase = w["phase"].as_str().unwrap_or("?");
+    for w in &status.workflows {
+        let phase = w.phase.to_string();
         let cur = STEPS.iter().position(|p| *p == phase);
         let steps: Vec<String> = STEPS
             .iter()
@@ -128,17 +122,15 @@ pub fn frame(
                 _ => p.to_string(),
             })
             .collect();
-        let since = w["phase_since_ms"].as_u64().unwrap_or(now_wall_ms);
-        let started = w["started_at_ms"].as_u64().unwrap_or(now_wall_ms);
         // The current step and its time first: a narrow terminal cuts the end of the line.
         lines.push(format!(
             " workflow {} {}→{}: {} for {} ({} in all) · {}",
-            w["id"],
-            w["server"].as_str().unwrap_or("?"),
-            w["target"].as_str().unwrap_or("?"),
+            w.id,
+            w.server,
+            w.target,
             phase,
-            secs(now_wall_ms.saturating_sub(since) as f64 / 1000.0),
-            secs(now_wall_ms.saturating_sub(started) as f64 / 1000.0),
+            secs(now_wall_ms.saturating_sub(w.phase_since_ms) as f64 / 1000.0),
+            secs(now_wall_ms.saturating_sub(w.started_at_ms) as f64 / 1000.0),
             steps.join(" "),
         ));
     }
@@ -154,48 +146,32 @@ pub fn frame(
         },
         l.in_flight,
         l.posts_ok,
-        status["completed_total"].as_u64().unwrap_or(0),
-        status["rolled_back_total"].as_u64().unwrap_or(0)
-            + status["failed_total"].as_u64().unwrap_or(0),
+        status.completed_total,
+        status.rolled_back_total + status.failed_total,
     ));
     lines
 }
 
 /// One summary line for the plain display.
-pub fn summary_line(status: &Value, totals: &Totals) -> String {
-    let parts: Vec<String> = status["servers"]
-        .as_array()
-        .into_iter()
-        .flatten()
+pub fn summary_line(status: &Status, totals: &Totals) -> String {
+    let parts: Vec<String> = status
+        .servers
+        .iter()
         .map(|s| {
             format!(
                 "{} {}/{} {} {}",
-                s["id"].as_str().unwrap_or("?"),
-                s["role"]
-                    .as_str()
-                    .unwrap_or("?")
-                    .chars()
-                    .next()
-                    .unwrap_or('?'),
-                s["state"].as_str().unwrap_or("?"),
-                bytes(s["instances_rss_bytes"].as_u64().unwrap_or(0)),
-                s["judgement"].as_str().unwrap_or("?")
+                s.id,
+                s.role.to_string().chars().next().unwrap_or('?'),
+                s.state,
+                bytes(s.instances_rss_bytes),
+                s.judgement
             )
         })
         .collect();
-    let running: Vec<String> = status["workflows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|w| {
-            format!(
-                "workflow {} {}→{} {}",
-                w["id"],
-                w["server"].as_str().unwrap_or("?"),
-                w["target"].as_str().unwrap_or("?"),
-                w["phase"].as_str().unwrap_or("?")
-            )
-        })
+    let running: Vec<String> = status
+        .workflows
+        .iter()
+        .map(|w| format!("workflow {} {}→{} {}", w.id, w.server, w.target, w.phase))
         .collect();
     format!(
         "status t+{:.0}s: {}{} | requests {} served, {} failed | rejuvenated {}",
@@ -208,7 +184,7 @@ pub fn summary_line(status: &Value, totals: &Totals) -> String {
         },
         totals.load.requests.saturating_sub(totals.load.failed),
         totals.load.failed,
-        status["completed_total"].as_u64().unwrap_or(0),
+        status.completed_total,
     )
 }
 
@@ -220,22 +196,28 @@ pub struct Progress {
     /// stdout is a terminal: dim the timestamps.
     color: bool,
     mode: String,
-    /// Lines of the view now on screen (0: none to erase).
-    drawn: usize,
-    frame: Vec<String>,
+    /// The live view (hidden without a terminal).
+    bar: ProgressBar,
     history: BTreeMap<String, VecDeque<u64>>,
     last_summary: Option<Instant>,
 }
 
 impl Progress {
     pub fn new(mode: &str) -> Self {
+        let live = std::io::stderr().is_terminal() && std::env::var_os("REJUV_NO_VIEW").is_none();
+        let target = if live {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(None, target);
+        bar.set_style(ProgressStyle::with_template("{msg}").expect("a valid template"));
         Self {
             start: Instant::now(),
-            live: std::io::stderr().is_terminal() && std::env::var_os("REJUV_NO_VIEW").is_none(),
+            live,
             color: std::io::stdout().is_terminal(),
             mode: mode.to_string(),
-            drawn: 0,
-            frame: Vec::new(),
+            bar,
             history: BTreeMap::new(),
             last_summary: None,
         }
@@ -244,50 +226,44 @@ impl Progress {
     /// A log line on stdout, stamped with the time since the demo started, above the view.
     pub fn line(&mut self, s: &str) {
         let t = self.start.elapsed().as_secs_f64();
-        let was = self.drawn;
-        self.erase();
-        let mut out = std::io::stdout().lock();
-        let _ = if self.color {
-            writeln!(out, "\x1b[2m[{t:6.1}s]\x1b[0m {s}")
+        let stamp = format!("[{t:6.1}s]");
+        let stamp = if self.color {
+            console::style(stamp).dim().force_styling(true).to_string()
         } else {
-            writeln!(out, "[{t:6.1}s] {s}")
+            stamp
         };
-        let _ = out.flush();
-        drop(out);
-        if was > 0 {
-            self.draw();
-        }
+        self.raw(&format!("{stamp} {s}"));
     }
 
     /// A line on stdout as is (the `dashboard:` and `token file:` lines, the summary), which
     /// scripts look for at the start of a line.
     pub fn raw(&mut self, s: &str) {
-        let was = self.drawn;
-        self.erase();
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{s}");
-        let _ = out.flush();
-        drop(out);
-        if was > 0 {
-            self.draw();
+        let print = || {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{s}");
+            let _ = out.flush();
+        };
+        // Once finished, the last frame stays where it is and what follows prints below it.
+        if self.bar.is_finished() {
+            print();
+        } else {
+            self.bar.suspend(print);
         }
     }
 
     /// Records a status poll: the view redraws; the plain display prints a summary every
     /// [`SUMMARY_EVERY`].
-    pub fn update(&mut self, status: &Value, totals: &Totals) {
-        for s in status["servers"].as_array().into_iter().flatten() {
-            let Some(id) = s["id"].as_str() else { continue };
-            let h = self.history.entry(id.to_string()).or_default();
-            h.push_back(s["instances_rss_bytes"].as_u64().unwrap_or(0));
+    pub fn update(&mut self, status: &Status, totals: &Totals) {
+        for s in &status.servers {
+            let h = self.history.entry(s.id.clone()).or_default();
+            h.push_back(s.instances_rss_bytes);
             while h.len() > SPARK_LEN {
                 h.pop_front();
             }
         }
         if self.live {
-            self.frame = frame(&self.mode, status, &self.history, totals, now_ms());
-            self.erase();
-            self.draw();
+            let lines = frame(&self.mode, status, &self.history, totals, now_ms());
+            self.bar.set_message(Self::paint(&lines));
         } else if self
             .last_summary
             .is_none_or(|t| t.elapsed() >= SUMMARY_EVERY)
@@ -299,58 +275,29 @@ impl Progress {
 
     /// Stops redrawing; the last frame stays on screen above what follows.
     pub fn finish(&mut self) {
-        self.drawn = 0;
+        self.bar.abandon();
     }
 
-    fn width() -> usize {
-        rustix::termios::tcgetwinsize(std::io::stderr())
-            .ok()
-            .map(|w| usize::from(w.ws_col))
-            .filter(|w| *w >= 20)
-            .unwrap_or(100)
-    }
-
-    fn erase(&mut self) {
-        if self.drawn == 0 {
-            return;
-        }
-        let mut err = std::io::stderr().lock();
-        // Up to the view's first line, then clear to the end of the screen.
-        let _ = write!(err, "\r\x1b[{}A\x1b[J", self.drawn);
-        let _ = err.flush();
-        self.drawn = 0;
-    }
-
-    fn draw(&mut self) {
-        if !self.live || self.frame.is_empty() {
-            return;
-        }
-        // Lines are cut to the width so none wraps: the erase counts lines, not rows.
-        let width = Self::width().saturating_sub(1);
-        let mut err = std::io::stderr().lock();
-        let mut buf = String::new();
-        for (i, l) in self.frame.iter().enumerate() {
-            let l = clip(l, width);
-            if i == 0 {
-                buf.push_str(&format!("\x1b[1m{l}\x1b[0m\n"));
-            } else if l.contains(" unstable ")
-                || (l.contains(" failed (") && !l.contains(" 0 failed"))
-            {
-                buf.push_str(&format!("\x1b[33m{l}\x1b[0m\n"));
-            } else {
-                buf.push_str(&l);
-                buf.push('\n');
-            }
-        }
-        let _ = err.write_all(buf.as_bytes());
-        let _ = err.flush();
-        self.drawn = self.frame.len();
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.finish();
+    /// The frame cut to the terminal's width (a wrapped table is hard to read), the heading in
+    /// bold, a line with an unstable server or failed requests in yellow.
+    fn paint(lines: &[String]) -> String {
+        let (_, cols) = console::Term::stderr().size();
+        let width = usize::from(cols).max(20).saturating_sub(1);
+        let painted: Vec<String> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let l = clip(l, width);
+                let warn = l.contains(" unstable ")
+                    || (l.contains(" failed (") && !l.contains(" 0 failed"));
+                match (i, warn) {
+                    (0, _) => console::style(l).bold().for_stderr().to_string(),
+                    (_, true) => console::style(l).yellow().for_stderr().to_string(),
+                    _ => l,
+                }
+            })
+            .collect();
+        painted.join("\n")
     }
 }
 
@@ -371,8 +318,8 @@ mod tests {
         assert_eq!(sparkline(&[100, 0, 0], Some(100), 2), "▁▁");
     }
 
-    fn status() -> Value {
-        json!({
+    fn status() -> Status {
+        crate::testdata::status(json!({
             "paused": false, "completed_total": 2, "rolled_back_total": 0,
             "servers": [
                 {"id": "s1", "role": "primary", "state": "rejuvenating", "judgement": "unstable",
@@ -385,7 +332,7 @@ mod tests {
                 {"id": 3, "server": "s1", "target": "s2", "phase": "draining",
                  "started_at_ms": 10_000, "phase_since_ms": 12_000}
             ]
-        })
+        }))
     }
 
     fn totals() -> Totals {

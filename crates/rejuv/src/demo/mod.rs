@@ -1,0 +1,315 @@
+//! `rejuv demo`: a whole cluster on this machine, in one command.
+//!
+//! Real processes: one agent per server (each on its own loopback address 127.0.0.x), the
+//! controller, the builtin proxy as the front end on `--listen`, and an aging sample service
+//! placed on the primaries. A fixed-rate load (GETs and counter POSTs) runs against the front
+//! end while the demo shows what rejuv sees and does (a live view on a terminal, see
+//! [`crate::view`]); at the end (or on SIGTERM) it stops everything it started and writes a
+//! summary.
+//!
+//! [`args`]: the command line; [`plan`]: ports and config files; [`fleet`]: starting the
+//! processes; [`live`]: progress while the load runs; [`summary`]: counting at the end. This
+//! module runs them in order and uses what they export; they do not use it.
+//!
+//! With `--store etcd` the demo also runs etcd from PATH and `--controllers N` controllers on
+//! it, one leading; `--chaos` SIGKILLs the leader at random moments and restarts it (see
+//! [`crate::chaos`]). The front end is its own process either way, so a controller's death
+//! drops no client connection. Every run has an invariant watcher outside the controllers;
+//! its count is in the summary.
+//!
+//! On one machine every agent sees the same host, so the demo judges each server by its own
+//! instances' RSS against a per-server memory budget (`instance-rss`), as a per-service policy
+//! would on a real fleet.
+
+pub mod args;
+pub mod fleet;
+pub mod live;
+pub mod plan;
+pub mod summary;
+
+pub use args::DemoArgs;
+
+use crate::demo::args::{check_args, DemoMode, Lb, StoreKind};
+use crate::demo::fleet::{leader_within, start_agents, start_front, wait_http};
+use crate::demo::live::Sources;
+use crate::demo::plan::write_config;
+use crate::demo::summary::{
+    counter_total, crashes_total, settle, summary_line, Counter, Latency, Summary,
+};
+use anyhow::Context;
+use rejuv_core::types::Mode;
+use rejuv_core::wire::Status;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
+    check_args(&args)?;
+    let shutdown = crate::procs::shutdown_on_signal();
+    let mode = match args.mode {
+        DemoMode::ActiveStandby => Mode::ActiveStandby,
+        DemoMode::ActiveActive => Mode::ActiveActive,
+    };
+    let dir = match &args.state_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!(
+            "rejuv-demo-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+        )),
+    };
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut p = crate::view::Progress::new(&mode.to_string());
+    p.line(&format!("state directory: {}", dir.display()));
+    // Declared first, so dropped (stopped) last: the controllers revoke their leases on a
+    // clean stop, which needs etcd.
+    let etcd = match args.store {
+        StoreKind::Etcd => {
+            let e = crate::chaos::start_etcd(&dir, &http).await?;
+            p.line(&format!("etcd up at {} (log: logs/etcd.log)", e.endpoint));
+            Some(e)
+        }
+        StoreKind::Sqlite => None,
+    };
+    let plan = write_config(
+        &args,
+        &dir,
+        mode,
+        etcd.as_ref().map(|e| e.endpoint.as_str()),
+    )?;
+    let exe = std::env::current_exe()?;
+    p.line(&format!(
+        "{mode} cluster: {} servers; config {}",
+        plan.servers.len(),
+        plan.config_path.display()
+    ));
+
+    // Processes, dropped (and so stopped) in reverse order: controller, proxy, agents.
+    let mut agents = start_agents(&http, &exe, &plan, &dir).await?;
+    let mut proxy = start_front(&http, &exe, &plan, &args, &dir).await?;
+    let controllers = crate::chaos::Controllers::start(
+        &exe,
+        &plan.config_path,
+        &dir,
+        &plan.controllers,
+        args.no_rejuvenation,
+    )?;
+    for c in &plan.controllers {
+        wait_http(
+            &http,
+            &format!("http://{c}/healthz"),
+            "controller",
+            Duration::from_secs(30),
+        )
+        .await?;
+    }
+    // The leader, as the supervisor sees it (with SQLite: the one controller, always).
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(match args.store {
+        StoreKind::Sqlite => Some(plan.controllers[0]),
+        StoreKind::Etcd => None,
+    });
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let background = CancellationToken::new();
+    // Chaos stops when the load ends, so the summary is read from a settled cluster.
+    let chaos_stop = background.child_token();
+    let chaos_seed = args
+        .chaos
+        .then(|| args.chaos_seed.unwrap_or_else(rand::random));
+    let mut sqlite_controllers = None;
+    let supervisor = match args.store {
+        StoreKind::Etcd => Some(tokio::spawn(crate::chaos::supervise(
+            controllers,
+            chaos_seed,
+            chaos_stop.clone(),
+            leader_tx,
+            lines_tx.clone(),
+            background.clone(),
+        ))),
+        StoreKind::Sqlite => {
+            sqlite_controllers = Some(controllers);
+            None
+        }
+    };
+    let watcher = tokio::spawn(crate::chaos::watch_invariants(
+        plan.config.clone(),
+        plan.controllers.clone(),
+        (args.lb == Lb::Builtin).then_some(plan.admin),
+        plan.token.clone(),
+        lines_tx.clone(),
+        background.clone(),
+    ));
+    drop(lines_tx);
+    let first_leader = leader_within(&leader_rx, Duration::from_secs(30))
+        .await
+        .context("no controller became the leader within 30 s; see logs/controller*.log")?;
+    p.line(&format!(
+        "agents, proxy and controller up; waiting for the front end {} to serve",
+        args.listen
+    ));
+    wait_http(
+        &http,
+        &format!("http://{}/", args.listen),
+        "front end",
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    p.raw(&format!(
+        "dashboard: http://{}/ui#token={}",
+        first_leader, plan.token
+    ));
+    if plan.controllers.len() > 1 {
+        let others: Vec<String> = plan
+            .controllers
+            .iter()
+            .filter(|c| **c != first_leader)
+            .map(|c| c.to_string())
+            .collect();
+        p.line(&format!(
+            "{} controllers: {first_leader} leads now, also {}; a follower answers 503 with x-rejuv-leader naming the leader",
+            plan.controllers.len(),
+            others.join(", ")
+        ));
+    }
+    p.raw(&format!("token file: {}", plan.token_path.display()));
+    if let Some(seed) = chaos_seed {
+        p.line(&format!(
+            "chaos on (seed {seed}): the leader is SIGKILLed every 12-25 s and restarted"
+        ));
+    }
+    p.line(&format!(
+        "front end serving; load {} req/s for {:?}{}",
+        args.load_rps,
+        args.duration,
+        if args.no_rejuvenation {
+            " (control run: rejuvenation off)"
+        } else {
+            ""
+        }
+    ));
+
+    let load_opts = rejuv_sample::loadgen::LoadOptions {
+        target: args.listen,
+        rps: args.load_rps,
+        duration: args.duration,
+        connections: 8,
+        post_every: 10,
+        timeout: Duration::from_secs(5),
+    };
+    let load_stop = shutdown.child_token();
+    let stats = rejuv_sample::loadgen::LiveStats::new();
+    let load = tokio::spawn(rejuv_sample::loadgen::run_with_stats(
+        load_opts,
+        load_stop.clone(),
+        stats.clone(),
+    ));
+
+    let sources = Sources {
+        http: &http,
+        token: &plan.token,
+        leader: &leader_rx,
+        lines: &mut lines_rx,
+        stats: &stats,
+    };
+    let load_started = std::time::Instant::now();
+    live::follow(&mut p, sources, &args, &load, &shutdown, &load_stop).await;
+    chaos_stop.cancel();
+    p.finish();
+    let report = load.await.context("load generator task")??;
+    p.line(&format!(
+        "load done: {} requests, {} failed, {} POSTs ok",
+        report.requests_total, report.requests_failed, report.posts_ok
+    ));
+
+    // The last kill may have left no leader yet: wait for one (the lease TTL and a bit).
+    let controller = leader_within(&leader_rx, Duration::from_secs(30))
+        .await
+        .context("no controller leads 30 s after the load ended; see logs/controller*.log")?;
+    // Let running workflows finish before counting, so no state is mid-move.
+    if !args.no_rejuvenation {
+        p.line("pausing new workflows; letting running ones finish (up to 40s) before counting");
+        settle(&http, controller, &plan.token, &shutdown).await;
+    }
+    let status: Status = http
+        .get(format!("http://{controller}/v1/status"))
+        .bearer_auth(&plan.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let actual = counter_total(&http, &status).await;
+    let crashes = crashes_total(&http, &plan.servers, &plan.token).await;
+
+    background.cancel();
+    let watched = watcher.await.context("invariant watcher task")?;
+    let (mut controllers, supervised) = match supervisor {
+        Some(s) => {
+            let (c, r) = s.await.context("controller supervisor task")?;
+            (c, Some(r))
+        }
+        None => (sqlite_controllers.context("the SQLite controller")?, None),
+    };
+    while let Ok(l) = lines_rx.try_recv() {
+        p.line(&l);
+    }
+
+    let summary = Summary {
+        mode: mode.to_string(),
+        duration_s: load_started.elapsed().as_secs_f64(),
+        requests_total: report.requests_total,
+        requests_failed: report.requests_failed,
+        rejuvenations_completed: status.completed_total,
+        rejuvenations_aborted: status.rolled_back_total + status.failed_total,
+        crashes,
+        latency_ms: Latency {
+            p50: report.latency_ms_p50,
+            p99: report.latency_ms_p99,
+            max: report.latency_ms_max,
+        },
+        counter: Counter {
+            expected: report.posts_ok,
+            actual,
+        },
+        workflows: status.history,
+        state_dir: dir.clone(),
+        store: match args.store {
+            StoreKind::Sqlite => "sqlite".into(),
+            StoreKind::Etcd => "etcd".into(),
+        },
+        controllers: args.controllers,
+        invariant_violations: watched.violations,
+        invariant_details: watched.details,
+        invariant_polls: watched.polls,
+        leader_changes: supervised.as_ref().map_or(0, |r| r.leader_changes),
+        controller_kills: supervised.as_ref().map(|r| r.controller_kills),
+        controller_exits: supervised.as_ref().map(|r| r.controller_exits),
+        handover_ms: supervised.as_ref().map(|r| r.handover_ms.clone()),
+        chaos_seed,
+    };
+
+    controllers.stop(Duration::from_secs(10));
+    proxy.stop(Duration::from_secs(10));
+    for a in agents.iter_mut() {
+        a.stop(Duration::from_secs(15));
+    }
+    drop(etcd);
+
+    let json = serde_json::to_string_pretty(&summary)?;
+    if let Some(path) = &args.summary_json {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    p.raw(&summary_line(&summary));
+    Ok(0)
+}

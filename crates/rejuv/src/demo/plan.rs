@@ -1,0 +1,256 @@
+//! The demo's cluster on paper: ports, the token, `rejuv.toml` and HAProxy's config, written
+//! to the state directory.
+
+use crate::demo::args::{DemoArgs, Lb};
+use crate::procs::free_port;
+use anyhow::Context;
+use rejuv_core::types::Mode;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// A range of `n` ports on `ip` that are free right now.
+fn free_range(ip: IpAddr, n: u16) -> anyhow::Result<[u16; 2]> {
+    for _ in 0..200 {
+        let base = 20_000 + (rand::random::<u16>() % 40_000);
+        if (base..base + n).all(|p| std::net::TcpListener::bind((ip, p)).is_ok()) {
+            return Ok([base, base + n - 1]);
+        }
+    }
+    anyhow::bail!("no free range of {n} ports on {ip}")
+}
+
+/// What [`write_config`] wrote and chose.
+pub struct Plan {
+    pub config_path: PathBuf,
+    pub token_path: PathBuf,
+    pub config: rejuv_core::config::Config,
+    /// The controllers' API addresses; the first is `controller.listen` of the config.
+    pub controllers: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    pub servers: Vec<(String, SocketAddr)>,
+    pub token: String,
+}
+
+/// Writes the token and `rejuv.toml` for `args` into `dir`, on free loopback ports.
+pub fn write_config(
+    args: &DemoArgs,
+    dir: &Path,
+    mode: Mode,
+    etcd: Option<&str>,
+) -> anyhow::Result<Plan> {
+    let exe = std::env::current_exe().context("finding the rejuv executable")?;
+    let token: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let token_path = dir.join("token");
+    std::fs::write(&token_path, &token)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let lo: IpAddr = "127.0.0.1".parse()?;
+    let mut controllers = Vec::new();
+    for _ in 0..args.controllers {
+        controllers.push(SocketAddr::new(lo, free_port(lo)?));
+    }
+    let controller = controllers[0];
+    let admin = SocketAddr::new(lo, free_port(lo)?);
+    let (primaries, spares) = match mode {
+        Mode::ActiveStandby => (args.servers.unwrap_or(3), args.spares.unwrap_or(1)),
+        Mode::ActiveActive => (args.servers.unwrap_or(4), 0),
+    };
+    anyhow::ensure!(primaries >= 1, "--servers must be at least 1");
+    anyhow::ensure!(
+        mode == Mode::ActiveActive || spares >= 1,
+        "active-standby needs --spares of at least 1"
+    );
+    anyhow::ensure!(primaries + spares <= 200, "at most 200 servers in a demo");
+    let host_actions = nix::unistd::geteuid().is_root();
+    let mut toml = format!(
+        r#"# Written by `rejuv demo`.
+[cluster]
+name = "demo"
+mode = "{mode}"
+
+[auth]
+agent_token_file = "{token}"
+api_token_file = "{token}"
+
+[controller]
+listen = "{controller}"
+poll_interval = "500ms"
+agent_timeout = "2s"
+
+[policy]
+hold_down = "1s"
+# A safety net only: the trend rule below acts long before.
+rules = [
+  {{ resource = "instance-rss", above = 0.8 }},
+  {{ resource = "memory-used", above = 0.97 }},
+]
+
+# The predictive rule, scaled for services that age within a minute (sampled twice a second).
+# On one machine every agent sees the same host, so the demo judges instance-rss (each server's
+# instances against its memory budget) and health latency, not host-wide readings.
+[policy.trend]
+window = "48s"
+min_window = "8s"
+horizon = "60s"
+min_persistence = "2s"
+resources = ["instance-rss", "health-latency-ms"]
+
+[gate]
+max_load = 64.0
+min_running_time = "5s"
+max_wait = "10s"
+
+[budget]
+max_concurrent = 1
+# One primary at a time may be out of service: the one a workflow moves.
+min_available_capacity = {floor}
+
+[rejuvenation]
+actions = ["stop-instances", "clear-scratch", "drop-caches", "compact-memory", "restart-agent"]
+duplex_timeout = "15s"
+verify_timeout = "20s"
+failed_target_cooldown = "30s"
+
+[agent]
+host_actions = {host_actions}
+sample_interval = "500ms"
+
+{traffic}
+
+{store}
+
+[services.web]
+command = "{exe}"
+args = ["sample-service", "--listen", "{{address}}:{{port}}", "--instance-id", "{{instance}}",
+        "--leak-per-request", "{lpr}", "--leak-per-second", "{lps}", "--limit", "{limit}",
+        "--latency-per-mib-us", "20"]
+env = {{ REJUV_LOG = "warn" }}
+health = {{ path = "/healthz", interval = "250ms", timeout = "1s" }}
+drain = "5s"
+stop_grace = "3s"
+handoff = {{ export = "/_rejuv/state", import = "/_rejuv/state", hold = "{hold}" }}
+
+# A cache that warms up to a plateau and stays there: the detector must leave its server alone.
+[services.cache]
+command = "{exe}"
+args = ["sample-service", "--listen", "{{address}}:{{port}}", "--instance-id", "{{instance}}",
+        "--leak-per-second", "{cache_rate}", "--leak-cap", "{cache_cap}"]
+env = {{ REJUV_LOG = "warn" }}
+health = {{ path = "/healthz", interval = "250ms", timeout = "1s" }}
+drain = "2s"
+stop_grace = "3s"
+"#,
+        cache_rate = 10 * 1024 * 1024,
+        cache_cap = args.memory_budget * 2 / 5,
+        token = token_path.display(),
+        traffic = match args.lb {
+            Lb::Builtin => format!(
+                "[traffic]\nadapter = \"builtin\"\nadmin = \"{admin}\"\nlisten = {{ web = \"{}\" }}\n",
+                args.listen
+            ),
+            Lb::Haproxy => format!(
+                "[traffic]\nadapter = \"haproxy\"\n[traffic.haproxy]\nsocket = \"unix:{}\"\nbackends = {{ web = \"be_web\" }}\n",
+                dir.join("haproxy.sock").display()
+            ),
+        },
+        floor = primaries.saturating_sub(1) * 4,
+        // Requests held during a hand-off must outlast a leader's replacement (lease 3 s).
+        hold = if etcd.is_some() { "5s" } else { "3s" },
+        store = match etcd {
+            // A short lease: a dead leader is replaced within about 3 s.
+            Some(endpoint) => format!(
+                "[store]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/rejuv/demo\"\nlease_ttl = \"3s\"\n"
+            ),
+            None => format!("[store]\npath = \"{}\"\n", dir.join("rejuv.db").display()),
+        },
+        exe = exe.display(),
+        lpr = args.leak_per_request,
+        lps = args.leak_per_second,
+        limit = args.leak_limit,
+    );
+    let mut servers = Vec::new();
+    for i in 0..primaries + spares {
+        let id = format!("s{}", i + 1);
+        let ip: IpAddr = format!("127.0.0.{}", 2 + i).parse()?;
+        let agent = SocketAddr::new(ip, free_port(ip)?);
+        let range = free_range(ip, 16)?;
+        let role = if i < primaries { "primary" } else { "spare" };
+        // With three primaries or more, the last one runs the plateauing cache instead of the
+        // aging web service: a server rejuv should leave alone.
+        let instances = if i + 1 == primaries && primaries >= 3 {
+            r#"["cache"]"#
+        } else if i < primaries {
+            r#"["web"]"#
+        } else {
+            "[]"
+        };
+        toml.push_str(&format!(
+            r#"
+[[servers]]
+id = "{id}"
+address = "{ip}"
+agent = "{agent}"
+role = "{role}"
+capacity = 4
+port_range = [{}, {}]
+memory_budget_bytes = {budget}
+instances = {instances}
+data_dir = "{data}"
+"#,
+            range[0],
+            range[1],
+            budget = args.memory_budget,
+            data = dir.join("agents").join(&id).display(),
+        ));
+        servers.push((id, agent));
+    }
+    let config_path = dir.join("rejuv.toml");
+    std::fs::write(&config_path, &toml)?;
+    let config = rejuv_core::config::Config::from_toml(&toml)
+        .context("the demo wrote a config it cannot read")?;
+    Ok(Plan {
+        config_path,
+        token_path,
+        config,
+        controllers,
+        admin,
+        servers,
+        token,
+    })
+}
+
+/// The HAProxy the demo runs with `--lb haproxy`: a frontend on `listen`, an empty backend
+/// whose servers rejuv adds at run time, and the runtime API on a socket in the state dir.
+pub fn haproxy_config(dir: &Path, listen: SocketAddr) -> String {
+    format!(
+        r#"# Written by `rejuv demo --lb haproxy` (see deploy/haproxy/ for a commented example).
+global
+    stats socket {sock} mode 600 level admin
+    stats timeout 10s
+
+defaults
+    mode http
+    option redispatch
+    retries 3
+    retry-on conn-failure
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout queue 5s
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+
+frontend web
+    bind {listen}
+    default_backend be_web
+
+backend be_web
+    balance roundrobin
+"#,
+        sock = dir.join("haproxy.sock").display()
+    )
+}
