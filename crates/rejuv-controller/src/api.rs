@@ -16,7 +16,7 @@ use rejuv_core::cluster::OperatorCommand;
 use rejuv_core::config::Config;
 use rejuv_core::wire::{
     Accepted, ApiError, EventsQuery, Explain, InstanceView, MaintenanceRequest, RejuvenateQuery,
-    ServerView, Status, StoreHealth,
+    ServerView, Status,
 };
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -153,11 +153,7 @@ pub fn status(cfg: &Config, p: &Published) -> Status {
         completed_total: c.completed_total,
         rolled_back_total: c.rolled_back_total,
         failed_total: c.failed_total,
-        store: StoreHealth {
-            commit_failures_total: p.store.commit_failures_total,
-            failing_since_ms: p.store.failing_since_ms,
-            last_error: p.store.last_error.clone(),
-        },
+        store: p.store.clone(),
     }
 }
 

@@ -5,8 +5,10 @@
 //! between them (what to commit, when to retry, which command may go now) is the shell's.
 
 use crate::cluster::{Cluster, Command, CommandResult, Event, LogEvent, Workflow};
-use serde::Serialize;
 use std::sync::Arc;
+
+/// How the store has been taking commits (the status answer carries it as it is).
+pub use crate::wire::StoreHealth;
 
 /// One committed (or skipped) step, as the shell hands it on.
 pub struct Step<'a> {
@@ -55,17 +57,4 @@ pub trait Effects {
     /// A step is done (committed, or skipped as readings only), before any of its commands
     /// is carried out: publish it.
     fn stepped(&mut self, step: &Step<'_>);
-}
-
-/// How the store has been taking commits: while it refuses them the shell acts on nothing
-/// (fail closed), and says so here (status, metrics).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct StoreHealth {
-    /// Commits refused or failed since this shell started.
-    pub commit_failures_total: u64,
-    /// Wall-clock time (ms) of the first failure of the current run of failures; `None` while
-    /// commits succeed.
-    pub failing_since_ms: Option<u64>,
-    /// The last failure, as the store said it.
-    pub last_error: Option<String>,
 }

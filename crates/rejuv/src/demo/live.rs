@@ -3,6 +3,8 @@
 
 use crate::demo::args::DemoArgs;
 use crate::view::{Progress, Totals};
+use rejuv_core::cluster::EventKind;
+use rejuv_core::detector::Level;
 use rejuv_core::wire::{Status, StoredEvent};
 use rejuv_sample::loadgen::LiveStats;
 use std::net::SocketAddr;
@@ -13,9 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// Events worth a progress line: everything but a server judged stable again (that is the
 /// normal state, and a noisy signal would print it again and again).
 fn worth_a_line(e: &StoredEvent) -> bool {
-    let kind = e.event.kind.to_string();
-    let msg = &e.event.message;
-    !(kind == "judgement" && msg.contains("stable") && !msg.contains("unstable"))
+    !(e.event.kind == EventKind::Judgement && e.event.level == Some(Level::Stable))
 }
 
 /// `GET url` from the controller with the API token, read as `T`; `None` when it cannot be
