@@ -9,8 +9,9 @@
 //! - [`config`]: the `rejuv.toml` model and its validation.
 //! - [`api`]: the JSON shapes spoken between controller, agents and the builtin proxy.
 //! - [`detect`]: trend statistics, the per-server detector (thresholds with hold-down; trend
-//!   forecasts) and the gate (switch-and-rejuvenate now, or wait for a quieter moment).
-//!   [`detector`], [`trend`] and [`gate`] keep their older paths as re-exports.
+//!   forecasts), the gate (switch-and-rejuvenate now, or wait for a quieter moment) and the
+//!   replay of a recorded series (`rejuv analyze`). [`detector`], [`trend`] and [`gate`] keep
+//!   their older paths as re-exports.
 //! - [`cluster`]: the cluster-wide state machine `step(cluster, event, now)`.
 
 pub mod api;

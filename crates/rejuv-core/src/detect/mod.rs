@@ -9,10 +9,13 @@
 //! - [`detector`]: per-server judgement, the threshold rules with their hold-down and the
 //!   trend rule over every resource, with an explanation.
 //! - [`gate`]: once the replacement is hot, switch and rejuvenate now or at a quieter moment.
+//! - [`analyze`]: one recorded series (a CSV) replayed through the trend detector, as
+//!   `rejuv analyze` reports it.
 //!
 //! Everything here reads its parameters from [`crate::config`] and nothing from the cluster
 //! state machine, which calls the detector and the gate.
 
+pub mod analyze;
 pub mod detector;
 pub mod gate;
 pub mod level;
