@@ -84,7 +84,7 @@
 use super::level::Level;
 use super::stats::{
     hamed_rao_inflation, median_in_place, normal_cdf, normal_quantile, pair_slopes, sen_from_pairs,
-    sens_slope, MkWindow,
+    sens_slope, MkWindow, SenEstimate,
 };
 use crate::config::{TrendConfig, MAX_SCALES};
 use serde::{Deserialize, Serialize};
@@ -515,6 +515,9 @@ fn ols_slope(ts: &[f64], xs: &[f64]) -> f64 {
     }
 }
 
+/// The forecast of a scale whose raw test passed, from its window in order `(ts, xs)`:
+/// `None` unless the trend could matter, stays significant after the correction and forecasts
+/// a finite exhaustion. `pairs` and `resid` are reused buffers.
 #[allow(clippy::too_many_arguments)]
 fn assess_window(
     sc: &Scale,
@@ -527,18 +530,10 @@ fn assess_window(
     pairs: &mut Vec<f64>,
     resid: &mut Vec<f64>,
 ) -> Option<Forecast> {
-    let n = xs.len();
     let bucket_s = sc.bucket_ms as f64 / 1000.0;
     let (t_first, t_last) = sc.mk.time_range()?;
     let span_s = (f64::from(t_last - t_first) + 1.0) * bucket_s;
-    // An O(n) pre-check keeps the O(n²) robust path for trends that might matter: healthy
-    // series are autocorrelated, so the raw test above passes often. Skip when even
-    // OLS_MARGIN times the least-squares slope would not bring the highest value seen to the
-    // capacity within the alarm's limit. (A mismatch between the two estimators only ever
-    // postpones an alarm to a later bucket.)
-    let limit_s = p.horizon_s.min(p.max_extrapolation * span_s);
-    let room_min = capacity - xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if room_min > 0.0 && ols_slope(ts, xs) * OLS_MARGIN * limit_s / bucket_s < room_min {
+    if !could_reach(p, capacity, span_s, bucket_s, ts, xs) {
         return None;
     }
     pair_slopes(ts, xs, pairs);
@@ -551,27 +546,17 @@ fn assess_window(
     if confidence < p.confidence {
         return None;
     }
-
-    // The forecast uses the window's slope, or the recent half's where growth is speeding up
-    // (an accelerating or newly started leak is judged by its present rate, not its past).
-    let zc = p.z_two_sided;
-    let full = sen_from_pairs(pairs, var * inflation, zc)?;
-    let scratch = pairs;
-    let h = n / 2;
-    let (rt, rx) = (&ts[h..], &xs[h..]);
-    let m = rt.len() as f64;
-    let var_h = m * (m - 1.0) * (2.0 * m + 5.0) / 18.0 * inflation;
-    let recent = sens_slope(rt, rx, var_h, zc, scratch)?;
-    let older = sens_slope(&ts[..h], &xs[..h], 0.0, 0.0, scratch)?.slope;
-    let est = if FORECAST_RECENT_WHEN_FASTER && recent.slope > full.slope {
-        recent
-    } else {
-        full
-    };
+    let slopes = window_slopes(p, var, inflation, ts, xs, pairs)?;
+    let est = slopes.forecast();
     let b = est.slope;
-    // Now = the end of the newest bucket, in bucket units.
+    // A robust level from the recent half, moved to now (the end of the newest bucket).
+    let h = xs.len() / 2;
     let t_now = f64::from(t_last) + 1.0;
-    let mut level_resid: Vec<f64> = rt.iter().zip(rx).map(|(t, x)| x - b * t).collect();
+    let mut level_resid: Vec<f64> = ts[h..]
+        .iter()
+        .zip(&xs[h..])
+        .map(|(t, x)| x - b * t)
+        .collect();
     let level = median_in_place(&mut level_resid) + b * t_now;
     let room = (capacity - level).max(0.0);
     let tte = |slope: f64| (slope > 0.0).then(|| room / slope * bucket_s);
@@ -579,13 +564,6 @@ fn assess_window(
     if !tte_s.is_finite() {
         return None;
     }
-    // The growth must not have slowed down (a warm-up nearing its plateau, a daily cycle past
-    // its steepest point) and must not come from one jump (a batch job starting).
-    let not_slowing = recent.slope >= DECELERATION_VETO * older;
-    let rise = full.slope * (ts[n - 1] - ts[0]);
-    let k = (n / 8).max(1);
-    let max_jump = xs.windows(k + 1).map(|w| w[k] - w[0]).fold(0.0, f64::max);
-    let steady = not_slowing && max_jump <= STEP_SHARE * rise;
     Some(Forecast {
         window_s: sc.window.as_secs_f64(),
         span_s,
@@ -599,8 +577,83 @@ fn assess_window(
         tte_high_s: tte(est.low),
         confidence,
         variance_inflation: inflation,
-        steady,
+        steady: slopes.steady(ts, xs),
     })
+}
+
+/// An O(n) pre-check that keeps the O(n²) robust path for trends that might matter: healthy
+/// series are autocorrelated, so the raw test passes often. False when even `OLS_MARGIN`
+/// times the least-squares slope would not bring the highest value seen to the capacity
+/// within the alarm's limit. (A mismatch between the two estimators only ever postpones an
+/// alarm to a later bucket.)
+fn could_reach(
+    p: &Params,
+    capacity: f64,
+    span_s: f64,
+    bucket_s: f64,
+    ts: &[f64],
+    xs: &[f64],
+) -> bool {
+    let limit_s = p.horizon_s.min(p.max_extrapolation * span_s);
+    let room_min = capacity - xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    !(room_min > 0.0 && ols_slope(ts, xs) * OLS_MARGIN * limit_s / bucket_s < room_min)
+}
+
+/// Sen's slopes of a window (bucket units): the whole window's and the recent half's with
+/// their bounds, and the older half's.
+struct Slopes {
+    full: SenEstimate,
+    recent: SenEstimate,
+    older: f64,
+}
+
+/// The slopes of `(ts, xs)`, whose pairwise slopes are in `pairs` (reused afterwards), with
+/// the bounds from the Mann-Kendall variance `var` inflated by `inflation`.
+fn window_slopes(
+    p: &Params,
+    var: f64,
+    inflation: f64,
+    ts: &[f64],
+    xs: &[f64],
+    pairs: &mut Vec<f64>,
+) -> Option<Slopes> {
+    let zc = p.z_two_sided;
+    let full = sen_from_pairs(pairs, var * inflation, zc)?;
+    let h = xs.len() / 2;
+    let (rt, rx) = (&ts[h..], &xs[h..]);
+    let m = rt.len() as f64;
+    let var_h = m * (m - 1.0) * (2.0 * m + 5.0) / 18.0 * inflation;
+    let recent = sens_slope(rt, rx, var_h, zc, pairs)?;
+    let older = sens_slope(&ts[..h], &xs[..h], 0.0, 0.0, pairs)?.slope;
+    Some(Slopes {
+        full,
+        recent,
+        older,
+    })
+}
+
+impl Slopes {
+    /// The slope the forecast uses: the window's, or the recent half's where growth is
+    /// speeding up (an accelerating or newly started leak is judged by its present rate, not
+    /// its past).
+    fn forecast(&self) -> SenEstimate {
+        if FORECAST_RECENT_WHEN_FASTER && self.recent.slope > self.full.slope {
+            self.recent
+        } else {
+            self.full
+        }
+    }
+
+    /// Whether the growth has not slowed down (a warm-up nearing its plateau, a daily cycle
+    /// past its steepest point) and does not come from one jump (a batch job starting).
+    fn steady(&self, ts: &[f64], xs: &[f64]) -> bool {
+        let n = xs.len();
+        let not_slowing = self.recent.slope >= DECELERATION_VETO * self.older;
+        let rise = self.full.slope * (ts[n - 1] - ts[0]);
+        let k = (n / 8).max(1);
+        let max_jump = xs.windows(k + 1).map(|w| w[k] - w[0]).fold(0.0, f64::max);
+        not_slowing && max_jump <= STEP_SHARE * rise
+    }
 }
 
 /// A short human duration: `45s`, `12m`, `5h40m`, `2d3h`.
