@@ -107,8 +107,8 @@ impl Config {
         }
     }
 
-    /// Every semantic problem, each naming its field: every section's own checks, in the
-    /// order of the sections.
+    /// Every semantic problem, each naming its field: every section's own checks, one section
+    /// after the other.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errs = Errors::default();
         servers::validate(&self.servers, self.cluster.mode, &self.services, &mut errs);

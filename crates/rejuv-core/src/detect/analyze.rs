@@ -321,11 +321,14 @@ fn draw_trend(grid: &mut Grid, axes: &Axes, report: &AnalyzeReport) {
     let from = (d - e.window_s).max(axes.t0);
     let to = d + e.tte_s;
     let (c_from, c_to) = (axes.col(from), axes.col(to).min(W - 1));
-    for c in c_from..=c_to {
+    let marks = (c_from..=c_to).filter_map(|c| {
         let v = e.level + e.slope_per_s * (axes.time_at(c) - d);
-        if (axes.vmin..=axes.vmax).contains(&v) {
-            grid[axes.row(v)][c] = '.';
-        }
+        (axes.vmin..=axes.vmax)
+            .contains(&v)
+            .then(|| (axes.row(v), c))
+    });
+    for (r, c) in marks {
+        grid[r][c] = '.';
     }
     for r in grid.iter_mut() {
         if r[axes.col(d)] == ' ' {

@@ -2,7 +2,7 @@
 //! will it get there?
 //!
 //! The controller feeds every sample of every exhaustible resource (memory, swap, fds, threads,
-//! instance RSS) and of health latency to a [`SeriesDetector`]; [`crate::detector`] turns its
+//! instance RSS) and of health latency to a [`SeriesDetector`]; [`super::detector`] turns its
 //! [`TrendVerdict`] into a judgement with an explanation such as "instance-rss will be
 //! exhausted in about 5h40m (leak of 210 MB/h, confidence 99%)".
 //!
