@@ -8,8 +8,10 @@
 //! - [`types`]: identifiers, roles, modes, samples.
 //! - [`config`]: the `rejuv.toml` model and its validation.
 //! - [`api`]: the JSON shapes spoken between controller, agents and the builtin proxy.
-//! - [`detector`]: per-server judgement (thresholds with hold-down; trend forecasts).
-//! - [`gate`]: switch-and-rejuvenate now, or wait for a quieter moment.
+//! - [`detect`]: trend statistics, the per-server detector (thresholds with hold-down; trend
+//!   forecasts), the gate (switch-and-rejuvenate now, or wait for a quieter moment) and the
+//!   replay of a recorded series (`rejuv analyze`). [`detector`], [`trend`] and [`gate`] keep
+//!   their older paths as re-exports.
 //! - [`cluster`]: the cluster-wide state machine `step(cluster, event, now)`.
 //! - [`shell`]: the driver of that machine (commit, then act; retries; the detector), shared
 //!   by the controller and the simulator.
@@ -18,14 +20,30 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
-pub mod detector;
+pub mod detect;
 pub mod digest;
-pub mod gate;
 pub mod shell;
 pub mod time;
-pub mod trend;
 pub mod types;
 pub mod wire;
+
+/// Per-server judgement: [`detect::detector`] at its older path.
+pub mod detector {
+    pub use crate::detect::detector::*;
+}
+
+/// The trend detector of one series and its statistics ([`detect::trend`],
+/// [`detect::stats`]) and its parameters ([`config::TrendConfig`]), at their older path.
+pub mod trend {
+    pub use crate::config::TrendConfig;
+    pub use crate::detect::stats::*;
+    pub use crate::detect::trend::*;
+}
+
+/// The gate: [`detect::gate`] at its older path.
+pub mod gate {
+    pub use crate::detect::gate::*;
+}
 
 /// An error with its causes, `outer: cause: root cause`, for a log line, an API body or a
 /// status field; a cause whose text the message already holds (a wrapper that repeats its

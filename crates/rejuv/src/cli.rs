@@ -4,6 +4,7 @@ use crate::conn::read_token;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rejuv_core::config::Config;
+use rejuv_core::detect::analyze;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -498,7 +499,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let text = std::fs::read_to_string(&input)
                 .with_context(|| format!("reading {}", input.display()))?;
             let cfg = rejuv_core::trend::TrendConfig::default();
-            let report = match rejuv_sim::analyze::analyze_csv(&text, capacity, &cfg) {
+            let report = match analyze::analyze_csv(&text, capacity, &cfg) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("rejuv: {}: {e}", input.display());
@@ -508,8 +509,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             match format {
                 AnalyzeFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 AnalyzeFormat::Text => {
-                    let points = rejuv_sim::analyze::parse_csv(&text)?;
-                    print!("{}", rejuv_sim::analyze::render_text(&report, &points));
+                    let points = analyze::parse_csv(&text)?;
+                    print!("{}", analyze::render_text(&report, &points));
                 }
             }
             Ok(0)

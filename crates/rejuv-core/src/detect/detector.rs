@@ -4,7 +4,7 @@
 //! Two rules judge every sample:
 //! - **threshold**: a resource above its configured `above` limit; unstable once that has held
 //!   for the policy's hold-down;
-//! - **trend**: a resource forecast to be exhausted within the horizon ([`crate::trend`]), from
+//! - **trend**: a resource forecast to be exhausted within the horizon ([`super::trend`]), from
 //!   a significant, persistent trend; unstable once the trend detector's own persistence is met
 //!   (it is the hold-down of this rule). Memory, swap, fds and instance RSS are exhausted at
 //!   100% of their total; threads at their threshold rule's limit (no trend without one); health
@@ -16,28 +16,11 @@
 //! The controller keeps one [`ServerDetector`] per server in memory and feeds it every sample;
 //! raw samples never reach the store. A rejuvenated server's detector is [`ServerDetector::reset`].
 
-use crate::config::{PolicyConfig, Resource};
-use crate::trend::{fmt_duration, Aggregate, Forecast, SeriesDetector, TrendConfig};
+pub use super::level::Level;
+use super::trend::{fmt_duration, Aggregate, Forecast, SeriesDetector};
+use crate::config::{PolicyConfig, Resource, TrendConfig};
 use crate::types::Sample;
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Level {
-    Stable,
-    Suspect,
-    Unstable,
-}
-
-impl std::fmt::Display for Level {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Level::Stable => "stable",
-            Level::Suspect => "suspect",
-            Level::Unstable => "unstable",
-        })
-    }
-}
 
 /// Why a server was judged as it was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -363,7 +346,6 @@ fn fmt_value(r: Resource, v: f64) -> String {
 mod tests {
     use super::*;
     use crate::config::RuleConfig;
-    use crate::trend::Forecast;
     use crate::types::InstanceSample;
     use std::time::Duration;
 

@@ -17,8 +17,10 @@
 //! statistics, though two values differing only in their last units near 2^63 may count as a
 //! tie.
 
-use rejuv_core::detector::{fmt_bytes, Level};
-use rejuv_core::trend::{fmt_duration, Aggregate, SeriesDetector, TrendConfig};
+use super::detector::fmt_bytes;
+use super::level::Level;
+use super::trend::{fmt_duration, Aggregate, SeriesDetector};
+use crate::config::TrendConfig;
 use serde::Serialize;
 
 /// Why a CSV could not be analyzed.
@@ -239,78 +241,124 @@ fn fmt_quantity(v: f64) -> String {
         .replace(' ', "")
 }
 
+/// The chart's width and height, in characters.
+const W: usize = 64;
+const H: usize = 12;
+
+/// Where a time and a value fall on the chart: time runs from the first sample to the last,
+/// or to the forecast exhaustion when there is one; values span the series and the capacity.
+struct Axes {
+    t0: f64,
+    t_end: f64,
+    vmin: f64,
+    vmax: f64,
+}
+
+impl Axes {
+    fn new(report: &AnalyzeReport, series: &[Point]) -> Self {
+        let cap = report.capacity as f64;
+        let t0 = series[0].t_s;
+        let t_end_series = series[series.len() - 1].t_s;
+        let t_end = match (report.detected_at, report.tte_s) {
+            (Some(d), Some(tte)) => t_end_series.max(d + tte),
+            _ => t_end_series,
+        }
+        .max(t0 + 1e-9);
+        let vmin = series
+            .iter()
+            .map(|p| p.value)
+            .fold(f64::INFINITY, f64::min)
+            .min(cap);
+        let vmax = cap.max(series.iter().map(|p| p.value).fold(0.0, f64::max));
+        Self {
+            t0,
+            t_end,
+            vmin,
+            vmax,
+        }
+    }
+
+    fn col(&self, t: f64) -> usize {
+        (((t - self.t0) / (self.t_end - self.t0)) * (W - 1) as f64).round() as usize
+    }
+
+    fn row(&self, v: f64) -> usize {
+        let span_v = (self.vmax - self.vmin).max(f64::MIN_POSITIVE);
+        let r = ((v - self.vmin) / span_v * (H - 1) as f64).round();
+        (H - 1) - (r.clamp(0.0, (H - 1) as f64) as usize)
+    }
+
+    /// The time at the middle of column `c`.
+    fn time_at(&self, c: usize) -> f64 {
+        self.t0 + (self.t_end - self.t0) * c as f64 / (W - 1) as f64
+    }
+}
+
+type Grid = Vec<Vec<char>>;
+
 /// The report for people: a chart of the series with the trend line, and the verdict.
 pub fn render_text(report: &AnalyzeReport, series: &[Point]) -> String {
-    const W: usize = 64;
-    const H: usize = 12;
-    let mut out = String::new();
-    let cap = report.capacity as f64;
     if series.is_empty() {
         return "no samples\n".into();
     }
-    let t0 = series[0].t_s;
-    let t_end_series = series[series.len() - 1].t_s;
-    // The chart reaches the forecast exhaustion, when there is one.
-    let t_end = match (report.detected_at, report.tte_s) {
-        (Some(d), Some(tte)) => t_end_series.max(d + tte),
-        _ => t_end_series,
-    }
-    .max(t0 + 1e-9);
-    let vmin = series
-        .iter()
-        .map(|p| p.value)
-        .fold(f64::INFINITY, f64::min)
-        .min(cap);
-    let vmax = cap.max(series.iter().map(|p| p.value).fold(0.0, f64::max));
-    let span_v = (vmax - vmin).max(f64::MIN_POSITIVE);
-    let col = |t: f64| (((t - t0) / (t_end - t0)) * (W - 1) as f64).round() as usize;
-    let row = |v: f64| {
-        let r = ((v - vmin) / span_v * (H - 1) as f64).round();
-        (H - 1) - (r.clamp(0.0, (H - 1) as f64) as usize)
+    let axes = Axes::new(report, series);
+    let mut grid: Grid = vec![vec![' '; W]; H];
+    let cap_row = axes.row(report.capacity as f64);
+    grid[cap_row].fill('-');
+    draw_trend(&mut grid, &axes, report);
+    draw_series(&mut grid, &axes, series);
+    let mut out = frame(&grid, &axes, cap_row);
+    out += &verdict(report);
+    out
+}
+
+/// The trend line, from one window before detection to the forecast exhaustion, and the
+/// detection's column.
+fn draw_trend(grid: &mut Grid, axes: &Axes, report: &AnalyzeReport) {
+    let (Some(d), Some(e)) = (report.detected_at, report.explanation.as_ref()) else {
+        return;
     };
-    let mut grid = vec![vec![' '; W]; H];
-    // The capacity line.
-    let cap_row = row(cap);
-    for c in grid[cap_row].iter_mut() {
-        *c = '-';
+    let from = (d - e.window_s).max(axes.t0);
+    let to = d + e.tte_s;
+    let (c_from, c_to) = (axes.col(from), axes.col(to).min(W - 1));
+    let marks = (c_from..=c_to).filter_map(|c| {
+        let v = e.level + e.slope_per_s * (axes.time_at(c) - d);
+        (axes.vmin..=axes.vmax)
+            .contains(&v)
+            .then(|| (axes.row(v), c))
+    });
+    for (r, c) in marks {
+        grid[r][c] = '.';
     }
-    // The trend line, from one window before detection to the forecast exhaustion.
-    if let (Some(d), Some(e)) = (report.detected_at, report.explanation.as_ref()) {
-        let from = (d - e.window_s).max(t0);
-        let to = d + e.tte_s;
-        let (c_from, c_to) = (col(from), col(to).min(W - 1));
-        let marks: Vec<(usize, usize)> = (c_from..=c_to)
-            .filter_map(|c| {
-                let t = t0 + (t_end - t0) * c as f64 / (W - 1) as f64;
-                let v = e.level + e.slope_per_s * (t - d);
-                (vmin..=vmax).contains(&v).then(|| (row(v), c))
-            })
-            .collect();
-        for (r, c) in marks {
-            grid[r][c] = '.';
-        }
-        for r in grid.iter_mut() {
-            if r[col(d)] == ' ' {
-                r[col(d)] = '|';
-            }
+    for r in grid.iter_mut() {
+        if r[axes.col(d)] == ' ' {
+            r[axes.col(d)] = '|';
         }
     }
-    // The series: the highest value per column.
+}
+
+/// The series: the highest value per column.
+fn draw_series(grid: &mut Grid, axes: &Axes, series: &[Point]) {
     let mut colmax = vec![f64::NEG_INFINITY; W];
     for p in series {
-        let c = col(p.t_s);
+        let c = axes.col(p.t_s);
         colmax[c] = colmax[c].max(p.value);
     }
     for (c, v) in colmax.iter().enumerate() {
         if v.is_finite() {
-            grid[row(*v)][c] = '*';
+            grid[axes.row(*v)][c] = '*';
         }
     }
+}
+
+/// The grid with its value labels, the time axis and the legend.
+fn frame(grid: &Grid, axes: &Axes, cap_row: usize) -> String {
+    let mut out = String::new();
     for (i, r) in grid.iter().enumerate() {
         let label = if i == 0 {
-            fmt_quantity(vmax)
+            fmt_quantity(axes.vmax)
         } else if i == H - 1 {
-            fmt_quantity(vmin)
+            fmt_quantity(axes.vmin)
         } else if i == cap_row {
             "cap".into()
         } else {
@@ -318,7 +366,7 @@ pub fn render_text(report: &AnalyzeReport, series: &[Point]) -> String {
         };
         out += &format!("{label:>7} |{}\n", r.iter().collect::<String>());
     }
-    let (left, right) = (format!("{t0}s"), format!("{t_end:.0}s"));
+    let (left, right) = (format!("{}s", axes.t0), format!("{:.0}s", axes.t_end));
     out += &format!("{:>7} +{}\n", "", "-".repeat(W));
     out += &format!(
         "{:>7}  {left:<w$}{right}\n",
@@ -326,17 +374,18 @@ pub fn render_text(report: &AnalyzeReport, series: &[Point]) -> String {
         w = W.saturating_sub(right.len())
     );
     out += "         * series   . trend line   | detection   - capacity\n\n";
-    match (&report.explanation, report.detected_at) {
-        (Some(e), Some(d)) => {
-            out += &format!("detected at {d}s: {}\n", e.message);
-        }
-        _ => {
-            out += &format!(
-                "no exhaustion forecast within the horizon in {} samples\n",
-                report.samples
-            );
-        }
-    }
+    out
+}
+
+/// When the series was judged unstable and why, and when it reached the capacity.
+fn verdict(report: &AnalyzeReport) -> String {
+    let mut out = match (&report.explanation, report.detected_at) {
+        (Some(e), Some(d)) => format!("detected at {d}s: {}\n", e.message),
+        _ => format!(
+            "no exhaustion forecast within the horizon in {} samples\n",
+            report.samples
+        ),
+    };
     if let Some(x) = report.exhausted_at {
         out += &format!("the series reached the capacity at {x}s\n");
     }

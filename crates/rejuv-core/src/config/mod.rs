@@ -1,0 +1,316 @@
+//! The `rejuv.toml` model and its validation.
+//!
+//! One file describes the whole cluster: mode, servers, the service catalog (installed on every
+//! server, as unit files are), initial placement, detection policy, gate, budget, rejuvenation
+//! actions, traffic adapter, store and retention. Every piece reads the same file: an agent
+//! picks its own `[[servers]]` entry by id.
+//!
+//! # Errors
+//! [`Config::from_toml`] fails on syntax, unknown fields and wrong types (serde names the
+//! field); [`Config::validate`] then reports every semantic problem at once, each naming its
+//! field and the reason.
+//!
+//! Each section lives in its own file with its types, defaults and checks; [`Config`] composes
+//! them. The checks of one section that need another (a server's instances against the
+//! service catalog, failover against the agent timeout) take what they need as arguments, so
+//! no section depends on this module.
+
+mod agent;
+mod alerts;
+mod auth;
+mod budget;
+mod cluster;
+mod controller;
+mod field;
+mod freeze;
+mod gate;
+mod hooks;
+mod policy;
+mod rejuvenation;
+mod retention;
+mod servers;
+mod services;
+mod store;
+mod traffic;
+
+pub use agent::{check_scratch_dir, AgentDefaults};
+pub use alerts::AlertsConfig;
+pub use auth::{AuthConfig, OperatorToken};
+pub use budget::BudgetConfig;
+pub use cluster::ClusterConfig;
+pub use controller::ControllerConfig;
+pub use field::{ConfigError, FieldError};
+pub use freeze::FreezeWindow;
+pub use gate::GateConfig;
+pub use hooks::{HookConfig, HookWhen, HOOK_STEPS};
+pub(crate) use policy::MAX_SCALES;
+pub use policy::{PolicyConfig, Resource, RuleConfig, TrendConfig};
+pub use rejuvenation::{Action, RejuvenationConfig};
+pub use retention::RetentionConfig;
+pub use servers::ServerConfig;
+pub use services::{HandoffConfig, HealthConfig, ServiceConfig};
+pub use store::{StoreConfig, StoreKind};
+pub use traffic::{HaproxyCheck, HaproxyTrafficConfig, TrafficAdapter, TrafficConfig};
+
+use crate::types::ServiceName;
+use field::Errors;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub controller: ControllerConfig,
+    pub servers: Vec<ServerConfig>,
+    pub services: BTreeMap<ServiceName, ServiceConfig>,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub gate: GateConfig,
+    #[serde(default)]
+    pub budget: BudgetConfig,
+    #[serde(default)]
+    pub rejuvenation: RejuvenationConfig,
+    #[serde(default)]
+    pub agent: AgentDefaults,
+    #[serde(default)]
+    pub traffic: TrafficConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Where alerts for a person go (besides the event log and the controller's log).
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Commands run before and after workflow steps.
+    #[serde(default)]
+    pub hooks: Vec<HookConfig>,
+    /// Recurring windows in which no new workflow starts (a change freeze).
+    #[serde(default)]
+    pub freeze: Vec<FreezeWindow>,
+}
+
+impl Config {
+    /// Parses and validates a config.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(ConfigError::Parse)?;
+        let errors = config.validate();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// Every semantic problem, each naming its field: every section's own checks, one section
+    /// after the other.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Errors::default();
+        servers::validate(&self.servers, self.cluster.mode, &self.services, &mut errs);
+        self.store.validate(&mut errs);
+        services::validate(&self.services, &mut errs);
+        self.policy
+            .validate(self.controller.agent_timeout, &mut errs);
+        self.gate.validate(&mut errs);
+        let capacity: u32 = self.servers.iter().map(|s| s.capacity).sum();
+        self.budget.validate(capacity, &mut errs);
+        self.rejuvenation.validate(&mut errs);
+        self.agent.validate(&self.rejuvenation, &mut errs);
+        self.traffic.validate(&self.services, &mut errs);
+        self.controller.validate(&mut errs);
+        self.alerts.validate(&mut errs);
+        self.auth.validate(&mut errs);
+        hooks::validate(&self.hooks, &mut errs);
+        freeze::validate(&self.freeze, &mut errs);
+        errs.into_vec()
+    }
+
+    pub fn server(&self, id: &str) -> Option<&ServerConfig> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+
+    /// The freeze window `wall_ms` falls in, if any.
+    pub fn frozen_by(&self, wall_ms: u64) -> Option<&FreezeWindow> {
+        self.freeze.iter().find(|w| w.contains(wall_ms))
+    }
+
+    /// What is allowed but likely to hurt, each naming its field: the controller logs these
+    /// at start and `rejuv config check` prints them.
+    pub fn warnings(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        if self.store.kind == StoreKind::Etcd {
+            // A leader that dies during a hand-off is replaced within the lease TTL; the
+            // next one then finishes the move. Requests held longer than `hold` fail.
+            let needed = self.store.lease_ttl + Duration::from_secs(2);
+            for (name, svc) in &self.services {
+                if let Some(h) = svc.handoff.as_ref().filter(|h| h.hold < needed) {
+                    out.push(FieldError {
+                        field: format!("services.{name}.handoff.hold"),
+                        reason: format!(
+                            "{} is shorter than store.lease_ttl + 2s ({}): requests held while a leader that died mid-hand-off is replaced would fail",
+                            humantime::format_duration(h.hold),
+                            humantime::format_duration(needed)
+                        ),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Mode;
+    use std::collections::BTreeSet;
+
+    const EXAMPLE: &str = r#"
+[cluster]
+mode = "active-standby"
+
+[traffic]
+admin = "127.0.0.1:7071"
+listen = { web = "127.0.0.1:8080" }
+
+[[servers]]
+id = "s1"
+address = "127.0.0.2"
+agent = "127.0.0.2:7001"
+role = "primary"
+port_range = [20000, 20010]
+instances = ["web"]
+
+[[servers]]
+id = "s2"
+address = "127.0.0.3"
+agent = "127.0.0.3:7001"
+role = "spare"
+port_range = [20000, 20010]
+
+[services.web]
+command = "/usr/bin/true"
+health = { path = "/healthz" }
+"#;
+
+    #[test]
+    fn example_is_valid() {
+        let c = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.cluster.mode, Mode::ActiveStandby);
+    }
+
+    #[test]
+    fn etcd_store_fields_are_checked() {
+        let ok = format!(
+            "{EXAMPLE}\n[store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl = \"5s\"\n"
+        );
+        let c = Config::from_toml(&ok).unwrap();
+        assert_eq!(c.store.kind, StoreKind::Etcd);
+        assert_eq!(c.store.etcd_prefix(&c.cluster.name), "/rejuv/rejuv");
+        let bad = ok
+            .replace("http://127.0.0.1:2379", "127.0.0.1:2379")
+            .replace("\"5s\"", "\"1s\"");
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&bad) else {
+            panic!()
+        };
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"store.endpoints[0]"), "{fields:?}");
+        assert!(fields.contains(&"store.lease_ttl"), "{fields:?}");
+        let compact = ok.replace("lease_ttl = \"5s\"", "compact_every = \"2d\"");
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&compact) else {
+            panic!("a compaction period of two days is refused")
+        };
+        assert_eq!(errs[0].field, "store.compact_every");
+    }
+
+    #[test]
+    fn a_handoff_hold_shorter_than_a_leader_handover_is_warned_about() {
+        let held = EXAMPLE.replace(
+            "health = { path = \"/healthz\" }",
+            "health = { path = \"/healthz\" }\nhandoff = { export = \"/e\", import = \"/i\", hold = \"3s\" }",
+        );
+        let sqlite = Config::from_toml(&held).unwrap();
+        assert!(sqlite.warnings().is_empty(), "no leader handover on SQLite");
+        let etcd = format!("{held}\n[store]\nkind = \"etcd\"\nlease_ttl = \"5s\"\n");
+        let w = Config::from_toml(&etcd).unwrap().warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].field, "services.web.handoff.hold");
+        assert!(w[0].reason.contains("7s"), "{}", w[0].reason);
+        let long = etcd.replace("hold = \"3s\"", "hold = \"7s\"");
+        assert!(Config::from_toml(&long).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = EXAMPLE.replace("[cluster]", "[cluster]\nmood = 1");
+        let e = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(e.contains("mood"), "{e}");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let text = EXAMPLE
+            .replace("role = \"spare\"", "role = \"primary\"")
+            .replace("command = \"/usr/bin/true\"", "command = \"true\"")
+            .replace("instances = [\"web\"]", "instances = [\"db\"]");
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&text) else {
+            panic!()
+        };
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"servers"), "{fields:?}");
+        assert!(fields.contains(&"services.web.command"), "{fields:?}");
+        assert!(fields.contains(&"servers[0].instances[0]"), "{fields:?}");
+    }
+
+    #[test]
+    fn bad_hooks_alerts_and_freeze_windows_are_named() {
+        let text = format!(
+            "{EXAMPLE}
+[alerts]
+webhook = \"ftp://x\"
+
+[[hooks]]
+name = \"smoke\"
+step = \"draining\"
+when = \"after\"
+command = [\"smoke.sh\"]
+veto = true
+
+[[hooks]]
+name = \"smoke\"
+step = \"lunch\"
+when = \"before\"
+command = []
+
+[[freeze]]
+name = \"w\"
+days = [\"monday\"]
+start = \"25:00\"
+duration = \"2d\"
+"
+        );
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&text) else {
+            panic!("accepted")
+        };
+        let fields: BTreeSet<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        for f in [
+            "alerts.webhook",
+            "hooks[0].command",
+            "hooks[0].veto",
+            "hooks[1].name",
+            "hooks[1].step",
+            "hooks[1].command",
+            "freeze[0].start",
+            "freeze[0].duration",
+            "freeze[0].days[0]",
+        ] {
+            assert!(fields.contains(f), "{f} not in {fields:?}");
+        }
+    }
+}
