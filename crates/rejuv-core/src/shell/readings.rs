@@ -7,7 +7,7 @@
 use crate::api::AgentState;
 use crate::cluster::Observation;
 use crate::config::Config;
-use crate::detector::{Judgement, ServerDetector};
+use crate::detect::detector::{Judgement, ServerDetector};
 use crate::types::{Sample, ServerId};
 use std::collections::{BTreeMap, VecDeque};
 

@@ -56,7 +56,7 @@ impl Sim {
 
     pub fn run_all(&mut self) -> Res {
         while self.f.steps < self.f.opts.steps {
-            self.next()?;
+            self.next_event()?;
         }
         self.heal();
         let running: BTreeSet<u64> = self.cluster().workflows.keys().copied().collect();
@@ -73,7 +73,7 @@ impl Sim {
             if self.f.t >= deadline {
                 return Err(self.stuck(live, &running, &pending, bound));
             }
-            self.next()?;
+            self.next_event()?;
         }
         self.settle()
     }
@@ -114,7 +114,7 @@ impl Sim {
         let settle_until = self.f.t + 120_000;
         let quiet = |s: &Sim| s.cluster().pending.is_empty() && s.cluster().workflows.is_empty();
         while !quiet(self) && self.f.t < settle_until {
-            self.next()?;
+            self.next_event()?;
         }
         let inflight = self.shell.as_ref().map_or(0, |s| s.commands_in_flight());
         if !quiet(self) || inflight > 0 {
@@ -157,7 +157,7 @@ impl Sim {
             + skew
     }
 
-    pub fn next(&mut self) -> Res {
+    pub fn next_event(&mut self) -> Res {
         let Some(((t, _), ev)) = self.f.queue.pop_first() else {
             return Err(self
                 .f
@@ -319,19 +319,15 @@ impl Sim {
                 f.process.traffic_scheduled = false;
                 self.traffic_put();
             }
-            Ev::FaultTick => {
-                if !f.healed {
-                    f.at(f.t + FAULT_TICK_MS, Ev::FaultTick);
-                    if f.rng.chance(f.sc.profile.fault_chance()) {
-                        self.fault()?;
-                    }
+            Ev::FaultTick if !f.healed => {
+                f.at(f.t + FAULT_TICK_MS, Ev::FaultTick);
+                if f.rng.chance(f.sc.profile.fault_chance()) {
+                    self.fault()?;
                 }
             }
-            Ev::ControllerRestart => {
-                if !f.process.up {
-                    f.world("controller restarts: resending the outbox".into());
-                    self.start_controller();
-                }
+            Ev::ControllerRestart if !f.process.up => {
+                f.world("controller restarts: resending the outbox".into());
+                self.start_controller();
             }
             Ev::AgentRestart { server } => self.agent_restart(server),
             Ev::HostUp { server } => self.host_up(server),
