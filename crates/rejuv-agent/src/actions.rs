@@ -12,7 +12,7 @@
 //!   `agent.host_actions` enables them.
 
 use crate::scratch::{self, Cleared};
-use crate::Agent;
+use crate::shared::Agent;
 use rejuv_core::api::{ActionOutcome, ActionReport, RejuvenateRequest, RejuvenationReport};
 use rejuv_core::config::Action;
 use std::sync::atomic::Ordering;
@@ -41,7 +41,7 @@ pub async fn rejuvenate(
         tracing::info!(run_id = %req.run_id, "rejuvenation already carried out: replaying its report");
         return Ok(done);
     }
-    let started_at_ms = crate::wall_ms();
+    let started_at_ms = crate::shared::wall_ms();
     tracing::info!(run_id = %req.run_id, actions = ?req.actions, "rejuvenation begins");
     let mut actions = Vec::with_capacity(req.actions.len());
     let mut failed: Option<Action> = None;
@@ -60,7 +60,7 @@ pub async fn rejuvenate(
         }
         actions.push(r);
     }
-    let finished_at_ms = crate::wall_ms();
+    let finished_at_ms = crate::shared::wall_ms();
     let done = RejuvenationReport {
         run_id: req.run_id,
         started_at_ms,
@@ -124,7 +124,7 @@ async fn run_action(agent: &Agent, action: Action) -> ActionReport {
             if let Err(r) = stop_all(agent, action).await {
                 return r;
             }
-            let now = crate::wall_ms();
+            let now = crate::shared::wall_ms();
             if let Err(e) = agent.store.set_running_since(now).await {
                 return report(
                     action,

@@ -5,9 +5,10 @@
 //! Every mutating route checks the controller's epoch first (a lower one is answered 409).
 //! Errors are [`ApiError`] bodies.
 
+use crate::actions;
 use crate::persist::StoreError;
+use crate::shared::Agent;
 use crate::supervisor::SupervisorError;
-use crate::{actions, Agent};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};

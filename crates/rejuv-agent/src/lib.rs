@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod persist;
 pub mod procfs;
 pub mod scratch;
+pub mod shared;
 pub mod supervisor;
 
 use anyhow::Context;
@@ -39,6 +40,9 @@ use std::time::Duration;
 use supervisor::Supervisor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+pub(crate) use shared::wall_ms;
+pub use shared::Agent;
 
 /// What the agent needs to run.
 pub struct AgentOptions {
@@ -78,31 +82,6 @@ pub enum StartError {
     Store(#[from] persist::StoreError),
     #[error("cannot build the HTTP client for health checks")]
     HttpClient(#[source] reqwest::Error),
-}
-
-/// Shared by the API handlers and the background tasks of one running agent.
-pub struct Agent {
-    pub server_id: String,
-    pub(crate) token: String,
-    pub config: Config,
-    pub started_at_ms: u64,
-    pub store: Arc<Store>,
-    pub sup: Arc<Supervisor>,
-    pub collector: Arc<Collector>,
-    pub metrics: Arc<Metrics>,
-    /// One rejuvenation at a time.
-    pub(crate) rejuvenation_lock: tokio::sync::Mutex<()>,
-    /// Set by a `restart-agent` action.
-    pub(crate) restart_requested: AtomicBool,
-    /// Ends the HTTP server (in-flight answers are still written in full).
-    pub(crate) stop_serving: CancellationToken,
-}
-
-pub(crate) fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Runs an agent on `listener` until `shutdown` is cancelled (→ [`Exit::Shutdown`]) or a

@@ -21,8 +21,8 @@
 
 use crate::etcd_store::{self, EtcdStore, Keys, LeaderInfo, Session};
 use crate::leader::LeaderGuard;
+use crate::leading::{start_leading, ControllerOptions};
 use crate::store::Store;
-use crate::{start_leading, ControllerOptions};
 use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};

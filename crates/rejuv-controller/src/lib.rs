@@ -25,6 +25,7 @@ pub mod ha;
 pub mod haproxy;
 pub mod hooks;
 pub mod leader;
+pub mod leading;
 pub mod metrics;
 pub mod store;
 pub mod store_codec;
@@ -32,23 +33,12 @@ pub mod traffic;
 
 use anyhow::Context;
 use leader::LeaderGuard;
-use rejuv_core::config::{Config, StoreKind, TrafficAdapter};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use rejuv_core::config::StoreKind;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub struct ControllerOptions {
-    pub config: Config,
-    /// Token presented to agents.
-    pub agent_token: String,
-    /// Token operators (and the builtin proxy's admin API) use.
-    pub api_token: String,
-    pub store_path: PathBuf,
-    /// Start with new workflows paused (the state machine still places and heals instances).
-    pub paused: bool,
-    /// Advisory mode: judge, plan and explain, but send no command to any agent.
-    pub dry_run: bool,
-}
+use leading::start_leading;
+pub use leading::ControllerOptions;
 
 /// Runs the controller until `shutdown` is cancelled.
 ///
@@ -112,142 +102,4 @@ async fn run_sqlite(
     local.cancel();
     leading.join().await;
     Ok(())
-}
-
-/// What a leading controller runs: its API and its tasks (engine, pollers, traffic adapter).
-pub(crate) struct Leading {
-    pub app: axum::Router,
-    pub tasks: tokio::task::JoinSet<()>,
-}
-
-impl Leading {
-    /// Waits for every task to end (after `local` was cancelled).
-    pub async fn join(&mut self) {
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-/// Loads (or creates) the state through `store`, resends its outbox and starts every task
-/// of a leader under `local`. Nothing touches the load balancer unless `guard` says this
-/// controller still leads.
-pub(crate) fn start_leading(
-    opts: &ControllerOptions,
-    cfg: Arc<Config>,
-    store: store::Store,
-    reader: store::Store,
-    guard: LeaderGuard,
-    local: CancellationToken,
-) -> anyhow::Result<Leading> {
-    let client = agent_client::AgentClient::new(opts.agent_token.clone());
-    let alerts = alerts::AlertSink::new(&cfg.alerts, &cfg.cluster.name).context("[alerts]")?;
-    let (tx, rx) = tokio::sync::mpsc::channel(4096);
-    let engine = engine::Engine::new(
-        cfg.clone(),
-        store,
-        client.clone(),
-        tx.clone(),
-        opts.paused,
-        opts.dry_run,
-        alerts,
-    )?;
-    let published = engine.published.subscribe();
-    let routes = engine.routes.subscribe();
-
-    let mut tasks = tokio::task::JoinSet::new();
-    for s in &cfg.servers {
-        tasks.spawn(engine::poll_agent(
-            s.id.clone(),
-            s.agent,
-            client.clone(),
-            cfg.controller.poll_interval,
-            cfg.controller.agent_timeout,
-            tx.clone(),
-            local.clone(),
-        ));
-    }
-    match cfg.traffic.adapter {
-        TrafficAdapter::Builtin => {
-            let admin = cfg
-                .traffic
-                .admin
-                .context("traffic.admin is required for the builtin proxy")?;
-            if !opts.dry_run {
-                let proxy = traffic::BuiltinProxy::new(admin, opts.api_token.clone())
-                    .with_leader_guard(guard.clone());
-                tasks.spawn(traffic::reconcile_builtin(
-                    proxy,
-                    cfg.traffic.listen.keys().cloned().collect(),
-                    routes,
-                    tx.clone(),
-                    local.clone(),
-                ));
-            }
-        }
-        TrafficAdapter::Haproxy => {
-            let h = cfg
-                .traffic
-                .haproxy
-                .as_ref()
-                .context("[traffic.haproxy] is required for the haproxy adapter")?;
-            let socket = match (
-                h.socket.strip_prefix("unix:"),
-                h.socket.strip_prefix("tcp:"),
-            ) {
-                (Some(path), _) => haproxy::HaproxySocket::Unix(path.into()),
-                (_, Some(addr)) => {
-                    haproxy::HaproxySocket::Tcp(addr.parse().context("traffic.haproxy.socket")?)
-                }
-                _ => anyhow::bail!("traffic.haproxy.socket must be unix:/path or tcp:IP:PORT"),
-            };
-            let mut hc = haproxy::HaproxyConfig::new(socket, h.backends.clone());
-            hc.health_check = h.check.as_ref().map(|c| haproxy::HealthCheck {
-                inter: c.inter,
-                rise: c.rise,
-                fall: c.fall,
-            });
-            hc.validate().context("[traffic.haproxy]")?;
-            if !opts.dry_run {
-                tasks.spawn(haproxy::reconcile_haproxy(
-                    haproxy::Haproxy::new(hc).with_leader_guard(guard.clone()),
-                    routes,
-                    tx.clone(),
-                    local.clone(),
-                ));
-            }
-        }
-    }
-    tasks.spawn(engine.run(rx, local.clone()));
-
-    let mut operators = Vec::new();
-    for o in &cfg.auth.operators {
-        let token = std::fs::read_to_string(&o.token_file)
-            .with_context(|| {
-                format!(
-                    "reading the token of operator {} from {}",
-                    o.name,
-                    o.token_file.display()
-                )
-            })?
-            .trim()
-            .to_string();
-        anyhow::ensure!(
-            !token.is_empty(),
-            "the token file of operator {} ({}) is empty",
-            o.name,
-            o.token_file.display()
-        );
-        operators.push((o.name.clone(), token));
-    }
-    let state = api::ApiState {
-        cfg: cfg.clone(),
-        token: Arc::new(opts.api_token.clone()),
-        operators: Arc::new(operators),
-        published,
-        tx,
-        store: Arc::new(Mutex::new(reader)),
-    };
-    Ok(Leading {
-        app: api::router(state),
-        tasks,
-    })
 }
