@@ -2,11 +2,17 @@
 //!
 //! Every call carries the bearer token; every mutating call carries the controller's epoch.
 //! Errors say whether a retry can help: [`ClientError::is_permanent`].
+//!
+//! Replies are not trusted: each is read up to a limit ([`MAX_REPLY`], [`MAX_SAMPLES_REPLY`],
+//! [`MAX_EXPORTED_STATE`]) and refused beyond it, without being read whole; text in a reply
+//! (error bodies, exit statuses, action details, the agent's version) is clipped and escaped
+//! before anything stores or prints it ([`rejuv_core::text`]).
 
 use rejuv_core::api::{
     AgentState, ApiError, InstanceStatus, RejuvenateRequest, RejuvenationReport, StartInstance,
 };
 use rejuv_core::config::Action;
+use rejuv_core::text::{clean, clean_bytes, MAX_REMOTE_TEXT};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -34,6 +40,18 @@ impl ClientError {
         matches!(self, ClientError::Status { status, .. } if (400..500).contains(status) && *status != 408 && *status != 429)
     }
 }
+
+/// Largest reply read from an agent, but for the two below (bytes). A state reply of a server
+/// with a hundred instances is about 50 KB.
+pub const MAX_REPLY: usize = 4 << 20;
+/// Largest `GET /v1/samples` reply: an agent keeps at most a trend window of samples (six
+/// hours of one a second is about 20 MB).
+pub const MAX_SAMPLES_REPLY: usize = 32 << 20;
+/// Largest exported instance state (`handoff.export`) carried to the target.
+pub const MAX_EXPORTED_STATE: usize = 256 << 20;
+
+/// Longest text field kept from an agent's reply (the agent's version string is shorter).
+const MAX_VERSION: usize = 64;
 
 #[derive(Clone)]
 pub struct AgentClient {
@@ -65,10 +83,13 @@ impl AgentClient {
         if status.is_success() {
             return Ok(resp);
         }
-        let body = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ApiError>(&body)
-            .map(|e| e.error)
-            .unwrap_or(body);
+        let body = read_bounded(addr, resp, MAX_REPLY)
+            .await
+            .unwrap_or_default();
+        let message = match serde_json::from_slice::<ApiError>(&body) {
+            Ok(e) => clean(&e.error, MAX_REMOTE_TEXT),
+            Err(_) => clean_bytes(&body, MAX_REMOTE_TEXT),
+        };
         Err(ClientError::Status {
             addr,
             status: status.as_u16(),
@@ -79,14 +100,12 @@ impl AgentClient {
     async fn json<T: serde::de::DeserializeOwned>(
         addr: SocketAddr,
         resp: reqwest::Response,
+        limit: usize,
     ) -> Result<T, ClientError> {
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport { addr, source })?;
+        let bytes = read_bounded(addr, resp, limit).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadReply {
             addr,
-            message: e.to_string(),
+            message: clean(&e.to_string(), MAX_REMOTE_TEXT),
         })
     }
 
@@ -103,7 +122,9 @@ impl AgentClient {
                     .timeout(timeout),
             )
             .await?;
-        Self::json(addr, r).await
+        let mut state: AgentState = Self::json(addr, r, MAX_REPLY).await?;
+        sanitize_state(&mut state);
+        Ok(state)
     }
 
     /// The samples the agent kept, oldest first, taken after `after_ms`.
@@ -121,7 +142,7 @@ impl AgentClient {
                     .timeout(timeout),
             )
             .await?;
-        Self::json(addr, r).await
+        Self::json(addr, r, MAX_SAMPLES_REPLY).await
     }
 
     pub async fn start(
@@ -144,7 +165,9 @@ impl AgentClient {
                     .json(&body),
             )
             .await?;
-        Self::json(addr, r).await
+        let mut status: InstanceStatus = Self::json(addr, r, MAX_REPLY).await?;
+        sanitize_instance(&mut status);
+        Ok(status)
     }
 
     pub async fn stop(
@@ -163,7 +186,9 @@ impl AgentClient {
                     .timeout(Duration::from_secs(60)),
             )
             .await?;
-        Self::json(addr, r).await
+        let mut status: InstanceStatus = Self::json(addr, r, MAX_REPLY).await?;
+        sanitize_instance(&mut status);
+        Ok(status)
     }
 
     pub async fn export_state(
@@ -179,10 +204,7 @@ impl AgentClient {
                     .timeout(Duration::from_secs(10)),
             )
             .await?;
-        Ok(r.bytes()
-            .await
-            .map_err(|source| ClientError::Transport { addr, source })?
-            .to_vec())
+        read_bounded(addr, r, MAX_EXPORTED_STATE).await
     }
 
     pub async fn import_state(
@@ -226,6 +248,61 @@ impl AgentClient {
                     .json(&body),
             )
             .await?;
-        Self::json(addr, r).await
+        let mut report: RejuvenationReport = Self::json(addr, r, MAX_REPLY).await?;
+        sanitize_report(&mut report);
+        Ok(report)
+    }
+}
+
+/// The body of `resp`, refused as soon as it passes `limit` bytes (a `Content-Length` above
+/// it is refused before anything is read).
+async fn read_bounded(
+    addr: SocketAddr,
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, ClientError> {
+    let too_big = || ClientError::BadReply {
+        addr,
+        message: format!("reply larger than {limit} bytes, not read"),
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|source| ClientError::Transport { addr, source })?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Text in a state reply clipped and escaped: it reaches the event log, the status and the
+/// operator's terminal.
+fn sanitize_state(state: &mut AgentState) {
+    state.version = clean(&state.version, MAX_VERSION);
+    for i in &mut state.instances {
+        sanitize_instance(i);
+    }
+    if let Some(r) = state.last_rejuvenation.as_mut() {
+        sanitize_report(r);
+    }
+}
+
+fn sanitize_instance(i: &mut InstanceStatus) {
+    if let Some(e) = i.last_exit.as_mut() {
+        *e = clean(e, MAX_REMOTE_TEXT);
+    }
+}
+
+fn sanitize_report(report: &mut RejuvenationReport) {
+    report.run_id = clean(&report.run_id, MAX_VERSION);
+    for a in &mut report.actions {
+        a.detail = clean(&a.detail, MAX_REMOTE_TEXT);
     }
 }

@@ -127,8 +127,10 @@ impl Engine {
         paused: bool,
         dry_run: bool,
         alerts: AlertSink,
+        recovery: Option<crate::recover::Recovery>,
     ) -> anyhow::Result<Self> {
-        let epoch = store.next_epoch()?;
+        let floor = recovery.as_ref().map_or(0, |r| r.epoch_floor);
+        let epoch = store.next_epoch_above(floor)?;
         let started = Instant::now();
         let now = Now::new(0, wall_ms());
         let mut cluster = match store.load()? {
@@ -142,9 +144,16 @@ impl Engine {
                 c
             }
             None => {
-                let (c, out) = Cluster::new(&cfg, now);
+                let (c, out) = match &recovery {
+                    Some(r) => Cluster::adopt(&cfg, &r.found, now),
+                    None => Cluster::new(&cfg, now),
+                };
                 store.commit(&c, &out.events, &[])?;
-                info!(epoch, "created a new cluster state");
+                info!(
+                    epoch,
+                    adopted = recovery.is_some(),
+                    "created a new cluster state"
+                );
                 c
             }
         };

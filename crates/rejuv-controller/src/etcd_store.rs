@@ -104,6 +104,19 @@ fn dir_end(dir: &str) -> String {
     s
 }
 
+/// The epoch key's value: a decimal number, or the store is not to be trusted.
+fn parse_epoch(key: &str, value: &[u8]) -> Result<u64, StoreError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            StoreError::from(EtcdError::Malformed {
+                key: key.to_string(),
+                reason: "not a decimal number: refusing to start".into(),
+            })
+        })
+}
+
 fn seq_of(key: &[u8]) -> Option<u64> {
     let k = std::str::from_utf8(key).ok()?;
     k.rsplit('/').next()?.parse().ok()
@@ -471,26 +484,28 @@ impl EtcdStore {
         Ok(resp.take_kvs())
     }
 
-    /// Takes the next epoch: the stored one + 1, written fenced.
-    pub fn next_epoch(&mut self) -> Result<u64, StoreError> {
+    /// The epoch stored, if any; a value that is not a decimal number is an error.
+    pub fn stored_epoch(&mut self) -> Result<Option<u64>, StoreError> {
+        self.block(async {
+            let key = self.keys.epoch();
+            let kvs = self.get("reading the epoch", key.clone(), None).await?;
+            kvs.first()
+                .map(|kv| parse_epoch(&key, kv.value()))
+                .transpose()
+        })
+    }
+
+    /// Takes the next epoch: the stored one (or `floor`, if higher) + 1, written fenced.
+    pub fn next_epoch_above(&mut self, floor: u64) -> Result<u64, StoreError> {
         let rev = self.fence()?;
         self.block(async {
             let key = self.keys.epoch();
             let kvs = self.get("reading the epoch", key.clone(), None).await?;
             let (cur, mod_rev) = match kvs.first() {
-                Some(kv) => {
-                    let n = std::str::from_utf8(kv.value())
-                        .ok()
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .ok_or_else(|| EtcdError::Malformed {
-                            key: key.clone(),
-                            reason: "not a decimal number".into(),
-                        })?;
-                    (n, kv.mod_revision())
-                }
+                Some(kv) => (parse_epoch(&key, kv.value())?, kv.mod_revision()),
                 None => (0, 0),
             };
-            let next = cur + 1;
+            let next = cur.max(floor).saturating_add(1);
             let txn = Txn::new()
                 .when([
                     self.fenced(rev),

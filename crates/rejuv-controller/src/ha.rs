@@ -270,7 +270,8 @@ pub async fn run(
         reader,
         guard.clone(),
         local.clone(),
-    );
+    )
+    .await;
     let mut leading = match started {
         Ok(l) => l,
         Err(e) => {

@@ -3,7 +3,7 @@
 //! crate root and by the etcd campaign in [`crate::ha`].
 
 use crate::leader::LeaderGuard;
-use crate::{agent_client, alerts, api, engine, haproxy, store, traffic};
+use crate::{agent_client, alerts, api, engine, haproxy, recover, store, traffic};
 use anyhow::Context;
 use rejuv_core::config::{Config, TrafficAdapter};
 use std::path::PathBuf;
@@ -21,6 +21,9 @@ pub struct ControllerOptions {
     pub paused: bool,
     /// Advisory mode: judge, plan and explain, but send no command to any agent.
     pub dry_run: bool,
+    /// On an empty store facing agents with history, adopt their epochs and instances
+    /// instead of refusing to start (see [`crate::recover`]).
+    pub adopt_agents: bool,
 }
 
 /// What a leading controller runs: its API and its tasks (engine, pollers, traffic adapter).
@@ -39,15 +42,16 @@ impl Leading {
 /// Loads (or creates) the state through `store`, resends its outbox and starts every task
 /// of a leader under `local`. Nothing touches the load balancer unless `guard` says this
 /// controller still leads.
-pub(crate) fn start_leading(
+pub(crate) async fn start_leading(
     opts: &ControllerOptions,
     cfg: Arc<Config>,
-    store: store::Store,
+    mut store: store::Store,
     reader: store::Store,
     guard: LeaderGuard,
     local: CancellationToken,
 ) -> anyhow::Result<Leading> {
     let client = agent_client::AgentClient::new(opts.agent_token.clone());
+    let recovery = recover::check_store(&cfg, &mut store, &client, opts.adopt_agents).await?;
     let alerts = alerts::AlertSink::new(&cfg.alerts, &cfg.cluster.name).context("[alerts]")?;
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let engine = engine::Engine::new(
@@ -58,6 +62,7 @@ pub(crate) fn start_leading(
         opts.paused,
         opts.dry_run,
         alerts,
+        recovery,
     )?;
     let published = engine.published.subscribe();
     let routes = engine.routes.subscribe();

@@ -7,6 +7,7 @@
 //!   load-balancer write checks; [`store_codec`]: the state's encoding and the errors both
 //!   backends share.
 //! - [`agent_client`]: the agent API client.
+//! - [`recover`]: an empty store facing agents with history: refuse, or adopt them.
 //! - [`traffic`]: traffic adapters (builtin proxy) as reconcile loops.
 //! - [`api`]: the HTTP API; [`metrics`]: Prometheus text.
 
@@ -27,6 +28,7 @@ pub mod hooks;
 pub mod leader;
 pub mod leading;
 pub mod metrics;
+pub mod recover;
 pub mod store;
 pub mod store_codec;
 pub mod traffic;
@@ -93,7 +95,8 @@ async fn run_sqlite(
         reader,
         LeaderGuard::always(),
         local.clone(),
-    )?;
+    )
+    .await?;
     let serve_shutdown = local.clone();
     axum::serve(listener, leading.app.clone())
         .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })

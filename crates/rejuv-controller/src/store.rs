@@ -48,7 +48,18 @@ impl Store {
 
     /// Takes the next epoch (fencing term) for this controller's run.
     pub fn next_epoch(&mut self) -> Result<u64, StoreError> {
-        each!(self, s => s.next_epoch())
+        self.next_epoch_above(0)
+    }
+
+    /// Takes the next epoch, above both the stored one and `floor` (the highest epoch the
+    /// agents hold, when a lost store is recovered from them).
+    pub fn next_epoch_above(&mut self, floor: u64) -> Result<u64, StoreError> {
+        each!(self, s => s.next_epoch_above(floor))
+    }
+
+    /// The epoch stored, if any; an unreadable one is an error.
+    pub fn stored_epoch(&mut self) -> Result<Option<u64>, StoreError> {
+        each!(self, s => s.stored_epoch())
     }
 
     pub fn load(&mut self) -> Result<Option<Cluster>, StoreError> {
@@ -95,6 +106,24 @@ fn add_level_column(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `meta.epoch`: none in a new store; a value that is not a decimal number is corruption.
+fn read_epoch(conn: &Connection) -> Result<Option<u64>, StoreError> {
+    let raw: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    raw.map(|v| {
+        v.trim().parse::<u64>().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "meta.epoch holds {:?}, not a decimal number: refusing to start (restore the store from a backup, or set meta.epoch above every agent's epoch)",
+                rejuv_core::text::clip(&v, 64)
+            ))
+        })
+    })
+    .transpose()
+}
+
 /// A detector level by its stored name; an unknown one reads as none.
 fn level_named(name: &str) -> Option<Level> {
     serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
@@ -135,15 +164,16 @@ impl SqliteStore {
         })
     }
 
-    /// Takes the next epoch (fencing term) for this controller's run.
-    pub fn next_epoch(&mut self) -> Result<u64, StoreError> {
+    /// Takes the next epoch (fencing term) for this controller's run, above `floor`.
+    /// An epoch that does not read as a number is an error: taking 1 in its place would fork
+    /// the cluster (every agent refuses a lower epoch).
+    pub fn next_epoch_above(&mut self, floor: u64) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
-        let cur: Option<String> = tx
-            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let next = cur.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+        let cur = read_epoch(&tx)?.unwrap_or(0);
+        let next = cur
+            .max(floor)
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt(format!("meta.epoch {cur} cannot grow")))?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('epoch', ?1)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -151,6 +181,11 @@ impl SqliteStore {
         )?;
         tx.commit()?;
         Ok(next)
+    }
+
+    /// The epoch stored, if any.
+    pub fn stored_epoch(&mut self) -> Result<Option<u64>, StoreError> {
+        read_epoch(&self.conn)
     }
 
     pub fn load(&mut self) -> Result<Option<Cluster>, StoreError> {
@@ -360,5 +395,41 @@ mod tests {
         let a = s.next_epoch().unwrap();
         let b = s.next_epoch().unwrap();
         assert!(b > a);
+        assert_eq!(s.next_epoch_above(41).unwrap(), 42);
+        assert_eq!(s.stored_epoch().unwrap(), Some(42));
+    }
+
+    #[test]
+    fn a_garbage_epoch_refuses_to_start_and_is_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut s = Store::open(&path, 10, 10).unwrap();
+        s.next_epoch().unwrap();
+        let Store::Sqlite(inner) = &s else {
+            unreachable!()
+        };
+        inner
+            .conn
+            .execute(
+                "UPDATE meta SET value = 'x\u{1b}[2Jgarbage' WHERE key = 'epoch'",
+                [],
+            )
+            .unwrap();
+        let err = s.next_epoch().unwrap_err().to_string();
+        assert!(
+            err.contains("meta.epoch") && err.contains("refusing to start"),
+            "{err}"
+        );
+        assert!(s.stored_epoch().is_err());
+        let Store::Sqlite(inner) = &s else {
+            unreachable!()
+        };
+        let kept: String = inner
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, "x\u{1b}[2Jgarbage", "not overwritten");
     }
 }

@@ -16,6 +16,7 @@
 //! - [`shell`]: the driver of that machine (commit, then act; retries; the detector), shared
 //!   by the controller and the simulator.
 //! - [`wire`]: the controller API's request and answer types (controller, CLI, dashboard).
+//! - [`text`]: text from outside bounded and escaped before it is stored or printed.
 
 pub mod api;
 pub mod cluster;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod detect;
 pub mod digest;
 pub mod shell;
+pub mod text;
 pub mod time;
 pub mod types;
 pub mod wire;

@@ -89,6 +89,10 @@ Examples:
         /// Judge, plan and explain; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// When the store is empty but the agents have history (a lost store): take an epoch
+        /// above the agents' and adopt their running instances, instead of refusing to start.
+        #[arg(long)]
+        adopt_agents: bool,
     },
     /// Run the builtin proxy (the front end clients use).
     #[command(after_help = "\
@@ -385,6 +389,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             store,
             paused,
             dry_run,
+            adopt_agents,
         } => {
             init_tracing();
             let cfg = load_config(&config)?;
@@ -415,6 +420,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     store_path,
                     paused,
                     dry_run,
+                    adopt_agents,
                 };
                 rejuv_controller::run(listener, opts, shutdown).await
             })?;

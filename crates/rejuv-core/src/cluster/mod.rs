@@ -46,8 +46,10 @@
 //! - `operator`: operators' requests and refusals.
 //! - `results`: command results routed to whoever asked.
 //! - `apply`: [`Cluster::new`], [`step`] and the one `match` from event to handler.
+//! - `adopt`: [`Cluster::adopt`], a new cluster taking in what the agents already run.
 //! - `invariants`: what must hold after every step.
 
+mod adopt;
 mod apply;
 mod budget;
 mod event;
@@ -64,6 +66,7 @@ mod routes;
 mod state;
 mod workflow;
 
+pub use adopt::Found;
 pub use apply::step;
 pub use event::{CommandResult, Event, Observation, ObservedInstance, OperatorCommand};
 pub use operator::Refusal;
