@@ -35,6 +35,25 @@ pub fn escape_control(s: &str) -> String {
     out
 }
 
+/// Output for a terminal: every control character but line breaks and tabs written as `\uXXXX`
+/// (which also reads as the same character inside a JSON string), so no text that came from
+/// outside can move the cursor, retitle the window or clear the screen.
+pub fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if bad(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Text from outside as it may be stored: clipped to `max` bytes, then escaped.
 pub fn clean(s: &str, max: usize) -> String {
     escape_control(&clip(s, max))
@@ -61,6 +80,16 @@ mod tests {
         assert!(!e.chars().any(char::is_control), "{e:?}");
         assert_eq!(e, "ok\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\r\\nnext\\u{9b}");
         assert_eq!(escape_control("plain text"), "plain text");
+    }
+
+    #[test]
+    fn terminal_output_keeps_lines_and_json_stays_json() {
+        let s = "a\tb\nc\u{1b}[31md\u{9b}e\r";
+        assert_eq!(terminal_safe(s), "a\tb\nc\\u001b[31md\\u009be\\u000d");
+        let json = serde_json::to_string(&serde_json::json!({"m": "x\u{9b}y\u{7f}"})).unwrap();
+        let safe = terminal_safe(&json);
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["m"], "x\u{9b}y\u{7f}");
     }
 
     #[test]

@@ -2274,17 +2274,31 @@ mod scenarios {
 
     #[test]
     fn capacity_floor_blocks_and_its_boundary_does_not() {
-        // Active-standby: 3 primaries x 4 units; the spare replaces the source: 12 remain.
+        // Active-standby: 3 primaries x 4 units; the spare replaces the source: 12 remain,
+        // and a floor above the primaries' 12 units is refused by the config itself (the
+        // spare's units do not count).
+        let err = Config::from_toml(&Spec::of(Mode::ActiveStandby).floor(13).toml())
+            .err()
+            .expect("a floor above the primaries' capacity is refused")
+            .to_string();
+        assert!(
+            err.contains(
+                "budget.min_available_capacity: 13 is more than the primaries' capacity (12"
+            ),
+            "{err}"
+        );
         // Active-active: 4 x 4 units, the source leaves: 12 remain.
         for mode in [Mode::ActiveStandby, Mode::ActiveActive] {
-            let mut h = booted(&Spec::of(mode).floor(13));
-            let out = h.judge("s1", Level::Unstable);
-            assert_said_once(
-                &mut h,
-                "s1",
-                &out,
-                "capacity floor would be broken (12 < 13 units)",
-            );
+            if mode == Mode::ActiveActive {
+                let mut h = booted(&Spec::of(mode).floor(13));
+                let out = h.judge("s1", Level::Unstable);
+                assert_said_once(
+                    &mut h,
+                    "s1",
+                    &out,
+                    "capacity floor would be broken (12 < 13 units)",
+                );
+            }
 
             let mut h = booted(&Spec::of(mode).floor(12));
             h.judge("s1", Level::Unstable);

@@ -273,9 +273,45 @@ Examples:
     Check { file: PathBuf },
 }
 
+/// Largest config file read (a fleet of 10,000 servers is about 2 MB of TOML).
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Why a config file's text could not be had: `Io` (exit 1) or `NotText` (bad input, exit 2).
+enum ConfigText {
+    Io(anyhow::Error),
+    NotText(String),
+}
+
+/// The text of a config file: refused if it is too big or not UTF-8, without reading it all.
+fn config_text(path: &Path) -> Result<String, ConfigText> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("reading config {}", path.display()))
+        .map_err(ConfigText::Io)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading config {}", path.display()))
+        .map_err(ConfigText::Io)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigText::NotText(format!(
+            "larger than {} MiB: not a rejuv config",
+            MAX_CONFIG_BYTES >> 20
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        ConfigText::NotText(format!(
+            "not a text file (invalid UTF-8 at byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
+    let text = config_text(path).map_err(|e| match e {
+        ConfigText::Io(e) => e,
+        ConfigText::NotText(why) => anyhow::anyhow!("config {}: {why}", path.display()),
+    })?;
     Config::from_toml(&text)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("in {}", path.display()))
@@ -309,8 +345,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Config {
             command: ConfigCmd::Check { file },
         } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
+            let text = match config_text(&file) {
+                Ok(t) => t,
+                Err(ConfigText::Io(e)) => return Err(e),
+                Err(ConfigText::NotText(why)) => {
+                    eprintln!("{}: {why}", file.display());
+                    return Ok(2);
+                }
+            };
             match Config::from_toml(&text) {
                 Ok(c) => {
                     println!(
@@ -405,6 +447,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     .as_deref()
                     .context("auth.api_token_file is required")?,
             )?;
+            // Every token file is read before the store is opened or a state made in it.
+            for o in &cfg.auth.operators {
+                read_token(&o.token_file)
+                    .with_context(|| format!("auth.operators: the token of {}", o.name))?;
+            }
             let listen = listen.unwrap_or(cfg.controller.listen);
             let store_path = store.unwrap_or(cfg.store.path.clone());
             let rt = runtime()?;

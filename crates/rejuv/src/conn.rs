@@ -70,7 +70,7 @@ impl Fail {
 
 /// Prints the failure on stderr and gives its exit code.
 pub fn report(f: Fail) -> i32 {
-    eprintln!("rejuv: {}", f.msg);
+    eprintln!("rejuv: {}", rejuv_core::text::terminal_safe(&f.msg));
     f.code
 }
 

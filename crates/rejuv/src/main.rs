@@ -22,7 +22,10 @@ fn main() {
     let code = match cli::dispatch(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("rejuv: error: {e:#}");
+            eprintln!(
+                "rejuv: error: {}",
+                rejuv_core::text::terminal_safe(&format!("{e:#}"))
+            );
             if e.downcast_ref::<rejuv_core::config::ConfigError>()
                 .is_some()
             {

@@ -35,9 +35,11 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Writes to stdout; `false` once stdout is gone (`rejuv events -f | head`), which is a normal
-/// way for a reader to stop, not an error.
+/// Writes to stdout, control characters escaped (event messages and reasons hold text that
+/// came from agents and services); `false` once stdout is gone (`rejuv events -f | head`),
+/// which is a normal way for a reader to stop, not an error.
 fn emit(text: &str) -> bool {
+    let text = rejuv_core::text::terminal_safe(text);
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())

@@ -240,7 +240,7 @@ impl Progress {
     pub fn raw(&mut self, s: &str) {
         let print = || {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{s}");
+            let _ = writeln!(out, "{}", rejuv_core::text::terminal_safe(s));
             let _ = out.flush();
         };
         // Once finished, the last frame stays where it is and what follows prints below it.

@@ -52,6 +52,14 @@ impl AgentDefaults {
                 "restart-host is an action but no restart_command is set",
             );
         }
+        if let Some(program) = self.restart_command.first() {
+            if !std::path::Path::new(program).is_absolute() {
+                errs.add(
+                    "agent.restart_command[0]",
+                    format!("{program:?} must be an absolute path (the agent runs it without a shell or a PATH search)"),
+                );
+            }
+        }
         for (i, d) in self.scratch_dirs.iter().enumerate() {
             if let Err(reason) = check_scratch_dir(d, &self.allowed_roots) {
                 errs.add(format!("agent.scratch_dirs[{i}]"), reason);

@@ -35,7 +35,8 @@ impl Default for BudgetConfig {
 }
 
 impl BudgetConfig {
-    /// `cluster_capacity` is the summed capacity of every server.
+    /// `cluster_capacity` is the summed capacity of the primaries: the floor counts primaries
+    /// on the list, and spares hold none of it.
     pub(crate) fn validate(&self, cluster_capacity: u32, errs: &mut Errors) {
         if self.max_concurrent == 0 {
             errs.add(
@@ -46,7 +47,10 @@ impl BudgetConfig {
         if self.min_available_capacity > cluster_capacity {
             errs.add(
                 "budget.min_available_capacity",
-                "is more than the whole cluster's capacity",
+                format!(
+                    "{} is more than the primaries' capacity ({cluster_capacity}; spares serve nothing until they take over)",
+                    self.min_available_capacity
+                ),
             );
         }
     }

@@ -43,5 +43,11 @@ impl ControllerConfig {
         if self.poll_interval.is_zero() {
             errs.add("controller.poll_interval", "must be greater than 0");
         }
+        if self.agent_timeout.is_zero() {
+            errs.add(
+                "controller.agent_timeout",
+                "must be greater than 0 (every poll would time out at once)",
+            );
+        }
     }
 }

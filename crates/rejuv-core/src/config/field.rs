@@ -21,10 +21,24 @@ impl std::fmt::Display for FieldError {
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config is not valid TOML for rejuv: {0}")]
+    /// The parser's message, each line clipped (it quotes the offending line, which may be
+    /// megabytes long or hold control characters).
+    #[error("config is not valid TOML for rejuv: {}", clipped(.0))]
     Parse(#[source] toml::de::Error),
     #[error("config has {} error(s):\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<FieldError>),
+}
+
+/// Longest line of a parse error shown (bytes).
+const MAX_ERROR_LINE: usize = 160;
+
+fn clipped(e: &toml::de::Error) -> String {
+    e.to_string()
+        .lines()
+        .take(12)
+        .map(|l| crate::text::clean(l, MAX_ERROR_LINE))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The problems found so far, in the order they were found.

@@ -20,6 +20,7 @@ mod alerts;
 mod auth;
 mod budget;
 mod cluster;
+mod conflicts;
 mod controller;
 mod field;
 mod freeze;
@@ -117,7 +118,14 @@ impl Config {
         self.policy
             .validate(self.controller.agent_timeout, &mut errs);
         self.gate.validate(&mut errs);
-        let capacity: u32 = self.servers.iter().map(|s| s.capacity).sum();
+        self.cluster.validate(&mut errs);
+        self.retention.validate(&mut errs);
+        let capacity: u32 = self
+            .servers
+            .iter()
+            .filter(|s| s.role == crate::types::Role::Primary)
+            .map(|s| s.capacity)
+            .sum();
         self.budget.validate(capacity, &mut errs);
         self.rejuvenation.validate(&mut errs);
         self.agent.validate(&self.rejuvenation, &mut errs);
@@ -127,6 +135,7 @@ impl Config {
         self.auth.validate(&mut errs);
         hooks::validate(&self.hooks, &mut errs);
         freeze::validate(&self.freeze, &mut errs);
+        conflicts::validate(self, &mut errs);
         errs.into_vec()
     }
 

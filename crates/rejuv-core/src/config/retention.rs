@@ -1,5 +1,6 @@
 //! `[retention]`: how many events and finished workflows the store keeps.
 
+use super::field::Errors;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +26,23 @@ impl Default for RetentionConfig {
         Self {
             events: default_events_kept(),
             workflows: default_workflows_kept(),
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub(crate) fn validate(&self, errs: &mut Errors) {
+        if self.events == 0 {
+            errs.add(
+                "retention.events",
+                "must be at least 1 (the store would delete every event as it writes it)",
+            );
+        }
+        if self.workflows == 0 {
+            errs.add(
+                "retention.workflows",
+                "must be at least 1 (no finished workflow could be shown)",
+            );
         }
     }
 }

@@ -92,6 +92,12 @@ impl ServiceConfig {
         if self.health.interval.is_zero() {
             errs.add(f("health.interval"), "must be greater than 0");
         }
+        if self.health.timeout.is_zero() {
+            errs.add(
+                f("health.timeout"),
+                "must be greater than 0 (every check would time out)",
+            );
+        }
         if let Some(h) = &self.handoff {
             if !h.export.starts_with('/') {
                 errs.add(f("handoff.export"), "must start with '/'");

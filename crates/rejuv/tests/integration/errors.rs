@@ -160,3 +160,177 @@ fn the_example_fleet_config_is_valid() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (active-standby cluster, 4 servers"));
 }
+
+fn check(text: &[u8]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(EXE)
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const RUNS_FINE: &str = r#"
+[cluster]
+mode = "active-standby"
+[controller]
+listen = "127.0.0.1:7070"
+[traffic]
+admin = "127.0.0.1:7071"
+listen = { web = "127.0.0.1:8080" }
+[[servers]]
+id = "s1"
+address = "127.0.0.2"
+agent = "127.0.0.2:7001"
+role = "primary"
+capacity = 8
+port_range = [20000, 20010]
+instances = ["web"]
+[[servers]]
+id = "s2"
+address = "127.0.0.3"
+agent = "127.0.0.3:7001"
+role = "spare"
+capacity = 4
+port_range = [20000, 20010]
+[services.web]
+command = "/usr/bin/true"
+health = { path = "/healthz" }
+"#;
+
+#[test]
+fn config_check_refuses_configs_that_would_fail_at_run_time() {
+    assert_eq!(check(RUNS_FINE.as_bytes()).0, Some(0));
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[controller]\n",
+            "[controller]\nagent_timeout = \"0s\"\n",
+            "controller.agent_timeout",
+        ),
+        (
+            "health = { path = \"/healthz\" }",
+            "health = { path = \"/healthz\", timeout = \"0s\" }",
+            "services.web.health.timeout",
+        ),
+        (
+            "[traffic]\n",
+            "[retention]\nevents = 0\n[traffic]\n",
+            "retention.events",
+        ),
+        (
+            "[traffic]\n",
+            "[agent]\nrestart_command = [\"reboot\"]\n[traffic]\n",
+            "agent.restart_command[0]",
+        ),
+        (
+            "[traffic]\n",
+            "[budget]\nmin_available_capacity = 12\n[traffic]\n",
+            "budget.min_available_capacity: 12 is more than the primaries' capacity (8",
+        ),
+        (
+            "listen = { web = \"127.0.0.1:8080\" }",
+            "listen = { web = \"127.0.0.2:7001\" }",
+            "is also traffic.listen.web",
+        ),
+        (
+            "port_range = [20000, 20010]\ninstances",
+            "port_range = [7000, 7010]\ninstances",
+            "holds port 7001 of servers[0].agent",
+        ),
+        (
+            "listen = \"127.0.0.1:7070\"",
+            "listen = \"127.0.0.1:7071\"",
+            "traffic.admin: 127.0.0.1:7071 is also controller.listen",
+        ),
+        (
+            "[traffic]\n",
+            "[alerts]\nwebhook = \"https://hooks.example.com/x\"\n[traffic]\n",
+            "alerts.webhook: https:// is not supported",
+        ),
+    ];
+    for (from, to, field) in cases {
+        assert!(RUNS_FINE.contains(from), "{from}");
+        let (code, err) = check(RUNS_FINE.replacen(from, to, 1).as_bytes());
+        assert_eq!(code, Some(2), "{field}: {err}");
+        assert!(err.contains(field), "missing {field:?} in:\n{err}");
+    }
+    let huge_name = RUNS_FINE.replacen(
+        "[cluster]\n",
+        &format!("[cluster]\nname = \"{}\"\n", "n".repeat(10 << 20)),
+        1,
+    );
+    let (code, err) = check(huge_name.as_bytes());
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("cluster.name: must be 1 to 64"),
+        "{}",
+        &err[..err.len().min(500)]
+    );
+    assert!(
+        err.len() < 4096,
+        "the name is not echoed: {} bytes",
+        err.len()
+    );
+}
+
+#[test]
+fn config_check_clips_a_huge_bad_line_and_calls_a_binary_file_bad_input() {
+    let (code, err) = check(format!("[cluster]\nmode = {}\n", "x".repeat(10 << 20)).as_bytes());
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("not valid TOML"),
+        "{}",
+        &err[..err.len().min(500)]
+    );
+    assert!(
+        err.len() < 4096,
+        "the bad line is clipped: {} bytes",
+        err.len()
+    );
+
+    let (code, err) = check(&[0x7f, b'E', b'L', b'F', 0xff, 0xfe, 0, 1, 2]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a text file"), "{err}");
+}
+
+#[test]
+fn a_missing_operator_token_file_stops_the_controller_before_the_store_is_made() {
+    let h = Harness::new(&Spec {
+        primaries: 1,
+        spares: 1,
+        ..Spec::default()
+    });
+    let text = std::fs::read_to_string(&h.config).unwrap();
+    let missing = h.dir.path().join("nobody.token");
+    let text = text.replacen(
+        "[auth]\n",
+        &format!(
+            "[auth]\noperators = [{{ name = \"carol\", token_file = \"{}\" }}]\n",
+            missing.display()
+        ),
+        1,
+    );
+    assert!(text.contains("carol"), "the harness config has [auth]");
+    std::fs::write(&h.config, text).unwrap();
+    let out = Command::new(EXE)
+        .args(["controller", "--config"])
+        .arg(&h.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the token of carol") && err.contains("nobody.token"),
+        "{err}"
+    );
+    assert!(
+        !h.dir.path().join("rejuv.db").exists(),
+        "no store was made for a controller that cannot start"
+    );
+}
