@@ -1,14 +1,18 @@
 //! The controller's HTTP API: status, events, explanations, operator actions, metrics.
 //!
-//! Every route but `/healthz` needs `Authorization: Bearer <api token>`. Operator actions are
+//! Every route but `/healthz` and the dashboard page needs `Authorization: Bearer <api token>`,
+//! checked before anything else of the request is read (its query, its body): a request
+//! without it costs the controller its headers alone. Bodies are bounded ([`MAX_BODY`]); a body
+//! must be a JSON object; `x-rejuv-actor` must be a plain name ([`actor`]). Operator actions are
 //! parsed into [`OperatorCommand`]s and sent to the engine, the single owner of the state; one
 //! that does not fit the current state gets `409` with the reason. The routes, their requests
 //! and their answers are the types of [`rejuv_core::wire`].
 
 use crate::engine::{Msg, Published};
 use crate::store::Store;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -33,11 +37,14 @@ pub struct ApiState {
     pub store: Arc<Mutex<Store>>,
 }
 
+/// Largest request body (bytes): the only body, maintenance's `{"on": true}`, is a few bytes.
+pub const MAX_BODY: usize = 4096;
+
+/// Longest `x-rejuv-actor` name.
+const MAX_ACTOR: usize = 64;
+
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        // The dashboard page itself carries no data; its calls to the API carry the token.
-        .route("/ui", get(ui))
         .route("/v1/status", get(get_status))
         .route("/v1/events", get(events))
         .route("/v1/workflows", get(workflows))
@@ -47,7 +54,59 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route("/healthz", get(|| async { "ok" }))
+        // The dashboard page itself carries no data; its calls to the API carry the token.
+        .route("/ui", get(ui))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// The token check, before the handler's extractors read the query or the body; then the
+/// actor header's check, for every request that could be logged with it.
+async fn require_token(State(s): State<ApiState>, request: Request, next: Next) -> Response {
+    if !authorized(request.headers(), &s) {
+        let mut r = err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    if let Err(why) = actor_header(request.headers()) {
+        return err(StatusCode::BAD_REQUEST, why);
+    }
+    next.run(request).await
+}
+
+/// `x-rejuv-actor`, if sent: 1 to 64 letters, digits, `-`, `_`, `.`, `@` or `+`, so that no
+/// name can pass for another kind of actor in the event log ("alice (operator token alice)").
+fn actor_header(headers: &HeaderMap) -> Result<Option<&str>, String> {
+    let Some(v) = headers.get("x-rejuv-actor") else {
+        return Ok(None);
+    };
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= MAX_ACTOR
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@+".contains(c))
+    };
+    match v.to_str() {
+        Ok(name) if plain(name) => Ok(Some(name)),
+        _ => Err(format!(
+            "header x-rejuv-actor: must be 1 to {MAX_ACTOR} letters, digits, '-', '_', '.', '@' or '+'"
+        )),
+    }
+}
+
+/// A query string the route's type reads, or a JSON 400 naming what is wrong.
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, Response> {
+    q.map(|Query(q)| q).map_err(|e| {
+        err(
+            StatusCode::BAD_REQUEST,
+            format!("query string: {}", e.body_text()),
+        )
+    })
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -80,8 +139,8 @@ fn actor(headers: &HeaderMap, s: &ApiState) -> String {
     {
         return format!("{name} (operator token {name})");
     }
-    match headers.get("x-rejuv-actor").and_then(|v| v.to_str().ok()) {
-        Some(name) if !name.is_empty() && name.len() <= 64 => format!("{name} (api token)"),
+    match actor_header(headers) {
+        Ok(Some(name)) => format!("{name} (api token)"),
         _ => "operator (api token)".into(),
     }
 }
@@ -172,8 +231,16 @@ async fn get_status(State(s): State<ApiState>, h: HeaderMap) -> Response {
     sorted_json(&status(&s.cfg, &p))
 }
 
-async fn events(State(s): State<ApiState>, h: HeaderMap, q: Query<EventsQuery>) -> Response {
+async fn events(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     guard!(s, h);
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
     let limit = q.limit.unwrap_or(100).min(1000);
     let store = s.store.lock().expect("store lock");
     let r = match q.after {
@@ -245,9 +312,13 @@ async fn rejuvenate(
     State(s): State<ApiState>,
     h: HeaderMap,
     Path(id): Path<String>,
-    q: Query<RejuvenateQuery>,
+    q: Result<Query<RejuvenateQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     guard!(s, h);
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
     send_op(
         &s,
         actor(&h, &s),
@@ -263,17 +334,32 @@ async fn maintenance(
     State(s): State<ApiState>,
     h: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Json<MaintenanceRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     guard!(s, h);
-    let Json(b) = match body {
+    let bad = |why: String| {
+        err(
+            StatusCode::BAD_REQUEST,
+            format!("body must be {{\"on\": true|false}}: {why}"),
+        )
+    };
+    let body = match body {
         Ok(b) => b,
         Err(e) => {
             return err(
-                StatusCode::BAD_REQUEST,
-                format!("body must be {{\"on\": true|false}}: {e}"),
+                e.status(),
+                format!("body: {} (at most {MAX_BODY} bytes)", e.body_text()),
             )
         }
+    };
+    // Serde takes `[true]` for a struct of one field; an answer is an object or nothing.
+    let b: MaintenanceRequest = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v @ serde_json::Value::Object(_)) => match serde_json::from_value(v) {
+            Ok(b) => b,
+            Err(e) => return bad(e.to_string()),
+        },
+        Ok(_) => return bad("not a JSON object".into()),
+        Err(e) => return bad(e.to_string()),
     };
     send_op(
         &s,

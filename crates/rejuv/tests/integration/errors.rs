@@ -334,3 +334,94 @@ fn a_missing_operator_token_file_stops_the_controller_before_the_store_is_made()
         "no store was made for a controller that cannot start"
     );
 }
+
+#[test]
+fn the_controller_api_checks_the_token_first_and_refuses_odd_input() {
+    let mut h = Harness::new(&Spec {
+        primaries: 1,
+        spares: 1,
+        ..Spec::default()
+    });
+    h.start_controller(&[]);
+    let http = reqwest::blocking::Client::new();
+    let url = |p: &str| format!("http://{}{p}", h.controller_addr);
+
+    // A bad query string without a token: 401, as JSON, before the query is looked at.
+    let r = http.get(url("/v1/events?limit=x")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().expect("a JSON error");
+    assert!(body["error"].as_str().unwrap().contains("token"));
+    // With the token: 400, as JSON, naming the query.
+    let r = http
+        .get(url("/v1/events?limit=x"))
+        .bearer_auth(&h.token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().expect("a JSON error");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("query string"),
+        "{body}"
+    );
+
+    // A 2 MB body without a token is answered 401 from its headers alone (the server does not
+    // wait for the body); with the token, it is refused as too big.
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(h.controller_addr).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            c,
+            "POST /v1/servers/s1/maintenance HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            2 << 20
+        )
+        .unwrap();
+        c.write_all(&[b' '; 1024]).unwrap();
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 401", "answered before the body was sent");
+    }
+    let big = vec![b' '; 2 << 20];
+    let r = http
+        .post(url("/v1/servers/s1/maintenance"))
+        .bearer_auth(&h.token)
+        .body(big)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413, "{:?}", r.text());
+
+    // `[true]` is not a maintenance request.
+    let r = http
+        .post(url("/v1/servers/s1/maintenance"))
+        .bearer_auth(&h.token)
+        .header("content-type", "application/json")
+        .body("[true]")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("not a JSON object"));
+    assert_eq!(h.status()["servers"][0]["maintenance"], false);
+
+    // An actor that would pass for a named operator's token is refused, and nothing is logged.
+    let r = http
+        .post(url("/v1/pause"))
+        .bearer_auth(&h.token)
+        .header("x-rejuv-actor", "alice (operator token alice)")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("x-rejuv-actor"));
+    assert_eq!(h.status()["paused"], false);
+    let r = http
+        .post(url("/v1/pause"))
+        .bearer_auth(&h.token)
+        .header("x-rejuv-actor", "alice")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| e["message"].as_str().unwrap().contains("alice (api token)")));
+}
