@@ -103,7 +103,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<Point>, AnalyzeError> {
     if hfields.len() != 2 || hfields[0].parse::<f64>().is_ok() {
         return Err(AnalyzeError::Header {
             line: hline,
-            found: header.chars().take(60).collect(),
+            found: crate::text::clean(header, 60),
         });
     }
     let mut out: Vec<Point> = Vec::new();
@@ -118,21 +118,30 @@ pub fn parse_csv(text: &str) -> Result<Vec<Point>, AnalyzeError> {
                 found: fields.len(),
             });
         }
-        let t_s = parse_number(fields[0]).map_err(|reason| AnalyzeError::Time {
-            line,
-            text: fields[0].into(),
-            reason,
-        })?;
+        let quoted = |f: &str| crate::text::clean(f, MAX_QUOTED);
+        let t_s = parse_number(fields[0])
+            .and_then(|t| {
+                if t > MAX_T_SECONDS {
+                    Err("is beyond 1e12 seconds (times are seconds since the series began, or Unix times)")
+                } else {
+                    Ok(t)
+                }
+            })
+            .map_err(|reason| AnalyzeError::Time {
+                line,
+                text: quoted(fields[0]),
+                reason,
+            })?;
         let value = parse_number(fields[1]).map_err(|reason| AnalyzeError::Value {
             line,
-            text: fields[1].into(),
+            text: quoted(fields[1]),
             reason,
         })?;
         if let Some(prev) = out.last() {
             if t_s <= prev.t_s {
                 return Err(AnalyzeError::Time {
                     line,
-                    text: fields[0].into(),
+                    text: quoted(fields[0]),
                     reason: "does not increase (times must be strictly increasing)",
                 });
             }
@@ -141,6 +150,14 @@ pub fn parse_csv(text: &str) -> Result<Vec<Point>, AnalyzeError> {
     }
     Ok(out)
 }
+
+/// Latest time a row may carry (seconds): about 31,700 years, far beyond any Unix time of a
+/// sample, and low enough that every time stays exact in milliseconds (the detector's unit)
+/// instead of saturating.
+pub const MAX_T_SECONDS: f64 = 1e12;
+
+/// Longest field quoted in an error (a bad field may be megabytes long).
+const MAX_QUOTED: usize = 40;
 
 /// A non-negative finite number: exact as an integer up to `u64::MAX`, else a decimal.
 fn parse_number(s: &str) -> Result<f64, &'static str> {
@@ -508,6 +525,14 @@ mod tests {
                     line: 4,
                     text: "0".into(),
                     reason: "does not increase (times must be strictly increasing)",
+                },
+            ),
+            (
+                "t,v\n0,1\n2e16,2\n",
+                AnalyzeError::Time {
+                    line: 3,
+                    text: "2e16".into(),
+                    reason: "is beyond 1e12 seconds (times are seconds since the series began, or Unix times)",
                 },
             ),
             (

@@ -57,15 +57,18 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         DemoMode::ActiveStandby => Mode::ActiveStandby,
         DemoMode::ActiveActive => Mode::ActiveActive,
     };
+    // The state directory holds the token: by default a new one with a name nobody can
+    // guess, made 0700 at once (it is kept after the run, for its logs).
     let dir = match &args.state_dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!(
-            "rejuv-demo-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs()
-        )),
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => tempfile::Builder::new()
+            .prefix("rejuv-demo-")
+            .tempdir()
+            .context("making the demo's state directory")?
+            .keep(),
     };
     std::fs::create_dir_all(dir.join("logs"))?;
     let http = reqwest::Client::builder()

@@ -43,11 +43,7 @@ pub fn write_config(
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect();
     let token_path = dir.join("token");
-    std::fs::write(&token_path, &token)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    write_secret(&token_path, &token)?;
     let lo: IpAddr = "127.0.0.1".parse()?;
     let mut controllers = Vec::new();
     for _ in 0..args.controllers {
@@ -253,4 +249,22 @@ backend be_web
 "#,
         sock = dir.join("haproxy.sock").display()
     )
+}
+
+/// Writes a secret readable by its owner alone: a new file is made 0600, and an old one
+/// (a reused `--state-dir`) is made 0600 before anything is written to it.
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.set_len(0)?;
+    f.write_all(secret.as_bytes())?;
+    Ok(())
 }
