@@ -590,9 +590,13 @@ impl EtcdStore {
             let batch: Vec<StoredEvent> = events
                 .iter()
                 .zip(first..)
-                .map(|(e, seq)| StoredEvent {
-                    seq: seq as i64,
-                    event: e.clone(),
+                .map(|(e, seq)| {
+                    let mut event = e.clone();
+                    event.message = crate::store_codec::stored_message(&e.message);
+                    StoredEvent {
+                        seq: seq as i64,
+                        event,
+                    }
                 })
                 .collect();
             ops.push(TxnOp::put(

@@ -59,8 +59,7 @@ pub async fn run(hook: &HookConfig, call: &HookCall<'_>) -> CommandResult {
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let collect = async {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        let (mut out, err) = tokio::join!(last_bytes(&mut stdout), last_bytes(&mut stderr));
         out.extend_from_slice(&err);
         out
     };
@@ -106,13 +105,30 @@ pub async fn run(hook: &HookConfig, call: &HookCall<'_>) -> CommandResult {
     }
 }
 
-/// The last [`OUTPUT_KEPT`] bytes of `output` as one line of text.
+/// Reads `r` to its end, keeping only its last [`OUTPUT_KEPT`] bytes (a hook that prints
+/// without end costs no memory).
+async fn last_bytes(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut kept = std::collections::VecDeque::with_capacity(OUTPUT_KEPT);
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend(&buf[..n]);
+        let over = kept.len().saturating_sub(OUTPUT_KEPT);
+        kept.drain(..over);
+    }
+    kept.into()
+}
+
+/// The last [`OUTPUT_KEPT`] bytes of `output` as one line of text, control characters escaped.
 fn tail(output: &[u8]) -> String {
     let from = output.len().saturating_sub(OUTPUT_KEPT);
-    String::from_utf8_lossy(&output[from..])
+    let line = String::from_utf8_lossy(&output[from..])
         .split_whitespace()
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    rejuv_core::text::escape_control(&line)
 }
 
 #[cfg(test)]

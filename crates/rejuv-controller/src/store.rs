@@ -12,7 +12,7 @@
 //!
 //! Raw samples never come here: they stay in the controller's memory.
 
-use crate::store_codec::{decode_state, encode_checksum, outcome_name};
+use crate::store_codec::{decode_state, encode_checksum, outcome_name, stored_message};
 pub use crate::store_codec::{StoreError, STATE_VERSION};
 use rejuv_core::cluster::{Cluster, EventKind, LogEvent, Workflow};
 use rejuv_core::detector::Level;
@@ -235,7 +235,7 @@ impl SqliteStore {
                     e.kind.as_str(),
                     e.server,
                     e.workflow.map(|w| w as i64),
-                    e.message,
+                    stored_message(&e.message),
                     e.level.map(|l| l.to_string())
                 ],
             )?;

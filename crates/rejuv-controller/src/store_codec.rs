@@ -94,3 +94,12 @@ pub(crate) fn outcome_name(w: &Workflow) -> Result<String, StoreError> {
         None => "unknown".into(),
     })
 }
+
+/// Longest event message stored (bytes, before escaping): a message quotes reasons that came
+/// from agents and hooks, which are clipped already; this is the last bound.
+pub const MAX_EVENT_MESSAGE: usize = 2048;
+
+/// An event message as both backends store it: clipped and with control characters escaped.
+pub fn stored_message(message: &str) -> String {
+    rejuv_core::text::clean(message, MAX_EVENT_MESSAGE)
+}

@@ -9,6 +9,7 @@ mod errors;
 mod etcd;
 mod failover;
 mod failures;
+mod hostile_agent;
 mod lost_store;
 mod operator;
 mod resume;
