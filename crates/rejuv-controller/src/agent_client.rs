@@ -12,6 +12,7 @@ use rejuv_core::api::{
     AgentState, ApiError, InstanceStatus, RejuvenateRequest, RejuvenationReport, StartInstance,
 };
 use rejuv_core::config::Action;
+use rejuv_core::reply::{sanitize_instance, sanitize_report, sanitize_state};
 use rejuv_core::text::{clean, clean_bytes, MAX_REMOTE_TEXT};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -49,9 +50,6 @@ pub const MAX_REPLY: usize = 4 << 20;
 pub const MAX_SAMPLES_REPLY: usize = 32 << 20;
 /// Largest exported instance state (`handoff.export`) carried to the target.
 pub const MAX_EXPORTED_STATE: usize = 256 << 20;
-
-/// Longest text field kept from an agent's reply (the agent's version string is shorter).
-const MAX_VERSION: usize = 64;
 
 #[derive(Clone)]
 pub struct AgentClient {
@@ -280,29 +278,4 @@ async fn read_bounded(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// Text in a state reply clipped and escaped: it reaches the event log, the status and the
-/// operator's terminal.
-fn sanitize_state(state: &mut AgentState) {
-    state.version = clean(&state.version, MAX_VERSION);
-    for i in &mut state.instances {
-        sanitize_instance(i);
-    }
-    if let Some(r) = state.last_rejuvenation.as_mut() {
-        sanitize_report(r);
-    }
-}
-
-fn sanitize_instance(i: &mut InstanceStatus) {
-    if let Some(e) = i.last_exit.as_mut() {
-        *e = clean(e, MAX_REMOTE_TEXT);
-    }
-}
-
-fn sanitize_report(report: &mut RejuvenationReport) {
-    report.run_id = clean(&report.run_id, MAX_VERSION);
-    for a in &mut report.actions {
-        a.detail = clean(&a.detail, MAX_REMOTE_TEXT);
-    }
 }

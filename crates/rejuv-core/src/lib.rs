@@ -16,13 +16,15 @@
 //! - [`shell`]: the driver of that machine (commit, then act; retries; the detector), shared
 //!   by the controller and the simulator.
 //! - [`wire`]: the controller API's request and answer types (controller, CLI, dashboard).
-//! - [`text`]: text from outside bounded and escaped before it is stored or printed.
+//! - [`text`]: text from outside bounded and escaped before it is stored or printed;
+//!   [`reply`]: agents' replies sanitized with it.
 
 pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod detect;
 pub mod digest;
+pub mod reply;
 pub mod shell;
 pub mod text;
 pub mod time;

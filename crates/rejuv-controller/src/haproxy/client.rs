@@ -101,6 +101,19 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(io)?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.map_err(io)?;
+    (&mut s)
+        .take(MAX_REPLY as u64 + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(io)?;
+    if buf.len() > MAX_REPLY {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("reply larger than {MAX_REPLY} bytes, not read"),
+        )));
+    }
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
+
+/// Largest runtime API reply read: `show servers state` of 10,000 servers is about 3 MB.
+const MAX_REPLY: usize = 64 << 20;

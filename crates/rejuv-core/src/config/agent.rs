@@ -60,6 +60,9 @@ impl AgentDefaults {
                 );
             }
         }
+        if self.sample_interval.is_zero() {
+            errs.add("agent.sample_interval", "must be greater than 0");
+        }
         for (i, d) in self.scratch_dirs.iter().enumerate() {
             if let Err(reason) = check_scratch_dir(d, &self.allowed_roots) {
                 errs.add(format!("agent.scratch_dirs[{i}]"), reason);

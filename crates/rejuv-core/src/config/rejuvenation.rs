@@ -121,6 +121,18 @@ impl RejuvenationConfig {
         if self.actions.is_empty() {
             errs.add("rejuvenation.actions", "at least one action is required");
         }
+        if self.duplex_timeout.is_zero() {
+            errs.add(
+                "rejuvenation.duplex_timeout",
+                "must be greater than 0 (no copy could ever turn healthy in time)",
+            );
+        }
+        if self.verify_timeout.is_zero() {
+            errs.add(
+                "rejuvenation.verify_timeout",
+                "must be greater than 0 (no server could ever be verified fresh)",
+            );
+        }
         let mut seen = BTreeSet::new();
         for (i, a) in self.actions.iter().enumerate() {
             if !seen.insert(a.to_string()) {
