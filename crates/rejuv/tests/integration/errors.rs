@@ -225,6 +225,16 @@ fn config_check_refuses_configs_that_would_fail_at_run_time() {
         ),
         (
             "[traffic]\n",
+            "[rejuvenation]\nduplex_timeout = \"0s\"\n[traffic]\n",
+            "rejuvenation.duplex_timeout",
+        ),
+        (
+            "[traffic]\n",
+            "[agent]\nsample_interval = \"0s\"\n[traffic]\n",
+            "agent.sample_interval",
+        ),
+        (
+            "[traffic]\n",
             "[agent]\nrestart_command = [\"reboot\"]\n[traffic]\n",
             "agent.restart_command[0]",
         ),
