@@ -250,7 +250,7 @@ run_wrk() {
     return 0
   fi
   remember_demo_tree
-  ctl=$(sed -n 's|^dashboard: \(http://[^/]*\)/ui$|\1|p' "$dir/demo.log")
+  ctl=$(sed -n 's|^dashboard: \(http://[^/]*\)/ui.*$|\1|p' "$dir/demo.log")
   tok=$(sed -n 's|^token file: ||p' "$dir/demo.log")
   echo "{\"strategy\": \"wrk\", \"kind\": \"wrk\", \"load_start\": $(now)}" >"$dir/meta.json"
   (sleep 2 && "$bin" rejuvenate s1 --controller "$ctl" --token-file "$tok" >"$dir/rejuvenate.log" 2>&1) &

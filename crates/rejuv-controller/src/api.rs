@@ -35,6 +35,9 @@ pub struct ApiState {
     pub published: watch::Receiver<Published>,
     pub tx: mpsc::Sender<Msg>,
     pub store: Arc<Mutex<Store>>,
+    /// A file holding a one-time code that `POST /v1/session` exchanges for the API token
+    /// (the demo's dashboard link), valid while the file exists.
+    pub session_code_file: Option<std::path::PathBuf>,
 }
 
 /// Largest request body (bytes): the only body, maintenance's `{"on": true}`, is a few bytes.
@@ -58,6 +61,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         // The dashboard page itself carries no data; its calls to the API carry the token.
         .route("/ui", get(ui))
+        .route("/v1/session", post(session))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -380,6 +384,43 @@ async fn pause(State(s): State<ApiState>, h: HeaderMap) -> Response {
 async fn resume(State(s): State<ApiState>, h: HeaderMap) -> Response {
     guard!(s, h);
     send_op(&s, actor(&h, &s), OperatorCommand::Resume).await
+}
+
+/// `POST /v1/session` `{"code": "..."}`: the one-time code of the session code file, once,
+/// for the API token (`{"token": "..."}`); the file is removed as the code is used, so a link
+/// that leaked (a terminal's scrollback, a log) opens nothing afterwards. `401` otherwise.
+async fn session(
+    State(s): State<ApiState>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let refused = || {
+        err(
+            StatusCode::UNAUTHORIZED,
+            "no such session code (it is used once)",
+        )
+    };
+    let (Some(path), Ok(body)) = (s.session_code_file.as_ref(), body) else {
+        return refused();
+    };
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(&body)
+    else {
+        return err(StatusCode::BAD_REQUEST, "body must be {\"code\": \"...\"}");
+    };
+    let Some(code) = m.get("code").and_then(|c| c.as_str()) else {
+        return err(StatusCode::BAD_REQUEST, "body must be {\"code\": \"...\"}");
+    };
+    let Ok(want) = std::fs::read_to_string(path) else {
+        return refused();
+    };
+    let want = want.trim();
+    if want.is_empty()
+        || !rejuv_core::digest::constant_time_eq(code.as_bytes(), want.as_bytes())
+        || std::fs::remove_file(path).is_err()
+    {
+        return refused();
+    }
+    tracing::info!("the dashboard's one-time session code was used");
+    Json(serde_json::json!({ "token": s.token.as_str() })).into_response()
 }
 
 async fn ui() -> Response {

@@ -24,6 +24,8 @@ pub struct ControllerOptions {
     /// On an empty store facing agents with history, adopt their epochs and instances
     /// instead of refusing to start (see [`crate::recover`]).
     pub adopt_agents: bool,
+    /// A one-time code the dashboard exchanges for the API token (see `api::session`).
+    pub session_code_file: Option<PathBuf>,
 }
 
 /// What a leading controller runs: its API and its tasks (engine, pollers, traffic adapter).
@@ -159,6 +161,7 @@ pub(crate) async fn start_leading(
         published,
         tx,
         store: Arc::new(Mutex::new(reader)),
+        session_code_file: opts.session_code_file.clone(),
     };
     Ok(Leading {
         app: api::router(state),

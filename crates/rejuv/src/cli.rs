@@ -93,6 +93,10 @@ Examples:
         /// above the agents' and adopt their running instances, instead of refusing to start.
         #[arg(long)]
         adopt_agents: bool,
+        /// A file holding a one-time code that the dashboard (`/ui#code=CODE`) exchanges once
+        /// for the API token; the file is removed when the code is used.
+        #[arg(long, value_name = "PATH")]
+        session_code_file: Option<PathBuf>,
     },
     /// Run the builtin proxy (the front end clients use).
     #[command(after_help = "\
@@ -432,6 +436,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             paused,
             dry_run,
             adopt_agents,
+            session_code_file,
         } => {
             init_tracing();
             let cfg = load_config(&config)?;
@@ -468,6 +473,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     paused,
                     dry_run,
                     adopt_agents,
+                    session_code_file,
                 };
                 rejuv_controller::run(listener, opts, shutdown).await
             })?;

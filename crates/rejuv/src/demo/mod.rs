@@ -170,8 +170,8 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     .await?;
 
     p.raw(&format!(
-        "dashboard: http://{}/ui#token={}",
-        first_leader, plan.token
+        "dashboard: http://{}/ui#code={}",
+        first_leader, plan.session_code
     ));
     if plan.controllers.len() > 1 {
         let others: Vec<String> = plan

@@ -29,6 +29,9 @@ pub struct Plan {
     pub admin: SocketAddr,
     pub servers: Vec<(String, SocketAddr)>,
     pub token: String,
+    /// The dashboard link's one-time code (`/ui#code=...`), in
+    /// [`crate::chaos::SESSION_CODE_FILE`].
+    pub session_code: String,
 }
 
 /// Writes the token and `rejuv.toml` for `args` into `dir`, on free loopback ports.
@@ -44,6 +47,10 @@ pub fn write_config(
         .collect();
     let token_path = dir.join("token");
     write_secret(&token_path, &token)?;
+    let session_code: String = (0..16)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    write_secret(&dir.join(crate::chaos::SESSION_CODE_FILE), &session_code)?;
     let lo: IpAddr = "127.0.0.1".parse()?;
     let mut controllers = Vec::new();
     for _ in 0..args.controllers {
@@ -216,6 +223,7 @@ data_dir = "{data}"
         admin,
         servers,
         token,
+        session_code,
     })
 }
 

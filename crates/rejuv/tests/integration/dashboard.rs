@@ -255,7 +255,10 @@ fn dashboard_in_headless_chromium_shows_servers_forecasts_and_live_workflows() {
         ..Spec::default()
     };
     let mut h = Harness::new(&spec);
-    h.start_controller(&[]);
+    // The page opens from a link with a one-time code, as the demo prints it.
+    let code_file = h.dir.path().join("dashboard.code");
+    std::fs::write(&code_file, "0123456789abcdef0123456789abcdef").unwrap();
+    h.start_controller_with(&["--session-code-file", code_file.to_str().unwrap()], &[]);
     // Paused, no workflow can start before the page has shown the cluster without one, so
     // a workflow on the page later can only have come by the page's own updates.
     assert_eq!(h.api(reqwest::Method::POST, "/v1/pause").status(), 202);
@@ -276,7 +279,10 @@ fn dashboard_in_headless_chromium_shows_servers_forecasts_and_live_workflows() {
 
     let browser = Browser::start(h.dir.path());
     let mut cdp = browser.page();
-    let url = format!("http://{}/ui#token={}", h.controller_addr, h.token);
+    let url = format!(
+        "http://{}/ui#code=0123456789abcdef0123456789abcdef",
+        h.controller_addr
+    );
     cdp.call("Page.navigate", json!({ "url": url }))
         .expect("navigating to /ui");
 
@@ -291,6 +297,15 @@ fn dashboard_in_headless_chromium_shows_servers_forecasts_and_live_workflows() {
     assert!(
         list(&first, "workflows").is_empty(),
         "no workflow can be shown yet: {first:#}"
+    );
+    assert!(!code_file.exists(), "the one-time code was used up");
+    let kept = cdp
+        .eval("[location.hash, localStorage.getItem('rejuv-token'), sessionStorage.getItem('rejuv-token') !== null]")
+        .unwrap();
+    assert_eq!(
+        kept,
+        json!(["", null, true]),
+        "the code left the address bar, the token is kept for the tab only"
     );
     cdp.eval("window.__testMarker = true").unwrap();
     assert_eq!(h.api(reqwest::Method::POST, "/v1/resume").status(), 202);

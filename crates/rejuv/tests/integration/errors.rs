@@ -435,3 +435,27 @@ fn the_controller_api_checks_the_token_first_and_refuses_odd_input() {
         .iter()
         .any(|e| e["message"].as_str().unwrap().contains("alice (api token)")));
 }
+
+#[test]
+fn a_session_code_opens_the_dashboard_once() {
+    let mut h = Harness::new(&Spec {
+        primaries: 1,
+        spares: 1,
+        ..Spec::default()
+    });
+    let code_file = h.dir.path().join("dashboard.code");
+    std::fs::write(&code_file, "c0de").unwrap();
+    h.start_controller_with(&["--session-code-file", code_file.to_str().unwrap()], &[]);
+    let http = reqwest::blocking::Client::new();
+    let url = format!("http://{}/v1/session", h.controller_addr);
+    let wrong = http.post(&url).body(r#"{"code": "c0dX"}"#).send().unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(code_file.exists(), "a wrong code uses nothing up");
+    let r = http.post(&url).body(r#"{"code": "c0de"}"#).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["token"], h.token.as_str());
+    assert!(!code_file.exists());
+    let again = http.post(&url).body(r#"{"code": "c0de"}"#).send().unwrap();
+    assert_eq!(again.status(), 401, "a code opens one session");
+}
