@@ -103,14 +103,10 @@ fn actor_header(headers: &HeaderMap) -> Result<Option<&str>, String> {
     }
 }
 
-/// A query string the route's type reads, or a JSON 400 naming what is wrong.
-fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, Response> {
-    q.map(|Query(q)| q).map_err(|e| {
-        err(
-            StatusCode::BAD_REQUEST,
-            format!("query string: {}", e.body_text()),
-        )
-    })
+/// A query string the route's type reads, or what is wrong with it (answered 400).
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, String> {
+    q.map(|Query(q)| q)
+        .map_err(|e| format!("query string: {}", e.body_text()))
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -243,7 +239,7 @@ async fn events(
     guard!(s, h);
     let q = match query(q) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(why) => return err(StatusCode::BAD_REQUEST, why),
     };
     let limit = q.limit.unwrap_or(100).min(1000);
     let store = s.store.lock().expect("store lock");
@@ -321,7 +317,7 @@ async fn rejuvenate(
     guard!(s, h);
     let q = match query(q) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(why) => return err(StatusCode::BAD_REQUEST, why),
     };
     send_op(
         &s,

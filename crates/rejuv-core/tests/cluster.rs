@@ -2278,8 +2278,7 @@ mod scenarios {
         // and a floor above the primaries' 12 units is refused by the config itself (the
         // spare's units do not count).
         let err = Config::from_toml(&Spec::of(Mode::ActiveStandby).floor(13).toml())
-            .err()
-            .expect("a floor above the primaries' capacity is refused")
+            .expect_err("a floor above the primaries' capacity is refused")
             .to_string();
         assert!(
             err.contains(
