@@ -69,6 +69,7 @@ impl From<StoreError> for HttpError {
     fn from(e: StoreError) -> Self {
         let status = match e {
             StoreError::StaleEpoch { .. } => StatusCode::CONFLICT,
+            StoreError::ImplausibleEpoch { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())

@@ -24,6 +24,15 @@ pub const STATE_VERSION: u32 = 1;
 /// Rejuvenation reports kept for `run_id` replays.
 pub const REPORTS_KEPT: usize = 16;
 
+/// Highest epoch an agent accepts: the largest integer a JSON number carries exactly.
+pub const MAX_EPOCH: u64 = 1 << 53;
+
+/// Furthest an epoch may jump above the one in force. A controller takes one epoch per start
+/// or leadership, so this is a million restarts (eleven days of a controller restarting every
+/// second) while this agent was away; an epoch further ahead is not a controller's, and taking
+/// it would lock every real controller out (`409`) until an operator steps in.
+pub const MAX_EPOCH_STEP: u64 = 1_000_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot read agent state file {path}")]
@@ -45,6 +54,11 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "epoch {got}: no controller could hold it (this agent holds epoch {seen}; an epoch may be \
+         at most {MAX_EPOCH_STEP} above it, and at most 2^53)"
+    )]
+    ImplausibleEpoch { got: u64, seen: u64 },
     #[error("stale epoch {got}: this agent has already accepted epoch {seen}")]
     StaleEpoch { got: u64, seen: u64 },
 }
@@ -229,9 +243,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Epoch fencing: refuses an epoch lower than the highest seen; persists a higher one.
+    /// Epoch fencing: refuses an epoch lower than the highest seen, and one no controller
+    /// could hold ([`MAX_EPOCH`], [`MAX_EPOCH_STEP`]); persists a higher one.
     pub async fn fence(&self, epoch: u64) -> Result<(), StoreError> {
         self.update(|s| {
+            if epoch > MAX_EPOCH || epoch > s.epoch.saturating_add(MAX_EPOCH_STEP) {
+                return Err(StoreError::ImplausibleEpoch {
+                    got: epoch,
+                    seen: s.epoch,
+                });
+            }
             if epoch < s.epoch {
                 return Err(StoreError::StaleEpoch {
                     got: epoch,
@@ -338,6 +359,29 @@ mod tests {
         );
         assert_eq!(again.report("r19").await.unwrap().run_id, "r19");
         assert_eq!(again.state.lock().await.reports.len(), REPORTS_KEPT);
+    }
+
+    #[tokio::test]
+    async fn an_epoch_no_controller_could_hold_is_refused_and_not_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        store.fence(7).await.unwrap();
+        for bad in [u64::MAX, MAX_EPOCH + 1, 7 + MAX_EPOCH_STEP + 1] {
+            let e = store.fence(bad).await.unwrap_err();
+            assert!(
+                matches!(e, StoreError::ImplausibleEpoch { .. }),
+                "{bad}: {e}"
+            );
+        }
+        store.fence(7 + MAX_EPOCH_STEP).await.unwrap();
+        drop(store);
+        let again = Store::open(dir.path(), 1).unwrap();
+        assert_eq!(
+            again.epoch(),
+            7 + MAX_EPOCH_STEP,
+            "only the plausible one was kept"
+        );
+        again.fence(8 + MAX_EPOCH_STEP).await.unwrap();
     }
 
     #[test]

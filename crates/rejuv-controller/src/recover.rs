@@ -11,6 +11,9 @@
 //! - some have: the controller refuses to start and names them, unless it was started with
 //!   `--adopt-agents`; then it takes an epoch above every agent's and adopts their running
 //!   instances ([`rejuv_core::cluster::Cluster::adopt`]).
+//!
+//! On a store that has a state, `--adopt-agents` only takes an epoch above every agent's: the
+//! way back when an agent holds a higher epoch than the store (a restored backup).
 
 use crate::agent_client::AgentClient;
 use crate::store::Store;
@@ -41,7 +44,8 @@ pub async fn check_store(
     client: &AgentClient,
     adopt: bool,
 ) -> anyhow::Result<Option<Recovery>> {
-    if store.stored_epoch()?.is_some() || store.load()?.is_some() {
+    let has_history = store.stored_epoch()?.is_some() || store.load()?.is_some();
+    if has_history && !adopt {
         return Ok(None);
     }
     let asks = cfg.servers.iter().map(|s| {
@@ -66,6 +70,19 @@ pub async fn check_store(
             agents = %silent.join(", "),
             "new store: these agents did not answer, so their history is unknown (an agent with a higher epoch will refuse this controller's commands)"
         );
+    }
+    if has_history {
+        // `--adopt-agents` on a store with a state: only the epoch is taken above the agents'
+        // (the way out when an agent holds an epoch above this controller's).
+        let floor = with_history.iter().map(|(_, s)| s.epoch).max().unwrap_or(0);
+        warn!(
+            epoch_floor = floor,
+            "--adopt-agents: taking an epoch above every agent's"
+        );
+        return Ok(Some(Recovery {
+            epoch_floor: floor,
+            found: BTreeMap::new(),
+        }));
     }
     if with_history.is_empty() {
         return Ok(None);

@@ -91,6 +91,7 @@ Examples:
         dry_run: bool,
         /// When the store is empty but the agents have history (a lost store): take an epoch
         /// above the agents' and adopt their running instances, instead of refusing to start.
+        /// On a store with a state: take an epoch above every agent's (a restored backup).
         #[arg(long)]
         adopt_agents: bool,
         /// A file holding a one-time code that the dashboard (`/ui#code=CODE`) exchanges once

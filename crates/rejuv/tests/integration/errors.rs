@@ -459,3 +459,37 @@ fn a_session_code_opens_the_dashboard_once() {
     let again = http.post(&url).body(r#"{"code": "c0de"}"#).send().unwrap();
     assert_eq!(again.status(), 401, "a code opens one session");
 }
+
+#[test]
+fn an_epoch_no_controller_could_hold_locks_no_agent_out() {
+    let mut h = Harness::new(&Spec {
+        primaries: 1,
+        spares: 1,
+        ..Spec::default()
+    });
+    h.start_controller(&[]);
+    h.wait_serving();
+    let http = reqwest::blocking::Client::new();
+    let agent = h.servers[0].agent;
+    let r = http
+        .delete(format!("http://{agent}/v1/instances/x?epoch={}", u64::MAX))
+        .bearer_auth(&h.token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("no controller could hold it"));
+    let st: serde_json::Value = http
+        .get(format!("http://{agent}/v1/state"))
+        .bearer_auth(&h.token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(st["epoch"].as_u64().unwrap() < 1000, "not persisted: {st}");
+    // The controller still commands the agent: a workflow runs end to end.
+    let r = h.api(reqwest::Method::POST, "/v1/servers/s1/rejuvenate");
+    assert!(r.status().is_success());
+    crate::harness::wait_for("the workflow", std::time::Duration::from_secs(60), || {
+        (h.completed() >= 1).then_some(())
+    });
+}
