@@ -10,6 +10,7 @@ use crate::persist::StoreError;
 use crate::shared::Agent;
 use crate::supervisor::SupervisorError;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -78,6 +79,14 @@ impl From<StoreError> for HttpError {
 
 type Result<T, E = HttpError> = std::result::Result<T, E>;
 
+/// Largest body of a JSON request (start, rejuvenate): they are a few hundred bytes. The
+/// instance state route has its own, larger limit.
+pub const MAX_REQUEST_BODY: usize = 64 << 10;
+/// Most actions one rejuvenation may list; what the agent keeps of a run grows with it.
+pub const MAX_ACTIONS: usize = 32;
+/// Longest `run_id`.
+pub const MAX_RUN_ID: usize = 128;
+
 pub fn router(agent: Arc<Agent>) -> Router {
     let protected = Router::new()
         .route("/v1/state", get(state))
@@ -94,6 +103,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route("/v1/rejuvenate", post(rejuvenate))
         .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .layer(middleware::from_fn_with_state(agent.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -139,6 +149,19 @@ fn epoch_param(query: Option<String>) -> Result<u64> {
     })
 }
 
+/// A request body, or a JSON error saying it is too big (or could not be read).
+fn whole(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes> {
+    body.map_err(|e| {
+        HttpError::new(
+            e.status(),
+            format!(
+                "request body: {} (this route takes at most {limit} bytes)",
+                e.body_text()
+            ),
+        )
+    })
+}
+
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body)
         .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
@@ -177,9 +200,9 @@ async fn samples(
 async fn start_instance(
     State(agent): State<Arc<Agent>>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let req: StartInstance = json_body(&body)?;
+    let req: StartInstance = json_body(&whole(body, MAX_REQUEST_BODY)?)?;
     // Validate before fencing: a request that cannot be carried out changes nothing.
     agent.sup.check_start(&id, &req.service)?;
     agent.store.fence(req.epoch).await?;
@@ -212,20 +235,35 @@ async fn import_state(
     State(agent): State<Arc<Agent>>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode> {
     let epoch = epoch_param(q)?;
+    let body = whole(body, STATE_BODY_LIMIT)?;
     agent.store.fence(epoch).await?;
     agent.sup.import_state(&id, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn rejuvenate(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Response> {
+async fn rejuvenate(
+    State(agent): State<Arc<Agent>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let body = whole(body, MAX_REQUEST_BODY)?;
     let req: RejuvenateRequest = json_body(&body)?;
-    if req.run_id.is_empty() {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+    if req.run_id.is_empty() || req.run_id.len() > MAX_RUN_ID || !req.run_id.chars().all(plain) {
         return Err(HttpError::new(
             StatusCode::BAD_REQUEST,
-            "run_id must not be empty",
+            format!("run_id must be 1 to {MAX_RUN_ID} letters, digits, '-', '_', '.' or ':'"),
+        ));
+    }
+    if req.actions.len() > MAX_ACTIONS {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "actions: {} listed, at most {MAX_ACTIONS} (there are only a few kinds of action)",
+                req.actions.len()
+            ),
         ));
     }
     agent.store.fence(req.epoch).await?;

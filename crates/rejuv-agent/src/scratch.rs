@@ -12,19 +12,19 @@
 //! - The walk never crosses into another filesystem (a mount point inside is left alone and
 //!   reported).
 //! - The directory itself stays; only its contents go.
+//! - Any depth is cleared: the walk is a loop, not a recursion, and holds two directories
+//!   open at most (it comes back up through `..`, checked to be the directory it left).
 
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
+use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-
-/// Deeper trees are left partly in place (and reported) rather than risking the stack.
-const MAX_DEPTH: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScratchError {
@@ -149,14 +149,46 @@ struct Walk {
     skipped_mounts: Vec<PathBuf>,
 }
 
+/// Problems kept for the report (the count goes on beyond it).
+const PROBLEMS_KEPT: usize = 64;
+
+/// A directory the walk went down from: where to come back to, and what to leave there.
+struct Frame {
+    dev: u64,
+    ino: u64,
+    path: PathBuf,
+    /// The child directory entered from here.
+    child: CString,
+    skip: HashSet<Vec<u8>>,
+}
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
 impl Walk {
-    /// Removes everything inside the open directory `dir` (shown as `path`).
-    fn clear(&mut self, dir: &mut Dir, path: &Path, depth: usize) {
+    fn problem(&mut self, text: String) {
+        if self.problems.len() < PROBLEMS_KEPT {
+            self.problems.push(text);
+        } else if self.problems.len() == PROBLEMS_KEPT {
+            self.problems.push("... more problems not listed".into());
+        }
+    }
+
+    /// Removes the entries of `dir` that are not directories, and names the first
+    /// subdirectory (on this filesystem, not in `skip`) to go down into.
+    fn sweep(
+        &mut self,
+        dir: &mut Dir,
+        path: &Path,
+        skip: &mut HashSet<Vec<u8>>,
+    ) -> Option<CString> {
         let names: Vec<CString> = dir
             .iter()
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_owned())
             .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+            .filter(|n| !skip.contains(n.as_bytes()))
             .collect();
         let fd = dir.as_raw_fd();
         for name in names {
@@ -165,44 +197,113 @@ impl Walk {
                 Ok(st) => st,
                 Err(Errno::ENOENT) => continue,
                 Err(e) => {
-                    self.problems.push(format!("{}: {e}", child.display()));
+                    self.problem(format!("{}: {e}", child.display()));
+                    skip.insert(name.as_bytes().to_vec());
                     continue;
                 }
             };
             let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
-            if is_dir {
-                if st.st_dev != self.dev {
-                    self.skipped_mounts.push(child);
-                    continue;
-                }
-                if depth >= MAX_DEPTH {
-                    self.problems.push(format!(
-                        "{}: deeper than {MAX_DEPTH} levels, left in place",
-                        child.display()
-                    ));
-                    continue;
-                }
-                let flags =
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-                match Dir::openat(Some(fd), name.as_c_str(), flags, Mode::empty()) {
-                    Ok(mut sub) => self.clear(&mut sub, &child, depth + 1),
-                    Err(e) => {
-                        self.problems.push(format!("{}: {e}", child.display()));
-                        continue;
-                    }
-                }
-                match unlinkat(Some(fd), name.as_c_str(), UnlinkatFlags::RemoveDir) {
-                    Ok(()) => self.removed += 1,
-                    Err(Errno::ENOENT) => {}
-                    Err(e) => self.problems.push(format!("{}: {e}", child.display())),
-                }
-            } else {
+            if !is_dir {
                 // Files, sockets, fifos and symlinks: unlink removes the entry itself.
                 match unlinkat(Some(fd), name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
                     Ok(()) => self.removed += 1,
                     Err(Errno::ENOENT) => {}
-                    Err(e) => self.problems.push(format!("{}: {e}", child.display())),
+                    Err(e) => {
+                        self.problem(format!("{}: {e}", child.display()));
+                        skip.insert(name.as_bytes().to_vec());
+                    }
                 }
+            } else if st.st_dev != self.dev {
+                self.skipped_mounts.push(child);
+                skip.insert(name.as_bytes().to_vec());
+            } else {
+                return Some(name);
+            }
+        }
+        None
+    }
+
+    /// Removes everything inside the open directory `top` (shown as `path`), at any depth,
+    /// without recursion and with two directories open at most: the walk goes down through
+    /// `openat(O_NOFOLLOW)` and back up through `..`, checking that `..` is the directory it
+    /// came from (a tree moved away during the walk stops it instead of leading it elsewhere).
+    fn clear(&mut self, top: Dir, path: &Path) {
+        let mut cur = top;
+        let mut cur_path = path.to_path_buf();
+        let mut skip = HashSet::new();
+        let mut stack: Vec<Frame> = Vec::new();
+        loop {
+            if let Some(name) = self.sweep(&mut cur, &cur_path, &mut skip) {
+                let child_path = cur_path.join(OsStr::from_bytes(name.as_bytes()));
+                match Dir::openat(
+                    Some(cur.as_raw_fd()),
+                    name.as_c_str(),
+                    dir_flags(),
+                    Mode::empty(),
+                ) {
+                    Ok(sub) => {
+                        let Ok(st) = fstat(cur.as_raw_fd()) else {
+                            self.problem(format!("{}: cannot stat", cur_path.display()));
+                            return;
+                        };
+                        stack.push(Frame {
+                            dev: st.st_dev,
+                            ino: st.st_ino,
+                            path: std::mem::replace(&mut cur_path, child_path),
+                            child: name,
+                            skip: std::mem::take(&mut skip),
+                        });
+                        cur = sub;
+                    }
+                    Err(e) => {
+                        self.problem(format!("{}: {e}", child_path.display()));
+                        skip.insert(name.as_bytes().to_vec());
+                    }
+                }
+                continue;
+            }
+            // `cur` holds nothing more that can go: back up, and remove it if it is empty.
+            let Some(frame) = stack.pop() else {
+                return;
+            };
+            let parent = match Dir::openat(Some(cur.as_raw_fd()), c"..", dir_flags(), Mode::empty())
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    self.problem(format!("{}/..: {e}", cur_path.display()));
+                    return;
+                }
+            };
+            match fstat(parent.as_raw_fd()) {
+                Ok(st) if st.st_dev == frame.dev && st.st_ino == frame.ino => {}
+                _ => {
+                    self.problem(format!(
+                        "{} was moved while it was being cleared; stopped",
+                        cur_path.display()
+                    ));
+                    return;
+                }
+            }
+            let emptied = skip.is_empty();
+            cur = parent;
+            cur_path = frame.path;
+            skip = frame.skip;
+            if emptied {
+                match unlinkat(
+                    Some(cur.as_raw_fd()),
+                    frame.child.as_c_str(),
+                    UnlinkatFlags::RemoveDir,
+                ) {
+                    Ok(()) => self.removed += 1,
+                    Err(Errno::ENOENT) => {}
+                    Err(e) => {
+                        let child = cur_path.join(OsStr::from_bytes(frame.child.as_bytes()));
+                        self.problem(format!("{}: {e}", child.display()));
+                        skip.insert(frame.child.as_bytes().to_vec());
+                    }
+                }
+            } else {
+                skip.insert(frame.child.as_bytes().to_vec());
             }
         }
     }
@@ -213,7 +314,7 @@ pub fn clear(dir: &Path, roots: &[PathBuf]) -> Result<Cleared, ScratchError> {
     if !check(dir, roots)? {
         return Ok(Cleared::Absent);
     }
-    let mut d = open_nofollow(dir)?;
+    let d = open_nofollow(dir)?;
     let dev = fstat(d.as_raw_fd())
         .map_err(|source| ScratchError::Open {
             path: dir.into(),
@@ -226,7 +327,7 @@ pub fn clear(dir: &Path, roots: &[PathBuf]) -> Result<Cleared, ScratchError> {
         problems: vec![],
         skipped_mounts: vec![],
     };
-    walk.clear(&mut d, dir, 0);
+    walk.clear(d, dir);
     if walk.problems.is_empty() {
         Ok(Cleared::Removed {
             entries: walk.removed,
@@ -274,6 +375,43 @@ mod tests {
             std::fs::read_to_string(outside.join("victim")).unwrap(),
             "keep"
         );
+    }
+
+    #[test]
+    fn a_scratch_tree_deeper_than_128_levels_is_cleared() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let scratch = root.join("scratch");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), "keep").unwrap();
+        let mut deep = scratch.clone();
+        for i in 0..1000 {
+            deep.push("d");
+            if i % 100 == 0 {
+                std::fs::create_dir_all(&deep).unwrap();
+                std::fs::write(deep.join("f"), "x").unwrap();
+                std::fs::create_dir_all(deep.join("side")).unwrap();
+            }
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        symlink(&outside, deep.join("out")).unwrap();
+        // 1000 d's, 10 files, 10 side dirs, one link.
+        let got = clear(&scratch, std::slice::from_ref(&root)).unwrap();
+        assert_eq!(
+            got,
+            Cleared::Removed {
+                entries: 1021,
+                skipped_mounts: vec![]
+            }
+        );
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_to_string(outside.join("victim")).unwrap(),
+            "keep"
+        );
+        // And the next clear, of an empty directory, is a success too.
+        assert!(clear(&scratch, std::slice::from_ref(&root)).is_ok());
     }
 
     #[test]

@@ -271,3 +271,34 @@ async fn restart_agent_stops_instances_resets_running_time_and_returns_restart()
     // Had the replay run restart-agent, run() would now return Restart.
     assert_eq!(agent.shut_down().await, rejuv_agent::Exit::Shutdown);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejuvenate_request_with_too_many_actions_is_refused() {
+    let h = Harness::new();
+    let agent = h.start(h.config()).await;
+    let many = vec!["drop-caches"; 110_000];
+    let a = agent.rejuvenate("run-big", &many, 2).await;
+    assert_eq!(
+        a.status,
+        413,
+        "a 110,000-action body is over the limit: {}",
+        a.error()
+    );
+    let some = vec!["drop-caches"; 40];
+    let a = agent.rejuvenate("run-40", &some, 2).await;
+    assert_eq!(a.status, 400);
+    assert!(a.error().contains("at most 32"), "{}", a.error());
+    let a = agent
+        .rejuvenate(&"r".repeat(200), &["drop-caches"], 2)
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(a.error().contains("run_id"), "{}", a.error());
+    let st = agent.state().await;
+    assert!(st.last_rejuvenation.is_none(), "nothing was run or kept");
+    assert_eq!(st.epoch, 0, "a refused request does not move the fence");
+    let state_file = std::fs::metadata(h.data_dir().join("agent-state.json"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(state_file < 4096, "state file of {state_file} bytes");
+    agent.shut_down().await;
+}
