@@ -63,6 +63,17 @@ pub enum Msg {
     },
     /// A retry's wait is over.
     Wake { id: u64, attempt: u32 },
+    /// From the traffic adapter: the load balancer holds a table that is not ours
+    /// (`Some(what it holds)`), or holds ours again (`None`).
+    TrafficMismatch(Option<String>),
+}
+
+/// Whether the load balancer holds this controller's route table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrafficHealth {
+    /// What it holds instead, while it does.
+    pub mismatch: Option<String>,
+    pub mismatches_total: u64,
 }
 
 /// What the engine publishes after every step.
@@ -74,6 +85,7 @@ pub struct Published {
     pub samples: Arc<BTreeMap<String, AgentState>>,
     /// Whether the store takes this controller's commits.
     pub store: StoreHealth,
+    pub traffic: TrafficHealth,
 }
 
 /// Wall-clock time as the controller uses it: read once, then carried forward by the monotonic
@@ -97,6 +109,7 @@ pub struct Engine {
     pub published: watch::Sender<Published>,
     pub routes: watch::Sender<RouteTable>,
     pub events: broadcast::Sender<LogEvent>,
+    traffic: TrafficHealth,
 }
 
 /// The shell's world in the controller.
@@ -167,6 +180,7 @@ impl Engine {
             epoch,
             samples: Arc::new(BTreeMap::new()),
             store: StoreHealth::default(),
+            traffic: TrafficHealth::default(),
         });
         let routes = watch::Sender::new(cluster.routes.clone());
         let (events, _) = broadcast::channel(1024);
@@ -195,6 +209,7 @@ impl Engine {
             published,
             routes,
             events,
+            traffic: TrafficHealth::default(),
         };
         if paused && !engine.shell.cluster().paused {
             let by = "controller --paused".to_string();
@@ -267,6 +282,7 @@ impl Engine {
                 outcome,
             } => shell.attempted(id, attempt, outcome, now, world),
             Msg::Wake { id, attempt } => shell.wake(id, attempt, world),
+            Msg::TrafficMismatch(m) => self.traffic_mismatch(m, now),
         }
     }
 
@@ -306,7 +322,8 @@ impl Engine {
         let p = self.published.borrow();
         let same = Arc::ptr_eq(&p.cluster, cluster)
             && Arc::ptr_eq(&p.samples, &self.world.samples)
-            && &p.store == health;
+            && &p.store == health
+            && p.traffic == self.traffic;
         drop(p);
         if !same {
             self.published.send_replace(Published {
@@ -314,8 +331,43 @@ impl Engine {
                 epoch: self.world.epoch,
                 samples: self.world.samples.clone(),
                 store: health.clone(),
+                traffic: self.traffic.clone(),
             });
         }
+    }
+
+    /// The load balancer's table is someone else's (`Some`), or ours again (`None`): an
+    /// event when that changes; the drains wait meanwhile (no sync reaches the core).
+    fn traffic_mismatch(&mut self, mismatch: Option<String>, now: Now) {
+        let message = match (&self.traffic.mismatch, &mismatch) {
+            (None, Some(what)) => {
+                self.traffic.mismatches_total += 1;
+                warn!(holds = %what, "the builtin proxy holds a route table that is not this controller's; no drain counts as done until it holds ours");
+                format!("the builtin proxy holds a route table this controller did not send ({what}); no drain counts as done until it holds ours again")
+            }
+            (Some(_), None) => {
+                info!("the builtin proxy holds this controller's route table again");
+                "the builtin proxy holds this controller's route table again".to_string()
+            }
+            _ => return,
+        };
+        self.traffic.mismatch = mismatch;
+        let event = LogEvent {
+            at_ms: now.wall_ms,
+            kind: rejuv_core::cluster::EventKind::TrafficMismatch,
+            server: None,
+            workflow: None,
+            message,
+            level: None,
+        };
+        let cluster = self.shell.cluster().clone();
+        if let Err(e) = self
+            .world
+            .commit(&cluster, std::slice::from_ref(&event), &[])
+        {
+            warn!(error = %e, "could not log the route table mismatch");
+        }
+        let _ = self.world.events.send(event);
     }
 }
 

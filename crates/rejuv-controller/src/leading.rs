@@ -14,8 +14,10 @@ pub struct ControllerOptions {
     pub config: Config,
     /// Token presented to agents.
     pub agent_token: String,
-    /// Token operators (and the builtin proxy's admin API) use.
+    /// Token operators use.
     pub api_token: String,
+    /// Token of the builtin proxy's admin API (`auth.proxy_token_file`, else the API token).
+    pub proxy_token: String,
     pub store_path: PathBuf,
     /// Start with new workflows paused (the state machine still places and heals instances).
     pub paused: bool,
@@ -88,10 +90,11 @@ pub(crate) async fn start_leading(
                 .admin
                 .context("traffic.admin is required for the builtin proxy")?;
             if !opts.dry_run {
-                let proxy = traffic::BuiltinProxy::new(admin, opts.api_token.clone())
+                let proxy = traffic::BuiltinProxy::new(admin, opts.proxy_token.clone())
                     .with_leader_guard(guard.clone());
                 tasks.spawn(traffic::reconcile_builtin(
                     proxy,
+                    engine.epoch(),
                     cfg.traffic.listen.keys().cloned().collect(),
                     routes,
                     tx.clone(),

@@ -44,6 +44,8 @@ pub const NAMES: &[&str] = &[
     "rejuv_pending_commands",
     "rejuv_store_failing",
     "rejuv_store_commit_failures_total",
+    "rejuv_traffic_mismatch",
+    "rejuv_traffic_mismatches_total",
     "rejuv_server_state",
     "rejuv_server_maintenance",
     "rejuv_server_judgement",
@@ -253,6 +255,19 @@ fn cluster_metrics(reg: &mut Registry, p: &Published) {
         "store_commit_failures",
         "Store commits that failed since this controller started (each dropped its step)",
         failures,
+    );
+    one_gauge(
+        reg,
+        "traffic_mismatch",
+        "1 while the builtin proxy holds a route table that is not this controller's (no drain counts as done meanwhile)",
+        flag(p.traffic.mismatch.is_some()),
+    );
+    let mismatches = Counter::<u64>::default();
+    mismatches.inc_by(p.traffic.mismatches_total);
+    reg.register(
+        "traffic_mismatches",
+        "Times the builtin proxy was found holding a route table this controller did not send",
+        mismatches,
     );
 }
 
@@ -745,6 +760,10 @@ port_range = [20000, 20009]
                 commit_failures_total: 2,
                 failing_since_ms: Some(1_004_000),
                 last_error: Some("etcd: committing a step failed".into()),
+            },
+            traffic: crate::engine::TrafficHealth {
+                mismatch: Some("epoch 9 version 1".into()),
+                mismatches_total: 3,
             },
         }
     }

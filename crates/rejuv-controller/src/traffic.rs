@@ -5,9 +5,14 @@
 //! in-flight requests per backend) goes back to the engine as `TrafficSynced`, which is how a
 //! drain is known to be finished.
 //!
-//! The proxy cannot check an epoch: every write is made only while the [`LeaderGuard`] says
-//! this controller still leads; the next leader's reconcile corrects a write that raced a lost
-//! lease.
+//! Every table carries this controller's epoch; the proxy orders tables by `(epoch, version)`
+//! and refuses ones no controller could issue. The answer counts as this controller's table
+//! applied only when the proxy reports exactly it (epoch, version and digest): a table someone
+//! else put in force (another controller, or a holder of the proxy token) is a mismatch,
+//! reported (`Msg::TrafficMismatch`, an event, `rejuv_traffic_mismatch`) and never taken as a
+//! finished drain; the next push puts ours back where it can (same epoch), and a proxy that
+//! holds a newer epoch is left to the controller that owns it. Writes are also made only while
+//! the [`LeaderGuard`] says this controller still leads.
 
 use crate::engine::Msg;
 use crate::leader::LeaderGuard;
@@ -100,6 +105,7 @@ impl BuiltinProxy {
 /// the servers without a front end of their own.
 pub async fn reconcile_builtin(
     proxy: BuiltinProxy,
+    epoch: u64,
     fronted: std::collections::BTreeSet<String>,
     mut routes: watch::Receiver<RouteTable>,
     tx: mpsc::Sender<Msg>,
@@ -107,9 +113,15 @@ pub async fn reconcile_builtin(
 ) {
     let mut backoff = Duration::from_millis(200);
     let mut failing = false;
+    let mut mismatch = false;
+    // Added to the core's versions once a foreign table of our epoch outranked them.
+    let mut bump = 0u64;
     loop {
         let mut table = routes.borrow_and_update().clone();
+        let core_version = table.version;
         table.services.retain(|name, _| fronted.contains(name));
+        table.epoch = epoch;
+        table.version = core_version.saturating_add(bump);
         match proxy.put_routes(&table).await {
             Ok(status) => {
                 if failing {
@@ -117,6 +129,31 @@ pub async fn reconcile_builtin(
                     failing = false;
                 }
                 backoff = Duration::from_millis(200);
+                let foreign = holds_other(&status, &table);
+                if foreign.is_some() != mismatch {
+                    mismatch = foreign.is_some();
+                    if tx.send(Msg::TrafficMismatch(foreign)).await.is_err() {
+                        return;
+                    }
+                }
+                if mismatch {
+                    // A table of our own epoch that outranks ours was written by someone
+                    // else: go past it at once. A newer epoch is left alone (it may be a
+                    // newer leader's); its in-flight counts say nothing of our drains.
+                    if status.epoch == epoch
+                        && status.version >= table.version
+                        && status.version < rejuv_core::api::MAX_EPOCH
+                    {
+                        bump = status.version + 1 - core_version;
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = routes.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                    continue;
+                }
                 let mut in_flight = BTreeMap::new();
                 for svc in status.services.values() {
                     for b in &svc.backends {
@@ -124,7 +161,7 @@ pub async fn reconcile_builtin(
                     }
                 }
                 let ev = Event::TrafficSynced {
-                    version: status.version,
+                    version: core_version,
                     in_flight,
                 };
                 if tx.send(Msg::Event(ev)).await.is_err() {
@@ -149,5 +186,62 @@ pub async fn reconcile_builtin(
             _ = routes.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// What the proxy holds instead of `sent`, if it does not hold `sent` itself. A proxy from
+/// before digests (empty digest) is judged by epoch and version alone.
+fn holds_other(status: &ProxyStatus, sent: &RouteTable) -> Option<String> {
+    let same = status.epoch == sent.epoch
+        && status.version == sent.version
+        && (status.digest.is_empty() || status.digest == sent.digest());
+    (!same).then(|| {
+        format!(
+            "epoch {} version {} digest {}, where this controller sent epoch {} version {}",
+            status.epoch,
+            status.version,
+            if status.digest.is_empty() {
+                "-"
+            } else {
+                &status.digest
+            },
+            sent.epoch,
+            sent.version
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_controller_does_not_count_a_foreign_table_as_applied() {
+        let ours = RouteTable {
+            epoch: 4,
+            version: 9,
+            services: BTreeMap::new(),
+        };
+        let mut status = ProxyStatus {
+            epoch: 4,
+            version: 9,
+            digest: ours.digest(),
+            services: BTreeMap::new(),
+        };
+        assert_eq!(holds_other(&status, &ours), None);
+        // The old rule took any version at or above ours as applied.
+        status.version = u64::MAX;
+        assert!(holds_other(&status, &ours).is_some());
+        status.version = 9;
+        status.digest = "0000000000000bad".into();
+        assert!(holds_other(&status, &ours)
+            .unwrap()
+            .contains("0000000000000bad"));
+        status.digest = ours.digest();
+        status.epoch = 5;
+        assert!(
+            holds_other(&status, &ours).is_some(),
+            "a newer epoch's table is not ours"
+        );
     }
 }

@@ -331,6 +331,7 @@ async fn static_servers_are_never_touched() {
         }
         // A table without the service at all: still nothing for the static servers.
         let empty = rejuv_core::api::RouteTable {
+            epoch: 0,
             version: 4,
             services: BTreeMap::new(),
         };

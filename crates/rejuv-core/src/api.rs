@@ -169,9 +169,33 @@ pub struct ServiceRoutes {
 /// are forgotten once their in-flight requests finish.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteTable {
-    /// Increases with every change; an older table than the one in force is ignored.
+    /// The epoch of the controller that sent it (stamped by its traffic adapter; 0 in the
+    /// cluster state and from controllers before epochs were sent). Tables are ordered by
+    /// `(epoch, version)`: an older one than the one in force is ignored.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Increases with every change within an epoch.
     pub version: u64,
     pub services: BTreeMap<ServiceName, ServiceRoutes>,
+}
+
+/// Highest epoch or table version a controller can issue: the largest integer a JSON number
+/// carries exactly. Anything above is not a controller's and is refused.
+pub const MAX_EPOCH: u64 = 1 << 53;
+
+/// Furthest an epoch may jump above the one in force (agents, the proxy). A controller takes
+/// one epoch per start or leadership, so this is a million restarts (eleven days of one every
+/// second) while the receiver was away; an epoch further ahead is not a controller's, and
+/// taking it would lock every real controller out until an operator steps in.
+pub const MAX_EPOCH_STEP: u64 = 1_000_000;
+
+impl RouteTable {
+    /// A digest of what the table routes (services, backends, holds), without its epoch and
+    /// version: two tables with the same digest send traffic the same way.
+    pub fn digest(&self) -> String {
+        let text = serde_json::to_string(&self.services).unwrap_or_default();
+        format!("{:016x}", crate::digest::fnv1a64(text.as_bytes()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,7 +223,13 @@ pub struct ServiceStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxyStatus {
+    /// Epoch and version of the table in force.
+    #[serde(default)]
+    pub epoch: u64,
     pub version: u64,
+    /// [`RouteTable::digest`] of the table in force (empty from proxies before digests).
+    #[serde(default)]
+    pub digest: String,
     pub services: BTreeMap<ServiceName, ServiceStatus>,
 }
 

@@ -1149,7 +1149,9 @@ mod table {
                 None | HO | RJ => Expect::nothing(p),
                 D => rolled_back(&[]),
                 G => Expect::logs(DR, &["step"]),
-                DR => Expect::to(HO, &["transfer"], &["drain-timeout", "step"]),
+                // The load balancer never reported the draining table applied: nothing
+                // drains, so no drain time runs out (see the scenario below).
+                DR => Expect::nothing(DR),
                 V => Expect::to(None, &["alert"], &["workflow-failed"]).ended("failed"),
             },
             StartOk => match p {
@@ -1184,7 +1186,12 @@ mod table {
                 DR => Expect::to(HO, &["transfer"], &["step"]),
                 _ => Expect::nothing(p),
             },
-            SyncedInFlight | SyncedOldVersion => Expect::nothing(p),
+            // Applied, requests still in flight: recorded (the drain time runs from now on).
+            SyncedInFlight => match p {
+                DR => Expect::nothing(DR).changed(),
+                _ => Expect::nothing(p),
+            },
+            SyncedOldVersion => Expect::nothing(p),
             OpRejuvenateSource => match p {
                 None => Expect::to(D, &["start", "start"], &["operator", "workflow-started"]),
                 // Before the switch the request is taken: the gate opens as soon as the copies
@@ -2307,6 +2314,29 @@ mod scenarios {
                 "{mode}: 12 >= 12 is allowed"
             );
         }
+    }
+
+    #[test]
+    fn a_drain_times_out_only_once_the_load_balancer_applied_its_table() {
+        let mut h = drive_to(&Spec::active_standby(), Some(Phase::Draining));
+        let old: Vec<InstanceId> = h
+            .wf("s1")
+            .unwrap()
+            .pairs
+            .iter()
+            .map(|p| p.old.clone())
+            .collect();
+        let v = h.c.routes.version;
+        // Never applied (a proxy holding someone else's table, or unreachable): an hour on,
+        // the source is still draining, not rejuvenated under live traffic.
+        h.sync_with(v - 1, &[]);
+        h.wait(HOUR_MS);
+        assert_eq!(h.phase("s1"), Some(Phase::Draining));
+        // Applied, with requests in flight: the drain time runs out, and it goes on.
+        let busy: Vec<(&str, u64)> = old.iter().map(|i| (i.as_str(), 1)).collect();
+        h.sync_with(v, &busy);
+        h.wait(HOUR_MS);
+        assert_eq!(h.phase("s1"), Some(Phase::HandingOff));
     }
 
     #[test]

@@ -18,7 +18,8 @@
 
 use crate::pool::{Pool, UpstreamSender};
 use rejuv_core::api::{
-    BackendState, BackendStatus, ProxyStatus, RouteTable, ServiceRoutes, ServiceStatus,
+    BackendState, BackendStatus, ProxyStatus, RouteTable, ServiceRoutes, ServiceStatus, MAX_EPOCH,
+    MAX_EPOCH_STEP,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -54,6 +55,12 @@ pub enum TableError {
     },
     #[error("services.{service}.max_hold_ms: {value} is above the limit of {MAX_HOLD_MS_LIMIT}")]
     MaxHoldTooLong { service: String, value: u64 },
+    #[error("{field}: {value} is above 2^53, which no controller issues")]
+    Implausible { field: &'static str, value: u64 },
+    #[error(
+        "epoch: {value} is more than {MAX_EPOCH_STEP} above the epoch in force ({in_force}): no controller could hold it"
+    )]
+    EpochJump { value: u64, in_force: u64 },
 }
 
 /// A rejected route table: every problem found, so the controller can fix them all at once.
@@ -238,7 +245,9 @@ pub struct Snapshot {
 }
 
 struct Registry {
+    epoch: u64,
     version: u64,
+    digest: String,
     /// Per service: the table's backends in table order, then retired ones still in flight.
     backends: BTreeMap<String, Vec<Arc<BackendRuntime>>>,
 }
@@ -269,7 +278,9 @@ impl Shared {
             })
             .collect();
         let registry = Registry {
+            epoch: 0,
             version: 0,
+            digest: String::new(),
             backends: listen
                 .keys()
                 .map(|name| (name.clone(), Vec::new()))
@@ -310,14 +321,33 @@ impl Shared {
     pub fn apply(&self, table: &RouteTable) -> Result<ProxyStatus, InvalidTable> {
         validate(table, &self.listen)?;
         let mut registry = self.lock();
-        if table.version < registry.version {
+        let mut implausible = Vec::new();
+        for (field, value) in [("epoch", table.epoch), ("version", table.version)] {
+            if value > MAX_EPOCH {
+                implausible.push(TableError::Implausible { field, value });
+            }
+        }
+        if table.epoch > registry.epoch.saturating_add(MAX_EPOCH_STEP) {
+            implausible.push(TableError::EpochJump {
+                value: table.epoch,
+                in_force: registry.epoch,
+            });
+        }
+        if !implausible.is_empty() {
+            return Err(InvalidTable(implausible));
+        }
+        if (table.epoch, table.version) < (registry.epoch, registry.version) {
             tracing::info!(
+                stale_epoch = table.epoch,
                 stale = table.version,
+                in_force_epoch = registry.epoch,
                 in_force = registry.version,
                 "ignoring an older route table"
             );
             return Ok(self.status_locked(&mut registry));
         }
+        let digest = table.digest();
+        let changed = digest != registry.digest;
         let empty = ServiceRoutes {
             backends: Vec::new(),
             hold: false,
@@ -369,8 +399,22 @@ impl Shared {
                 );
             }
         }
+        registry.epoch = table.epoch;
         registry.version = table.version;
-        tracing::info!(version = table.version, "route table in force");
+        registry.digest = digest;
+        if changed {
+            tracing::info!(
+                epoch = table.epoch,
+                version = table.version,
+                "route table in force"
+            );
+        } else {
+            tracing::debug!(
+                epoch = table.epoch,
+                version = table.version,
+                "route table unchanged"
+            );
+        }
         self.routes.send_replace(Arc::new(Snapshot {
             version: table.version,
             services: views,
@@ -400,7 +444,9 @@ impl Shared {
             );
         }
         ProxyStatus {
+            epoch: registry.epoch,
             version: registry.version,
+            digest: registry.digest.clone(),
             services,
         }
     }
@@ -425,6 +471,7 @@ mod tests {
 
     fn table(version: u64, backends: &[(&str, u16, BackendState)]) -> RouteTable {
         RouteTable {
+            epoch: 0,
             version,
             services: BTreeMap::from([(
                 "web".to_string(),
@@ -464,6 +511,51 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle:?} missing from {err}");
         }
+    }
+
+    #[test]
+    fn a_foreign_route_table_with_max_version_is_refused() {
+        let shared = Shared::new(listen());
+        let mut ours = table(3, &[("a", 1, BackendState::Serving)]);
+        ours.epoch = 7;
+        shared.apply(&ours).unwrap();
+        for (epoch, version) in [(7, u64::MAX), (u64::MAX, 1), (7 + MAX_EPOCH_STEP + 1, 1)] {
+            let mut evil = table(version, &[("evil", 666, BackendState::Serving)]);
+            evil.epoch = epoch;
+            let err = shared.apply(&evil).unwrap_err().to_string();
+            assert!(
+                err.contains("no controller") || err.contains("2^53"),
+                "({epoch}, {version}): {err}"
+            );
+        }
+        let st = shared.status();
+        assert_eq!((st.epoch, st.version), (7, 3));
+        assert_eq!(st.digest, ours.digest(), "our table is still in force");
+        // The controller's next table goes in as usual.
+        let mut next = table(4, &[("b", 2, BackendState::Serving)]);
+        next.epoch = 7;
+        assert_eq!(shared.apply(&next).unwrap().digest, next.digest());
+    }
+
+    #[test]
+    fn tables_are_ordered_by_epoch_then_version() {
+        let shared = Shared::new(listen());
+        let mut a = table(50, &[("a", 1, BackendState::Serving)]);
+        a.epoch = 1;
+        shared.apply(&a).unwrap();
+        let mut b = table(2, &[("b", 2, BackendState::Serving)]);
+        b.epoch = 2;
+        assert_eq!(
+            shared.apply(&b).unwrap().digest,
+            b.digest(),
+            "a new epoch wins"
+        );
+        let st = shared.apply(&a).unwrap();
+        assert_eq!(
+            (st.epoch, st.version, st.digest.clone()),
+            (2, 2, b.digest()),
+            "a deposed controller's table is ignored"
+        );
     }
 
     #[test]

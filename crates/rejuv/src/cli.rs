@@ -458,6 +458,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 read_token(&o.token_file)
                     .with_context(|| format!("auth.operators: the token of {}", o.name))?;
             }
+            let proxy_token = match &cfg.auth.proxy_token_file {
+                Some(p) => read_token(p)?,
+                None => api_token.clone(),
+            };
             let listen = listen.unwrap_or(cfg.controller.listen);
             let store_path = store.unwrap_or(cfg.store.path.clone());
             let rt = runtime()?;
@@ -470,6 +474,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     config: cfg,
                     agent_token,
                     api_token,
+                    proxy_token,
                     store_path,
                     paused,
                     dry_run,
@@ -483,11 +488,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Proxy { config } => {
             init_tracing();
             let cfg = load_config(&config)?;
+            for w in cfg.warnings() {
+                tracing::warn!(field = %w.field, "config: {}", w.reason);
+            }
             let token = read_token(
                 cfg.auth
-                    .api_token_file
+                    .proxy_token_file
                     .as_deref()
-                    .context("auth.api_token_file is required")?,
+                    .or(cfg.auth.api_token_file.as_deref())
+                    .context("auth.proxy_token_file (or api_token_file) is required")?,
             )?;
             let admin = cfg.traffic.admin.context("traffic.admin is required")?;
             let rt = runtime()?;

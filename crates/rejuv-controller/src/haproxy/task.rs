@@ -15,6 +15,11 @@ use tracing::{debug, info, warn, Instrument};
 /// successful pass, `TrafficSynced { version: <the table just applied>, in_flight }`.
 /// Failures back off from 0.2 s to 5 s; the first failure of a run is a warning, the
 /// recovery an info line.
+///
+/// HAProxy is put back to the table on every pass, so what it reports is always ours; a pass
+/// that had to change HAProxy although the table had not changed since a pass that left it
+/// matching means someone else changed it (or it restarted): reported as a mismatch
+/// (`Msg::TrafficMismatch`) until a pass finds it matching again.
 pub async fn reconcile_haproxy(
     h: Haproxy,
     mut routes: watch::Receiver<RouteTable>,
@@ -27,6 +32,10 @@ pub async fn reconcile_haproxy(
     let mut backoff = FIRST_BACKOFF;
     let mut failing = false;
     let mut routes_open = true;
+    // The version of the last pass that found HAProxy already matching, and whether a
+    // mismatch is being reported.
+    let mut matched: Option<u64> = None;
+    let mut mismatch = false;
     loop {
         let table = routes.borrow_and_update().clone();
         let span = tracing::info_span!("haproxy_reconcile", version = table.version);
@@ -47,6 +56,24 @@ pub async fn reconcile_haproxy(
                         commands = ?report.commands,
                         "HAProxy changed to match the route table"
                     );
+                }
+                let foreign = (matched == Some(table.version) && !report.commands.is_empty())
+                    .then(|| {
+                        format!(
+                            "HAProxy differed from route table version {} (changed outside rejuv, or restarted); put back with: {}",
+                            table.version,
+                            report.commands.join("; ")
+                        )
+                    });
+                if report.commands.is_empty() {
+                    matched = Some(table.version);
+                }
+                let now_mismatch = foreign.is_some() || (mismatch && !report.commands.is_empty());
+                if now_mismatch != mismatch {
+                    mismatch = now_mismatch;
+                    if tx.send(Msg::TrafficMismatch(foreign)).await.is_err() {
+                        return;
+                    }
                 }
                 let ev = Event::TrafficSynced {
                     version: table.version,

@@ -291,7 +291,11 @@ pub fn table(version: u64, backends: &[(&str, SocketAddr, BackendState)]) -> Rou
             max_hold_ms: 5_000,
         },
     );
-    RouteTable { version, services }
+    RouteTable {
+        epoch: 0,
+        version,
+        services,
+    }
 }
 
 /// A Unix-socket relay in front of the runtime API that records the line of every

@@ -99,6 +99,7 @@ impl Cluster {
                 traffic: Traffic::Serving,
                 draining_from_version: None,
                 drained: false,
+                drain_applied: false,
                 confirmed_at_ms: None,
             },
         );

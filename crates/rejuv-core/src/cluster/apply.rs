@@ -36,6 +36,7 @@ impl Cluster {
             advised: BTreeSet::new(),
             routes_version: 1,
             routes: RouteTable {
+                epoch: 0,
                 version: 1,
                 services: BTreeMap::new(),
             },
@@ -100,6 +101,7 @@ impl Cluster {
                     traffic: Traffic::Serving,
                     draining_from_version: None,
                     drained: false,
+                    drain_applied: false,
                     confirmed_at_ms: None,
                 },
             );

@@ -147,8 +147,11 @@ impl Cluster {
         for i in self.instances.values_mut() {
             if i.traffic == Traffic::Draining && !i.drained {
                 if let Some(from) = i.draining_from_version {
-                    if version >= from && in_flight.get(&i.id).copied().unwrap_or(0) == 0 {
-                        i.drained = true;
+                    if version >= from {
+                        i.drain_applied = true;
+                        if in_flight.get(&i.id).copied().unwrap_or(0) == 0 {
+                            i.drained = true;
+                        }
                     }
                 }
             }

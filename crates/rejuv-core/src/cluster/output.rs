@@ -108,6 +108,9 @@ named! {
         QuorumRegained => "quorum-regained",
         /// Advisory mode: what would have been done.
         DryRun => "dry-run",
+        /// The load balancer holds a route table that is not this controller's (or holds
+        /// it again).
+        TrafficMismatch => "traffic-mismatch",
     }
 }
 

@@ -321,6 +321,7 @@ impl Cluster {
                     traffic: Traffic::Standby,
                     draining_from_version: None,
                     drained: false,
+                    drain_applied: false,
                     confirmed_at_ms: None,
                 },
             );

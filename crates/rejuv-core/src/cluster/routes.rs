@@ -46,6 +46,7 @@ impl Cluster {
         if services != self.routes.services {
             self.routes_version += 1;
             self.routes = RouteTable {
+                epoch: 0,
                 version: self.routes_version,
                 services,
             };

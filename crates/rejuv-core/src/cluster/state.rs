@@ -103,6 +103,10 @@ pub struct Instance {
     /// The route table version from which this instance is draining.
     pub draining_from_version: Option<u64>,
     pub drained: bool,
+    /// The load balancer reported a table at or after `draining_from_version`: it sends this
+    /// instance no new requests. Until then a drain does not time out (nothing drains).
+    #[serde(default)]
+    pub drain_applied: bool,
     /// Wall time the agent confirmed it started this instance; an observation taken before
     /// that cannot show it lost.
     #[serde(default)]

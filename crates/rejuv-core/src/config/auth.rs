@@ -12,8 +12,13 @@ use std::path::PathBuf;
 pub struct AuthConfig {
     /// Token the controller presents to agents, and agents require.
     pub agent_token_file: Option<PathBuf>,
-    /// Token operators present to the controller API (and the proxy's admin API).
+    /// Token operators present to the controller API.
     pub api_token_file: Option<PathBuf>,
+    /// Token the controller presents to the builtin proxy's admin API, and the proxy
+    /// requires: whoever holds it decides where all traffic goes. Without it, the API token
+    /// serves (and `config check` warns).
+    #[serde(default)]
+    pub proxy_token_file: Option<PathBuf>,
     /// Named operator tokens for the controller API: an action taken with one is logged as
     /// that operator's (the shared `api_token_file` logs the `x-rejuv-actor` header's name).
     #[serde(default)]

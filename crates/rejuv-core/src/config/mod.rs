@@ -152,6 +152,12 @@ impl Config {
     /// at start and `rejuv config check` prints them.
     pub fn warnings(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
+        if self.traffic.adapter == TrafficAdapter::Builtin && self.auth.proxy_token_file.is_none() {
+            out.push(FieldError {
+                field: "auth.proxy_token_file".into(),
+                reason: "not set: the builtin proxy's admin API takes the operators' API token, so every holder of it can rewrite where traffic goes; give the proxy a token of its own".into(),
+            });
+        }
         if self.store.kind == StoreKind::Etcd {
             // A leader that dies during a hand-off is replaced within the lease TTL; the
             // next one then finishes the move. Requests held longer than `hold` fail.
@@ -240,10 +246,18 @@ health = { path = "/healthz" }
 
     #[test]
     fn a_handoff_hold_shorter_than_a_leader_handover_is_warned_about() {
-        let held = EXAMPLE.replace(
-            "health = { path = \"/healthz\" }",
-            "health = { path = \"/healthz\" }\nhandoff = { export = \"/e\", import = \"/i\", hold = \"3s\" }",
+        let bare = Config::from_toml(EXAMPLE).unwrap().warnings();
+        assert_eq!(bare.len(), 1, "{bare:?}");
+        assert_eq!(
+            bare[0].field, "auth.proxy_token_file",
+            "the proxy shares the API token"
         );
+        let held = EXAMPLE
+            .replace(
+                "health = { path = \"/healthz\" }",
+                "health = { path = \"/healthz\" }\nhandoff = { export = \"/e\", import = \"/i\", hold = \"3s\" }",
+            )
+            .replace("[traffic]", "[auth]\nproxy_token_file = \"/p\"\n[traffic]");
         let sqlite = Config::from_toml(&held).unwrap();
         assert!(sqlite.warnings().is_empty(), "no leader handover on SQLite");
         let etcd = format!("{held}\n[store]\nkind = \"etcd\"\nlease_ttl = \"5s\"\n");

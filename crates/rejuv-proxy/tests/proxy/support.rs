@@ -258,6 +258,7 @@ pub fn backend(id: &str, addr: SocketAddr, state: BackendState) -> Backend {
 
 pub fn table(version: u64, service: &str, backends: Vec<Backend>) -> RouteTable {
     RouteTable {
+        epoch: 0,
         version,
         services: BTreeMap::from([(
             service.to_string(),

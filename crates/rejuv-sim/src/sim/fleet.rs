@@ -152,6 +152,7 @@ impl Fleet {
             .collect();
         let proxy = Proxy {
             table: rejuv_core::api::RouteTable {
+                epoch: 0,
                 version: 0,
                 services: BTreeMap::new(),
             },

@@ -47,6 +47,12 @@ pub fn write_config(
         .collect();
     let token_path = dir.join("token");
     write_secret(&token_path, &token)?;
+    // The proxy's admin API has a token of its own: the operators' cannot move traffic.
+    let proxy_token_path = dir.join("proxy.token");
+    let proxy_token: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    write_secret(&proxy_token_path, &proxy_token)?;
     let session_code: String = (0..16)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect();
@@ -78,6 +84,7 @@ mode = "{mode}"
 [auth]
 agent_token_file = "{token}"
 api_token_file = "{token}"
+proxy_token_file = "{proxy_token}"
 
 [controller]
 listen = "{controller}"
@@ -150,6 +157,7 @@ stop_grace = "3s"
         cache_rate = 10 * 1024 * 1024,
         cache_cap = args.memory_budget * 2 / 5,
         token = token_path.display(),
+        proxy_token = proxy_token_path.display(),
         traffic = match args.lb {
             Lb::Builtin => format!(
                 "[traffic]\nadapter = \"builtin\"\nadmin = \"{admin}\"\nlisten = {{ web = \"{}\" }}\n",

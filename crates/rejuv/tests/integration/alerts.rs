@@ -358,7 +358,7 @@ fn dry_run_changes_nothing_and_says_what_it_would_do() {
 fn proxy_routes(h: &Harness) -> Value {
     let resp = reqwest::blocking::Client::new()
         .get(format!("http://{}/v1/status", h.admin))
-        .bearer_auth(&h.token)
+        .bearer_auth(&h.proxy_token)
         .send()
         .expect("proxy admin API");
     let v: Value = resp.json().expect("proxy status json");

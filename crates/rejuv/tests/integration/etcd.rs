@@ -579,7 +579,7 @@ fn leader_paused_past_its_lease_wakes_deposed_and_changes_nothing() {
             let want = st["routes"]["version"].as_u64()?;
             let p: Value = c
                 .get(format!("http://{}/v1/status", h.admin))
-                .bearer_auth(&h.token)
+                .bearer_auth(&h.proxy_token)
                 .send()
                 .ok()?
                 .json()

@@ -170,7 +170,7 @@ fn check_invariants(st: &Value, routed: bool) {
 fn proxy_requests_to(h: &Harness, addr: &str) -> u64 {
     let v: Value = reqwest::blocking::Client::new()
         .get(format!("http://{}/v1/status", h.admin))
-        .bearer_auth(&h.token)
+        .bearer_auth(&h.proxy_token)
         .timeout(Duration::from_secs(5))
         .send()
         .expect("proxy admin status")

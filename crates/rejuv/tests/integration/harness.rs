@@ -62,6 +62,8 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub token: String,
+    /// The builtin proxy's admin token (`auth.proxy_token_file`).
+    pub proxy_token: String,
     pub controller_addr: SocketAddr,
     pub admin: SocketAddr,
     pub front: SocketAddr,
@@ -150,6 +152,11 @@ impl Harness {
             .collect();
         let token_path = dir.path().join("token");
         std::fs::write(&token_path, &token).unwrap();
+        let proxy_token: String = (0..16)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        let proxy_token_path = dir.path().join("proxy.token");
+        std::fs::write(&proxy_token_path, &proxy_token).unwrap();
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let controller_addr = SocketAddr::new(lo, free_port(lo));
         let admin = SocketAddr::new(lo, free_port(lo));
@@ -178,6 +185,7 @@ mode = "{mode}"
 [auth]
 agent_token_file = "{tp}"
 api_token_file = "{tp}"
+proxy_token_file = "{ptp}"
 
 [controller]
 listen = "{controller_addr}"
@@ -222,6 +230,7 @@ stop_grace = "2s"
 "#,
             mode = spec.mode,
             tp = token_path.display(),
+            ptp = proxy_token_path.display(),
             hold = spec.hold_down,
             above = spec.above,
             dt = spec.duplex_timeout,
@@ -272,6 +281,7 @@ data_dir = "{data}"
             dir,
             config,
             token,
+            proxy_token,
             controller_addr,
             admin,
             front,

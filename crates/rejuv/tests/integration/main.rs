@@ -9,6 +9,7 @@ mod errors;
 mod etcd;
 mod failover;
 mod failures;
+mod hijack;
 mod hostile_agent;
 mod lost_store;
 mod operator;

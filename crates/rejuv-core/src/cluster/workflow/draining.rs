@@ -1,6 +1,6 @@
 //! Draining: the source is off the list and its instances take no new requests; the phase
 //! ends when the traffic adapter reports their in-flight requests done, or after the longest
-//! drain time of its services. Then the state of stateful services moves (handing off), or
+//! drain time of its services once the adapter reported the table that drains them applied. Then the state of stateful services moves (handing off), or
 //! rejuvenation starts.
 
 use crate::cluster::output::{CommandKind, EventKind, Output};
@@ -31,7 +31,15 @@ impl Cluster {
             .pairs
             .iter()
             .all(|p| self.instances.get(&p.old).is_none_or(|i| i.drained));
-        let timed_out = u128::from(since) >= drain_limit.as_millis();
+        // The drain time counts for requests in flight once the load balancer stopped sending
+        // new ones; a table it never applied (unreachable, or holding someone else's) drains
+        // nothing, so the source keeps its place until it does.
+        let applied = w.pairs.iter().all(|p| {
+            self.instances
+                .get(&p.old)
+                .is_none_or(|i| i.drain_applied || i.drained)
+        });
+        let timed_out = applied && u128::from(since) >= drain_limit.as_millis();
         if all_drained || timed_out {
             if !all_drained {
                 self.log(

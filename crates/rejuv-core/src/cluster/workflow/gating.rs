@@ -197,6 +197,7 @@ impl Cluster {
                 old.traffic = Traffic::Draining;
                 old.draining_from_version = Some(next_version);
                 old.drained = false;
+                old.drain_applied = false;
             }
         }
         if let Some(s) = self.servers.get_mut(&server) {
