@@ -470,6 +470,7 @@ pub async fn watch_invariants(
     controllers: Vec<SocketAddr>,
     proxy_admin: Option<SocketAddr>,
     token: String,
+    proxy_token: String,
     lines: Lines,
     stop: CancellationToken,
 ) -> WatchReport {
@@ -492,7 +493,7 @@ pub async fn watch_invariants(
         }
         let proxy = match proxy_admin {
             Some(a) => {
-                get_json::<ProxyStatus>(&http, format!("http://{a}/v1/status"), &token).await
+                get_json::<ProxyStatus>(&http, format!("http://{a}/v1/status"), &proxy_token).await
             }
             None => None,
         };

@@ -150,6 +150,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         plan.controllers.clone(),
         (args.lb == Lb::Builtin).then_some(plan.admin),
         plan.token.clone(),
+        plan.proxy_token.clone(),
         lines_tx.clone(),
         background.clone(),
     ));

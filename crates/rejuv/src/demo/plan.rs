@@ -29,6 +29,8 @@ pub struct Plan {
     pub admin: SocketAddr,
     pub servers: Vec<(String, SocketAddr)>,
     pub token: String,
+    /// The builtin proxy's admin token.
+    pub proxy_token: String,
     /// The dashboard link's one-time code (`/ui#code=...`), in
     /// [`crate::chaos::SESSION_CODE_FILE`].
     pub session_code: String,
@@ -231,6 +233,7 @@ data_dir = "{data}"
         admin,
         servers,
         token,
+        proxy_token,
         session_code,
     })
 }

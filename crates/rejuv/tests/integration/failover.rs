@@ -482,9 +482,14 @@ fn an_agent_restarted_after_a_kill_ends_the_instances_its_predecessor_left() {
                 .then_some(())
         },
     );
-    assert!(
-        h.log("agent-s1")
-            .contains("ended processes an earlier agent of this server left running"),
-        "the agent says what it ended"
+    // The line is written once the processes are ended: wait for it as well.
+    wait_for(
+        "the agent to say what it ended",
+        Duration::from_secs(10),
+        || {
+            h.log("agent-s1")
+                .contains("ended processes an earlier agent of this server left running")
+                .then_some(())
+        },
     );
 }
