@@ -123,32 +123,7 @@ mod tests {
     use crate::config::Config;
 
     fn cfg() -> Config {
-        Config::from_toml(
-            r#"
-[cluster]
-mode = "active-standby"
-[traffic]
-admin = "127.0.0.1:7071"
-listen = { web = "127.0.0.1:8080" }
-[[servers]]
-id = "s1"
-address = "127.0.0.2"
-agent = "127.0.0.2:7001"
-role = "primary"
-port_range = [20000, 20010]
-instances = ["web"]
-[[servers]]
-id = "s2"
-address = "127.0.0.3"
-agent = "127.0.0.3:7001"
-role = "spare"
-port_range = [20000, 20010]
-[services.web]
-command = "/usr/bin/true"
-health = { path = "/healthz" }
-"#,
-        )
-        .unwrap()
+        Config::from_toml(crate::config::tests::EXAMPLE).unwrap()
     }
 
     #[test]

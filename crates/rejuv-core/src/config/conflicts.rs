@@ -62,31 +62,13 @@ pub(crate) fn validate(cfg: &Config, errs: &mut Errors) {
 mod tests {
     use super::super::Config;
 
-    const BASE: &str = r#"
-[cluster]
-mode = "active-standby"
-[controller]
-listen = "127.0.0.1:7070"
-[traffic]
-admin = "127.0.0.1:7071"
-listen = { web = "127.0.0.1:8080" }
-[[servers]]
-id = "s1"
-address = "127.0.0.2"
-agent = "127.0.0.2:7001"
-role = "primary"
-port_range = [20000, 20010]
-instances = ["web"]
-[[servers]]
-id = "s2"
-address = "127.0.0.3"
-agent = "127.0.0.3:7001"
-role = "spare"
-port_range = [20000, 20010]
-[services.web]
-command = "/usr/bin/true"
-health = { path = "/healthz" }
-"#;
+    /// The shared example with the controller's address written out.
+    fn base() -> String {
+        format!(
+            "{}\n[controller]\nlisten = \"127.0.0.1:7070\"\n",
+            super::super::tests::EXAMPLE
+        )
+    }
 
     fn errors(text: &str) -> String {
         match Config::from_toml(text) {
@@ -97,12 +79,12 @@ health = { path = "/healthz" }
 
     #[test]
     fn distinct_listeners_pass() {
-        assert_eq!(errors(BASE), "");
+        assert_eq!(errors(&base()), "");
     }
 
     #[test]
     fn a_front_end_on_an_agents_address_is_refused() {
-        let t = BASE.replace(
+        let t = base().replace(
             "listen = { web = \"127.0.0.1:8080\" }",
             "listen = { web = \"127.0.0.2:7001\" }",
         );
@@ -115,7 +97,7 @@ health = { path = "/healthz" }
 
     #[test]
     fn a_port_range_holding_the_agents_own_port_is_refused() {
-        let t = BASE.replacen(
+        let t = base().replacen(
             "port_range = [20000, 20010]",
             "port_range = [7000, 7010]",
             1,
@@ -129,7 +111,7 @@ health = { path = "/healthz" }
 
     #[test]
     fn the_controller_on_the_proxys_admin_address_is_refused() {
-        let t = BASE.replace("listen = \"127.0.0.1:7070\"", "listen = \"0.0.0.0:7071\"");
+        let t = base().replace("listen = \"127.0.0.1:7070\"", "listen = \"0.0.0.0:7071\"");
         let e = errors(&t);
         assert!(
             e.contains("traffic.admin: 127.0.0.1:7071 is also controller.listen"),

@@ -180,12 +180,13 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::types::Mode;
     use std::collections::BTreeSet;
 
-    const EXAMPLE: &str = r#"
+    /// A small valid config (one primary, one spare, one service), for tests across the core.
+    pub(crate) const EXAMPLE: &str = r#"
 [cluster]
 mode = "active-standby"
 
