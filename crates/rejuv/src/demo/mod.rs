@@ -70,6 +70,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             .context("making the demo's state directory")?
             .keep(),
     };
+    {
+        // Before anything secret is written in it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+    }
     std::fs::create_dir_all(dir.join("logs"))?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
