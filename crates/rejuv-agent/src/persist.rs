@@ -24,14 +24,7 @@ pub const STATE_VERSION: u32 = 1;
 /// Rejuvenation reports kept for `run_id` replays.
 pub const REPORTS_KEPT: usize = 16;
 
-/// Highest epoch an agent accepts: the largest integer a JSON number carries exactly.
-pub const MAX_EPOCH: u64 = 1 << 53;
-
-/// Furthest an epoch may jump above the one in force. A controller takes one epoch per start
-/// or leadership, so this is a million restarts (eleven days of a controller restarting every
-/// second) while this agent was away; an epoch further ahead is not a controller's, and taking
-/// it would lock every real controller out (`409`) until an operator steps in.
-pub const MAX_EPOCH_STEP: u64 = 1_000_000;
+pub use rejuv_core::api::{MAX_EPOCH, MAX_EPOCH_STEP};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -247,7 +240,7 @@ impl Store {
     /// could hold ([`MAX_EPOCH`], [`MAX_EPOCH_STEP`]); persists a higher one.
     pub async fn fence(&self, epoch: u64) -> Result<(), StoreError> {
         self.update(|s| {
-            if epoch > MAX_EPOCH || epoch > s.epoch.saturating_add(MAX_EPOCH_STEP) {
+            if !rejuv_core::api::epoch_is_plausible(epoch, s.epoch) {
                 return Err(StoreError::ImplausibleEpoch {
                     got: epoch,
                     seen: s.epoch,

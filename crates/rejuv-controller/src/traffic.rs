@@ -147,25 +147,20 @@ pub async fn reconcile_builtin(
                         bump = status.version + 1 - core_version;
                         continue;
                     }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = routes.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                } else {
+                    let mut in_flight = BTreeMap::new();
+                    for svc in status.services.values() {
+                        for b in &svc.backends {
+                            *in_flight.entry(b.id.clone()).or_insert(0) += b.in_flight;
+                        }
                     }
-                    continue;
-                }
-                let mut in_flight = BTreeMap::new();
-                for svc in status.services.values() {
-                    for b in &svc.backends {
-                        *in_flight.entry(b.id.clone()).or_insert(0) += b.in_flight;
+                    let ev = Event::TrafficSynced {
+                        version: core_version,
+                        in_flight,
+                    };
+                    if tx.send(Msg::Event(ev)).await.is_err() {
+                        return;
                     }
-                }
-                let ev = Event::TrafficSynced {
-                    version: core_version,
-                    in_flight,
-                };
-                if tx.send(Msg::Event(ev)).await.is_err() {
-                    return;
                 }
             }
             Err(e) => {

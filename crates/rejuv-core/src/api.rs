@@ -189,6 +189,12 @@ pub const MAX_EPOCH: u64 = 1 << 53;
 /// taking it would lock every real controller out until an operator steps in.
 pub const MAX_EPOCH_STEP: u64 = 1_000_000;
 
+/// Whether `epoch` could be a controller's, for a receiver (agent, proxy) that holds
+/// `in_force`: at most [`MAX_EPOCH`], and at most [`MAX_EPOCH_STEP`] above `in_force`.
+pub fn epoch_is_plausible(epoch: u64, in_force: u64) -> bool {
+    epoch <= MAX_EPOCH && epoch <= in_force.saturating_add(MAX_EPOCH_STEP)
+}
+
 impl RouteTable {
     /// A digest of what the table routes (services, backends, holds), without its epoch and
     /// version: two tables with the same digest send traffic the same way.

@@ -327,7 +327,9 @@ impl Shared {
                 implausible.push(TableError::Implausible { field, value });
             }
         }
-        if table.epoch > registry.epoch.saturating_add(MAX_EPOCH_STEP) {
+        if table.epoch <= MAX_EPOCH
+            && !rejuv_core::api::epoch_is_plausible(table.epoch, registry.epoch)
+        {
             implausible.push(TableError::EpochJump {
                 value: table.epoch,
                 in_force: registry.epoch,
