@@ -52,7 +52,7 @@ pub async fn rejuvenate(
                 ActionOutcome::Skipped,
                 format!("not run: {f} failed before it"),
             ),
-            None => run_action(agent, action).await,
+            None => run_action(agent, action, &req.keep_instances).await,
         };
         tracing::info!(%action, outcome = ?r.outcome, detail = %r.detail, "rejuvenation action");
         if r.outcome == ActionOutcome::Failed && failed.is_none() {
@@ -77,7 +77,7 @@ pub async fn rejuvenate(
     Ok(done)
 }
 
-async fn run_action(agent: &Agent, action: Action) -> ActionReport {
+async fn run_action(agent: &Agent, action: Action, keep: &[String]) -> ActionReport {
     let host = agent.config.agent.host_actions;
     let not_enabled = || {
         report(
@@ -87,7 +87,7 @@ async fn run_action(agent: &Agent, action: Action) -> ActionReport {
         )
     };
     match action {
-        Action::StopInstances => stop_instances(agent, action).await,
+        Action::StopInstances => stop_instances(agent, action, keep).await,
         Action::ClearScratch => clear_scratch(agent).await,
         Action::DropCaches if !host => not_enabled(),
         Action::DropCaches => {
@@ -147,19 +147,36 @@ async fn run_action(agent: &Agent, action: Action) -> ActionReport {
 }
 
 async fn stop_all(agent: &Agent, action: Action) -> Result<usize, ActionReport> {
-    agent.sup.stop_all().await.map_err(|errors| {
+    stop_all_but(agent, action, &[]).await
+}
+
+async fn stop_all_but(
+    agent: &Agent,
+    action: Action,
+    keep: &[String],
+) -> Result<usize, ActionReport> {
+    agent.sup.stop_all_except(keep).await.map_err(|errors| {
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         report(action, ActionOutcome::Failed, text.join("; "))
     })
 }
 
-async fn stop_instances(agent: &Agent, action: Action) -> ActionReport {
-    match stop_all(agent, action).await {
-        Ok(0) => report(action, ActionOutcome::Done, "no instances were running"),
+async fn stop_instances(agent: &Agent, action: Action, keep: &[String]) -> ActionReport {
+    let kept = if keep.is_empty() {
+        String::new()
+    } else {
+        format!("; kept {} (in place: they serve)", keep.join(", "))
+    };
+    match stop_all_but(agent, action, keep).await {
+        Ok(0) => report(
+            action,
+            ActionOutcome::Done,
+            format!("no instances were running{kept}"),
+        ),
         Ok(n) => report(
             action,
             ActionOutcome::Done,
-            format!("stopped {n} instance(s)"),
+            format!("stopped {n} instance(s){kept}"),
         ),
         Err(r) => r,
     }

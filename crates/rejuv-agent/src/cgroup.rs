@@ -32,11 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Shell prologue that moves itself into the cgroup named by `$0`, then becomes the service.
-/// Joining before `exec` (rather than the agent moving the pid after spawn) leaves no window in
-/// which the service could fork a child outside its cgroup.
-pub const JOIN_SCRIPT: &str = r#"{ echo $$ >"$0"; } 2>/dev/null; exec "$@""#;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     V2,

@@ -112,6 +112,7 @@ impl Collector {
                     processes: usage.processes,
                     health_latency_ms: view.health_latency_ms,
                     healthy: view.healthy,
+                    memory_limit_bytes: inst.spec.memory_limit,
                 },
             );
         }

@@ -266,6 +266,16 @@ async fn rejuvenate(
             ),
         ));
     }
+    if req.keep_instances.len() > rejuv_core::api::MAX_KEEP {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "keep_instances: {} listed, at most {}",
+                req.keep_instances.len(),
+                rejuv_core::api::MAX_KEEP
+            ),
+        ));
+    }
     agent.store.fence(req.epoch).await?;
     let report = actions::rejuvenate(&agent, req).await?;
     Ok(Json(report).into_response())

@@ -82,6 +82,13 @@ pub enum StartError {
     Store(#[from] persist::StoreError),
     #[error("cannot build the HTTP client for health checks")]
     HttpClient(#[source] reqwest::Error),
+    #[error("services.{service}.backend = \"{backend}\": this agent runs instances as processes only (backend = \"process\")")]
+    Backend {
+        service: String,
+        backend: rejuv_core::config::Backend,
+    },
+    #[error("services.{service}: {reason}")]
+    Credentials { service: String, reason: String },
 }
 
 /// Runs an agent on `listener` until `shutdown` is cancelled (→ [`Exit::Shutdown`]) or a
@@ -118,6 +125,7 @@ async fn run_inner(
     if token.trim().is_empty() {
         return Err(StartError::EmptyToken.into());
     }
+    check_catalog(&config)?;
     let logs_dir = data_dir.join("logs");
     std::fs::create_dir_all(&logs_dir).map_err(|source| StartError::DataDir {
         path: logs_dir.clone(),
@@ -218,6 +226,32 @@ async fn run_inner(
     };
     tracing::info!(?exit, "agent stopped");
     Ok(exit)
+}
+
+/// What of the catalog this agent can run, checked before it serves: every backend is
+/// available, every user and group exists. Services that would run as root with the agent's
+/// privileges are named in a warning.
+fn check_catalog(config: &Config) -> Result<(), StartError> {
+    let root = nix::unistd::geteuid().is_root();
+    for (name, spec) in &config.services {
+        if spec.backend != rejuv_core::config::Backend::Process {
+            return Err(StartError::Backend {
+                service: name.clone(),
+                backend: spec.backend,
+            });
+        }
+        supervisor::check_credentials(spec).map_err(|reason| StartError::Credentials {
+            service: name.clone(),
+            reason,
+        })?;
+        if root && spec.user.is_none() {
+            tracing::warn!(
+                service = %name,
+                "instances of this service run as root, as the agent does: set services.{name}.user"
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn collect_once(agent: &Arc<Agent>) {

@@ -231,11 +231,13 @@ impl AgentClient {
         epoch: u64,
         run_id: &str,
         actions: &[Action],
+        keep: &[rejuv_core::types::InstanceId],
     ) -> Result<RejuvenationReport, ClientError> {
         let body = RejuvenateRequest {
             epoch,
             run_id: run_id.to_string(),
             actions: actions.to_vec(),
+            keep_instances: keep.to_vec(),
         };
         let r = self
             .send(

@@ -592,11 +592,12 @@ impl Executor {
                 server,
                 run_id,
                 actions,
+                keep,
             } => {
                 let addr = self.agent(server)?;
                 let report = self
                     .client
-                    .rejuvenate(addr, self.epoch, run_id, actions)
+                    .rejuvenate(addr, self.epoch, run_id, actions, keep)
                     .await
                     .map_err(failed)?;
                 Ok(CommandResult::Rejuvenated { report })

@@ -698,6 +698,7 @@ port_range = [20000, 20009]
             tte_s: Some(30.0),
             confidence: Some(0.99),
             message: "leak".into(),
+            instance: None,
         });
         s1.level = 1;
         let mut state = AgentState {

@@ -103,7 +103,14 @@ pub struct RejuvenateRequest {
     /// Makes a retry harmless: a run id already carried out returns its stored report.
     pub run_id: String,
     pub actions: Vec<Action>,
+    /// Instances `stop-instances` leaves running (an in-place rejuvenation's copies, which
+    /// serve meanwhile). At most [`MAX_KEEP`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_instances: Vec<crate::types::InstanceId>,
 }
+
+/// Most instances a rejuvenation may be asked to keep running.
+pub const MAX_KEEP: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -31,3 +31,35 @@ impl Now {
         }
     }
 }
+
+/// A wall-clock time as people read it in logs and status: `2023-11-14 22:13:20 UTC`.
+pub fn fmt_utc(ms: WallMs) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_times_read_as_dates() {
+        assert_eq!(super::fmt_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::fmt_utc(1_700_000_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(super::fmt_utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+}

@@ -85,4 +85,8 @@ pub struct InstanceSample {
     /// Latency of the last health check in milliseconds, if one ran.
     pub health_latency_ms: Option<f64>,
     pub healthy: bool,
+    /// The instance's own memory limit (its service's `memory_limit`), where it has one: the
+    /// `instance-rss` rule measures against it instead of a share of the server's budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
 }

@@ -54,6 +54,9 @@ struct Spec {
     services: Vec<&'static str>,
     max_concurrent: u32,
     floor: u32,
+    /// `rejuvenation.in_place`: off unless a test is about it, so that "no target" still
+    /// means no target.
+    in_place: bool,
 }
 
 impl Spec {
@@ -67,6 +70,7 @@ impl Spec {
             services: vec!["web", "db"],
             max_concurrent: 1,
             floor: 0,
+            in_place: false,
         }
     }
 
@@ -107,6 +111,17 @@ impl Spec {
         self
     }
 
+    fn in_place(mut self) -> Self {
+        self.in_place = true;
+        self
+    }
+
+    fn servers(mut self, primaries: usize, spares: usize) -> Self {
+        self.primaries = primaries;
+        self.spares = spares;
+        self
+    }
+
     fn toml(&self) -> String {
         let mut t = format!(
             r#"
@@ -130,6 +145,7 @@ min_available_capacity = {floor}
 duplex_timeout = "30s"
 verify_timeout = "60s"
 failed_target_cooldown = "300s"
+in_place = {in_place}
 
 [services.web]
 command = "/usr/bin/true"
@@ -145,6 +161,7 @@ handoff = {{ export = "/state", import = "/state", hold = "3s" }}
             mode = self.mode,
             mc = self.max_concurrent,
             floor = self.floor,
+            in_place = self.in_place,
         );
         for i in 1..=self.primaries + self.spares {
             let primary = i <= self.primaries;
@@ -193,6 +210,9 @@ struct FakeAgent {
     next_port: u16,
     /// Instances started here pass their health check.
     starts_healthy: bool,
+    /// MemAvailable reported, and the RSS reported for every instance.
+    mem_available_bytes: Option<u64>,
+    rss_bytes: Option<u64>,
 }
 
 impl FakeAgent {
@@ -205,7 +225,16 @@ impl FakeAgent {
             running_time_s: now_ms.saturating_sub(self.running_since_ms) as f64 / 1000.0,
             crashes_total: 0,
             load_quantile: None,
-            instances: self.instances.clone(),
+            instances: self
+                .instances
+                .iter()
+                .map(|(id, i)| {
+                    let mut i = i.clone();
+                    i.rss_bytes = self.rss_bytes;
+                    (id.clone(), i)
+                })
+                .collect(),
+            mem_available_bytes: self.mem_available_bytes,
         }
     }
 
@@ -226,6 +255,7 @@ impl FakeAgent {
                 healthy: self.starts_healthy,
                 addr: Some(addr),
                 started_at_ms: Some(now_ms),
+                rss_bytes: None,
             },
         );
         addr
@@ -242,6 +272,7 @@ fn unreachable_observation(now_ms: u64) -> Observation {
         crashes_total: 0,
         load_quantile: None,
         instances: BTreeMap::new(),
+        mem_available_bytes: None,
     }
 }
 
@@ -260,13 +291,17 @@ fn explanation(tte_s: Option<f64>) -> Explanation {
         tte_s,
         confidence: tte_s.map(|_| 0.99),
         message: "memory-used at 95.0% is above the threshold 90.0%".into(),
+        instance: None,
     }
 }
 
+/// A judgement of the host-wide memory (so a workflow takes the whole server).
 fn judgement(level: Level) -> Judgement {
     Judgement {
         level,
         explanation: (level != Level::Stable).then(|| explanation(None)),
+        host: level,
+        unstable_instances: vec![],
     }
 }
 
@@ -405,7 +440,7 @@ fn workflow_problems(c: &Cluster) -> Vec<String> {
             continue;
         };
         let switched = !matches!(w.phase, Phase::Duplexing | Phase::Gating);
-        let expected = if switched {
+        let expected = if switched && w.takes_server_out() {
             ServerState::Rejuvenating { workflow: w.id }
         } else {
             ServerState::InService
@@ -416,7 +451,7 @@ fn workflow_problems(c: &Cluster) -> Vec<String> {
                 w.server, s.state, w.phase
             ));
         }
-        if sources.contains(&w.target) {
+        if sources.contains(&w.target) && !w.in_place() {
             bad.push(format!("{} is both a source and a target", w.target));
         }
         for p in &w.pairs {
@@ -477,6 +512,8 @@ impl H {
                         instances: BTreeMap::new(),
                         next_port: s.port_range[0],
                         starts_healthy: true,
+                        mem_available_bytes: None,
+                        rss_bytes: None,
                     },
                 )
             })
@@ -639,9 +676,10 @@ impl H {
                 server,
                 run_id,
                 actions,
+                keep,
             } => {
                 let a = self.agent(server);
-                a.instances.clear();
+                a.instances.retain(|id, _| keep.contains(id));
                 a.running_since_ms = now;
                 CommandResult::Rejuvenated {
                     report: report(run_id, actions, now, None),
@@ -935,6 +973,7 @@ fn drive_to(spec: &Spec, until: Option<Phase>) -> H {
             server: "s1".into(),
             run_id: w.run_id.clone(),
             actions: h.cfg.rejuvenation.actions.clone(),
+            keep: vec![],
         }
     );
     if until == Phase::Rejuvenating {
@@ -1769,7 +1808,10 @@ fn events_of<'a>(out: &'a Output, kind: &str) -> Vec<&'a LogEvent> {
 
 /// Carried through `step` anyway, a refused command is logged and changes nothing.
 fn assert_refused_unchanged(h: &mut H, cmd: OperatorCommand) {
-    assert!(h.c.check_operator(&cmd).is_err(), "{cmd:?} is refused");
+    assert!(
+        h.c.check_operator(&h.cfg, &cmd).is_err(),
+        "{cmd:?} is refused"
+    );
     let before = h.c.clone();
     let out = h.operator(cmd);
     assert_eq!(log_kinds(&out), ["operator-refused"]);
@@ -2076,7 +2118,9 @@ mod scenarios {
                 let nt = events_of(&out, "no-target");
                 assert_eq!(nt.len(), 1);
                 assert!(
-                    nt[0].message.contains("no healthy spare"),
+                    nt[0]
+                        .message
+                        .contains("no spare can take it (s4: in failed-target cooldown"),
                     "{}",
                     nt[0].message
                 );
@@ -2191,7 +2235,7 @@ mod scenarios {
         let nt = events_of(&out, "no-target");
         assert_eq!(nt.len(), 1);
         assert!(
-            nt[0].message.contains("no healthy spare is free"),
+            nt[0].message.contains("s4: reserved by workflow"),
             "{}",
             nt[0].message
         );
@@ -2242,7 +2286,7 @@ mod scenarios {
         let mut h = booted(&Spec::active_standby());
         h.observe_down("s4");
         let out = h.judge("s1", Level::Unstable);
-        assert_said_once(&mut h, "s1", &out, "no healthy spare is free");
+        assert_said_once(&mut h, "s1", &out, "s4: its agent does not answer");
         h.observe("s4");
         assert_eq!(h.target("s1"), "s4");
 
@@ -2253,7 +2297,7 @@ mod scenarios {
             on: true,
         });
         let out = h.judge("s1", Level::Unstable);
-        assert_said_once(&mut h, "s1", &out, "no healthy spare is free");
+        assert_said_once(&mut h, "s1", &out, "s4: in maintenance");
         h.operator(OperatorCommand::Maintenance {
             server: "s4".into(),
             on: false,
@@ -2270,13 +2314,13 @@ mod scenarios {
             &mut h,
             "s1",
             &out,
-            "no primary has 2 units of spare capacity",
+            "no peer can take it (s2: 0 free units, 2 needed; s3: 0 free units, 2 needed",
         );
         // A spare too small for the source's instances.
         let mut h = booted(&Spec::active_standby().capacity(2).services(&["web"]));
         h.c.servers.get_mut("s4").unwrap().capacity = 0;
         let out = h.judge("s1", Level::Unstable);
-        assert_said_once(&mut h, "s1", &out, "no free spare has 1 units of capacity");
+        assert_said_once(&mut h, "s1", &out, "s4: 0 free units, 1 needed");
     }
 
     #[test]
@@ -2515,6 +2559,7 @@ mod scenarios {
                 healthy: true,
                 addr: None,
                 started_at_ms: Some(T0),
+                rss_bytes: None,
             },
         );
         h.observe("s1");
@@ -2560,6 +2605,8 @@ mod scenarios {
         let far = Judgement {
             level: Level::Unstable,
             explanation: Some(explanation(Some(3_600.0))),
+            host: Level::Unstable,
+            unstable_instances: vec![],
         };
         h.judge_with("s1", far);
         assert_eq!(
@@ -2570,6 +2617,8 @@ mod scenarios {
         let near = Judgement {
             level: Level::Unstable,
             explanation: Some(explanation(Some(30.0))),
+            host: Level::Unstable,
+            unstable_instances: vec![],
         };
         h.judge_with("s1", near);
         assert_eq!(h.phase("s1"), Some(Phase::Draining));
@@ -2697,10 +2746,13 @@ mod scenarios {
         h.wait(60_000);
         assert_eq!(h.wf("s1"), None);
         assert_eq!(
-            h.c.check_operator(&OperatorCommand::Rejuvenate {
-                server: "s1".into(),
-                force: true
-            }),
+            h.c.check_operator(
+                &h.cfg,
+                &OperatorCommand::Rejuvenate {
+                    server: "s1".into(),
+                    force: true
+                }
+            ),
             Err(Refusal::InMaintenance("s1".into()))
         );
         h.operator(OperatorCommand::Maintenance {
@@ -2769,45 +2821,48 @@ mod scenarios {
             force: false,
         };
         assert_eq!(
-            h.c.check_operator(&rej("s9")),
+            h.c.check_operator(&h.cfg, &rej("s9")),
             Err(Refusal::UnknownServer("s9".into()))
         );
         assert_eq!(
-            h.c.check_operator(&OperatorCommand::Maintenance {
-                server: "s9".into(),
-                on: true
-            }),
+            h.c.check_operator(
+                &h.cfg,
+                &OperatorCommand::Maintenance {
+                    server: "s9".into(),
+                    on: true
+                }
+            ),
             Err(Refusal::UnknownServer("s9".into()))
         );
         assert_eq!(
-            h.c.check_operator(&rej("s4")),
+            h.c.check_operator(&h.cfg, &rej("s4")),
             Err(Refusal::Spare("s4".into()))
         );
-        assert_eq!(h.c.check_operator(&rej("s1")), Ok(()));
-        assert_eq!(h.c.check_operator(&OperatorCommand::Pause), Ok(()));
-        assert_eq!(h.c.check_operator(&OperatorCommand::Resume), Ok(()));
+        assert_eq!(h.c.check_operator(&h.cfg, &rej("s1")), Ok(()));
+        assert_eq!(h.c.check_operator(&h.cfg, &OperatorCommand::Pause), Ok(()));
+        assert_eq!(h.c.check_operator(&h.cfg, &OperatorCommand::Resume), Ok(()));
         h.agent("s1").load1 = HIGH_LOAD;
         h.observe("s1");
         h.judge("s1", Level::Unstable);
         // Before the switch, a request for the source is what opens the gate.
         assert_eq!(h.phase("s1"), Some(Phase::Duplexing));
-        assert_eq!(h.c.check_operator(&rej("s1")), Ok(()));
+        assert_eq!(h.c.check_operator(&h.cfg, &rej("s1")), Ok(()));
         // The reserved spare is still a spare until the switch.
         assert_eq!(
-            h.c.check_operator(&rej("s4")),
+            h.c.check_operator(&h.cfg, &rej("s4")),
             Err(Refusal::Spare("s4".into()))
         );
         assert_refused_unchanged(&mut h, rej("s4"));
         h.ack_starts();
         h.observe("s4");
         assert_eq!(h.phase("s1"), Some(Phase::Gating));
-        assert_eq!(h.c.check_operator(&rej("s1")), Ok(()));
+        assert_eq!(h.c.check_operator(&h.cfg, &rej("s1")), Ok(()));
         // Switched: nothing left to ask for.
         h.agent("s1").load1 = LOW_LOAD;
         h.observe("s1");
         assert_eq!(h.phase("s1"), Some(Phase::Draining));
         assert_eq!(
-            h.c.check_operator(&rej("s1")),
+            h.c.check_operator(&h.cfg, &rej("s1")),
             Err(Refusal::Busy("s1".into()))
         );
 
@@ -2894,10 +2949,13 @@ mod scenarios {
                     // Back as a spare: the waiting s2 takes it, in the step of the release.
                     assert_eq!(h.target("s2"), "s1");
                     assert_eq!(
-                        h.c.check_operator(&OperatorCommand::Rejuvenate {
-                            server: "s1".into(),
-                            force: false
-                        }),
+                        h.c.check_operator(
+                            &h.cfg,
+                            &OperatorCommand::Rejuvenate {
+                                server: "s1".into(),
+                                force: false
+                            }
+                        ),
                         Err(Refusal::Spare("s1".into()))
                     );
                 }
@@ -3349,7 +3407,7 @@ mod regressions {
         // Waiting at the gate: it opens in the step of the request.
         let mut h = drive_to(&Spec::active_standby(), Some(Phase::Gating));
         assert_eq!(
-            h.c.check_operator(&cmd),
+            h.c.check_operator(&h.cfg, &cmd),
             Ok(()),
             "asking for 'now' fits a workflow that waits"
         );
@@ -3362,7 +3420,7 @@ mod regressions {
 
         // Still duplexing: the gate opens as soon as the copies are hot, busy as s1 is.
         let mut h = drive_to(&Spec::active_standby(), Some(Phase::Duplexing));
-        assert_eq!(h.c.check_operator(&cmd), Ok(()));
+        assert_eq!(h.c.check_operator(&h.cfg, &cmd), Ok(()));
         h.operator(cmd.clone());
         assert_eq!(h.phase("s1"), Some(Phase::Duplexing));
         h.ack_starts();
@@ -3373,7 +3431,10 @@ mod regressions {
             Some("requested by an operator")
         );
         // Switched: nothing left to ask for.
-        assert_eq!(h.c.check_operator(&cmd), Err(Refusal::Busy("s1".into())));
+        assert_eq!(
+            h.c.check_operator(&h.cfg, &cmd),
+            Err(Refusal::Busy("s1".into()))
+        );
     }
 
     /// Was: Rejuvenate on a failed server was accepted by check_operator and then never acted
@@ -3392,7 +3453,7 @@ mod regressions {
                 force,
             };
             assert_eq!(
-                h.c.check_operator(&cmd),
+                h.c.check_operator(&h.cfg, &cmd),
                 Err(Refusal::Failed("s1".into(), reason.clone()))
             );
             assert_refused_unchanged(&mut h, cmd);
@@ -3592,6 +3653,8 @@ mod random {
                     _ => Judgement {
                         level: Level::Unstable,
                         explanation: Some(explanation(Some(30.0))),
+                        host: Level::Unstable,
+                        unstable_instances: vec![],
                     },
                 };
                 h.judge_with(&server, j);
@@ -4153,5 +4216,288 @@ duration = "1h"
         });
         assert!(h.c.servers["s1"].on_list());
         assert_eq!(h.c.servers["s1"].role, Role::Spare);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scope (one instance or the whole server) and placement (spare, peer, in place)
+// ---------------------------------------------------------------------------------------------
+
+mod scope_and_placement {
+    use super::*;
+    use rejuv_core::cluster::{Placement, Scope};
+
+    /// `instance`'s own readings are unstable; the host's are not.
+    fn instance_aging(instance: &str) -> Judgement {
+        let mut e = explanation(None);
+        e.resource = Resource::InstanceRss;
+        e.instance = Some(instance.to_string());
+        e.message = format!("{instance}: instance-rss at 95.0% is above the threshold 90.0%");
+        Judgement {
+            level: Level::Unstable,
+            explanation: Some(e),
+            host: Level::Stable,
+            unstable_instances: vec![instance.to_string()],
+        }
+    }
+
+    fn copies(w: &Workflow) -> Vec<InstanceId> {
+        w.pairs.iter().map(|p| p.new.clone()).collect()
+    }
+
+    #[test]
+    fn a_lone_server_is_rejuvenated_in_place_and_keeps_serving() {
+        let mut h = booted(&Spec::active_standby().servers(1, 0).in_place());
+        let old: BTreeSet<InstanceId> = h.instances_on("s1").into_iter().collect();
+        let out = h.judge("s1", Level::Unstable);
+        let started = events_of(&out, "workflow-started");
+        assert!(
+            started[0].message.contains("in place"),
+            "{}",
+            started[0].message
+        );
+        let w = h.wf("s1").unwrap().clone();
+        assert_eq!(
+            (w.scope, w.placement, w.target.as_str()),
+            (Scope::Server, Some(Placement::InPlace), "s1")
+        );
+        assert_eq!(h.c.servers["s1"].reserved_by, None, "no target is held");
+        assert_eq!(h.c.available_capacity(), 4, "it serves throughout");
+
+        h.ack_starts();
+        h.observe("s1");
+        assert_eq!(h.phase("s1"), Some(Phase::Draining));
+        assert!(
+            h.c.servers["s1"].on_list(),
+            "in place, it never leaves the list"
+        );
+        h.sync();
+        h.ack_transfers();
+        assert_eq!(h.phase("s1"), Some(Phase::Rejuvenating));
+        let cmd = h.pending_rejuvenate();
+        let CommandKind::Rejuvenate { actions, keep, .. } = &cmd.kind else {
+            unreachable!()
+        };
+        let mut kept = keep.clone();
+        kept.sort();
+        let mut expected = copies(&w);
+        expected.sort();
+        assert_eq!(kept, expected, "stop-instances keeps the copies");
+        assert!(actions.contains(&Action::StopInstances));
+        assert!(
+            !actions.contains(&Action::RestartAgent),
+            "restarting the agent would end the copies"
+        );
+        assert!(h
+            .logs_of_kind("step")
+            .iter()
+            .any(|e| e.message.contains("restart-agent left out")));
+        h.ack_rejuvenate_ok();
+        let out = h.observe("s1");
+        assert_eq!(events_of(&out, "workflow-completed").len(), 1);
+        let s1 = &h.c.servers["s1"];
+        assert_eq!((s1.role, s1.on_list()), (Role::Primary, true));
+        let now: BTreeSet<InstanceId> = h.instances_on("s1").into_iter().collect();
+        assert!(now.is_disjoint(&old), "the old instances are gone");
+        assert_eq!(now.len(), old.len());
+        let done = h.last_finished("s1").unwrap();
+        assert_eq!(outcome_name(done), "completed");
+        assert_eq!(done.placement, Some(Placement::InPlace));
+    }
+
+    #[test]
+    fn in_place_is_refused_when_two_copies_do_not_fit_in_memory() {
+        let mut h = booted(&Spec::active_standby().servers(1, 0).in_place());
+        h.agent("s1").mem_available_bytes = Some(100 << 20);
+        h.agent("s1").rss_bytes = Some(80 << 20);
+        h.observe("s1");
+        let out = h.judge("s1", Level::Unstable);
+        assert_eq!(h.wf("s1"), None);
+        let nt = events_of(&out, "no-target");
+        assert!(
+            nt[0]
+                .message
+                .contains("s1 lacks the memory for two copies (168 MB needed, 105 MB available)"),
+            "{}",
+            nt[0].message
+        );
+        // Memory freed elsewhere on the host: it goes ahead.
+        h.agent("s1").mem_available_bytes = Some(1 << 30);
+        h.observe("s1");
+        assert_eq!(
+            h.wf("s1").map(|w| w.placement),
+            Some(Some(Placement::InPlace))
+        );
+    }
+
+    #[test]
+    fn without_in_place_a_lone_server_request_is_refused_at_once() {
+        let mut spec = Spec::active_active().servers(1, 0);
+        spec.in_place = false;
+        let h = booted(&spec);
+        let refusal = h.c.check_operator(
+            &h.cfg,
+            &OperatorCommand::Rejuvenate {
+                server: "s1".into(),
+                force: false,
+            },
+        );
+        assert!(
+            matches!(&refusal, Err(Refusal::NoPlacement(s, why)) if s == "s1" && why.contains("in_place")),
+            "{refusal:?}"
+        );
+    }
+
+    #[test]
+    fn one_aging_instance_is_rejuvenated_alone_in_place() {
+        let mut h = booted(&Spec::active_standby().in_place());
+        let web = h.instance_of("s1", "web");
+        let db = h.instance_of("s1", "db");
+        h.judge_with("s1", instance_aging(&web));
+        let w = h.wf("s1").unwrap().clone();
+        assert_eq!(
+            (w.scope, w.instance.as_deref(), w.placement),
+            (
+                Scope::Instance,
+                Some(web.as_str()),
+                Some(Placement::InPlace)
+            )
+        );
+        assert_eq!(w.pairs.len(), 1, "only the aging instance moves");
+        assert_eq!(
+            h.c.servers["s4"].reserved_by, None,
+            "the spare is not needed"
+        );
+
+        h.ack_starts();
+        h.observe("s1");
+        assert_eq!(h.phase("s1"), Some(Phase::Draining));
+        assert!(h.c.servers["s1"].on_list());
+        assert_eq!(
+            h.backend(&db),
+            Some(BackendState::Serving),
+            "db is untouched"
+        );
+        h.sync();
+        assert_eq!(h.phase("s1"), Some(Phase::Rejuvenating));
+        let stops = h.pending_where(
+            |k| matches!(k, CommandKind::StopInstance { instance, .. } if *instance == web),
+        );
+        assert_eq!(stops.len(), 1, "the old instance is stopped");
+        assert!(h
+            .pending_where(|k| matches!(k, CommandKind::Rejuvenate { .. }))
+            .is_empty());
+        h.ack_all(stops);
+        assert_eq!(h.phase("s1"), Some(Phase::Verifying));
+        let out = h.observe("s1");
+        assert_eq!(events_of(&out, "workflow-completed").len(), 1, "{out:?}");
+        let s1 = &h.c.servers["s1"];
+        assert_eq!(
+            (s1.role, s1.on_list(), s1.judgement),
+            (Role::Primary, true, Level::Stable)
+        );
+        assert_eq!(s1.instance_rejuvenations_ms.len(), 1);
+        assert!(h.c.instances.contains_key(&db));
+        assert!(!h.c.instances.contains_key(&web));
+        assert_eq!(h.c.servers["s4"].role, Role::Spare);
+        assert_eq!(h.last_finished("s1").unwrap().scope, Scope::Instance);
+    }
+
+    #[test]
+    fn one_aging_instance_goes_to_the_spare_when_in_place_is_off() {
+        let mut h = booted(&Spec::active_standby());
+        let web = h.instance_of("s1", "web");
+        h.judge_with("s1", instance_aging(&web));
+        let w = h.wf("s1").unwrap().clone();
+        assert_eq!(
+            (w.scope, w.placement, w.target.as_str()),
+            (Scope::Instance, Some(Placement::Spare), "s4")
+        );
+        h.ack_starts();
+        h.observe("s4");
+        assert_eq!(h.phase("s1"), Some(Phase::Draining));
+        assert_eq!(
+            h.c.servers["s4"].role,
+            Role::Primary,
+            "a spare that serves is a primary"
+        );
+        assert!(h.c.servers["s1"].on_list());
+        h.sync();
+        let stops = h.pending_where(|k| matches!(k, CommandKind::StopInstance { .. }));
+        h.ack_all(stops);
+        h.observe("s1");
+        assert_eq!(h.wf("s1"), None);
+        assert_eq!(h.c.servers["s4"].reserved_by, None);
+        assert_eq!(outcome_name(h.last_finished("s1").unwrap()), "completed");
+    }
+
+    #[test]
+    fn every_instance_aging_or_a_host_reading_takes_the_whole_server() {
+        // Both of s1's instances age: the server does.
+        let mut h = booted(&Spec::active_standby().in_place());
+        let (web, db) = (h.instance_of("s1", "web"), h.instance_of("s1", "db"));
+        let mut j = instance_aging(&web);
+        j.unstable_instances.push(db);
+        h.judge_with("s1", j);
+        assert_eq!(h.wf("s1").unwrap().scope, Scope::Server);
+        // The host's own readings age: the server does.
+        let mut h = booted(&Spec::active_standby().in_place());
+        let web = h.instance_of("s1", "web");
+        let mut j = instance_aging(&web);
+        j.host = Level::Unstable;
+        h.judge_with("s1", j);
+        assert_eq!(h.wf("s1").unwrap().scope, Scope::Server);
+        assert_eq!(
+            h.target("s1"),
+            "s4",
+            "a whole server goes to the spare first"
+        );
+    }
+
+    #[test]
+    fn instance_rejuvenations_that_do_not_hold_escalate_to_the_server() {
+        let mut h = booted(&Spec::active_standby().in_place());
+        for round in 0..3 {
+            let web = h.instance_of("s1", "web");
+            h.judge_with("s1", instance_aging(&web));
+            assert_eq!(h.wf("s1").unwrap().scope, Scope::Instance, "round {round}");
+            h.ack_starts();
+            h.observe("s1");
+            h.sync();
+            let stops = h.pending_where(|k| matches!(k, CommandKind::StopInstance { .. }));
+            h.ack_all(stops);
+            h.observe("s1");
+            assert_eq!(h.wf("s1"), None, "round {round}");
+            h.ack_housekeeping();
+            h.now_ms += 60_000;
+        }
+        let web = h.instance_of("s1", "web");
+        h.judge_with("s1", instance_aging(&web));
+        let w = h.wf("s1").unwrap();
+        assert_eq!(
+            (w.scope, w.target.as_str()),
+            (Scope::Server, "s4"),
+            "a fourth within the hour takes the whole server"
+        );
+    }
+
+    #[test]
+    fn failover_takes_a_spare_in_failed_target_cooldown_and_goes_before_a_request() {
+        let mut h = booted(&Spec::active_standby());
+        h.c.servers.get_mut("s4").unwrap().avoid_as_target_until_ms = Some(T0 + HOUR_MS);
+        // An operator asked for s2 first; it waits for the spare's cooldown.
+        let out = h.operator(OperatorCommand::Rejuvenate {
+            server: "s2".into(),
+            force: false,
+        });
+        assert_eq!(h.wf("s2"), None, "{out:?}");
+        // s1 dies.
+        h.observe_down("s1");
+        h.now_ms += h.cfg.policy.failover_after.as_millis() as u64 + 1_000;
+        h.observe_down("s1");
+        let w = h.wf("s1").expect("the dead primary fails over at once");
+        assert!(w.failover);
+        assert_eq!(w.target, "s4");
+        assert_eq!(h.wf("s2"), None, "the earlier request waits");
     }
 }

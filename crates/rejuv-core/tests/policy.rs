@@ -103,6 +103,7 @@ impl Sim {
                     server,
                     run_id,
                     actions,
+                    ..
                 } => {
                     self.actions_run.push(actions.clone());
                     self.running_since.insert(server.clone(), self.t);
@@ -143,6 +144,7 @@ impl Sim {
                             healthy: true,
                             addr: i.addr,
                             started_at_ms: Some(self.t),
+                            rss_bytes: None,
                         },
                     )
                 })
@@ -157,6 +159,7 @@ impl Sim {
                 crashes_total: 0,
                 load_quantile: self.load_quantile,
                 instances,
+                mem_available_bytes: None,
             };
             self.apply(Event::Observed {
                 server: server.into(),
@@ -197,10 +200,15 @@ impl Sim {
             tte_s: None,
             confidence: None,
             message: "instance-rss high".into(),
+            instance: None,
         });
         self.apply(Event::Judged {
             server: server.into(),
-            judgement: Judgement { level, explanation },
+            judgement: Judgement {
+                level,
+                explanation,
+                ..Judgement::stable()
+            },
         });
     }
 }
@@ -359,12 +367,14 @@ fn the_gate_waits_for_a_quieter_moment_while_exhaustion_is_far() {
         tte_s: Some(36_000.0),
         confidence: Some(0.99),
         message: "instance-rss will be exhausted in about 10h".into(),
+        instance: None,
     };
     sim.apply(Event::Judged {
         server: "s1".into(),
         judgement: Judgement {
             level: Level::Unstable,
             explanation: Some(explanation),
+            ..Judgement::stable()
         },
     });
     sim.advance(1_000);

@@ -37,6 +37,11 @@ pub use error::SupervisorError;
 pub use instance::{valid_instance_id, CollectView, Instance};
 pub use table::Supervisor;
 
+/// Whether a service's `user` and `group` exist on this host (`Err` says which does not).
+pub fn check_credentials(spec: &rejuv_core::config::ServiceConfig) -> Result<(), String> {
+    process::credentials(spec).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::process::describe_exit;

@@ -53,8 +53,17 @@ impl Supervisor {
 
     /// Stops every instance, concurrently. Returns how many were stopped.
     pub async fn stop_all(self: &Arc<Self>) -> Result<usize, Vec<SupervisorError>> {
+        self.stop_all_except(&[]).await
+    }
+
+    /// Stops every instance but those named in `keep`, concurrently. Returns how many were
+    /// stopped.
+    pub async fn stop_all_except(
+        self: &Arc<Self>,
+        keep: &[String],
+    ) -> Result<usize, Vec<SupervisorError>> {
         let mut set = tokio::task::JoinSet::new();
-        for inst in self.all() {
+        for inst in self.all().into_iter().filter(|i| !keep.contains(&i.id)) {
             let sup = self.clone();
             set.spawn(async move { sup.stop(&inst.id).await });
         }

@@ -96,7 +96,7 @@ async fn unknown_service_is_a_400_and_starts_nothing() {
 
     // A catalog entry whose program is missing: a start error naming it, not a crash loop.
     let mut config = h.config();
-    config.services.get_mut("plain").unwrap().command = "/nonexistent/bin/service".into();
+    config.services.get_mut("plain").unwrap().command = Some("/nonexistent/bin/service".into());
     let agent = h.start(config).await;
     let a = agent.put_instance("p-1", "plain", 3).await;
     assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", a.body);

@@ -34,6 +34,8 @@ impl Cluster {
             quorum_lost: false,
             exhausted_total: 0,
             advised: BTreeSet::new(),
+            forgotten: Vec::new(),
+            unknown_reported: BTreeSet::new(),
             routes_version: 1,
             routes: RouteTable {
                 epoch: 0,
@@ -86,6 +88,9 @@ impl Cluster {
                 level: 0,
                 last_rejuvenated_at_ms: None,
                 unreachable_since_ms: None,
+                host_judgement: Level::Stable,
+                unstable_instances: Vec::new(),
+                instance_rejuvenations_ms: Vec::new(),
             },
         );
         for svc in &s.instances {
@@ -137,7 +142,7 @@ impl Cluster {
             Event::Operator { by, command } => {
                 // Refusals are reported by `check_operator` before the event is applied;
                 // here the request is carried out.
-                self.on_operator(&by, command, now, &mut out);
+                self.on_operator(cfg, &by, command, now, &mut out);
             }
         }
         self.settle(cfg, now, &mut out);

@@ -13,10 +13,16 @@ use crate::types::{Role, ServerId};
 use std::collections::BTreeSet;
 
 impl Cluster {
-    /// Capacity units of primaries on the list whose agents answer, counting sources of running
-    /// workflows as off.
+    /// Capacity units of primaries on the list whose agents answer, counting the sources of
+    /// running whole-server workflows that move elsewhere as off (a server rejuvenated in
+    /// place, or one of whose instances moves, keeps serving).
     pub fn available_capacity(&self) -> u32 {
-        let busy: BTreeSet<&ServerId> = self.workflows.values().map(|w| &w.server).collect();
+        let busy: BTreeSet<&ServerId> = self
+            .workflows
+            .values()
+            .filter(|w| w.takes_server_out())
+            .map(|w| &w.server)
+            .collect();
         self.servers
             .values()
             .filter(|s| {

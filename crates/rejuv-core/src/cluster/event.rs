@@ -26,6 +26,10 @@ pub struct Observation {
     pub load_quantile: Option<f64>,
     /// Instances the agent reports, with whether each is healthy and where it serves.
     pub instances: BTreeMap<InstanceId, ObservedInstance>,
+    /// Memory the host can still give (MemAvailable), where the agent reported it: whether a
+    /// second copy fits in place.
+    #[serde(default)]
+    pub mem_available_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +38,9 @@ pub struct ObservedInstance {
     pub healthy: bool,
     pub addr: Option<SocketAddr>,
     pub started_at_ms: Option<u64>,
+    /// Its whole tree's RSS in the agent's latest sample.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
 impl Observation {
@@ -47,6 +54,8 @@ impl Observation {
             running_time_s: state.sample.running_time_s,
             crashes_total: state.crashes_total,
             load_quantile: None,
+            mem_available_bytes: (state.sample.mem_total_bytes > 0)
+                .then_some(state.sample.mem_available_bytes),
             instances: state
                 .instances
                 .iter()
@@ -58,6 +67,7 @@ impl Observation {
                             healthy: i.healthy,
                             addr: i.addr,
                             started_at_ms: i.started_at_ms,
+                            rss_bytes: state.sample.instances.get(&i.id).map(|x| x.rss_bytes),
                         },
                     )
                 })

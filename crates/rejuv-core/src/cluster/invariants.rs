@@ -12,6 +12,23 @@ impl Cluster {
         let mut bad = Vec::new();
         let mut targets = BTreeSet::new();
         for w in self.workflows.values() {
+            if w.in_place() {
+                // Its copies run on its own server: no target to hold, and it serves
+                // throughout.
+                if w.target != w.server {
+                    bad.push(format!("in-place workflow {} names another target", w.id));
+                }
+                if matches!(
+                    self.servers[&w.server].state,
+                    ServerState::Rejuvenating { .. }
+                ) {
+                    bad.push(format!(
+                        "{} left the list for an in-place workflow",
+                        w.server
+                    ));
+                }
+                continue;
+            }
             if !targets.insert(&w.target) {
                 bad.push(format!(
                     "server {} is the target of two workflows",
@@ -30,6 +47,12 @@ impl Cluster {
                     "{} is off the list before its copies are hot",
                     w.server
                 ));
+            }
+        }
+        let mut sources = BTreeSet::new();
+        for w in self.workflows.values() {
+            if !sources.insert(&w.server) {
+                bad.push(format!("{} is the source of two workflows", w.server));
             }
         }
         let unforced = self.workflows.values().filter(|w| !w.forced).count() as u32;

@@ -72,5 +72,6 @@ pub use event::{CommandResult, Event, Observation, ObservedInstance, OperatorCom
 pub use operator::Refusal;
 pub use output::{Command, CommandKind, EventKind, LogEvent, Output};
 pub use state::{
-    Cluster, Instance, Outcome, Pair, Phase, Server, ServerState, Step, StepTime, Traffic, Workflow,
+    Cluster, Instance, Outcome, Pair, Phase, Placement, Scope, Server, ServerState, Step, StepTime,
+    Traffic, Workflow,
 };

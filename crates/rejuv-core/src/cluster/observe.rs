@@ -9,7 +9,7 @@ use super::event::Observation;
 use super::output::{CommandKind, EventKind, LogEvent, Output};
 use super::state::{Cluster, Server, Traffic};
 use crate::api::InstanceState;
-use crate::config::Config;
+use crate::config::{Config, UnknownInstances};
 use crate::detector::Judgement;
 use crate::time::Now;
 use crate::types::{InstanceId, Role, ServiceName};
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 impl Cluster {
     pub(super) fn on_observed(
         &mut self,
-        _cfg: &Config,
+        cfg: &Config,
         server: &str,
         obs: Observation,
         now: Now,
@@ -50,6 +50,72 @@ impl Cluster {
         }
         self.record_observation(server, obs);
         self.restart_lost_instances(server, now, out);
+        self.stop_strangers(cfg, server, now, out);
+    }
+
+    /// Instances the agent runs that this cluster did not start: each is reported once (an
+    /// `unknown-instance` event and an alert) and, by `controller.unknown_instances`,
+    /// stopped. One it started and forgot (a copy rolled back, a source rejuvenated) is
+    /// stopped without a word.
+    fn stop_strangers(&mut self, cfg: &Config, server: &str, now: Now, out: &mut Output) {
+        let Some(o) = self.servers[server]
+            .observation
+            .as_ref()
+            .filter(|o| o.reachable)
+        else {
+            return;
+        };
+        let strangers: Vec<InstanceId> = o
+            .instances
+            .keys()
+            .filter(|id| !self.instances.contains_key(*id))
+            .filter(|id| {
+                !self.pending.values().any(|c| {
+                    matches!(&c.kind,
+                        CommandKind::StartInstance { instance, .. } | CommandKind::StopInstance { instance, .. }
+                        if instance == *id)
+                })
+            })
+            .cloned()
+            .collect();
+        for id in strangers {
+            let ours = self.forgotten.contains(&id);
+            if !ours && self.unknown_reported.insert(id.clone()) {
+                let what = match cfg.controller.unknown_instances {
+                    UnknownInstances::Stop => "stopping it",
+                    UnknownInstances::Report => {
+                        "leaving it (controller.unknown_instances = \"report\")"
+                    }
+                };
+                let said =
+                    format!("{server} runs {id}, which this controller did not start: {what}");
+                self.log(
+                    out,
+                    now,
+                    EventKind::UnknownInstance,
+                    Some(server),
+                    None,
+                    said.clone(),
+                );
+                self.issue(
+                    out,
+                    CommandKind::Alert {
+                        name: "RejuvUnknownInstance".into(),
+                        server: Some(server.to_string()),
+                        summary: said,
+                    },
+                );
+            }
+            if ours || cfg.controller.unknown_instances == UnknownInstances::Stop {
+                self.issue(
+                    out,
+                    CommandKind::StopInstance {
+                        server: server.to_string(),
+                        instance: id,
+                    },
+                );
+            }
+        }
     }
 
     /// Takes in what a server's agent reported: its instances' health and addresses, or that
@@ -129,6 +195,8 @@ impl Cluster {
         let changed = s.judgement != j.level;
         s.judgement = j.level;
         s.explanation = j.explanation.clone();
+        s.host_judgement = j.host;
+        s.unstable_instances = j.unstable_instances.clone();
         if changed {
             let msg = match &j.explanation {
                 Some(e) => format!("judged {}: {}", j.level, e.message),

@@ -6,6 +6,7 @@
 
 use super::output::{CommandKind, EventKind, Output};
 use super::state::{Cluster, Phase, ServerState};
+use crate::config::Config;
 use crate::detector::Level;
 use crate::time::Now;
 use crate::types::{Mode, Role};
@@ -26,11 +27,15 @@ pub enum Refusal {
     Spare(String),
     #[error("server '{0}' failed ({1}); check it, then release it with `maintenance off`")]
     Failed(String, String),
+    /// Nothing could ever take its instances: no other server of the role a target needs,
+    /// and in-place duplexing is off.
+    #[error("server '{0}' can never be rejuvenated in this cluster: {1}")]
+    NoPlacement(String, String),
 }
 
 impl Cluster {
     /// Whether an operator's command fits the current state.
-    pub fn check_operator(&self, command: &OperatorCommand) -> Result<(), Refusal> {
+    pub fn check_operator(&self, cfg: &Config, command: &OperatorCommand) -> Result<(), Refusal> {
         match command {
             OperatorCommand::Rejuvenate { server, .. } => {
                 let s = self
@@ -53,6 +58,16 @@ impl Cluster {
                 if s.role == Role::Spare {
                     return Err(Refusal::Spare(server.clone()));
                 }
+                // Any other server may be a target some day (a primary becomes a spare after
+                // its own rejuvenation); with none, only in place is left.
+                let others = self.servers.len() > 1;
+                if !cfg.rejuvenation.in_place && !others {
+                    return Err(Refusal::NoPlacement(
+                        server.clone(),
+                        "no other server could take its instances and rejuvenation.in_place is false"
+                            .into(),
+                    ));
+                }
                 Ok(())
             }
             OperatorCommand::Maintenance { server, .. } => self
@@ -66,12 +81,13 @@ impl Cluster {
 
     pub(super) fn on_operator(
         &mut self,
+        cfg: &Config,
         by: &str,
         command: OperatorCommand,
         now: Now,
         out: &mut Output,
     ) {
-        if let Err(refusal) = self.check_operator(&command) {
+        if let Err(refusal) = self.check_operator(cfg, &command) {
             self.log(
                 out,
                 now,

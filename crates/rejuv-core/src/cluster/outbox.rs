@@ -6,7 +6,7 @@
 //! mode the step's commands are taken out again before they leave and described instead.
 
 use super::output::{Command, CommandKind, EventKind, LogEvent, Output};
-use super::state::{Cluster, Instance};
+use super::state::{Cluster, Instance, FORGOTTEN_KEPT};
 use crate::time::Now;
 use crate::types::{InstanceId, ServerId};
 
@@ -17,7 +17,13 @@ impl Cluster {
         self.pending.retain(|_, c| {
             !matches!(&c.kind, CommandKind::StartInstance { instance, .. } if instance == id)
         });
-        self.instances.remove(id)
+        let gone = self.instances.remove(id);
+        if gone.is_some() {
+            self.forgotten.push(id.to_string());
+            let extra = self.forgotten.len().saturating_sub(FORGOTTEN_KEPT);
+            self.forgotten.drain(..extra);
+        }
+        gone
     }
 
     pub(super) fn new_instance_id(&mut self, service: &str, server: &str) -> InstanceId {

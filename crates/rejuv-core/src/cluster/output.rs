@@ -40,6 +40,9 @@ pub enum CommandKind {
         server: ServerId,
         run_id: String,
         actions: Vec<Action>,
+        /// Instances `stop-instances` leaves running: the copies of an in-place workflow.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        keep: Vec<InstanceId>,
     },
     /// Forget the server's detector history (it was just rejuvenated).
     ResetDetector { server: ServerId },
@@ -111,6 +114,8 @@ named! {
         /// The load balancer holds a route table that is not this controller's (or holds
         /// it again).
         TrafficMismatch => "traffic-mismatch",
+        /// An agent runs an instance this controller did not start.
+        UnknownInstance => "unknown-instance",
     }
 }
 

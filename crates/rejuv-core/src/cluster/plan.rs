@@ -4,10 +4,12 @@
 //! not started.
 
 use super::output::{CommandKind, EventKind, Output};
-use super::state::{Cluster, Instance, Pair, Phase, Server, Traffic, Workflow};
+use super::state::{
+    Cluster, Instance, Pair, Phase, Placement, Scope, Server, ServerState, Traffic, Workflow,
+};
 use crate::config::Config;
-use crate::detector::{Explanation, Level};
-use crate::time::Now;
+use crate::detector::{fmt_bytes, Explanation, Level};
+use crate::time::{fmt_utc, Now};
 use crate::types::{InstanceId, Mode, Role, ServerId, ServiceName};
 use std::collections::BTreeSet;
 
@@ -40,9 +42,22 @@ impl Cluster {
                 self.blocked(&id, why, false, now, out);
                 continue;
             }
-            match self.choose_target(cfg, &id, failover, now) {
-                Ok(target) if self.advisory => self.advise(cfg, &id, &target, now, out),
-                Ok(target) => self.start_workflow(cfg, &id, &target, forced, now, out),
+            let (scope, instance) = self.scope_for(cfg, &id, now);
+            let placed = self.choose_placement(cfg, &id, scope, instance.as_deref(), failover, now);
+            match placed {
+                Ok((target, placement)) => {
+                    let plan = Planned {
+                        scope,
+                        instance,
+                        target,
+                        placement,
+                    };
+                    if self.advisory {
+                        self.advise(cfg, &id, &plan, now, out)
+                    } else {
+                        self.start_workflow(cfg, &id, plan, forced, now, out)
+                    }
+                }
                 Err(why) => self.blocked(&id, why, true, now, out),
             }
         }
@@ -51,7 +66,8 @@ impl Cluster {
     /// Primaries on the list that need a workflow and have none: judged unstable, asked for
     /// by an operator, due by age, dead, or put in maintenance with instances still on them.
     fn candidates(&self, cfg: &Config, now: Now) -> Vec<ServerId> {
-        self.servers
+        let mut ids: Vec<ServerId> = self
+            .servers
             .values()
             .filter(|s| s.on_list() && s.role == Role::Primary && s.reserved_by.is_none())
             .filter(|s| {
@@ -67,7 +83,11 @@ impl Cluster {
             })
             .filter(|s| !self.workflows.values().any(|w| w.server == s.id))
             .map(|s| s.id.clone())
-            .collect()
+            .collect();
+        // A dead primary's failover goes first: no earlier request may take the target
+        // its traffic needs now.
+        ids.sort_by_key(|id| self.dead(cfg, &self.servers[id], now).is_none());
+        ids
     }
 
     fn blocked(&mut self, server: &str, why: String, alert: bool, now: Now, out: &mut Output) {
@@ -96,89 +116,311 @@ impl Cluster {
         }
     }
 
-    /// The target for `source`, or why there is none.
+    /// What a workflow for `source` would move: one instance (when only some of its instances
+    /// age on their own readings and its host-wide readings do not), or the whole server.
+    fn scope_for(&self, cfg: &Config, source: &str, now: Now) -> (Scope, Option<InstanceId>) {
+        let s = &self.servers[source];
+        let whole = (Scope::Server, None);
+        if !cfg.rejuvenation.instance_scope
+            || s.manual_request.is_some()
+            || s.maintenance
+            || s.judgement != Level::Unstable
+            || s.host_judgement == Level::Unstable
+            || self.dead(cfg, s, now).is_some()
+        {
+            return whole;
+        }
+        let serving: Vec<&InstanceId> = self
+            .instances
+            .values()
+            .filter(|i| i.server == source && i.traffic != Traffic::Draining)
+            .map(|i| &i.id)
+            .collect();
+        let aging: Vec<&InstanceId> = s
+            .unstable_instances
+            .iter()
+            .filter(|id| serving.contains(id))
+            .collect();
+        // All of them aging is the server aging; none of them is a host-wide matter.
+        if aging.is_empty() || aging.len() == serving.len() {
+            return whole;
+        }
+        if self.instance_scope_exhausted(cfg, s, now) {
+            return whole;
+        }
+        (Scope::Instance, Some(aging[0].clone()))
+    }
+
+    /// Instance-scope rejuvenations did not hold: too many on this server within the window.
+    fn instance_scope_exhausted(&self, cfg: &Config, s: &Server, now: Now) -> bool {
+        let window = cfg.rejuvenation.instance_escalation_window.as_millis() as u64;
+        let recent = s
+            .instance_rejuvenations_ms
+            .iter()
+            .filter(|t| now.wall_ms.saturating_sub(**t) < window)
+            .count();
+        recent as u32 >= cfg.rejuvenation.instance_escalation_count
+    }
+
+    /// Where a workflow for `source` of `scope` puts its copies, or why nowhere: another server
+    /// first for a whole server (a spare, or the primary with most room), the same server
+    /// first for one instance; in place only where the server answers and has the memory for
+    /// the copies too.
+    fn choose_placement(
+        &self,
+        cfg: &Config,
+        source: &str,
+        scope: Scope,
+        instance: Option<&str>,
+        failover: bool,
+        now: Now,
+    ) -> Result<(ServerId, Placement), String> {
+        let moving = self.moving(source, instance);
+        let needed: u32 = moving
+            .iter()
+            .map(|i| cfg.services.get(&i.service).map_or(1, |s| s.units))
+            .sum();
+        let in_place = || self.in_place_fits(cfg, source, &moving, failover);
+        let elsewhere = || {
+            let (target, placement, gain) =
+                self.choose_target(cfg, source, needed, failover, now)?;
+            if scope == Scope::Server {
+                self.floor_allows(cfg, source, gain, failover)?;
+            }
+            Ok((target, placement))
+        };
+        // With in-place duplexing off, its reason is not news in every refusal.
+        let both = |there: String, here: String| {
+            if cfg.rejuvenation.in_place {
+                format!("{there}; and in place: {here}")
+            } else {
+                there
+            }
+        };
+        let here = (source.to_string(), Placement::InPlace);
+        match scope {
+            Scope::Instance => in_place()
+                .map(|()| here.clone())
+                .or_else(|h: String| elsewhere().map_err(|t: String| both(t, h))),
+            Scope::Server => elsewhere()
+                .or_else(|t: String| in_place().map(|()| here.clone()).map_err(|h| both(t, h))),
+        }
+    }
+
+    /// The instances a workflow for `source` moves: the one named, or all it serves with.
+    fn moving(&self, source: &str, instance: Option<&str>) -> Vec<&Instance> {
+        self.instances
+            .values()
+            .filter(|i| i.server == source && i.traffic != Traffic::Draining)
+            .filter(|i| instance.is_none_or(|id| i.id == id))
+            .collect()
+    }
+
+    /// Whether copies of `moving` can run beside them on their own server.
+    fn in_place_fits(
+        &self,
+        cfg: &Config,
+        source: &str,
+        moving: &[&Instance],
+        failover: bool,
+    ) -> Result<(), String> {
+        let s = &self.servers[source];
+        if !cfg.rejuvenation.in_place {
+            return Err("in-place duplexing is off (rejuvenation.in_place = false)".into());
+        }
+        if failover || !s.reachable() {
+            return Err(format!("{source} does not answer"));
+        }
+        if s.maintenance {
+            return Err(format!(
+                "{source} is going into maintenance: its instances must leave it"
+            ));
+        }
+        let Some(obs) = s.observation.as_ref() else {
+            return Err(format!("{source} has not been observed yet"));
+        };
+        let need: u64 = moving
+            .iter()
+            .filter_map(|i| obs.instances.get(&i.id).and_then(|o| o.rss_bytes))
+            .sum();
+        match obs.mem_available_bytes {
+            Some(free) if need > free => Err(format!(
+                "{source} lacks the memory for two copies ({} needed, {} available)",
+                fmt_bytes(need as f64),
+                fmt_bytes(free as f64)
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Another server for `needed` units, how it is placed, and the capacity it adds to the
+    /// list by serving (a spare's), or why there is none: every server passed over is named
+    /// with its reason.
     fn choose_target(
         &self,
         cfg: &Config,
         source: &str,
+        needed: u32,
         failover: bool,
         now: Now,
-    ) -> Result<ServerId, String> {
-        let needed: u32 = self.used_units(cfg, source);
-        let src = &self.servers[source];
-        let usable = |s: &&Server| {
-            s.id != source
-                && s.on_list()
-                && !s.maintenance
-                && s.reserved_by.is_none()
-                && s.reachable()
-                && s.avoid_as_target_until_ms.is_none_or(|t| now.wall_ms >= t)
-                && !self.workflows.values().any(|w| w.server == s.id)
+    ) -> Result<(ServerId, Placement, u32), String> {
+        let (role, placement) = match self.mode {
+            Mode::ActiveStandby => (Role::Spare, Placement::Spare),
+            Mode::ActiveActive => (Role::Primary, Placement::Peer),
         };
-        let (target, gain) = match self.mode {
-            Mode::ActiveStandby => {
-                let spares: Vec<&Server> = self
-                    .servers
-                    .values()
-                    .filter(|s| s.role == Role::Spare)
-                    .filter(usable)
-                    .collect();
-                // Spares in id order: a plan an operator can predict.
-                let fit = spares.iter().find(|s| s.capacity >= needed);
-                match fit {
-                    Some(t) => (t.id.clone(), t.capacity),
-                    None if spares.is_empty() => return Err("no healthy spare is free".into()),
-                    None => return Err(format!("no free spare has {needed} units of capacity")),
+        let mut passed: Vec<String> = Vec::new();
+        let mut best: Option<(&Server, u32)> = None;
+        for s in self
+            .servers
+            .values()
+            .filter(|s| s.id != source && s.role == role)
+        {
+            let free = match self.mode {
+                Mode::ActiveStandby => s.capacity,
+                Mode::ActiveActive => s.capacity.saturating_sub(self.used_units(cfg, &s.id)),
+            };
+            match self.unusable(s, free, needed, failover, now) {
+                Some(why) => passed.push(format!("{}: {why}", s.id)),
+                // Spares in id order (a plan an operator can predict); the peer with most room.
+                None if self.mode == Mode::ActiveStandby && best.is_none() => {
+                    best = Some((s, free))
                 }
-            }
-            Mode::ActiveActive => {
-                let best = self
-                    .servers
-                    .values()
-                    .filter(|s| s.role == Role::Primary)
-                    .filter(usable)
-                    .map(|s| (s, s.capacity.saturating_sub(self.used_units(cfg, &s.id))))
-                    .filter(|(_, free)| *free >= needed)
-                    .max_by(|a, b| a.1.cmp(&b.1).then(b.0.id.cmp(&a.0.id)));
-                match best {
-                    Some((t, _)) => (t.id.clone(), 0),
-                    None => return Err(format!("no primary has {needed} units of spare capacity")),
+                None if self.mode == Mode::ActiveActive
+                    && best.is_none_or(|(b, bf)| free > bf || (free == bf && s.id < b.id)) =>
+                {
+                    best = Some((s, free))
                 }
+                None => {}
             }
-        };
-        let after = (self.available_capacity() + gain).saturating_sub(src.capacity);
+        }
+        match best {
+            Some((t, _)) => {
+                let gain = if self.mode == Mode::ActiveStandby {
+                    t.capacity
+                } else {
+                    0
+                };
+                Ok((t.id.clone(), placement, gain))
+            }
+            None if passed.is_empty() => Err(match self.mode {
+                Mode::ActiveStandby => "there is no spare".into(),
+                Mode::ActiveActive => "there is no other primary".into(),
+            }),
+            None => Err(format!(
+                "no {placement} can take it ({})",
+                passed.join("; ")
+            )),
+        }
+    }
+
+    /// Why `s` cannot take copies needing `needed` units (it has `free`), if it cannot.
+    fn unusable(
+        &self,
+        s: &Server,
+        free: u32,
+        needed: u32,
+        failover: bool,
+        now: Now,
+    ) -> Option<String> {
+        if !s.on_list() {
+            return Some(format!(
+                "{} ({})",
+                s.state.name(),
+                match &s.state {
+                    ServerState::Failed { reason } => reason.as_str(),
+                    _ => "off the list",
+                }
+            ));
+        }
+        if s.maintenance {
+            return Some("in maintenance".into());
+        }
+        if !s.reachable() {
+            return Some("its agent does not answer".into());
+        }
+        if let Some(w) = s.reserved_by {
+            return Some(format!("reserved by workflow {w}"));
+        }
+        if self.workflows.values().any(|w| w.server == s.id) {
+            return Some("being rejuvenated".into());
+        }
+        // A cooldown after a failed duplex is for planned work: a dead primary's failover
+        // takes any server that can serve.
+        if let Some(t) = s
+            .avoid_as_target_until_ms
+            .filter(|t| now.wall_ms < *t && !failover)
+        {
+            return Some(format!(
+                "in failed-target cooldown after a copy failed on it, until {}",
+                fmt_utc(t)
+            ));
+        }
+        if free < needed {
+            return Some(format!("{free} free units, {needed} needed"));
+        }
+        None
+    }
+
+    /// Whether a whole server leaving the list for a target adding `gain` units keeps the
+    /// capacity floor (a failover is not held by it: that capacity is gone already).
+    fn floor_allows(
+        &self,
+        cfg: &Config,
+        source: &str,
+        gain: u32,
+        failover: bool,
+    ) -> Result<(), String> {
+        let after =
+            (self.available_capacity() + gain).saturating_sub(self.servers[source].capacity);
         if !failover && after < cfg.budget.min_available_capacity {
             return Err(format!(
                 "the capacity floor would be broken ({after} < {} units)",
                 cfg.budget.min_available_capacity
             ));
         }
-        Ok(target)
+        Ok(())
     }
 
     /// Advisory mode's stand-in for [`Self::start_workflow`]: says (once per episode) what
-    /// would be started.
-    fn advise(&mut self, cfg: &Config, source: &str, target: &str, now: Now, out: &mut Output) {
-        let (reason, _) = self.workflow_reason(cfg, source, now);
-        let n = self
-            .instances
-            .values()
-            .filter(|i| i.server == source && i.traffic != Traffic::Draining)
-            .count();
-        let said = format!(
-            "dry run: would rejuvenate {source} ({reason}): duplex {n} instance(s) onto {target}, switch when the gate allows, then run {}",
-            cfg.rejuvenation
-                .actions
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+    /// would be started. The episode's key leaves out the numbers that change with every
+    /// sample, so a plan that stays the same is said once.
+    fn advise(&mut self, cfg: &Config, source: &str, plan: &Planned, now: Now, out: &mut Output) {
+        let (reason, explanation) = self.workflow_reason(cfg, source, now);
+        let n = self.moving(source, plan.instance.as_deref()).len();
+        let what = match &plan.instance {
+            Some(i) => format!("duplex {i} {}", placed(plan)),
+            None => format!("duplex {n} instance(s) {}", placed(plan)),
+        };
+        let key = format!(
+            "dry run: {source} {:?} {} {} {}",
+            explanation
+                .as_ref()
+                .map(|e| (e.resource, &e.rule, &e.instance)),
+            plan.scope,
+            plan.placement,
+            plan.target
         );
         let s = self.servers.get_mut(source).expect("present");
-        if s.blocked_reason.as_deref() == Some(said.as_str()) {
+        if s.blocked_reason.as_deref() == Some(key.as_str()) {
             return;
         }
-        s.blocked_reason = Some(said.clone());
+        s.blocked_reason = Some(key);
+        let said = format!(
+            "dry run: would rejuvenate {source} ({reason}), {} scope: {what}, switch when the gate allows, then {}",
+            plan.scope,
+            match plan.scope {
+                Scope::Instance => "stop the old instance".to_string(),
+                Scope::Server => format!(
+                    "run {}",
+                    cfg.rejuvenation
+                        .actions
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        );
         self.log(out, now, EventKind::DryRun, Some(source), None, said);
     }
 
@@ -219,7 +461,7 @@ impl Cluster {
         &mut self,
         cfg: &Config,
         source: &str,
-        target: &str,
+        plan: Planned,
         forced: bool,
         now: Now,
         out: &mut Output,
@@ -228,12 +470,19 @@ impl Cluster {
         self.next_id += 1;
         let (reason, explanation) = self.workflow_reason(cfg, source, now);
         let failover = self.dead(cfg, &self.servers[source], now).is_some();
-        let (level, exhausted) = self.escalation(cfg, source, now);
-        let pairs = self.duplicate(cfg, source, target, out);
+        let (level, exhausted) = match plan.scope {
+            Scope::Server => self.escalation(cfg, source, now),
+            Scope::Instance => (0, false),
+        };
+        let pairs = self.duplicate(cfg, source, plan.instance.as_deref(), &plan.target, out);
+        let target = plan.target.clone();
         let mut w = Workflow {
             id,
             server: source.to_string(),
-            target: target.to_string(),
+            target: target.clone(),
+            scope: plan.scope,
+            instance: plan.instance.clone(),
+            placement: Some(plan.placement),
             reason: reason.clone(),
             explanation,
             phase: Phase::Duplexing,
@@ -256,20 +505,27 @@ impl Cluster {
         };
         w.enter(Phase::Duplexing, now);
         let n = w.pairs.len();
+        let in_place = w.in_place();
         self.workflows.insert(id, w);
-        if let Some(t) = self.servers.get_mut(target) {
-            t.reserved_by = Some(id);
+        if !in_place {
+            if let Some(t) = self.servers.get_mut(&target) {
+                t.reserved_by = Some(id);
+            }
         }
         if let Some(s) = self.servers.get_mut(source) {
             s.blocked_reason = None;
         }
+        let what = match &plan.instance {
+            Some(i) => format!("duplexing {i} {}", placed(&plan)),
+            None => format!("duplexing {n} instance(s) {}", placed(&plan)),
+        };
         self.log(
             out,
             now,
             EventKind::WorkflowStarted,
             Some(source),
             Some(id),
-            format!("{source} unstable ({reason}); duplexing {n} instance(s) onto {target}"),
+            format!("{source}: {reason}; {} scope, {what}", plan.scope),
         );
     }
 
@@ -293,18 +549,19 @@ impl Cluster {
         }
     }
 
-    /// Asks for a standby copy on `target` of every instance `source` serves with.
+    /// Asks for a standby copy on `target` of `instance`, or of every instance `source` serves
+    /// with.
     fn duplicate(
         &mut self,
         cfg: &Config,
         source: &str,
+        instance: Option<&str>,
         target: &str,
         out: &mut Output,
     ) -> Vec<Pair> {
         let old: Vec<(InstanceId, ServiceName)> = self
-            .instances
-            .values()
-            .filter(|i| i.server == source && i.traffic != Traffic::Draining)
+            .moving(source, instance)
+            .into_iter()
             .map(|i| (i.id.clone(), i.service.clone()))
             .collect();
         let mut pairs = Vec::new();
@@ -345,5 +602,21 @@ impl Cluster {
             );
         }
         pairs
+    }
+}
+
+/// A workflow about to start: what it moves and where.
+struct Planned {
+    scope: Scope,
+    instance: Option<InstanceId>,
+    target: ServerId,
+    placement: Placement,
+}
+
+/// "onto s4 (spare)", "in place".
+fn placed(plan: &Planned) -> String {
+    match plan.placement {
+        Placement::InPlace => "in place".into(),
+        p => format!("onto {} ({p})", plan.target),
     }
 }

@@ -53,6 +53,9 @@ impl Cluster {
             (CommandKind::Rejuvenate { .. }, CommandResult::Failed { error }) => {
                 self.on_rejuvenate_failed(&cmd.kind, &error, now, out)
             }
+            (CommandKind::StopInstance { instance, .. }, CommandResult::Stopped) => {
+                self.on_instance_stopped(instance, now, out)
+            }
             (CommandKind::StopInstance { server, instance }, CommandResult::Failed { error }) => {
                 self.log(
                     out,
@@ -62,6 +65,7 @@ impl Cluster {
                     None,
                     format!("stop {instance}: {error}"),
                 );
+                self.on_instance_stop_failed(instance, &error, now, out);
             }
             _ => {}
         }

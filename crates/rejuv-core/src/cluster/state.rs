@@ -69,7 +69,24 @@ pub struct Server {
     /// Wall time its agent stopped answering (`None` while it answers).
     #[serde(default)]
     pub unreachable_since_ms: Option<u64>,
+    /// The level of its host-wide readings alone (memory, swap, fds, threads of the host).
+    #[serde(default = "stable")]
+    pub host_judgement: Level,
+    /// Its instances that are unstable on their own readings, worst first.
+    #[serde(default)]
+    pub unstable_instances: Vec<InstanceId>,
+    /// Wall times of its latest instance-scope rejuvenations, oldest first (at most
+    /// [`INSTANCE_HISTORY_KEPT`]): too many within a window and the whole server is next.
+    #[serde(default)]
+    pub instance_rejuvenations_ms: Vec<u64>,
 }
+
+fn stable() -> Level {
+    Level::Stable
+}
+
+/// Instance-scope rejuvenations remembered per server.
+pub(super) const INSTANCE_HISTORY_KEPT: usize = 16;
 
 impl Server {
     pub fn on_list(&self) -> bool {
@@ -176,6 +193,50 @@ impl From<Phase> for Step {
     }
 }
 
+/// What a workflow moves and rejuvenates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// One instance: its copy takes its traffic, the old one is stopped; the server stays in
+    /// service with its other instances.
+    Instance,
+    /// The whole server: every instance moves, the server is rejuvenated (workflows stored
+    /// before scopes existed were all of this scope).
+    #[default]
+    Server,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scope::Instance => "instance",
+            Scope::Server => "server",
+        })
+    }
+}
+
+/// Where a workflow's copies go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// A spare (active-standby), which becomes a primary at the switch.
+    Spare,
+    /// A primary with room (active-active).
+    Peer,
+    /// The same server, on other ports; it never leaves the list.
+    InPlace,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placement::Spare => "spare",
+            Placement::Peer => "peer",
+            Placement::InPlace => "in-place",
+        })
+    }
+}
+
 /// One instance of the source and its copy on the target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pair {
@@ -196,7 +257,18 @@ pub struct StepTime {
 pub struct Workflow {
     pub id: u64,
     pub server: ServerId,
+    /// Where the copies go: another server, or `server` itself when `placement` is in-place.
     pub target: ServerId,
+    /// One instance or the whole server.
+    #[serde(default)]
+    pub scope: Scope,
+    /// The instance an instance-scope workflow replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
+    /// Where the copies go (`None` only in states stored before placements existed, until
+    /// [`Cluster::fill_defaults`] reads it from the mode).
+    #[serde(default)]
+    pub placement: Option<Placement>,
     /// Why it started: the detector's explanation, or an operator's request.
     pub reason: String,
     pub explanation: Option<Explanation>,
@@ -236,6 +308,16 @@ pub struct Workflow {
 }
 
 impl Workflow {
+    /// Whether the copies run on the source itself.
+    pub fn in_place(&self) -> bool {
+        self.placement == Some(Placement::InPlace)
+    }
+
+    /// Whether the source leaves the list at the switch (a whole server moving elsewhere).
+    pub fn takes_server_out(&self) -> bool {
+        self.scope == Scope::Server && !self.in_place()
+    }
+
     pub(super) fn enter(&mut self, phase: Phase, now: Now) {
         self.phase = phase;
         self.phase_since_ms = now.wall_ms;
@@ -279,6 +361,30 @@ pub struct Cluster {
     /// What advisory mode already said it would do (so a repeated plan is said once).
     #[serde(skip)]
     pub(super) advised: BTreeSet<String>,
+    /// Instances this cluster ran and forgot, newest last (at most [`FORGOTTEN_KEPT`]): an
+    /// agent still reporting one is stopped quietly; anything else it reports is unknown.
+    #[serde(default)]
+    pub forgotten: Vec<InstanceId>,
+    /// Unknown instances already reported (each is said once).
+    #[serde(default)]
+    pub unknown_reported: BTreeSet<InstanceId>,
+}
+
+/// Forgotten instance ids remembered.
+pub(super) const FORGOTTEN_KEPT: usize = 1024;
+
+impl Cluster {
+    /// Fills what states stored by older versions lack: a workflow's placement follows from
+    /// the mode it ran in (a spare in active-standby, a peer in active-active).
+    pub fn fill_defaults(&mut self) {
+        let by_mode = match self.mode {
+            Mode::ActiveStandby => Placement::Spare,
+            Mode::ActiveActive => Placement::Peer,
+        };
+        for w in self.workflows.values_mut().chain(self.history.iter_mut()) {
+            w.placement.get_or_insert(by_mode);
+        }
+    }
 }
 
 #[cfg(test)]

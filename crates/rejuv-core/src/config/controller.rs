@@ -16,6 +16,20 @@ pub struct ControllerConfig {
     /// An agent that has not answered for this long is unreachable.
     #[serde(with = "humantime_serde", default = "default_agent_timeout")]
     pub agent_timeout: Duration,
+    /// What to do with an instance an agent runs that this controller did not start (someone
+    /// with the agent token, or a leftover): `stop` it (the default), or only `report` it.
+    /// Either way it is an `unknown-instance` event, once.
+    #[serde(default)]
+    pub unknown_instances: UnknownInstances,
+}
+
+/// [`ControllerConfig::unknown_instances`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownInstances {
+    #[default]
+    Stop,
+    Report,
 }
 
 fn default_controller_listen() -> SocketAddr {
@@ -34,6 +48,7 @@ impl Default for ControllerConfig {
             listen: default_controller_listen(),
             poll_interval: default_poll(),
             agent_timeout: default_agent_timeout(),
+            unknown_instances: UnknownInstances::default(),
         }
     }
 }

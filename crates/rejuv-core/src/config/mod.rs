@@ -39,8 +39,8 @@ pub use alerts::AlertsConfig;
 pub use auth::{AuthConfig, OperatorToken};
 pub use budget::BudgetConfig;
 pub use cluster::ClusterConfig;
-pub use controller::ControllerConfig;
-pub use field::{ConfigError, FieldError};
+pub use controller::{ControllerConfig, UnknownInstances};
+pub use field::{bytes, ConfigError, FieldError};
 pub use freeze::FreezeWindow;
 pub use gate::GateConfig;
 pub use hooks::{HookConfig, HookWhen, HOOK_STEPS};
@@ -49,7 +49,7 @@ pub use policy::{PolicyConfig, Resource, RuleConfig, TrendConfig};
 pub use rejuvenation::{Action, RejuvenationConfig};
 pub use retention::RetentionConfig;
 pub use servers::ServerConfig;
-pub use services::{HandoffConfig, HealthConfig, ServiceConfig};
+pub use services::{Backend, HandoffConfig, HealthCheck, HealthConfig, ServiceConfig};
 pub use store::{StoreConfig, StoreKind};
 pub use traffic::{HaproxyCheck, HaproxyTrafficConfig, TrafficAdapter, TrafficConfig};
 
@@ -112,7 +112,13 @@ impl Config {
     /// after the other.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errs = Errors::default();
-        servers::validate(&self.servers, self.cluster.mode, &self.services, &mut errs);
+        servers::validate(
+            &self.servers,
+            self.cluster.mode,
+            &self.services,
+            self.rejuvenation.in_place,
+            &mut errs,
+        );
         self.store.validate(&mut errs);
         services::validate(&self.services, &mut errs);
         self.policy
@@ -215,6 +221,22 @@ health = { path = "/healthz" }
 "#;
 
     #[test]
+    fn active_standby_without_a_spare_is_valid_when_it_may_duplex_in_place() {
+        let no_spare = EXAMPLE.replace("role = \"spare\"", "role = \"primary\"");
+        assert!(Config::from_toml(&no_spare).is_ok());
+        let Err(ConfigError::Invalid(errs)) =
+            Config::from_toml(&format!("{no_spare}\n[rejuvenation]\nin_place = false\n"))
+        else {
+            panic!("no spare and no in-place duplexing must be refused")
+        };
+        let e = errs
+            .iter()
+            .find(|e| e.field == "servers")
+            .expect("names servers");
+        assert!(e.reason.contains("in_place"), "{}", e.reason);
+    }
+
+    #[test]
     fn example_is_valid() {
         let c = Config::from_toml(EXAMPLE).unwrap();
         assert_eq!(c.servers.len(), 2);
@@ -282,7 +304,8 @@ health = { path = "/healthz" }
         let text = EXAMPLE
             .replace("role = \"spare\"", "role = \"primary\"")
             .replace("command = \"/usr/bin/true\"", "command = \"true\"")
-            .replace("instances = [\"web\"]", "instances = [\"db\"]");
+            .replace("instances = [\"web\"]", "instances = [\"db\"]")
+            + "\n[rejuvenation]\nin_place = false\n";
         let Err(ConfigError::Invalid(errs)) = Config::from_toml(&text) else {
             panic!()
         };

@@ -18,10 +18,16 @@ pub enum Resource {
     Fds,
     /// Host threads, a count.
     Threads,
-    /// Summed RSS of the server's instances, as a fraction of its memory budget.
+    /// Each instance's RSS, as a fraction of its share of the server's memory budget (its
+    /// `memory_limit`, else the budget divided by the instances the server runs). With one
+    /// instance per server: the instance's RSS against the whole budget.
     InstanceRss,
-    /// Highest health-check latency among the server's instances, milliseconds.
+    /// Each instance's health-check latency, milliseconds.
     HealthLatencyMs,
+    /// Each instance's open fds (its whole process tree), a count.
+    InstanceFds,
+    /// Each instance's threads (its whole process tree), a count.
+    InstanceThreads,
 }
 
 impl std::fmt::Display for Resource {
@@ -33,6 +39,8 @@ impl std::fmt::Display for Resource {
             Resource::Threads => "threads",
             Resource::InstanceRss => "instance-rss",
             Resource::HealthLatencyMs => "health-latency-ms",
+            Resource::InstanceFds => "instance-fds",
+            Resource::InstanceThreads => "instance-threads",
         })
     }
 }
@@ -155,7 +163,13 @@ impl PolicyConfig {
 impl RuleConfig {
     /// A limit is a fraction for the resources measured as one, else a positive number.
     fn validate(&self, i: usize, errs: &mut Errors) {
-        let fraction = !matches!(self.resource, Resource::Threads | Resource::HealthLatencyMs);
+        let fraction = !matches!(
+            self.resource,
+            Resource::Threads
+                | Resource::HealthLatencyMs
+                | Resource::InstanceFds
+                | Resource::InstanceThreads
+        );
         if !self.above.is_finite() || self.above <= 0.0 || (fraction && self.above > 1.0) {
             errs.add(
                 format!("policy.rules[{i}].above"),
@@ -224,6 +238,8 @@ impl Default for TrendConfig {
                 Resource::Threads,
                 Resource::InstanceRss,
                 Resource::HealthLatencyMs,
+                Resource::InstanceFds,
+                Resource::InstanceThreads,
             ],
         }
     }

@@ -54,6 +54,33 @@ pub struct RejuvenationConfig {
     pub escalation: Vec<Vec<Action>>,
     #[serde(with = "humantime_serde", default = "default_escalation_window")]
     pub escalation_window: Duration,
+    /// Rejuvenate one instance alone when its own readings age and the server's host-wide
+    /// readings do not (and the server runs other instances that do not age): a copy of that
+    /// instance takes its traffic, the old one is stopped. `false`: every workflow moves the
+    /// whole server.
+    #[serde(default = "default_true")]
+    pub instance_scope: bool,
+    /// Instance-scope rejuvenations on one server that "did not hold": this many within
+    /// `instance_escalation_window` and the next workflow for that server takes the whole
+    /// server.
+    #[serde(default = "default_instance_escalation_count")]
+    pub instance_escalation_count: u32,
+    #[serde(with = "humantime_serde", default = "default_escalation_window")]
+    pub instance_escalation_window: Duration,
+    /// Duplex in place when no spare or peer has room: the copies start on the same server on
+    /// other ports (as PM2's reload or nginx's binary upgrade do), if the server has the memory
+    /// for two copies. Host restarts are left out of an in-place rejuvenation (they would end
+    /// the copies that serve).
+    #[serde(default = "default_true")]
+    pub in_place: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_instance_escalation_count() -> u32 {
+    3
 }
 
 fn default_escalation_window() -> Duration {
@@ -104,6 +131,10 @@ impl Default for RejuvenationConfig {
             failed_target_cooldown: default_target_cooldown(),
             escalation: vec![],
             escalation_window: default_escalation_window(),
+            instance_scope: true,
+            instance_escalation_count: default_instance_escalation_count(),
+            instance_escalation_window: default_escalation_window(),
+            in_place: true,
         }
     }
 }
@@ -138,6 +169,12 @@ impl RejuvenationConfig {
             if !seen.insert(a.to_string()) {
                 errs.add(format!("rejuvenation.actions[{i}]"), "listed twice");
             }
+        }
+        if self.instance_scope && self.instance_escalation_count == 0 {
+            errs.add(
+                "rejuvenation.instance_escalation_count",
+                "must be at least 1 (or set instance_scope = false)",
+            );
         }
         for (i, level) in self.escalation.iter().enumerate() {
             if level.is_empty() {

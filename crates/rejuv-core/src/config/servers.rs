@@ -89,11 +89,12 @@ impl ServerConfig {
 }
 
 /// Every server, and what they must not share: ids, agent addresses, overlapping port ranges
-/// on one address; an active-standby cluster needs a spare.
+/// on one address; an active-standby cluster needs a spare unless it may duplex in place.
 pub(crate) fn validate(
     servers: &[ServerConfig],
     mode: Mode,
     services: &BTreeMap<ServiceName, ServiceConfig>,
+    in_place: bool,
     errs: &mut Errors,
 ) {
     if servers.is_empty() {
@@ -118,10 +119,12 @@ pub(crate) fn validate(
         s.validate(i, mode, services, errs);
     }
     validate_port_ranges(servers, errs);
-    if mode == Mode::ActiveStandby && !servers.iter().any(|s| s.role == Role::Spare) {
+    // Without a spare, an active-standby cluster can still rejuvenate in place (the copies
+    // start on the same server); with in-place duplexing off it could do nothing.
+    if mode == Mode::ActiveStandby && !in_place && !servers.iter().any(|s| s.role == Role::Spare) {
         errs.add(
             "servers",
-            "active-standby needs at least one server with role = \"spare\"",
+            "active-standby needs at least one server with role = \"spare\" (or rejuvenation.in_place = true)",
         );
     }
 }

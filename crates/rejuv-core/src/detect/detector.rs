@@ -1,17 +1,28 @@
 //! Per-server judgement: `stable`, `suspect` (a signal fired) or `unstable` (a signal held for
 //! the hold-down period), with an explanation.
 //!
-//! Two rules judge every sample:
+//! A server is judged on two kinds of readings, each by its own rules:
+//! - **host-wide** readings (memory used, swap, fds and threads of the whole host), once per
+//!   server;
+//! - **instance** readings (RSS, fds, threads, health latency), once per instance, each on
+//!   its own: an instance's RSS is a fraction of its own share of the server's memory budget
+//!   (its `memory_limit` where the agent reports one, else the budget divided by the instances
+//!   the server runs), so one leaking instance of four is seen as the one that leaks.
+//!
+//! Two rules judge every series:
 //! - **threshold**: a resource above its configured `above` limit; unstable once that has held
 //!   for the policy's hold-down;
 //! - **trend**: a resource forecast to be exhausted within the horizon ([`super::trend`]), from
 //!   a significant, persistent trend; unstable once the trend detector's own persistence is met
 //!   (it is the hold-down of this rule). Memory, swap, fds and instance RSS are exhausted at
-//!   100% of their total; threads at their threshold rule's limit (no trend without one); health
-//!   latency (the performance-aging signal) at its threshold rule's limit or else
-//!   [`TrendConfig::latency_limit`].
+//!   100% of their total; threads, instance fds and instance threads at their threshold rule's
+//!   limit (no trend without one); health latency (the performance-aging signal) at its
+//!   threshold rule's limit or else [`TrendConfig::latency_limit`].
 //!
-//! The higher level wins; at equal levels the threshold's explanation is kept.
+//! The higher level wins; at equal levels the threshold's explanation is kept, and host-wide
+//! readings before an instance's. The judgement also says how the host-wide readings alone
+//! stand and which instances are unstable on their own readings: what the plan needs to choose
+//! between rejuvenating one instance and the whole server.
 //!
 //! The controller keeps one [`ServerDetector`] per server in memory and feeds it every sample;
 //! raw samples never reach the store. A rejuvenated server's detector is [`ServerDetector::reset`].
@@ -19,8 +30,9 @@
 pub use super::level::Level;
 use super::trend::{fmt_duration, Aggregate, Forecast, SeriesDetector};
 use crate::config::{PolicyConfig, Resource, TrendConfig};
-use crate::types::Sample;
+use crate::types::{InstanceId, InstanceSample, Sample};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Why a server was judged as it was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,12 +52,25 @@ pub struct Explanation {
     pub confidence: Option<f64>,
     /// One line for people.
     pub message: String,
+    /// The instance whose own readings these are; `None` for host-wide readings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Judgement {
     pub level: Level,
     pub explanation: Option<Explanation>,
+    /// The level of the host-wide readings alone.
+    #[serde(default = "stable")]
+    pub host: Level,
+    /// Instances unstable on their own readings, worst first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unstable_instances: Vec<InstanceId>,
+}
+
+fn stable() -> Level {
+    Level::Stable
 }
 
 impl Judgement {
@@ -53,58 +78,109 @@ impl Judgement {
         Self {
             level: Level::Stable,
             explanation: None,
+            host: Level::Stable,
+            unstable_instances: Vec::new(),
+        }
+    }
+
+    fn single(level: Level, explanation: Option<Explanation>) -> Self {
+        Self {
+            level,
+            explanation,
+            ..Self::stable()
         }
     }
 }
 
-/// The value of `resource` in a sample, in the unit its rule uses.
-pub fn resource_value(resource: Resource, s: &Sample, memory_budget: u64) -> Option<f64> {
+/// Whether a resource is read per instance (else host-wide).
+pub fn per_instance(resource: Resource) -> bool {
+    matches!(
+        resource,
+        Resource::InstanceRss
+            | Resource::HealthLatencyMs
+            | Resource::InstanceFds
+            | Resource::InstanceThreads
+    )
+}
+
+/// The value of a host-wide `resource` in a sample, in the unit its rule uses (`None` for an
+/// instance resource).
+pub fn host_value(resource: Resource, s: &Sample) -> Option<f64> {
     let frac = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
     match resource {
         Resource::MemoryUsed => frac(s.mem_used_bytes, s.mem_total_bytes),
         Resource::SwapUsed => frac(s.swap_used_bytes, s.swap_total_bytes),
         Resource::Fds => frac(s.open_fds, s.max_fds),
         Resource::Threads => Some(s.threads as f64),
-        Resource::InstanceRss => {
-            if s.instances.is_empty() {
-                return None;
-            }
-            frac(
-                s.instances.values().map(|i| i.rss_bytes).sum(),
-                memory_budget,
-            )
-        }
-        Resource::HealthLatencyMs => s
-            .instances
-            .values()
-            .filter_map(|i| i.health_latency_ms)
-            .fold(None, |acc: Option<f64>, v| {
-                Some(acc.map_or(v, |a| a.max(v)))
-            }),
+        _ => None,
     }
 }
 
-/// The resources the trend rule watches, in the order of [`ServerDetector`]'s series.
-const TREND_RESOURCES: [Resource; 6] = [
-    Resource::MemoryUsed,
-    Resource::SwapUsed,
-    Resource::Fds,
-    Resource::Threads,
-    Resource::InstanceRss,
-    Resource::HealthLatencyMs,
-];
+/// The value of an instance `resource` for one instance whose memory share is `share` bytes
+/// (`None` for a host-wide resource, or a reading the instance lacks).
+pub fn instance_value(resource: Resource, i: &InstanceSample, share: u64) -> Option<f64> {
+    match resource {
+        Resource::InstanceRss => (share > 0).then(|| i.rss_bytes as f64 / share as f64),
+        Resource::HealthLatencyMs => i.health_latency_ms,
+        Resource::InstanceFds => Some(i.fds as f64),
+        Resource::InstanceThreads => Some(i.threads as f64),
+        _ => None,
+    }
+}
+
+/// An instance's memory share: its own limit where the agent reports one, else an equal part
+/// of the server's budget.
+pub fn instance_share(i: &InstanceSample, memory_budget: u64, instances: usize) -> u64 {
+    i.memory_limit_bytes
+        .filter(|l| *l > 0)
+        .unwrap_or(memory_budget / instances.max(1) as u64)
+}
+
+/// The value of `resource` for the server as a whole: host-wide readings as they are, an
+/// instance resource as its worst instance (what the dashboard and `analyze` show).
+pub fn resource_value(resource: Resource, s: &Sample, memory_budget: u64) -> Option<f64> {
+    if !per_instance(resource) {
+        return host_value(resource, s);
+    }
+    let n = s.instances.len();
+    s.instances
+        .values()
+        .filter_map(|i| instance_value(resource, i, instance_share(i, memory_budget, n)))
+        .fold(None, |acc: Option<f64>, v| {
+            Some(acc.map_or(v, |a| a.max(v)))
+        })
+}
+
+/// One set of series judged together (the host's, or one instance's): when its threshold
+/// signal began, and a trend detector per resource, made at the first reading of it.
+#[derive(Debug, Clone, Default)]
+struct Series {
+    firing_since_ms: Option<u64>,
+    trends: BTreeMap<Resource, SeriesDetector>,
+}
+
+impl Series {
+    fn reset(&mut self) {
+        self.firing_since_ms = None;
+        for s in self.trends.values_mut() {
+            s.reset();
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.trends.values().map(SeriesDetector::memory_bytes).sum()
+    }
+}
 
 /// Judges one server from its samples.
 #[derive(Debug, Clone)]
 pub struct ServerDetector {
     policy: PolicyConfig,
     memory_budget: u64,
-    /// Wall ms since when some threshold signal has been firing without a break.
-    firing_since_ms: Option<u64>,
     trend: TrendConfig,
-    /// One trend detector per entry of `TREND_RESOURCES`, made at the first sample that has
-    /// the resource.
-    series: [Option<SeriesDetector>; 6],
+    host: Series,
+    /// One set per instance in the newest sample; an instance that left is forgotten.
+    instances: BTreeMap<InstanceId, Series>,
 }
 
 impl ServerDetector {
@@ -119,9 +195,9 @@ impl ServerDetector {
         Self {
             policy: policy.clone(),
             memory_budget,
-            firing_since_ms: None,
             trend,
-            series: Default::default(),
+            host: Series::default(),
+            instances: BTreeMap::new(),
         }
     }
 
@@ -131,22 +207,21 @@ impl ServerDetector {
 
     /// Forgets all history, as after a rejuvenation.
     pub fn reset(&mut self) {
-        self.firing_since_ms = None;
-        for s in self.series.iter_mut().flatten() {
-            s.reset();
-        }
+        self.host.reset();
+        self.instances.clear();
     }
 
     /// Bytes held by the trend detectors of this server.
     pub fn trend_memory_bytes(&self) -> usize {
-        self.series
-            .iter()
-            .flatten()
-            .map(SeriesDetector::memory_bytes)
-            .sum()
+        self.host.memory_bytes()
+            + self
+                .instances
+                .values()
+                .map(Series::memory_bytes)
+                .sum::<usize>()
     }
 
-    /// The level at which `resource` counts as exhausted, in the unit of [`resource_value`].
+    /// The level at which `resource` counts as exhausted, in the unit of its values.
     fn capacity(&self, resource: Resource) -> Option<f64> {
         let rule = || {
             self.policy
@@ -159,7 +234,7 @@ impl ServerDetector {
             Resource::MemoryUsed | Resource::SwapUsed | Resource::Fds | Resource::InstanceRss => {
                 Some(1.0)
             }
-            Resource::Threads => rule(),
+            Resource::Threads | Resource::InstanceFds | Resource::InstanceThreads => rule(),
             Resource::HealthLatencyMs => {
                 rule().or(self.trend.latency_limit.map(|d| d.as_secs_f64() * 1000.0))
             }
@@ -168,108 +243,180 @@ impl ServerDetector {
 
     /// Feeds one sample taken at `now_ms` and returns the judgement.
     pub fn observe(&mut self, sample: &Sample, now_ms: u64) -> Judgement {
-        let threshold = self.observe_thresholds(sample, now_ms);
-        let trend = self.observe_trends(sample, now_ms);
-        match (threshold, trend) {
-            (t, Some(tr)) if tr.level > t.level => tr,
-            (t, _) => t,
+        let mut host = std::mem::take(&mut self.host);
+        let host_j = self.judge(&mut host, now_ms, None, |r| host_value(r, sample), sample);
+        self.host = host;
+
+        self.instances
+            .retain(|id, _| sample.instances.contains_key(id));
+        let n = sample.instances.len();
+        let mut worst = host_j.clone();
+        let mut unstable: Vec<(Level, f64, InstanceId)> = Vec::new();
+        for (id, inst) in &sample.instances {
+            let share = instance_share(inst, self.memory_budget, n);
+            let mut series = self.instances.remove(id).unwrap_or_default();
+            let j = self.judge(
+                &mut series,
+                now_ms,
+                Some(id),
+                |r| instance_value(r, inst, share),
+                sample,
+            );
+            self.instances.insert(id.clone(), series);
+            if j.level == Level::Unstable {
+                let severity = j.explanation.as_ref().map_or(0.0, severity);
+                unstable.push((j.level, severity, id.clone()));
+            }
+            if j.level > worst.level {
+                worst = j;
+            }
+        }
+        unstable.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
+        Judgement {
+            level: worst.level,
+            explanation: worst.explanation,
+            host: host_j.level,
+            unstable_instances: unstable.into_iter().map(|(_, _, id)| id).collect(),
         }
     }
 
-    fn observe_trends(&mut self, sample: &Sample, now_ms: u64) -> Option<Judgement> {
+    /// Judges one set of series (the host's, or instance `instance`'s) by both rules.
+    fn judge(
+        &self,
+        series: &mut Series,
+        now_ms: u64,
+        instance: Option<&InstanceId>,
+        value: impl Fn(Resource) -> Option<f64>,
+        sample: &Sample,
+    ) -> Judgement {
+        let threshold = self.observe_thresholds(series, &value, now_ms);
+        let trend = self.observe_trends(series, &value, now_ms, instance.is_some(), sample);
+        let mut j = match (threshold, trend) {
+            (t, Some(tr)) if tr.level > t.level => tr,
+            (t, _) => t,
+        };
+        if let (Some(id), Some(e)) = (instance, j.explanation.as_mut()) {
+            e.instance = Some(id.clone());
+            e.message = format!("{id}: {}", e.message);
+        }
+        j
+    }
+
+    fn observe_trends(
+        &self,
+        series: &mut Series,
+        value: &impl Fn(Resource) -> Option<f64>,
+        now_ms: u64,
+        of_instance: bool,
+        sample: &Sample,
+    ) -> Option<Judgement> {
         let mut best: Option<(Level, Resource, f64, Forecast)> = None;
-        for (i, &resource) in TREND_RESOURCES.iter().enumerate() {
-            if !self.trend.resources.contains(&resource) {
+        for &resource in &self.trend.resources {
+            if per_instance(resource) != of_instance {
                 continue;
             }
             let Some(capacity) = self.capacity(resource) else {
                 continue;
             };
-            let Some(value) = resource_value(resource, sample, self.memory_budget) else {
+            let Some(v) = value(resource) else {
                 continue;
             };
             let aggregate = match resource {
                 Resource::HealthLatencyMs => Aggregate::Mean,
                 _ => Aggregate::Max,
             };
-            let det = self.series[i]
-                .get_or_insert_with(|| SeriesDetector::new(&self.trend, capacity, aggregate));
+            let det = series
+                .trends
+                .entry(resource)
+                .or_insert_with(|| SeriesDetector::new(&self.trend, capacity, aggregate));
             if det.capacity() != capacity {
                 det.set_capacity(capacity);
             }
-            let v = det.observe(now_ms, value);
-            let Some(f) = v.forecast else { continue };
-            let better = best
-                .as_ref()
-                .is_none_or(|(l, _, _, bf)| v.level > *l || (v.level == *l && f.tte_s < bf.tte_s));
-            if v.level > Level::Stable && better {
-                best = Some((v.level, resource, value, f));
+            let verdict = det.observe(now_ms, v);
+            let Some(f) = verdict.forecast else { continue };
+            let better = best.as_ref().is_none_or(|(l, _, _, bf)| {
+                verdict.level > *l || (verdict.level == *l && f.tte_s < bf.tte_s)
+            });
+            if verdict.level > Level::Stable && better {
+                best = Some((verdict.level, resource, v, f));
             }
         }
-        let (level, resource, value, f) = best?;
+        let (level, resource, v, f) = best?;
         let message = trend_message(resource, &f, self.unit_scale(resource, sample));
-        Some(Judgement {
+        Some(Judgement::single(
             level,
-            explanation: Some(Explanation {
+            Some(Explanation {
                 resource,
                 rule: "trend".into(),
-                value,
+                value: v,
                 limit: f.capacity,
                 slope_per_s: Some(f.slope_per_s),
                 tte_s: Some(f.tte_s),
                 confidence: Some(f.confidence),
                 message,
+                instance: None,
             }),
-        })
+        ))
     }
 
-    /// What one unit of [`resource_value`] is in bytes (or fds), for messages.
+    /// What one unit of a resource's value is in bytes (or fds), for messages.
     fn unit_scale(&self, resource: Resource, s: &Sample) -> Option<f64> {
         let nz = |x: u64| (x > 0).then_some(x as f64);
         match resource {
             Resource::MemoryUsed => nz(s.mem_total_bytes),
             Resource::SwapUsed => nz(s.swap_total_bytes),
             Resource::Fds => nz(s.max_fds),
-            Resource::InstanceRss => nz(self.memory_budget),
-            Resource::Threads | Resource::HealthLatencyMs => Some(1.0),
+            Resource::InstanceRss => nz(self.memory_budget / s.instances.len().max(1) as u64),
+            Resource::Threads
+            | Resource::HealthLatencyMs
+            | Resource::InstanceFds
+            | Resource::InstanceThreads => Some(1.0),
         }
     }
 
-    fn observe_thresholds(&mut self, sample: &Sample, now_ms: u64) -> Judgement {
+    fn observe_thresholds(
+        &self,
+        series: &mut Series,
+        value: &impl Fn(Resource) -> Option<f64>,
+        now_ms: u64,
+    ) -> Judgement {
         let mut fired: Option<Explanation> = None;
         for rule in &self.policy.rules {
-            let Some(value) = resource_value(rule.resource, sample, self.memory_budget) else {
+            let Some(v) = value(rule.resource) else {
                 continue;
             };
-            if value > rule.above {
-                let severity = value / rule.above;
-                let better = fired.as_ref().is_none_or(|f| severity > f.value / f.limit);
-                if better {
-                    fired = Some(Explanation {
-                        resource: rule.resource,
-                        rule: "threshold".into(),
-                        value,
-                        limit: rule.above,
-                        slope_per_s: None,
-                        tte_s: None,
-                        confidence: None,
-                        message: format!(
-                            "{} at {} is above the threshold {}",
-                            rule.resource,
-                            fmt_value(rule.resource, value),
-                            fmt_value(rule.resource, rule.above)
-                        ),
-                    });
+            if v > rule.above {
+                let candidate = Explanation {
+                    resource: rule.resource,
+                    rule: "threshold".into(),
+                    value: v,
+                    limit: rule.above,
+                    slope_per_s: None,
+                    tte_s: None,
+                    confidence: None,
+                    message: format!(
+                        "{} at {} is above the threshold {}",
+                        rule.resource,
+                        fmt_value(rule.resource, v),
+                        fmt_value(rule.resource, rule.above)
+                    ),
+                    instance: None,
+                };
+                if fired
+                    .as_ref()
+                    .is_none_or(|f| severity(&candidate) > severity(f))
+                {
+                    fired = Some(candidate);
                 }
             }
         }
         match fired {
             None => {
-                self.firing_since_ms = None;
+                series.firing_since_ms = None;
                 Judgement::stable()
             }
             Some(mut e) => {
-                let since = *self.firing_since_ms.get_or_insert(now_ms);
+                let since = *series.firing_since_ms.get_or_insert(now_ms);
                 let held = now_ms.saturating_sub(since);
                 let level = if u128::from(held) >= self.policy.hold_down.as_millis() {
                     e.message = format!(
@@ -282,12 +429,18 @@ impl ServerDetector {
                 } else {
                     Level::Suspect
                 };
-                Judgement {
-                    level,
-                    explanation: Some(e),
-                }
+                Judgement::single(level, Some(e))
             }
         }
+    }
+}
+
+/// How far past its limit an explanation's value is (a forecast: how soon it runs out).
+fn severity(e: &Explanation) -> f64 {
+    match e.tte_s {
+        Some(tte) => 1.0 + 1.0 / (1.0 + tte.max(0.0)),
+        None if e.limit > 0.0 => e.value / e.limit,
+        None => 0.0,
     }
 }
 
@@ -298,7 +451,10 @@ pub fn trend_message(resource: Resource, f: &Forecast, unit: Option<f64>) -> Str
     let per_h = f.slope_per_s * 3600.0;
     let rate = match (resource, unit) {
         (Resource::HealthLatencyMs, _) => format!("rising {per_h:.1} ms/h"),
-        (Resource::Threads, _) => format!("leak of {per_h:.0} threads/h"),
+        (Resource::Threads | Resource::InstanceThreads, _) => {
+            format!("leak of {per_h:.0} threads/h")
+        }
+        (Resource::InstanceFds, _) => format!("leak of {per_h:.0} fds/h"),
         (Resource::Fds, Some(u)) => format!("leak of {:.0} fds/h", per_h * u),
         (_, Some(u)) => format!("leak of {}/h", fmt_bytes(per_h * u)),
         (_, None) => format!("rising {:.2}%/h", per_h * 100.0),
@@ -336,7 +492,7 @@ pub fn fmt_bytes(b: f64) -> String {
 
 fn fmt_value(r: Resource, v: f64) -> String {
     match r {
-        Resource::Threads => format!("{v:.0}"),
+        Resource::Threads | Resource::InstanceFds | Resource::InstanceThreads => format!("{v:.0}"),
         Resource::HealthLatencyMs => format!("{v:.1} ms"),
         _ => format!("{:.1}%", v * 100.0),
     }
@@ -458,7 +614,7 @@ mod tests {
         // 0.7 × 8 GB in 10 h = 560 MB/h.
         assert!(
             e.message
-                .starts_with("instance-rss will be exhausted in about "),
+                .starts_with("web-1: instance-rss will be exhausted in about "),
             "{}",
             e.message
         );
@@ -570,5 +726,91 @@ mod tests {
         }
         assert!(caught, "the leak is caught when RSS is watched");
         assert_eq!(d.trend_memory_bytes(), 0);
+    }
+
+    fn two_instances(a_rss: u64, b_rss: u64) -> Sample {
+        let mut s = Sample::default();
+        for (id, rss) in [("web-1", a_rss), ("web-2", b_rss)] {
+            s.instances.insert(
+                id.into(),
+                InstanceSample {
+                    rss_bytes: rss,
+                    ..Default::default()
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn each_instance_is_judged_on_its_own_share() {
+        // Budget 1000, two instances: each has 500. One at 300 (60%), one at 100: only the
+        // first fires, although together they are at 40% of the budget.
+        let mut d = ServerDetector::new(&policy(), 1000);
+        d.observe(&two_instances(300, 100), 0);
+        let j = d.observe(&two_instances(300, 100), 4000);
+        assert_eq!(j.level, Level::Unstable);
+        assert_eq!(j.host, Level::Stable);
+        assert_eq!(j.unstable_instances, vec!["web-1".to_string()]);
+        let e = j.explanation.unwrap();
+        assert_eq!(e.instance.as_deref(), Some("web-1"));
+        assert!(
+            e.message.starts_with("web-1: instance-rss at 60.0%"),
+            "{}",
+            e.message
+        );
+        // Its own limit, where the agent reports one, is what it is measured against.
+        let mut s = two_instances(300, 100);
+        s.instances.get_mut("web-1").unwrap().memory_limit_bytes = Some(1000);
+        let mut d = ServerDetector::new(&policy(), 1000);
+        d.observe(&s, 0);
+        assert_eq!(d.observe(&s, 4000).level, Level::Stable);
+    }
+
+    #[test]
+    fn a_host_reading_is_the_hosts_and_an_instance_that_left_is_forgotten() {
+        let policy = PolicyConfig {
+            hold_down: Duration::from_secs(3),
+            rules: vec![
+                RuleConfig {
+                    resource: Resource::MemoryUsed,
+                    above: 0.9,
+                },
+                RuleConfig {
+                    resource: Resource::InstanceThreads,
+                    above: 100.0,
+                },
+            ],
+            ..PolicyConfig::default()
+        };
+        let mut d = ServerDetector::new(&policy, 1000);
+        let mut s = two_instances(10, 10);
+        s.mem_total_bytes = 100;
+        s.mem_used_bytes = 95;
+        s.instances.get_mut("web-2").unwrap().threads = 500;
+        d.observe(&s, 0);
+        let j = d.observe(&s, 4000);
+        assert_eq!((j.level, j.host), (Level::Unstable, Level::Unstable));
+        assert_eq!(j.unstable_instances, vec!["web-2".to_string()]);
+        assert_eq!(
+            j.explanation.unwrap().resource,
+            Resource::MemoryUsed,
+            "the host's first"
+        );
+        // web-2 is replaced by web-3: its history goes with it.
+        s.instances.remove("web-2");
+        s.instances.insert(
+            "web-3".into(),
+            InstanceSample {
+                threads: 500,
+                ..Default::default()
+            },
+        );
+        s.mem_used_bytes = 10;
+        assert_eq!(
+            d.observe(&s, 5000).level,
+            Level::Suspect,
+            "web-3 starts its own hold-down"
+        );
     }
 }

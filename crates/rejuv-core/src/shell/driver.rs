@@ -61,6 +61,7 @@ impl Shell {
     /// readings are dropped). Call [`Shell::start`] next.
     pub fn new(cfg: Arc<Config>, mut cluster: Cluster, dry_run: bool) -> Self {
         forget_readings(&mut cluster);
+        cluster.fill_defaults();
         Self {
             readings: Readings::new(&cfg),
             carrier: Carrier::new(cfg.rejuvenation.verify_timeout),
@@ -126,7 +127,7 @@ impl Shell {
         now: Now,
         fx: &mut dyn Effects,
     ) -> Result<(), Refusal> {
-        self.cluster.check_operator(&command)?;
+        self.cluster.check_operator(&self.cfg, &command)?;
         self.step(vec![Event::Operator { by, command }], now, fx);
         Ok(())
     }

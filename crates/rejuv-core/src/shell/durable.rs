@@ -28,6 +28,8 @@ pub fn same_but_readings(a: &Cluster, b: &Cluster) -> bool {
         advisory,
         quorum_lost,
         exhausted_total,
+        forgotten,
+        unknown_reported,
         ..
     } = a;
     *mode == b.mode
@@ -41,6 +43,8 @@ pub fn same_but_readings(a: &Cluster, b: &Cluster) -> bool {
         && *advisory == b.advisory
         && *quorum_lost == b.quorum_lost
         && *exhausted_total == b.exhausted_total
+        && *forgotten == b.forgotten
+        && *unknown_reported == b.unknown_reported
         && *pending == b.pending
         && *instances == b.instances
         && *workflows == b.workflows
@@ -71,6 +75,9 @@ fn server_same_but_readings(a: &Server, b: &Server) -> bool {
         level,
         last_rejuvenated_at_ms,
         unreachable_since_ms,
+        host_judgement,
+        unstable_instances,
+        instance_rejuvenations_ms,
     } = a;
     *id == b.id
         && *role == b.role
@@ -85,6 +92,9 @@ fn server_same_but_readings(a: &Server, b: &Server) -> bool {
         && *level == b.level
         && *last_rejuvenated_at_ms == b.last_rejuvenated_at_ms
         && *unreachable_since_ms == b.unreachable_since_ms
+        && *host_judgement == b.host_judgement
+        && *unstable_instances == b.unstable_instances
+        && *instance_rejuvenations_ms == b.instance_rejuvenations_ms
 }
 
 /// Drops the readings of a state read back from the store: they are as old as its last

@@ -77,6 +77,7 @@ impl Readings {
             crashes_total: 0,
             load_quantile: None,
             instances: BTreeMap::new(),
+            mem_available_bytes: None,
         }
     }
 

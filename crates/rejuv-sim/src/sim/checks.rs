@@ -195,7 +195,12 @@ fn one_state_per_server(ctx: &StepCtx) -> Result<(), String> {
     }
     for s in c.servers.values() {
         let src: Vec<&Workflow> = c.workflows.values().filter(|w| w.server == s.id).collect();
-        let tgt: Vec<&Workflow> = c.workflows.values().filter(|w| w.target == s.id).collect();
+        // In place, a workflow's copies run on its source: that is no second role.
+        let tgt: Vec<&Workflow> = c
+            .workflows
+            .values()
+            .filter(|w| w.target == s.id && !w.in_place())
+            .collect();
         if src.len() > 1 {
             return Err(format!("{} is the source of {} workflows", s.id, src.len()));
         }
@@ -204,7 +209,7 @@ fn one_state_per_server(ctx: &StepCtx) -> Result<(), String> {
         }
         match &s.state {
             ServerState::InService => {
-                if let Some(w) = src.iter().find(|w| switched(w)) {
+                if let Some(w) = src.iter().find(|w| switched(w) && w.takes_server_out()) {
                     return Err(format!(
                         "{} is in service while its workflow {} is {}",
                         s.id, w.id, w.phase

@@ -419,20 +419,27 @@ impl Fleet {
                 server,
                 run_id,
                 actions,
-            } => self.rejuvenate(server, run_id, actions),
+                keep,
+            } => self.rejuvenate(server, run_id, actions, keep),
             CommandKind::ResetDetector { .. }
             | CommandKind::Alert { .. }
             | CommandKind::RunHook { .. } => CommandResult::Done,
         }
     }
 
-    fn rejuvenate(&mut self, server: &str, run_id: &str, actions: &[Action]) -> CommandResult {
+    fn rejuvenate(
+        &mut self,
+        server: &str,
+        run_id: &str,
+        actions: &[Action],
+        keep: &[String],
+    ) -> CommandResult {
         let t = self.t;
         let fail = self.rng.chance(self.sc.action_fails);
         let reboot = self.rng.range(3_000, 15_000);
         let a = self.agents.get_mut(server).expect("known server");
         let fresh = !a.reports.contains_key(run_id);
-        let report = a.rejuvenate(run_id, actions, t, fail);
+        let report = a.rejuvenate(run_id, actions, keep, t, fail);
         if fresh && report.failed().is_none() && actions.contains(&Action::RestartHost) {
             // The report is on disk and on its way; then the host goes down.
             a.host_up = false;

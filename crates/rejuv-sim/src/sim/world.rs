@@ -58,6 +58,8 @@ pub struct Scenario {
     pub start_refused: f64,
     /// Chance that a rejuvenation action fails.
     pub action_fails: f64,
+    /// `rejuvenation.in_place`: with no free target, the copies start on the source itself.
+    pub in_place: bool,
 }
 
 impl Scenario {
@@ -116,6 +118,7 @@ impl Scenario {
             never_healthy: *rng.pick(&[0.0, 0.02, 0.1]).expect("non-empty"),
             start_refused: *rng.pick(&[0.0, 0.0, 0.03]).expect("non-empty"),
             action_fails: *rng.pick(&[0.0, 0.0, 0.05]).expect("non-empty"),
+            in_place: rng.chance(0.3),
         }
     }
 
@@ -148,6 +151,7 @@ duplex_timeout = "25s"
 verify_timeout = "40s"
 failed_target_cooldown = "60s"
 escalation_window = "{window}"
+in_place = {in_place}
 {escalation}
 
 [agent]
@@ -170,6 +174,7 @@ handoff = {{ export = "/state", import = "/state", hold = "3s" }}
             floor = self.floor,
             cooldown = self.cooldown_s,
             window = if self.escalation { "10m" } else { "1s" },
+            in_place = self.in_place,
             escalation = if self.escalation {
                 r#"escalation = [["stop-instances", "drop-caches", "restart-agent"], ["stop-instances", "restart-host"]]"#
             } else {
@@ -219,7 +224,7 @@ instances = [{inst}]
 
     pub fn describe(&self) -> String {
         format!(
-            "{} {}p+{}s caps {:?} services {:?} budget {} floor {} cooldown {}s escalation {} max_running_time {:?} profile {:?}",
+            "{} {}p+{}s caps {:?} services {:?} budget {} floor {} cooldown {}s escalation {} max_running_time {:?} in_place {} profile {:?}",
             self.mode,
             self.primaries,
             self.spares,
@@ -230,6 +235,7 @@ instances = [{inst}]
             self.cooldown_s,
             self.escalation,
             self.max_running_time_s,
+            self.in_place,
             self.profile
         )
     }
@@ -418,6 +424,7 @@ impl Agent {
         &mut self,
         run_id: &str,
         actions: &[Action],
+        keep: &[String],
         t: u64,
         fail: bool,
     ) -> RejuvenationReport {
@@ -433,7 +440,8 @@ impl Agent {
                 match a {
                     Action::StopInstances => {
                         self.advance_mem(t);
-                        self.instances.clear();
+                        // An in-place run's copies serve meanwhile: they stay.
+                        self.instances.retain(|id, _| keep.contains(id));
                         self.fresh(t);
                     }
                     Action::RestartAgent | Action::RestartHost => {
@@ -457,6 +465,11 @@ impl Agent {
                     "ok".into()
                 },
             });
+        }
+        // As the real agent: a run whose every action succeeded starts the running time
+        // again.
+        if failing.is_none() {
+            self.running_since_wall = started;
         }
         let r = RejuvenationReport {
             run_id: run_id.to_string(),

@@ -53,9 +53,17 @@ pub struct DemoArgs {
     /// Primaries (default: 3 in active-standby, 4 in active-active).
     #[arg(long)]
     pub servers: Option<u32>,
-    /// Spares (default: 1 in active-standby; active-active has none).
+    /// Spares (default: 1 in active-standby; active-active has none). With 0, workflows
+    /// duplex in place: the copies start on the same server on other ports.
     #[arg(long)]
     pub spares: Option<u32>,
+    /// Instances of the sample service on each primary (at most 4, a server's capacity).
+    #[arg(long, default_value_t = 1)]
+    pub instances: u32,
+    /// How many of each primary's instances age (default: all). The others serve without
+    /// leaking; an aging one is rejuvenated alone (instance scope) while they go on.
+    #[arg(long)]
+    pub aging: Option<u32>,
     /// The front end clients use.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -87,6 +95,16 @@ pub struct DemoArgs {
 
 /// The usage rules of `--store`, `--controllers` and `--chaos`, checked before anything starts.
 pub fn check_args(args: &DemoArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=4).contains(&args.instances),
+        "--instances must be 1 to 4 (a demo server has 4 units of capacity)"
+    );
+    anyhow::ensure!(
+        args.aging.is_none_or(|k| k <= args.instances),
+        "--aging {} is more than --instances {}",
+        args.aging.unwrap_or(0),
+        args.instances
+    );
     anyhow::ensure!(args.controllers >= 1, "--controllers must be at least 1");
     anyhow::ensure!(args.controllers <= 9, "--controllers: at most 9 in a demo");
     if args.store == StoreKind::Sqlite {

@@ -293,6 +293,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             actual,
         },
         workflows: status.history,
+        backend: "process".into(),
         state_dir: dir.clone(),
         store: match args.store {
             StoreKind::Sqlite => "sqlite".into(),

@@ -71,10 +71,7 @@ pub fn write_config(
         Mode::ActiveActive => (args.servers.unwrap_or(4), 0),
     };
     anyhow::ensure!(primaries >= 1, "--servers must be at least 1");
-    anyhow::ensure!(
-        mode == Mode::ActiveActive || spares >= 1,
-        "active-standby needs --spares of at least 1"
-    );
+
     anyhow::ensure!(primaries + spares <= 200, "at most 200 servers in a demo");
     let host_actions = nix::unistd::geteuid().is_root();
     let mut toml = format!(
@@ -146,6 +143,16 @@ drain = "5s"
 stop_grace = "3s"
 handoff = {{ export = "/_rejuv/state", import = "/_rejuv/state", hold = "{hold}" }}
 
+# The same service without a leak: instances that age beside it are rejuvenated alone.
+[services.steady]
+command = "{exe}"
+args = ["sample-service", "--listen", "{{address}}:{{port}}", "--instance-id", "{{instance}}",
+        "--leak-per-request", "0", "--leak-per-second", "0"]
+env = {{ REJUV_LOG = "warn" }}
+health = {{ path = "/healthz", interval = "250ms", timeout = "1s" }}
+drain = "2s"
+stop_grace = "3s"
+
 # A cache that warms up to a plateau and stays there: the detector must leave its server alone.
 [services.cache]
 command = "{exe}"
@@ -194,12 +201,16 @@ stop_grace = "3s"
         let role = if i < primaries { "primary" } else { "spare" };
         // With three primaries or more, the last one runs the plateauing cache instead of the
         // aging web service: a server rejuv should leave alone.
+        let aging = args.aging.unwrap_or(args.instances);
+        let web: Vec<&str> = (0..args.instances)
+            .map(|k| if k < aging { "\"web\"" } else { "\"steady\"" })
+            .collect();
         let instances = if i + 1 == primaries && primaries >= 3 {
-            r#"["cache"]"#
+            r#"["cache"]"#.to_string()
         } else if i < primaries {
-            r#"["web"]"#
+            format!("[{}]", web.join(", "))
         } else {
-            "[]"
+            "[]".to_string()
         };
         toml.push_str(&format!(
             r#"

@@ -24,6 +24,8 @@ pub struct Summary {
     pub latency_ms: Latency,
     pub counter: Counter,
     pub workflows: Vec<Workflow>,
+    /// How the demo's instances run: `process`, `docker` or `systemd`.
+    pub backend: String,
     pub state_dir: PathBuf,
     pub store: String,
     pub controllers: u32,

@@ -5,7 +5,7 @@
 
 use crate::cluster::output::{CommandKind, EventKind, Output};
 use crate::cluster::state::{
-    Cluster, Outcome, Phase, ServerState, Step, StepTime, Traffic, Workflow, HISTORY_KEPT,
+    Cluster, Outcome, Phase, Scope, ServerState, Step, StepTime, Traffic, Workflow, HISTORY_KEPT,
 };
 use crate::config::Config;
 use crate::time::Now;
@@ -15,6 +15,13 @@ impl Cluster {
     /// Takes a workflow's server out of service (failed, for a person to look at) and frees
     /// its target.
     pub(in crate::cluster) fn keep_out(&mut self, w: &Workflow, reason: &str) {
+        if w.scope == Scope::Instance || w.in_place() {
+            // One instance failed to be replaced cleanly, or a server rejuvenated in place
+            // did not come back fresh: it serves from its copies all the same (taking it out
+            // would take them out too); the alert says what to look at.
+            self.release_target(&w.target, w.id);
+            return;
+        }
         if let Some(s) = self.servers.get_mut(&w.server) {
             s.state = ServerState::Failed {
                 reason: reason.to_string(),
@@ -64,7 +71,8 @@ impl Cluster {
                 );
             }
         }
-        if let Some(t) = self.servers.get_mut(&w.target) {
+        let in_place = w.in_place();
+        if let Some(t) = self.servers.get_mut(&w.target).filter(|_| !in_place) {
             if t.reserved_by == Some(id) {
                 t.reserved_by = None;
             }
@@ -84,10 +92,17 @@ impl Cluster {
             EventKind::WorkflowRolledBack,
             Some(&w.server),
             Some(id),
-            format!(
-                "{reason}; {} keeps serving, {} is released",
-                w.server, w.target
-            ),
+            if in_place {
+                format!(
+                    "{reason}; {} keeps serving with its old instances",
+                    w.server
+                )
+            } else {
+                format!(
+                    "{reason}; {} keeps serving, {} is released",
+                    w.server, w.target
+                )
+            },
         );
         self.issue(
             out,
@@ -148,9 +163,26 @@ impl Cluster {
         let Some(mut w) = self.workflows.remove(&id) else {
             return;
         };
-        // The failed server takes no traffic: its old instances leave the table and are
-        // stopped (their copies serve).
-        self.stop_drained(&w.server, out);
+        let whole = w.scope == Scope::Server;
+        let stays = !w.takes_server_out();
+        if whole {
+            // The failed server takes no traffic: its old instances leave the table and are
+            // stopped (their copies serve).
+            self.stop_drained(&w.server, out);
+        } else {
+            // Only this workflow's old instance: asked to stop once more, then forgotten.
+            for p in &w.pairs {
+                if let Some(i) = self.forget_instance(&p.old) {
+                    self.issue(
+                        out,
+                        CommandKind::StopInstance {
+                            server: i.server,
+                            instance: i.id,
+                        },
+                    );
+                }
+            }
+        }
         self.keep_out(&w, &reason);
         w.outcome = Some(Outcome::Failed {
             reason: reason.clone(),
@@ -165,10 +197,14 @@ impl Cluster {
             EventKind::WorkflowFailed,
             Some(&w.server),
             Some(id),
-            format!(
-                "{reason}; {} stays off the list until an operator looks",
-                w.server
-            ),
+            if stays {
+                format!("{reason}; {} and its copies keep serving", w.server)
+            } else {
+                format!(
+                    "{reason}; {} stays off the list until an operator looks",
+                    w.server
+                )
+            },
         );
         self.issue(
             out,

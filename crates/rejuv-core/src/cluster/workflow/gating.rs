@@ -6,7 +6,7 @@
 
 use crate::cluster::hooks::VetoGate;
 use crate::cluster::output::{CommandKind, EventKind, Output};
-use crate::cluster::state::{Cluster, Phase, Server, ServerState, Traffic};
+use crate::cluster::state::{Cluster, Phase, Placement, Server, ServerState, Traffic};
 use crate::config::Config;
 use crate::gate::{self, GateDecision, GateInput};
 use crate::time::Now;
@@ -117,6 +117,10 @@ impl Cluster {
     /// capacity floor waits (a failover, an operator's force or maintenance does not).
     fn floor_allows_switch(&self, cfg: &Config, id: u64, source_down: bool) -> Result<(), String> {
         let w = &self.workflows[&id];
+        if !w.takes_server_out() {
+            // One instance, or copies on the server itself: no server leaves the list.
+            return Ok(());
+        }
         let s = &self.servers[&w.server];
         let gain = match self.mode {
             Mode::ActiveStandby => self.servers.get(&w.target).map_or(0, |t| t.capacity),
@@ -168,6 +172,8 @@ impl Cluster {
         let pairs = w.pairs.clone();
         let server = w.server.clone();
         let target = w.target.clone();
+        let takes_server_out = w.takes_server_out();
+        let onto_spare = w.placement == Some(Placement::Spare);
         for (old, new) in &lost {
             self.log(
                 out,
@@ -200,23 +206,29 @@ impl Cluster {
                 old.drain_applied = false;
             }
         }
-        if let Some(s) = self.servers.get_mut(&server) {
-            s.state = ServerState::Rejuvenating { workflow: id };
+        if takes_server_out {
+            if let Some(s) = self.servers.get_mut(&server) {
+                s.state = ServerState::Rejuvenating { workflow: id };
+            }
         }
-        if self.mode == Mode::ActiveStandby {
+        if onto_spare {
+            // A spare that serves is a primary.
             if let Some(t) = self.servers.get_mut(&target) {
                 t.role = Role::Primary;
             }
         }
-        self.log(
-            out,
-            now,
-            EventKind::Step,
-            Some(&server),
-            Some(id),
+        let olds: Vec<&str> = pairs.iter().map(|p| p.old.as_str()).collect();
+        let news: Vec<&str> = pairs.iter().map(|p| p.new.as_str()).collect();
+        let said = if takes_server_out {
+            format!("gate open ({gate_reason}): {server} off the list, {target} takes its traffic; draining")
+        } else {
             format!(
-            "gate open ({gate_reason}): {server} off the list, {target} takes its traffic; draining"
-        ),
-        );
+                "gate open ({gate_reason}): {} take(s) the traffic of {}; draining {} ({server} stays on the list)",
+                news.join(", "),
+                olds.join(", "),
+                olds.join(", ")
+            )
+        };
+        self.log(out, now, EventKind::Step, Some(&server), Some(id), said);
     }
 }

@@ -4,7 +4,10 @@
 //! soon after its strongest rejuvenation) is kept out for a person to look at.
 
 use crate::cluster::output::{CommandKind, EventKind, Output};
-use crate::cluster::state::{Cluster, Outcome, ServerState, Step, StepTime, Workflow};
+use crate::cluster::state::{
+    Cluster, Outcome, Placement, Scope, ServerState, Step, StepTime, Workflow,
+    INSTANCE_HISTORY_KEPT,
+};
 use crate::config::Config;
 use crate::detector::Level;
 use crate::time::Now;
@@ -31,7 +34,26 @@ impl Cluster {
             Mode::ActiveActive => Role::Primary,
         };
         self.last_completed_at_ms = Some(now.wall_ms);
-        if w.exhausted {
+        if w.scope == Scope::Instance {
+            self.instance_replaced(w, now, out);
+        } else if w.in_place() {
+            // Its copies serve from it: it stays as it is. Maintenance moves them elsewhere
+            // next (a plan of its own); an exhausted escalation is a person's to look at.
+            if w.exhausted {
+                self.issue(
+                    out,
+                    CommandKind::Alert {
+                        name: "RejuvEscalationExhausted".into(),
+                        server: Some(w.server.clone()),
+                        summary: format!(
+                            "{} aged again within {:?} of its strongest rejuvenation (in place: it keeps serving)",
+                            w.server, cfg.rejuvenation.escalation_window
+                        ),
+                    },
+                );
+            }
+            self.rejoin(w, role, now, out);
+        } else if w.exhausted {
             self.keep_out_exhausted(cfg, w, now, out);
         } else if self.servers[&w.server].maintenance {
             self.hold_in_maintenance(w, role, now, out);
@@ -107,9 +129,60 @@ impl Cluster {
         self.finish(w);
     }
 
-    /// Back on the list with `role`, judged afresh; the target is released.
+    /// One instance replaced: the server served throughout; it no longer counts that instance
+    /// as aging, and remembers the rejuvenation (too many in a window and the whole server is
+    /// next).
+    fn instance_replaced(&mut self, w: Workflow, now: Now, out: &mut Output) {
+        let id = w.id;
+        if let Some(s) = self.servers.get_mut(&w.server) {
+            s.unstable_instances
+                .retain(|i| !w.pairs.iter().any(|p| &p.old == i));
+            if s.unstable_instances.is_empty() && s.host_judgement != Level::Unstable {
+                s.judgement = Level::Stable;
+                s.explanation = None;
+            }
+            s.instance_rejuvenations_ms.push(now.wall_ms);
+            let extra = s
+                .instance_rejuvenations_ms
+                .len()
+                .saturating_sub(INSTANCE_HISTORY_KEPT);
+            s.instance_rejuvenations_ms.drain(..extra);
+            s.blocked_reason = None;
+        }
+        if !w.in_place() {
+            self.release_target(&w.target, id);
+        }
+        let secs = now.wall_ms.saturating_sub(w.started_at_ms) as f64 / 1000.0;
+        let pairs: Vec<String> = w
+            .pairs
+            .iter()
+            .map(|p| format!("{} replaced by {}", p.old, p.new))
+            .collect();
+        let place = match w.placement {
+            Some(Placement::InPlace) => format!("in place on {}", w.server),
+            _ => format!("on {}", w.target),
+        };
+        self.log(
+            out,
+            now,
+            EventKind::WorkflowCompleted,
+            Some(&w.server),
+            Some(id),
+            format!("{} {place} ({secs:.1}s end to end)", pairs.join(", ")),
+        );
+        self.completed_total += 1;
+        self.finish(w);
+    }
+
+    /// Back on the list with `role` (a server rejuvenated in place keeps its own), judged
+    /// afresh; the target is released.
     fn rejoin(&mut self, w: Workflow, role: Role, now: Now, out: &mut Output) {
         let id = w.id;
+        let role = if w.in_place() {
+            self.servers.get(&w.server).map_or(role, |s| s.role)
+        } else {
+            role
+        };
         if let Some(s) = self.servers.get_mut(&w.server) {
             s.last_rejuvenated_at_ms = Some(now.wall_ms);
             s.level = w.level;

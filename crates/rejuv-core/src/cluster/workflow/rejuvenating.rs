@@ -2,11 +2,15 @@
 //! clear scratch, drop caches, restart, ...) as one run the agent carries out by run id. A
 //! report that comes back clean moves the workflow to verifying; a failed action fails it. A
 //! dead source (reactive failover) is asked again until it answers.
+//!
+//! In place, the copies run on the source itself: `stop-instances` keeps them, and the
+//! actions that would end them (restarting the agent or the host) are left out. An
+//! instance-scope workflow rejuvenates the instance alone: the old one is stopped.
 
 use crate::api::RejuvenationReport;
 use crate::cluster::output::{CommandKind, EventKind, Output};
-use crate::cluster::state::{Cluster, Phase, Traffic};
-use crate::config::Config;
+use crate::cluster::state::{Cluster, Phase, Scope, Traffic};
+use crate::config::{Action, Config};
 use crate::time::Now;
 use crate::types::InstanceId;
 
@@ -28,25 +32,117 @@ impl Cluster {
         let w = self.workflows.get_mut(&id).expect("present");
         w.enter(Phase::Rejuvenating, now);
         let server = w.server.clone();
+        if w.scope == Scope::Instance {
+            let old: Vec<InstanceId> = w.pairs.iter().map(|p| p.old.clone()).collect();
+            self.log(
+                out,
+                now,
+                EventKind::Step,
+                Some(&server),
+                Some(id),
+                format!(
+                    "rejuvenating: stopping {} (its copy serves)",
+                    old.join(", ")
+                ),
+            );
+            for instance in old {
+                self.issue(
+                    out,
+                    CommandKind::StopInstance {
+                        server: server.clone(),
+                        instance,
+                    },
+                );
+            }
+            return;
+        }
         let run_id = w.run_id.clone();
-        let actions = cfg.rejuvenation.level(w.level).to_vec();
+        let mut actions = cfg.rejuvenation.level(w.level).to_vec();
+        let mut keep = Vec::new();
+        let mut left_out = Vec::new();
+        if w.in_place() {
+            keep = w.pairs.iter().map(|p| p.new.clone()).collect();
+            actions.retain(|a| {
+                let ends_copies = matches!(a, Action::RestartAgent | Action::RestartHost);
+                if ends_copies {
+                    left_out.push(a.to_string());
+                }
+                !ends_copies
+            });
+        }
         let names: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
-        self.log(
-            out,
-            now,
-            EventKind::Step,
-            Some(&server),
-            Some(id),
-            format!("rejuvenating: {}", names.join(", ")),
-        );
+        let mut said = format!("rejuvenating: {}", names.join(", "));
+        if !left_out.is_empty() {
+            said.push_str(&format!(
+                " ({} left out: in place they would end the copies that serve)",
+                left_out.join(", ")
+            ));
+        }
+        self.log(out, now, EventKind::Step, Some(&server), Some(id), said);
         self.issue(
             out,
             CommandKind::Rejuvenate {
                 server,
                 run_id,
                 actions,
+                keep,
             },
         );
+    }
+
+    /// An instance-scope workflow's old instance is stopped: it is forgotten, and once every
+    /// old one is, the workflow verifies.
+    pub(in crate::cluster) fn on_instance_stopped(
+        &mut self,
+        instance: &str,
+        now: Now,
+        out: &mut Output,
+    ) {
+        let Some(w) = self.workflows.values().find(|w| {
+            w.scope == Scope::Instance
+                && w.phase == Phase::Rejuvenating
+                && w.pairs.iter().any(|p| p.old == instance)
+        }) else {
+            return;
+        };
+        let (id, server) = (w.id, w.server.clone());
+        self.forget_instance(instance);
+        let w = &self.workflows[&id];
+        if w.pairs.iter().all(|p| !self.instances.contains_key(&p.old)) {
+            let copies: Vec<String> = w.pairs.iter().map(|p| p.new.clone()).collect();
+            self.workflows
+                .get_mut(&id)
+                .expect("present")
+                .enter(Phase::Verifying, now);
+            self.log(
+                out,
+                now,
+                EventKind::Step,
+                Some(&server),
+                Some(id),
+                format!("{instance} stopped; verifying {} serves", copies.join(", ")),
+            );
+        }
+    }
+
+    /// An instance-scope workflow's old instance could not be stopped: the workflow fails
+    /// (its copy serves; the old one is left for a person).
+    pub(in crate::cluster) fn on_instance_stop_failed(
+        &mut self,
+        instance: &str,
+        error: &str,
+        now: Now,
+        out: &mut Output,
+    ) {
+        let Some(id) = self
+            .workflows
+            .values()
+            .find(|w| w.scope == Scope::Instance && w.pairs.iter().any(|p| p.old == instance))
+            .map(|w| w.id)
+        else {
+            return;
+        };
+        self.fail(id, format!("stopping {instance} failed: {error}"), now, out);
     }
 
     /// Run `run_id` on `server` came back with its report.
@@ -129,6 +225,7 @@ impl Cluster {
             server,
             run_id,
             actions,
+            keep,
         } = kind
         else {
             return;
@@ -159,6 +256,7 @@ impl Cluster {
                 server: server.clone(),
                 run_id: run_id.clone(),
                 actions: actions.clone(),
+                keep: keep.clone(),
             };
             self.issue(out, kind);
         } else {

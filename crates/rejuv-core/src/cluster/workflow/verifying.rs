@@ -1,11 +1,12 @@
 //! Verifying: the rejuvenated server must come back fresh (its agent answers, its running
 //! time restarted after the run began, the old instances gone) within
 //! `rejuvenation.verify_timeout`, and pass the `rejoin` veto hooks; then it rejoins.
-//! Otherwise the workflow fails and the server stays out.
+//! Otherwise the workflow fails and the server stays out. An instance-scope workflow verifies
+//! that the old instance is gone and its copy serves healthy.
 
 use crate::cluster::hooks::VetoGate;
 use crate::cluster::output::Output;
-use crate::cluster::state::Cluster;
+use crate::cluster::state::{Cluster, Scope};
 use crate::config::Config;
 use crate::time::Now;
 
@@ -21,11 +22,25 @@ impl Cluster {
         let w = &self.workflows[&id];
         let server = w.server.clone();
         let fresh = self.servers[&server].observation.as_ref().is_some_and(|o| {
-            o.reachable
-                && w.report
-                    .as_ref()
-                    .is_some_and(|r| o.running_since_ms >= r.started_at_ms)
-                && w.pairs.iter().all(|p| !o.instances.contains_key(&p.old))
+            let old_gone = w.pairs.iter().all(|p| !o.instances.contains_key(&p.old));
+            match w.scope {
+                // The server itself was not rejuvenated: its old instance is gone and the
+                // copies serve.
+                Scope::Instance => {
+                    o.reachable
+                        && old_gone
+                        && w.pairs
+                            .iter()
+                            .all(|p| self.instances.get(&p.new).is_some_and(|i| i.healthy))
+                }
+                Scope::Server => {
+                    o.reachable
+                        && w.report
+                            .as_ref()
+                            .is_some_and(|r| o.running_since_ms >= r.started_at_ms)
+                        && old_gone
+                }
+            }
         });
         if fresh {
             match self.veto_gate(cfg, id, "rejoin", now, out) {
