@@ -43,7 +43,7 @@ fn candidates(proc_cgroup: &str, root: &Path, v2_only: bool) -> Vec<PathBuf> {
     dirs
 }
 
-fn line_path<'a>(proc_cgroup: &'a str, pick: impl Fn(&str, &str) -> bool) -> Option<&'a str> {
+fn line_path(proc_cgroup: &str, pick: impl Fn(&str, &str) -> bool) -> Option<&str> {
     proc_cgroup.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
         let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
