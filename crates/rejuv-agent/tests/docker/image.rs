@@ -2,7 +2,7 @@
 //! container through a published port; images are labelled and found by their tag.
 
 use crate::common::{eventually, within, Harness};
-use rejuv_agent::docker::{scratch_image_tag, PublishedPort, LABEL_IMAGE};
+use rejuv_agent::docker::{scratch_image_tag, DockerError, ExitReason, PublishedPort, LABEL_IMAGE};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
@@ -92,5 +92,40 @@ async fn a_scratch_image_of_a_host_binary_serves_through_a_published_port() {
         // Gone already is fine.
         h.docker.remove_image(&image).await.unwrap();
     })
+    .await;
+}
+
+/// The demo's path: an image of the running binary (this test binary, tens of MB in a debug
+/// build), built once and then found by its tag.
+#[tokio::test]
+async fn an_image_of_the_running_binary_builds_in_time_and_is_found_by_its_tag() {
+    let h = Harness::new().await;
+    within(
+        Duration::from_secs(300),
+        "build from the running binary",
+        async {
+            let exe = std::env::current_exe().unwrap();
+            let started = std::time::Instant::now();
+            let image = h.image("self", &exe, &["--list"]).await;
+            let took = started.elapsed();
+            eprintln!("built {image} from {} in {took:?}", exe.display());
+            assert!(took < Duration::from_secs(120), "took {took:?}");
+            assert!(h.docker.image_exists(&image).await.unwrap());
+            let tag = scratch_image_tag(image.split(':').next().unwrap(), &exe).unwrap();
+            assert_eq!(
+                tag, image,
+                "the same binary gives the same tag: no second build"
+            );
+
+            // It runs in the image: every library it needs is there (`--list` exits 0).
+            let spec = h.spec("self", &image);
+            let reason = match h.docker.create_and_start(&spec).await {
+                Ok(c) => h.docker.wait(&c.id).await.unwrap(),
+                Err(DockerError::ExitedAtStart { reason, .. }) => reason,
+                Err(e) => panic!("{e:#}"),
+            };
+            assert_eq!(reason, ExitReason::Exited(0), "{reason}");
+        },
+    )
     .await;
 }
