@@ -20,6 +20,7 @@
 pub mod actions;
 pub mod cgroup;
 pub mod collector;
+pub mod docker;
 pub mod http;
 pub mod metrics;
 pub mod persist;
