@@ -58,7 +58,7 @@ impl From<SupervisorError> for HttpError {
             InvalidId { .. } | UnknownService { .. } | NoHandoff { .. } => StatusCode::BAD_REQUEST,
             Conflict { .. } | Busy { .. } | NotServing { .. } => StatusCode::CONFLICT,
             NotFound { .. } => StatusCode::NOT_FOUND,
-            NoFreePort { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            NoFreePort { .. } | Backend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Handoff { .. } => StatusCode::BAD_GATEWAY,
             Spawn { .. } | StopIncomplete { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };

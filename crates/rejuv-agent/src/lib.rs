@@ -83,13 +83,19 @@ pub enum StartError {
     Store(#[from] persist::StoreError),
     #[error("cannot build the HTTP client for health checks")]
     HttpClient(#[source] reqwest::Error),
-    #[error("services.{service}.backend = \"{backend}\": this agent runs instances as processes only (backend = \"process\")")]
+    #[error("services.{service}.backend = \"{backend}\": this agent runs instances as processes or containers (backend = \"process\" or \"docker\")")]
     Backend {
         service: String,
         backend: rejuv_core::config::Backend,
     },
     #[error("services.{service}: {reason}")]
     Credentials { service: String, reason: String },
+    #[error("services.{service}.backend = \"docker\": cannot use the Docker Engine")]
+    Docker {
+        service: String,
+        #[source]
+        source: docker::DockerError,
+    },
 }
 
 /// Runs an agent on `listener` until `shutdown` is cancelled (→ [`Exit::Shutdown`]) or a
@@ -135,7 +141,9 @@ async fn run_inner(
     let started_at_ms = wall_ms();
     let store = Arc::new(Store::open(&data_dir, started_at_ms).map_err(StartError::Store)?);
     let metrics = Arc::new(Metrics::new(store.crashes_total()));
-    let cgroups = cgroup::Cgroups::detect(&cgroup::scope(&server_id, &data_dir));
+    let scope = cgroup::scope(&server_id, &data_dir);
+    let cgroups = cgroup::Cgroups::detect(&scope);
+    let docker = connect_docker(&config).await?;
     let sup = Arc::new(
         Supervisor::new(
             server,
@@ -144,6 +152,8 @@ async fn run_inner(
             store.clone(),
             metrics.clone(),
             cgroups,
+            docker,
+            scope,
         )
         .map_err(StartError::HttpClient)?,
     );
@@ -175,6 +185,13 @@ async fn run_inner(
     });
 
     // A first sample before serving, so /v1/state never shows an empty one.
+    let swept = sup.sweep_containers().await;
+    if swept > 0 {
+        tracing::warn!(
+            containers = swept,
+            "removed containers an earlier agent of this server left"
+        );
+    }
     collect_once(&agent).await;
     let background = CancellationToken::new();
     let sampler = tokio::spawn(
@@ -229,13 +246,32 @@ async fn run_inner(
     Ok(exit)
 }
 
+/// The Docker Engine, when a service of the catalog runs in containers: one that does not
+/// answer within seconds is a start error naming its socket, never a hang.
+async fn connect_docker(config: &Config) -> Result<Option<docker::Docker>, StartError> {
+    let Some((name, _)) = config
+        .services
+        .iter()
+        .find(|(_, s)| s.backend == rejuv_core::config::Backend::Docker)
+    else {
+        return Ok(None);
+    };
+    docker::Docker::connect(&config.agent.docker_socket, Duration::from_secs(5))
+        .await
+        .map(Some)
+        .map_err(|source| StartError::Docker {
+            service: name.clone(),
+            source,
+        })
+}
+
 /// What of the catalog this agent can run, checked before it serves: every backend is
 /// available, every user and group exists. Services that would run as root with the agent's
 /// privileges are named in a warning.
 fn check_catalog(config: &Config) -> Result<(), StartError> {
     let root = nix::unistd::geteuid().is_root();
     for (name, spec) in &config.services {
-        if spec.backend != rejuv_core::config::Backend::Process {
+        if spec.backend == rejuv_core::config::Backend::Systemd {
             return Err(StartError::Backend {
                 service: name.clone(),
                 backend: spec.backend,

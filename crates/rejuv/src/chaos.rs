@@ -402,7 +402,13 @@ pub fn broken(cfg: &Config, status: &Status, proxy: Option<&ProxyStatus>) -> BTr
     }
     let mut in_workflow: BTreeMap<&str, u32> = BTreeMap::new();
     for w in workflows {
-        for id in [&w.server, &w.target] {
+        // In place, a workflow's copies run on its source: one server, one workflow.
+        let ids: &[&String] = if w.server == w.target {
+            &[&w.server]
+        } else {
+            &[&w.server, &w.target]
+        };
+        for id in ids {
             *in_workflow.entry(id.as_str()).or_default() += 1;
         }
     }
@@ -612,6 +618,10 @@ health = { path = "/healthz" }
         let b = broken_in(&c, &st, None);
         assert!(b.iter().any(|x| x.contains("2 workflows running")), "{b:?}");
         assert!(b.iter().any(|x| x.contains("part of 2 workflows")), "{b:?}");
+        // In place, a server is its workflow's source and target at once: one workflow.
+        let mut st = healthy_status();
+        st["workflows"] = json!([wf(1, "s1", "s1")]);
+        assert_eq!(broken_in(&c, &st, None), BTreeSet::new());
 
         let mut st = healthy_status();
         st["servers"][1]["on_list"] = json!(false);

@@ -30,6 +30,8 @@ pub enum SupervisorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start instance '{id}': {reason}")]
+    Backend { id: String, reason: String },
     #[error("instance '{id}': processes {pids:?} survived SIGKILL")]
     StopIncomplete { id: String, pids: Vec<i32> },
     #[error("no instance '{id}' on this agent")]

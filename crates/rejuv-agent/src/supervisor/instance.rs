@@ -36,6 +36,8 @@ pub(super) struct Shared {
     pub(super) health_latency_ms: Option<f64>,
     /// Tree members seen at the last scan.
     pub(super) known: HashSet<ProcKey>,
+    /// The cgroup of the current run where its backend made one (a container's).
+    pub(super) run_cgroup: Option<PathBuf>,
 }
 
 pub(super) enum Cmd {
@@ -94,7 +96,12 @@ impl Instance {
         CollectView {
             seed: TreeSeed {
                 root: s.pid.map(|p| p as i32),
-                cgroup_pids: self.cgroup.as_deref().map(cgroup::pids).unwrap_or_default(),
+                cgroup_pids: s
+                    .run_cgroup
+                    .as_deref()
+                    .or(self.cgroup.as_deref())
+                    .map(cgroup::pids)
+                    .unwrap_or_default(),
                 known: s.known.clone(),
             },
             health_latency_ms: s.health_latency_ms,

@@ -3,7 +3,8 @@
 
 use super::error::SupervisorError;
 use super::instance::{Cmd, Instance};
-use super::process::{describe_exit, health_loop, spawn_process, wall_ms};
+use super::process::{describe_exit, health_loop, wall_ms};
+use super::run::Run;
 use super::table::Supervisor;
 use crate::cgroup;
 use rejuv_core::api::InstanceState;
@@ -35,30 +36,25 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn respawn(&self, inst: &Instance) -> Result<Child, SupervisorError> {
-        let child = spawn_process(
-            &self.logs_dir,
-            &inst.id,
-            &inst.service,
-            &inst.spec,
-            inst.addr,
-            inst.cgroup.as_deref(),
-        )?;
+    /// Starts the next run of `inst` (after a crash, or a container's first).
+    pub(super) async fn respawn(&self, inst: &Instance) -> Result<Run, SupervisorError> {
+        let (run, pid, cgroup) = self.start_run(inst).await?;
         let mut s = inst.lock();
-        s.pid = child.id();
+        s.pid = pid;
+        s.run_cgroup = cgroup;
         s.state = InstanceState::Starting;
         s.healthy = false;
         s.started_at_ms = Some(wall_ms());
         s.health_latency_ms = None;
-        tracing::info!(pid = ?s.pid, "instance restarted");
-        Ok(child)
+        tracing::info!(pid = ?s.pid, "instance run started");
+        Ok(run)
     }
 }
 
 /// Where an instance's keeper is.
 enum Phase {
-    /// A process runs, started at `since`.
-    Running { child: Child, since: Instant },
+    /// A run is under way, started at `since`.
+    Running { run: Run, since: Instant },
     /// Waiting `delay` before the next start.
     Backoff { delay: Duration },
 }
@@ -70,17 +66,24 @@ type Reply = tokio::sync::oneshot::Sender<Result<(), SupervisorError>>;
 pub(super) async fn keeper(
     sup: Arc<Supervisor>,
     inst: Arc<Instance>,
-    child: Child,
+    run: Option<Run>,
     mut rx: mpsc::Receiver<Cmd>,
 ) {
-    let (mut child, reply) = supervise(&sup, &inst, child, &mut rx).await;
+    let (mut run, reply) = supervise(&sup, &inst, run, &mut rx).await;
     {
         let mut s = inst.lock();
         s.state = InstanceState::Stopping;
         s.healthy = false;
     }
     tracing::info!("stopping instance");
-    let reply = stop_tree(&sup, &inst, child.as_mut(), reply, &mut rx).await;
+    let reply = match run.as_mut() {
+        Some(Run::Container { id }) => {
+            let id = id.clone();
+            stop_container_run(&sup, &inst, &id, reply).await
+        }
+        Some(Run::Process(child)) => stop_tree(&sup, &inst, Some(child), reply, &mut rx).await,
+        None => stop_tree(&sup, &inst, None, reply, &mut rx).await,
+    };
     leave(&sup, &inst).await;
     if let Some(r) = reply {
         let _ = r.send(Ok(()));
@@ -92,17 +95,22 @@ pub(super) async fn keeper(
     }
 }
 
-/// Runs, health-checks and restarts the instance until a stop is asked; yields the live child
-/// (if any) and who to answer.
+/// Runs, health-checks and restarts the instance until a stop is asked; yields the live run
+/// (if any) and who to answer. Without a first run (a container), it starts one at once.
 async fn supervise(
     sup: &Arc<Supervisor>,
     inst: &Arc<Instance>,
-    child: Child,
+    run: Option<Run>,
     rx: &mut mpsc::Receiver<Cmd>,
-) -> (Option<Child>, Option<Reply>) {
-    let mut phase = Phase::Running {
-        child,
-        since: Instant::now(),
+) -> (Option<Run>, Option<Reply>) {
+    let mut phase = match run {
+        Some(run) => Phase::Running {
+            run,
+            since: Instant::now(),
+        },
+        None => Phase::Backoff {
+            delay: Duration::ZERO,
+        },
     };
     let mut backoff = BACKOFF_MIN;
     let mut next_delay = |reset: bool| {
@@ -115,24 +123,32 @@ async fn supervise(
     };
     loop {
         phase = match phase {
-            Phase::Running { mut child, since } => {
+            Phase::Running { mut run, since } => {
                 let health =
                     tokio::spawn(health_loop(sup.http.clone(), inst.clone()).in_current_span());
                 let outcome = tokio::select! {
-                    status = child.wait() => Err(status),
+                    what = sup.wait_run(&mut run) => Err(what),
                     cmd = rx.recv() => Ok(cmd),
                 };
                 health.abort();
                 match outcome {
-                    Ok(cmd) => return (Some(child), cmd.map(|Cmd::Stop { reply }| reply)),
-                    Err(status) => {
-                        let what = describe_exit(status);
+                    Ok(cmd) => return (Some(run), cmd.map(|Cmd::Stop { reply }| reply)),
+                    Err(what) => {
                         // What the root left behind would hold the port or leak: end it first.
-                        if let Err(pids) = sup.terminate(inst, None, Duration::ZERO).await {
-                            tracing::error!(
-                                ?pids,
-                                "leftovers of a crashed instance survived SIGKILL"
-                            );
+                        match &run {
+                            Run::Process(_) => {
+                                if let Err(pids) = sup.terminate(inst, None, Duration::ZERO).await {
+                                    tracing::error!(
+                                        ?pids,
+                                        "leftovers of a crashed instance survived SIGKILL"
+                                    );
+                                }
+                            }
+                            Run::Container { id } => {
+                                if let Err(e) = sup.stop_container(id, Duration::ZERO).await {
+                                    tracing::error!(error = %e, "cannot remove the ended container");
+                                }
+                            }
                         }
                         inst.lock().pid = None;
                         sup.record_crash(inst, what).await;
@@ -145,9 +161,9 @@ async fn supervise(
                     cmd = rx.recv() => return (None, cmd.map(|Cmd::Stop { reply }| reply)),
                     _ = tokio::time::sleep(delay) => {}
                 }
-                match sup.respawn(inst) {
-                    Ok(child) => Phase::Running {
-                        child,
+                match sup.respawn(inst).await {
+                    Ok(run) => Phase::Running {
+                        run,
                         since: Instant::now(),
                     },
                     Err(e) => {
@@ -200,6 +216,32 @@ async fn stop_tree(
                     None => return reply,
                 }
             }
+        }
+    }
+}
+
+/// Ends a container run: the Engine's stop with the service's grace, then removal.
+async fn stop_container_run(
+    sup: &Supervisor,
+    inst: &Instance,
+    id: &str,
+    reply: Option<Reply>,
+) -> Option<Reply> {
+    match sup.stop_container(id, inst.spec.stop_grace).await {
+        Ok(()) => {
+            inst.lock().last_exit = Some("stopped: container removed".into());
+            reply
+        }
+        Err(e) => {
+            let e = SupervisorError::Backend {
+                id: inst.id.clone(),
+                reason: format!("stopping its container: {e}"),
+            };
+            inst.lock().last_exit = Some(e.to_string());
+            if let Some(r) = reply {
+                let _ = r.send(Err(e));
+            }
+            None
         }
     }
 }

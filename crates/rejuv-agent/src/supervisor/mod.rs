@@ -29,12 +29,14 @@ mod handoff;
 mod instance;
 mod keeper;
 mod process;
+mod run;
 mod start;
 mod stop;
 mod table;
 
 pub use error::SupervisorError;
 pub use instance::{valid_instance_id, CollectView, Instance};
+pub use run::LABEL_AGENT;
 pub use table::Supervisor;
 
 /// Whether a service's `user` and `group` exist on this host (`Err` says which does not).

@@ -4,9 +4,11 @@ use super::error::SupervisorError;
 use super::instance::{Instance, Shared};
 use super::keeper::keeper;
 use super::process::{spawn_process, wall_ms};
+use super::run::Run;
 use super::stop::KILL_WAIT;
 use super::table::Supervisor;
 use rejuv_core::api::{InstanceState, InstanceStatus};
+use rejuv_core::config::Backend;
 use rejuv_core::config::ServiceConfig;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -67,17 +69,26 @@ impl Supervisor {
         port: u16,
     ) -> Result<Arc<Instance>, SupervisorError> {
         let addr = SocketAddr::new(self.server.address, port);
-        let cgroup = self.cgroups.as_ref().and_then(|c| c.create(id));
-        let child = match spawn_process(&self.logs_dir, id, service, spec, addr, cgroup.as_deref())
-        {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(dir) = &cgroup {
-                    let _ = std::fs::remove_dir(dir);
+        let process = spec.backend == Backend::Process;
+        let cgroup = process
+            .then(|| self.cgroups.as_ref().and_then(|c| c.create(id)))
+            .flatten();
+        // A process starts here, so that a program that cannot run is this request's error;
+        // a container is created by its keeper (the Engine is asked asynchronously).
+        let child = if process {
+            match spawn_process(&self.logs_dir, id, service, spec, addr, cgroup.as_deref()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    if let Some(dir) = &cgroup {
+                        let _ = std::fs::remove_dir(dir);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
+        } else {
+            None
         };
+        let pid = child.as_ref().and_then(|c| c.id());
         let (tx, rx) = mpsc::channel(16);
         let inst = Arc::new(Instance {
             id: id.into(),
@@ -88,19 +99,21 @@ impl Supervisor {
             shared: Mutex::new(Shared {
                 state: InstanceState::Starting,
                 healthy: false,
-                pid: child.id(),
+                pid,
                 started_at_ms: Some(wall_ms()),
                 crashes: 0,
                 last_exit: None,
                 health_latency_ms: None,
                 known: HashSet::new(),
+                run_cgroup: None,
             }),
             cmds: tx,
             gone: watch::Sender::new(false),
         });
-        tracing::info!(instance = id, service, %addr, pid = ?child.id(), "instance started");
+        tracing::info!(instance = id, service, %addr, ?pid, backend = %spec.backend, "instance started");
         let span = tracing::info_span!("instance", server = %self.server.id, id, service);
-        tokio::spawn(keeper(self.clone(), inst.clone(), child, rx).instrument(span));
+        let run = child.map(Run::Process);
+        tokio::spawn(keeper(self.clone(), inst.clone(), run, rx).instrument(span));
         Ok(inst)
     }
 }

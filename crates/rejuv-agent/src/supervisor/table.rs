@@ -21,6 +21,10 @@ pub struct Supervisor {
     pub(super) store: Arc<Store>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) cgroups: Option<Cgroups>,
+    /// The Docker Engine, when a service of the catalog runs in containers.
+    pub(super) docker: Option<crate::docker::Docker>,
+    /// This agent's server and data directory (see [`crate::cgroup::scope`]).
+    pub(super) scope: String,
     pub(super) self_pid: i32,
     pub(super) instances: Mutex<BTreeMap<InstanceId, Arc<Instance>>>,
 }
@@ -33,6 +37,8 @@ impl Supervisor {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         cgroups: Option<Cgroups>,
+        docker: Option<crate::docker::Docker>,
+        scope: String,
     ) -> Result<Self, reqwest::Error> {
         // Instances are local: never route their health checks through an HTTP proxy from the
         // environment.
@@ -45,6 +51,8 @@ impl Supervisor {
             store,
             metrics,
             cgroups,
+            docker,
+            scope,
             self_pid: std::process::id() as i32,
             instances: Mutex::new(BTreeMap::new()),
         })

@@ -25,6 +25,13 @@ pub struct AgentDefaults {
     /// How often the agent takes a sample.
     #[serde(with = "humantime_serde", default = "default_sample_interval")]
     pub sample_interval: Duration,
+    /// The Docker Engine's unix socket, for services with `backend = "docker"`.
+    #[serde(default = "default_docker_socket")]
+    pub docker_socket: PathBuf,
+}
+
+fn default_docker_socket() -> PathBuf {
+    PathBuf::from("/var/run/docker.sock")
 }
 
 fn default_sample_interval() -> Duration {
@@ -39,6 +46,7 @@ impl Default for AgentDefaults {
             host_actions: false,
             restart_command: vec![],
             sample_interval: default_sample_interval(),
+            docker_socket: default_docker_socket(),
         }
     }
 }

@@ -91,9 +91,11 @@ pub mod bytes {
             "Mi" => 1 << 20,
             "Gi" => 1 << 30,
             "Ti" => 1 << 40,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "'{text}': the unit must be one of k, M, G, T, Ki, Mi, Gi, Ti (optionally with B)"
-            )),
+            ))
+            }
         };
         let n: f64 = num
             .parse()

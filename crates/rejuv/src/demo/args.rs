@@ -19,6 +19,16 @@ pub enum Lb {
     Haproxy,
 }
 
+/// How the demo's instances run.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum DemoBackend {
+    /// Processes the agents start.
+    Process,
+    /// Containers of an image the demo builds from its own binary (FROM scratch), through
+    /// the Docker Engine.
+    Docker,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum StoreKind {
     /// One controller with a SQLite file in the state directory.
@@ -57,6 +67,9 @@ pub struct DemoArgs {
     /// duplex in place: the copies start on the same server on other ports.
     #[arg(long)]
     pub spares: Option<u32>,
+    /// How instances run: processes, or containers (needs a Docker Engine).
+    #[arg(long, value_enum, default_value_t = DemoBackend::Process)]
+    pub backend: DemoBackend,
     /// Instances of the sample service on each primary (at most 4, a server's capacity).
     #[arg(long, default_value_t = 1)]
     pub instances: u32,

@@ -29,7 +29,7 @@ pub mod summary;
 
 pub use args::DemoArgs;
 
-use crate::demo::args::{check_args, DemoMode, Lb, StoreKind};
+use crate::demo::args::{check_args, DemoBackend, DemoMode, Lb, StoreKind};
 use crate::demo::fleet::{leader_within, start_agents, start_front, wait_http};
 use crate::demo::live::Sources;
 use crate::demo::plan::write_config;
@@ -92,12 +92,19 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         }
         StoreKind::Sqlite => None,
     };
+    let image = match args.backend {
+        DemoBackend::Process => None,
+        DemoBackend::Docker => Some(docker_image(&mut p).await?),
+    };
     let plan = write_config(
         &args,
         &dir,
         mode,
         etcd.as_ref().map(|e| e.endpoint.as_str()),
+        image.as_deref(),
     )?;
+    // Whatever happens below, no container of this demo outlives it.
+    let _containers = image.as_ref().map(|_| ContainerSweep::of(&plan));
     let exe = std::env::current_exe()?;
     p.line(&format!(
         "{mode} cluster: {} servers; config {}",
@@ -293,7 +300,10 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             actual,
         },
         workflows: status.history,
-        backend: "process".into(),
+        backend: match args.backend {
+            DemoBackend::Process => "process".into(),
+            DemoBackend::Docker => "docker".into(),
+        },
         state_dir: dir.clone(),
         store: match args.store {
             StoreKind::Sqlite => "sqlite".into(),
@@ -323,4 +333,71 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     }
     p.raw(&summary_line(&summary));
     Ok(0)
+}
+
+/// The image the demo's containers run: this very binary `FROM scratch`, built once per binary
+/// (its tag carries the binary's hash). No Docker Engine is an error at once.
+async fn docker_image(p: &mut crate::view::Progress) -> anyhow::Result<String> {
+    use rejuv_agent::docker::{build_scratch_image, scratch_image_tag, Docker, DEFAULT_SOCKET};
+    let socket = std::path::Path::new(DEFAULT_SOCKET);
+    let docker = Docker::connect(socket, Duration::from_secs(5))
+        .await
+        .with_context(|| "--backend docker needs a Docker Engine")?;
+    let exe = std::env::current_exe()?;
+    let tag = {
+        let exe = exe.clone();
+        tokio::task::spawn_blocking(move || scratch_image_tag("rejuv-demo", &exe)).await??
+    };
+    if docker.image_exists(&tag).await? {
+        p.line(&format!("image {tag} (built before)"));
+    } else {
+        p.line(&format!("building image {tag} from {}", exe.display()));
+        build_scratch_image(&docker, &tag, &exe, &[]).await?;
+    }
+    Ok(tag)
+}
+
+/// Removes, when dropped, every container the demo's agents may have left (their label names
+/// the agent); the agents remove their own on a clean stop, this is the net under that.
+struct ContainerSweep {
+    scopes: Vec<String>,
+}
+
+impl ContainerSweep {
+    fn of(plan: &plan::Plan) -> Self {
+        let scopes = plan
+            .config
+            .servers
+            .iter()
+            .filter_map(|s| {
+                let dir = s.data_dir.as_ref()?;
+                Some(rejuv_agent::cgroup::scope(&s.id, dir))
+            })
+            .collect();
+        Self { scopes }
+    }
+}
+
+impl Drop for ContainerSweep {
+    fn drop(&mut self) {
+        for scope in &self.scopes {
+            let filter = format!("label={}={scope}", rejuv_agent::supervisor::LABEL_AGENT);
+            let Ok(out) = std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter", &filter])
+                .output()
+            else {
+                return;
+            };
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
 }

@@ -42,6 +42,7 @@ pub fn write_config(
     dir: &Path,
     mode: Mode,
     etcd: Option<&str>,
+    image: Option<&str>,
 ) -> anyhow::Result<Plan> {
     let exe = std::env::current_exe().context("finding the rejuv executable")?;
     let token: String = (0..32)
@@ -123,6 +124,9 @@ actions = ["stop-instances", "clear-scratch", "drop-caches", "compact-memory", "
 duplex_timeout = "15s"
 verify_timeout = "20s"
 failed_target_cooldown = "30s"
+# Instance-scope rejuvenations that do not hold take the whole server next; scaled, as the
+# trend windows are, for services that age within a minute.
+instance_escalation_window = "10s"
 
 [agent]
 host_actions = {host_actions}
@@ -133,7 +137,7 @@ sample_interval = "500ms"
 {store}
 
 [services.web]
-command = "{exe}"
+{run}
 args = ["sample-service", "--listen", "{{address}}:{{port}}", "--instance-id", "{{instance}}",
         "--leak-per-request", "{lpr}", "--leak-per-second", "{lps}", "--limit", "{limit}",
         "--latency-per-mib-us", "20"]
@@ -145,7 +149,7 @@ handoff = {{ export = "/_rejuv/state", import = "/_rejuv/state", hold = "{hold}"
 
 # The same service without a leak: instances that age beside it are rejuvenated alone.
 [services.steady]
-command = "{exe}"
+{run}
 args = ["sample-service", "--listen", "{{address}}:{{port}}", "--instance-id", "{{instance}}",
         "--leak-per-request", "0", "--leak-per-second", "0"]
 env = {{ REJUV_LOG = "warn" }}
@@ -155,7 +159,7 @@ stop_grace = "3s"
 
 # A cache that warms up to a plateau and stays there: the detector must leave its server alone.
 [services.cache]
-command = "{exe}"
+{run}
 args = ["sample-service", "--listen", "{{address}}:{{port}}", "--instance-id", "{{instance}}",
         "--leak-per-second", "{cache_rate}", "--leak-cap", "{cache_cap}"]
 env = {{ REJUV_LOG = "warn" }}
@@ -187,7 +191,11 @@ stop_grace = "3s"
             ),
             None => format!("[store]\npath = \"{}\"\n", dir.join("rejuv.db").display()),
         },
-        exe = exe.display(),
+        // In a container the image's entrypoint is this binary.
+        run = match image {
+            Some(tag) => format!("backend = \"docker\"\nimage = \"{tag}\"\nnetwork = \"host\""),
+            None => format!("command = \"{}\"", exe.display()),
+        },
         lpr = args.leak_per_request,
         lps = args.leak_per_second,
         limit = args.leak_limit,
