@@ -19,6 +19,8 @@
 //! - Counts per listener ([`ConnectionStats`]), exported as Prometheus metrics by
 //!   [`ListenerMetrics`].
 //!
+//! [`probe`] holds the misbehaving clients the parts' tests (and the benchmark) use.
+//!
 //! hyper 1.x has a header-read timeout of its own, but its clock starts as soon as the
 //! connection is ready for a request head, so on a keep-alive connection it is an idle
 //! timeout as well: the two could not differ. The clocks here ([`conn`]) watch the connection's
@@ -26,6 +28,7 @@
 
 mod budget;
 mod conn;
+pub mod probe;
 mod stats;
 
 pub use budget::FdBudget;
