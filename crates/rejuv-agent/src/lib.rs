@@ -29,7 +29,6 @@ pub mod scratch;
 pub mod shared;
 pub mod supervisor;
 
-use anyhow::Context;
 use collector::Collector;
 use metrics::Metrics;
 use persist::Store;
@@ -210,7 +209,10 @@ async fn run_inner(
             }
         }
     };
-    let server = axum::serve(listener, http::router(agent.clone())).with_graceful_shutdown(signal);
+    let server =
+        rejuv_net::Server::new(listener, "agent API", agent.config.agent.listener_limits())
+            .with_stats(metrics.api_connections.clone())
+            .serve_router(http::router(agent.clone()), signal);
     let forced = async {
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -219,7 +221,7 @@ async fn run_inner(
         tokio::time::sleep(longest_stop).await;
     };
     tokio::select! {
-        r = server => r.context("agent HTTP server failed")?,
+        () = server => {}
         _ = forced => tracing::warn!("in-flight requests did not finish in time; closing anyway"),
     }
 

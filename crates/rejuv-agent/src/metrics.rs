@@ -13,9 +13,10 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use rejuv_core::api::InstanceState;
 use rejuv_core::types::{InstanceSample, Sample};
+use rejuv_net::{ConnectionStats, ListenerMetrics};
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Every series name the agent exposes, as Prometheus stores it (counters with `_total`,
 /// histograms by their family name).
@@ -48,6 +49,9 @@ pub const NAMES: &[&str] = &[
     "rejuv_agent_instance_processes",
     "rejuv_agent_instance_health_latency_seconds",
     "rejuv_agent_instance_healthy",
+    "rejuv_agent_connections_open",
+    "rejuv_agent_connections_refused_total",
+    "rejuv_agent_connections_timed_out_total",
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -149,6 +153,8 @@ pub struct Metrics {
     pub instances: Family<StateLabels, Gauge>,
     pub crashes: Counter,
     pub rejuvenations: Family<OutcomeLabels, Counter>,
+    /// The agent API listener's connections (`listener="api"`).
+    pub api_connections: Arc<ConnectionStats>,
     host: Host,
     per_instance: Vec<(PerInstance, Read)>,
     /// Instance labels currently exported, so the series of a stopped instance can be dropped.
@@ -166,6 +172,7 @@ impl Metrics {
             instances: Family::default(),
             crashes: Counter::default(),
             rejuvenations: Family::default(),
+            api_connections: Arc::default(),
             host: Host::default(),
             per_instance: INSTANCE_READINGS
                 .iter()
@@ -247,6 +254,9 @@ impl Metrics {
         for ((name, help, _), (family, _)) in INSTANCE_READINGS.iter().zip(&m.per_instance) {
             registry.register(*name, *help, family.clone());
         }
+        registry.register_collector(Box::new(
+            ListenerMetrics::default().with("api", m.api_connections.clone()),
+        ));
         Self { registry, ..m }
     }
 

@@ -38,6 +38,8 @@ pub struct ApiState {
     /// A file holding a one-time code that `POST /v1/session` exchanges for the API token
     /// (the demo's dashboard link), valid while the file exists.
     pub session_code_file: Option<std::path::PathBuf>,
+    /// The API listener's connections, for `/metrics`.
+    pub connections: Arc<rejuv_net::ConnectionStats>,
 }
 
 /// Largest request body (bytes): the only body, maintenance's `{"on": true}`, is a few bytes.
@@ -430,7 +432,7 @@ async fn ui() -> Response {
 async fn metrics(State(s): State<ApiState>, h: HeaderMap) -> Response {
     guard!(s, h);
     let p = s.published.borrow().clone();
-    let body = crate::metrics::render(&p);
+    let body = crate::metrics::render(&p, &s.connections);
     (
         [(
             axum::http::header::CONTENT_TYPE,

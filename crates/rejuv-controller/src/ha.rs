@@ -55,6 +55,8 @@ struct HaState {
     guard: Arc<OnceLock<LeaderGuard>>,
     /// The API token: a follower's `/metrics` asks for it as the leader's does.
     token: Arc<String>,
+    /// The API listener's connections, which a follower's `/metrics` shows as well.
+    connections: Arc<rejuv_net::ConnectionStats>,
 }
 
 impl HaState {
@@ -94,7 +96,7 @@ async fn healthz(State(s): State<HaState>) -> Response {
     }
 }
 
-/// The leader's metrics; on a follower only `rejuv_leader 0`, so that a scrape of every
+/// The leader's metrics; on a follower `rejuv_leader 0` and its listener's connections, so that a scrape of every
 /// controller sees them all up and `absent(rejuv_leader == 1)` says when none leads.
 async fn metrics(State(s): State<HaState>, req: Request) -> Response {
     if matches!(s.role(), Role::Leader) {
@@ -118,9 +120,25 @@ async fn metrics(State(s): State<HaState>, req: Request) -> Response {
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        "# HELP rejuv_leader 1 on the controller that leads (acts), 0 on a follower.\n# TYPE rejuv_leader gauge\nrejuv_leader 0\n# EOF\n",
+        follower_metrics(&s.connections),
     )
         .into_response()
+}
+
+/// `rejuv_leader 0` and the API listener's connections.
+fn follower_metrics(connections: &Arc<rejuv_net::ConnectionStats>) -> String {
+    use prometheus_client::metrics::gauge::Gauge;
+    let mut reg = prometheus_client::registry::Registry::with_prefix("rejuv");
+    reg.register(
+        "leader",
+        "1 on the controller that leads (acts), 0 on a follower.",
+        Gauge::<i64>::default(),
+    );
+    crate::metrics::register_listener(&mut reg, connections);
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)
+        .expect("writing to a String cannot fail");
+    out
 }
 
 fn add_leader_header(resp: &mut Response, leader: Option<&LeaderInfo>) {
@@ -187,18 +205,17 @@ pub async fn run(
     let leader_app = Arc::new(OnceLock::new());
     let lease_guard = Arc::new(OnceLock::new());
     let local = shutdown.child_token();
-    let serve_shutdown = local.clone();
+    let server =
+        rejuv_net::Server::new(listener, "controller API", cfg.controller.listener_limits());
+    let connections = server.stats();
     let app = router(HaState {
         role: role_rx,
         leader_app: leader_app.clone(),
         guard: lease_guard.clone(),
         token: Arc::new(opts.api_token.clone()),
+        connections: connections.clone(),
     });
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
-            .await
-    });
+    let server = tokio::spawn(server.serve_router(app, local.clone().cancelled_owned()));
 
     // Follow until this controller wins (or is asked to stop).
     let won = loop {
@@ -270,6 +287,7 @@ pub async fn run(
         reader,
         guard.clone(),
         local.clone(),
+        connections,
     )
     .await;
     let mut leading = match started {

@@ -53,6 +53,7 @@ pub(crate) async fn start_leading(
     reader: store::Store,
     guard: LeaderGuard,
     local: CancellationToken,
+    connections: Arc<rejuv_net::ConnectionStats>,
 ) -> anyhow::Result<Leading> {
     let client = agent_client::AgentClient::new(opts.agent_token.clone());
     let recovery = recover::check_store(&cfg, &mut store, &client, opts.adopt_agents).await?;
@@ -165,6 +166,7 @@ pub(crate) async fn start_leading(
         tx,
         store: Arc::new(Mutex::new(reader)),
         session_code_file: opts.session_code_file.clone(),
+        connections,
     };
     Ok(Leading {
         app: api::router(state),

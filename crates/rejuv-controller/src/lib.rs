@@ -88,6 +88,8 @@ async fn run_sqlite(
     )
     .context("opening the controller store for reading")?;
     let local = shutdown.child_token();
+    let server =
+        rejuv_net::Server::new(listener, "controller API", cfg.controller.listener_limits());
     let mut leading = start_leading(
         &opts,
         cfg,
@@ -95,13 +97,12 @@ async fn run_sqlite(
         reader,
         LeaderGuard::always(),
         local.clone(),
+        server.stats(),
     )
     .await?;
-    let serve_shutdown = local.clone();
-    axum::serve(listener, leading.app.clone())
-        .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
-        .await
-        .context("controller API server")?;
+    server
+        .serve_router(leading.app.clone(), local.clone().cancelled_owned())
+        .await;
     local.cancel();
     leading.join().await;
     Ok(())

@@ -22,8 +22,10 @@ use prometheus_client::registry::Registry;
 use rejuv_core::cluster::{Cluster, Outcome, Phase, ServerState, Step, Workflow};
 use rejuv_core::detector::Level;
 use rejuv_core::types::Role;
+use rejuv_net::{ConnectionStats, ListenerMetrics};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -69,6 +71,9 @@ pub const NAMES: &[&str] = &[
     "rejuv_recent_switchover_seconds",
     "rejuv_recent_workflow_seconds",
     "rejuv_last_switchover_seconds",
+    "rejuv_controller_connections_open",
+    "rejuv_controller_connections_refused_total",
+    "rejuv_controller_connections_timed_out_total",
 ];
 
 /// Quantiles written for the `rejuv_recent_*_seconds` gauges (`1` is the maximum).
@@ -112,16 +117,27 @@ fn flag(b: bool) -> f64 {
     }
 }
 
-/// The text exposition (OpenMetrics) of one snapshot.
-pub fn render(p: &Published) -> String {
+/// The text exposition (OpenMetrics) of one snapshot, and of the API listener's
+/// connections (`api`).
+pub fn render(p: &Published, api: &Arc<ConnectionStats>) -> String {
     let mut reg = Registry::with_prefix("rejuv");
     let c = &p.cluster;
     cluster_metrics(&mut reg, p);
     server_metrics(&mut reg, p);
     workflow_metrics(&mut reg, c);
+    register_listener(&mut reg, api);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
+}
+
+/// `rejuv_controller_connections_*{listener="api"}`: the API listener's connections, which
+/// are the controller process's and not the cluster's (a follower writes them too).
+pub fn register_listener(reg: &mut Registry, api: &Arc<ConnectionStats>) {
+    reg.sub_registry_with_prefix("controller")
+        .register_collector(Box::new(
+            ListenerMetrics::default().with("api", api.clone()),
+        ));
 }
 
 /// Whether a failed server is out because escalation ran out (rather than a failed
@@ -786,7 +802,7 @@ port_range = [20000, 20009]
 
     #[test]
     fn every_declared_metric_is_written_and_nothing_else() {
-        let text = render(&busy());
+        let text = render(&busy(), &Arc::default());
         let written = series(&text);
         let declared: BTreeSet<String> = NAMES.iter().map(|s| s.to_string()).collect();
         assert_eq!(written, declared, "\n{text}");
@@ -794,7 +810,7 @@ port_range = [20000, 20009]
 
     #[test]
     fn values_follow_the_snapshot() {
-        let text = render(&busy());
+        let text = render(&busy(), &Arc::default());
         assert_eq!(value(&text, r#"rejuv_server_judgement{server="s1"}"#), 2.0);
         assert_eq!(
             value(

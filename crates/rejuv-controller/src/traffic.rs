@@ -222,6 +222,7 @@ mod tests {
             version: 9,
             digest: ours.digest(),
             services: BTreeMap::new(),
+            admin_connections: Default::default(),
         };
         assert_eq!(holds_other(&status, &ours), None);
         // The old rule took any version at or above ours as applied.

@@ -232,6 +232,22 @@ pub struct ServiceStatus {
     pub requests_total: u64,
     /// Requests answered with an error by the proxy itself (no backend, upstream failure).
     pub failed_total: u64,
+    /// The front-end listener's connections (absent from proxies before connection limits).
+    #[serde(default)]
+    pub connections: ConnectionCounts,
+}
+
+/// One listener's connections: open now, and closed by its bounds since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionCounts {
+    pub open: u64,
+    /// Accepted and closed at once: the listener was at its cap or the process near its file
+    /// descriptor limit.
+    pub refused_total: u64,
+    /// Closed because the request head did not arrive within the header-read timeout.
+    pub header_timeouts_total: u64,
+    /// Closed because the client was silent for the idle timeout.
+    pub idle_timeouts_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +260,9 @@ pub struct ProxyStatus {
     #[serde(default)]
     pub digest: String,
     pub services: BTreeMap<ServiceName, ServiceStatus>,
+    /// The admin API listener's connections (absent from proxies before connection limits).
+    #[serde(default)]
+    pub admin_connections: ConnectionCounts,
 }
 
 /// Header a service sets on a response to a request it did not apply (e.g. it already handed

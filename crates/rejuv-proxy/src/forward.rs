@@ -1,6 +1,7 @@
-//! The data path: one accept loop per service, HTTP/1.1 keep-alive connections from clients,
-//! and per request the choice of a backend, the hold, the retries and the streaming of the
-//! response back.
+//! The data path: one listener per service (bounded by `rejuv_net`: a connection cap,
+//! header-read and idle timeouts), HTTP/1.1 keep-alive connections from clients, and per
+//! request the choice of a backend, the hold, the retries and the streaming of the response
+//! back. A request held or being answered is not timed; only a silent client is.
 //!
 //! Routing is decided per request from the table in force, never per client connection, so a
 //! client's keep-alive connection survives any table change. A request is buffered (bodies
@@ -22,11 +23,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use rejuv_core::api::NOT_APPLIED_HEADER;
+use rejuv_net::RequestBody;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -34,8 +33,6 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -66,47 +63,27 @@ pub struct Front {
     pub shutdown: CancellationToken,
 }
 
-/// Accepts client connections until `shutdown`; each connection is watched by `graceful` so
-/// that the caller can let in-flight requests finish.
-pub async fn accept_loop(
-    listener: TcpListener,
-    front: Arc<Front>,
-    graceful: Arc<GracefulShutdown>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            () = front.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Usually out of file descriptors: give the ones in use a moment to close
-                // instead of spinning on the error.
-                tracing::warn!(service = %front.service.name, error = %e, "accept failed");
-                tokio::select! {
-                    () = front.shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                }
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let per_conn = front.clone();
-        let service = service_fn(move |req| {
-            let front = per_conn.clone();
-            async move { Ok::<_, Infallible>(front.handle(req, peer).await) }
-        });
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        let name = front.service.name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(service = %name, %peer, error = %e, "client connection ended with an error");
-            }
-        });
-    }
+/// Serves client connections on `server` (the service's front-end listener, its bounds
+/// and counts) until `shutdown`; then stops accepting and returns once the requests in flight
+/// are answered (the caller bounds that wait).
+///
+/// Each client connection may hold a connection to a backend as well, so it counts two file
+/// descriptors in the process's budget.
+pub async fn serve(server: rejuv_net::Server, front: Arc<Front>) {
+    let shutdown = front.shutdown.clone();
+    server
+        .fds_per_connection(2)
+        .serve(
+            move |peer| {
+                let front = front.clone();
+                service_fn(move |req| {
+                    let front = front.clone();
+                    async move { Ok::<_, Infallible>(front.handle(req, peer).await) }
+                })
+            },
+            shutdown.cancelled_owned(),
+        )
+        .await;
 }
 
 /// Counts one request waiting for a serving backend or for a hold to end.
@@ -231,7 +208,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
 use rejuv_core::error_chain as chain;
 
 impl Front {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<RequestBody>, peer: SocketAddr) -> Response<ProxyBody> {
         self.service.requests_total.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = req.into_parts();
         let declared = parts

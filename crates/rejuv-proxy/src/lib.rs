@@ -19,7 +19,8 @@ pub mod pool;
 pub mod state;
 
 use anyhow::Context as _;
-use hyper_util::server::graceful::GracefulShutdown;
+use rejuv_core::config::ListenerLimits;
+use rejuv_net::Server;
 use state::Shared;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,10 +44,15 @@ pub struct ProxyOptions {
     pub admin: TcpListener,
     /// Bearer token for the admin API (all routes but `/healthz`).
     pub token: String,
+    /// Bounds of each front-end listener (`[traffic]`).
+    pub front_end_limits: ListenerLimits,
+    /// Bounds of the admin API's listener.
+    pub admin_limits: ListenerLimits,
 }
 
 /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests finish
-/// (for at most [`SHUTDOWN_GRACE`]) and returns.
+/// (for at most [`SHUTDOWN_GRACE`]) and returns. Every listener is bounded (connections,
+/// header-read and idle timeouts: `rejuv_net`); the status reports their counts.
 ///
 /// Until the controller pushes a table, every request gets a 503.
 ///
@@ -70,7 +76,6 @@ pub async fn run(opts: ProxyOptions, shutdown: CancellationToken) -> anyhow::Res
         .local_addr()
         .context("local address of the admin listener")?;
     let shared = Arc::new(Shared::new(listen));
-    let graceful = Arc::new(GracefulShutdown::new());
 
     let mut accepting = JoinSet::new();
     for (name, listener) in opts.services {
@@ -81,13 +86,23 @@ pub async fn run(opts: ProxyOptions, shutdown: CancellationToken) -> anyhow::Res
             service: shared.services[&name].clone(),
             shutdown: shutdown.clone(),
         });
-        accepting.spawn(forward::accept_loop(listener, front, graceful.clone()));
+        let server = Server::new(
+            listener,
+            format!("front end of {name}"),
+            opts.front_end_limits,
+        )
+        .with_stats(front.service.connections.clone());
+        accepting.spawn(forward::serve(server, front));
     }
 
     tracing::info!(addr = %admin_addr, "proxy admin API listening");
-    let admin = axum::serve(opts.admin, admin::router(shared.clone(), opts.token))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let mut admin = tokio::spawn(async move { admin.await });
+    let admin = Server::new(opts.admin, "proxy admin API", opts.admin_limits)
+        .with_stats(shared.admin_connections.clone())
+        .serve_router(
+            admin::router(shared.clone(), opts.token),
+            shutdown.clone().cancelled_owned(),
+        );
+    let mut admin = tokio::spawn(admin);
 
     let sweeper = {
         let shared = shared.clone();
@@ -110,31 +125,21 @@ pub async fn run(opts: ProxyOptions, shutdown: CancellationToken) -> anyhow::Res
     if let Some(result) = admin_result {
         // The admin server never stops by itself: without it the controller is blind.
         shutdown.cancel();
-        result
-            .context("admin API task")?
-            .context("admin API server")?;
+        result.context("admin API task")?;
         anyhow::bail!("the admin API server stopped");
     }
 
     tracing::info!("proxy shutting down: no new connections, letting in-flight requests finish");
-    while accepting.join_next().await.is_some() {}
-    let _ = sweeper.await;
-    match Arc::try_unwrap(graceful) {
-        Ok(graceful) => {
-            if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-                .await
-                .is_err()
-            {
-                tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests still running at the end of the grace period; closing them");
-            }
-        }
-        Err(_) => tracing::warn!(
-            "connection tracker still shared at shutdown; not waiting for in-flight requests"
-        ),
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while accepting.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests still running at the end of the grace period; closing them");
+        // Dropping a front end's task closes the connections it still serves.
+        accepting.shutdown().await;
     }
-    admin
-        .await
-        .context("admin API task")?
-        .context("admin API server")?;
+    let _ = sweeper.await;
+    admin.await.context("admin API task")?;
     Ok(())
 }

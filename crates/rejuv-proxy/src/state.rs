@@ -21,6 +21,7 @@ use rejuv_core::api::{
     BackendState, BackendStatus, ProxyStatus, RouteTable, ServiceRoutes, ServiceStatus, MAX_EPOCH,
     MAX_EPOCH_STEP,
 };
+use rejuv_net::ConnectionStats;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -229,6 +230,8 @@ pub struct ServiceRuntime {
     pub failed_total: AtomicU64,
     /// Round-robin cursor.
     pub next: AtomicUsize,
+    /// The front-end listener's connections.
+    pub connections: Arc<ConnectionStats>,
 }
 
 /// Routing view of one service in the table in force.
@@ -255,6 +258,8 @@ struct Registry {
 /// State shared by the admin API and every front-end connection.
 pub struct Shared {
     pub services: BTreeMap<String, Arc<ServiceRuntime>>,
+    /// The admin API listener's connections.
+    pub admin_connections: Arc<ConnectionStats>,
     listen: BTreeMap<String, SocketAddr>,
     registry: Mutex<Registry>,
     routes: watch::Sender<Arc<Snapshot>>,
@@ -273,6 +278,7 @@ impl Shared {
                     requests_total: AtomicU64::new(0),
                     failed_total: AtomicU64::new(0),
                     next: AtomicUsize::new(0),
+                    connections: Arc::default(),
                 };
                 (name.clone(), Arc::new(rt))
             })
@@ -292,6 +298,7 @@ impl Shared {
         }));
         Self {
             services,
+            admin_connections: Arc::default(),
             listen,
             registry: Mutex::new(registry),
             routes,
@@ -442,6 +449,7 @@ impl Shared {
                     held: service.held.load(Ordering::SeqCst),
                     requests_total: service.requests_total.load(Ordering::Relaxed),
                     failed_total: service.failed_total.load(Ordering::Relaxed),
+                    connections: service.connections.counts(),
                 },
             );
         }
@@ -450,6 +458,7 @@ impl Shared {
             version: registry.version,
             digest: registry.digest.clone(),
             services,
+            admin_connections: self.admin_connections.counts(),
         }
     }
 

@@ -236,10 +236,12 @@ impl Shared {
 }
 
 /// Serves the sample service on `listener` until `shutdown` is cancelled, then stops accepting,
-/// lets in-flight requests finish, and returns.
+/// lets in-flight requests finish, and returns. The listener has the API listeners' bounds
+/// (`ListenerLimits::api`): the proxy's pool drops its idle connections well before the idle
+/// timeout, and health checks come more often than it.
 ///
 /// # Errors
-/// Fails when the listener's address cannot be read or serving fails.
+/// Fails when the listener's address cannot be read.
 pub async fn run(
     listener: tokio::net::TcpListener,
     opts: ServiceOptions,
@@ -270,13 +272,16 @@ pub async fn run(
         .route("/_rejuv/state", get(state_export).put(state_import))
         .route("/stats", get(stats))
         .with_state(shared.clone());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    rejuv_net::Server::new(
+        listener,
+        "sample service",
+        rejuv_core::config::ListenerLimits::api(),
+    )
+    .serve_router(app, shutdown.clone().cancelled_owned())
+    .await;
     if let Some(leaker) = leaker {
         leaker.abort();
     }
-    served?;
     tracing::info!(instance = %shared.opts.instance_id, "sample service stopped");
     Ok(())
 }

@@ -517,6 +517,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         services,
                         admin,
                         token,
+                        front_end_limits: cfg.traffic.listener_limits(),
+                        admin_limits: rejuv_core::config::ListenerLimits::api(),
                     },
                     shutdown,
                 )

@@ -3,5 +3,6 @@
 
 mod api;
 mod common;
+mod connections;
 mod instances;
 mod rejuvenation;

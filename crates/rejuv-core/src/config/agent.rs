@@ -1,7 +1,9 @@
 //! `[agent]`: what every agent may do (least privilege): scratch directories inside allowed
-//! roots, host-wide actions, the host restart command, the sampling period.
+//! roots, host-wide actions, the host restart command, the sampling period, and the bounds of
+//! the agent API's listener.
 
 use super::field::Errors;
+use super::listener::{self, ListenerLimits};
 use super::rejuvenation::{Action, RejuvenationConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -28,6 +30,18 @@ pub struct AgentDefaults {
     /// The Docker Engine's unix socket, for services with `backend = "docker"`.
     #[serde(default = "default_docker_socket")]
     pub docker_socket: PathBuf,
+    /// Connections the agent API serves at once; more are closed at once and counted.
+    #[serde(default = "listener::default_api_max_connections")]
+    pub max_connections: usize,
+    /// How long a client of the agent API has to send a request head.
+    #[serde(
+        with = "humantime_serde",
+        default = "listener::default_header_read_timeout"
+    )]
+    pub header_read_timeout: Duration,
+    /// How long the agent API waits on a silent client (see [`ListenerLimits`]).
+    #[serde(with = "humantime_serde", default = "listener::default_idle_timeout")]
+    pub idle_timeout: Duration,
 }
 
 fn default_docker_socket() -> PathBuf {
@@ -47,11 +61,23 @@ impl Default for AgentDefaults {
             restart_command: vec![],
             sample_interval: default_sample_interval(),
             docker_socket: default_docker_socket(),
+            max_connections: listener::API_MAX_CONNECTIONS,
+            header_read_timeout: listener::HEADER_READ_TIMEOUT,
+            idle_timeout: listener::IDLE_TIMEOUT,
         }
     }
 }
 
 impl AgentDefaults {
+    /// The bounds of the agent API's listener.
+    pub fn listener_limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
     /// `rejuvenation` says whether `restart-host` is an action, which needs a command.
     pub(crate) fn validate(&self, rejuvenation: &RejuvenationConfig, errs: &mut Errors) {
         if rejuvenation.uses(Action::RestartHost) && self.restart_command.is_empty() {
@@ -71,6 +97,7 @@ impl AgentDefaults {
         if self.sample_interval.is_zero() {
             errs.add("agent.sample_interval", "must be greater than 0");
         }
+        self.listener_limits().validate("agent", errs);
         for (i, d) in self.scratch_dirs.iter().enumerate() {
             if let Err(reason) = check_scratch_dir(d, &self.allowed_roots) {
                 errs.add(format!("agent.scratch_dirs[{i}]"), reason);

@@ -1,6 +1,8 @@
-//! `[controller]`: where the controller listens and how it polls its agents.
+//! `[controller]`: where the controller listens, the bounds of that listener, and how it polls
+//! its agents.
 
 use super::field::Errors;
+use super::listener::{self, ListenerLimits};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,6 +23,18 @@ pub struct ControllerConfig {
     /// Either way it is an `unknown-instance` event, once.
     #[serde(default)]
     pub unknown_instances: UnknownInstances,
+    /// Connections the controller API serves at once; more are closed at once and counted.
+    #[serde(default = "listener::default_api_max_connections")]
+    pub max_connections: usize,
+    /// How long a client of the controller API has to send a request head.
+    #[serde(
+        with = "humantime_serde",
+        default = "listener::default_header_read_timeout"
+    )]
+    pub header_read_timeout: Duration,
+    /// How long the controller API waits on a silent client (see [`ListenerLimits`]).
+    #[serde(with = "humantime_serde", default = "listener::default_idle_timeout")]
+    pub idle_timeout: Duration,
 }
 
 /// [`ControllerConfig::unknown_instances`].
@@ -49,11 +63,23 @@ impl Default for ControllerConfig {
             poll_interval: default_poll(),
             agent_timeout: default_agent_timeout(),
             unknown_instances: UnknownInstances::default(),
+            max_connections: listener::API_MAX_CONNECTIONS,
+            header_read_timeout: listener::HEADER_READ_TIMEOUT,
+            idle_timeout: listener::IDLE_TIMEOUT,
         }
     }
 }
 
 impl ControllerConfig {
+    /// The bounds of the controller API's listener.
+    pub fn listener_limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
     pub(crate) fn validate(&self, errs: &mut Errors) {
         if self.poll_interval.is_zero() {
             errs.add("controller.poll_interval", "must be greater than 0");
@@ -64,5 +90,6 @@ impl ControllerConfig {
                 "must be greater than 0 (every poll would time out at once)",
             );
         }
+        self.listener_limits().validate("controller", errs);
     }
 }

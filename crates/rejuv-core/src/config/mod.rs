@@ -26,6 +26,7 @@ mod field;
 mod freeze;
 mod gate;
 mod hooks;
+mod listener;
 mod policy;
 mod rejuvenation;
 mod retention;
@@ -44,6 +45,10 @@ pub use field::{bytes, ConfigError, FieldError};
 pub use freeze::FreezeWindow;
 pub use gate::GateConfig;
 pub use hooks::{HookConfig, HookWhen, HOOK_STEPS};
+pub use listener::{
+    ListenerLimits, API_MAX_CONNECTIONS, FRONT_END_MAX_CONNECTIONS, HEADER_READ_TIMEOUT,
+    IDLE_TIMEOUT, MAX_CONNECTIONS_LIMIT, MAX_TIMEOUT,
+};
 pub(crate) use policy::MAX_SCALES;
 pub use policy::{PolicyConfig, Resource, RuleConfig, TrendConfig};
 pub use rejuvenation::{Action, RejuvenationConfig};

@@ -2,6 +2,7 @@
 //! checks that it names only services of the catalog.
 
 use super::field::Errors;
+use super::listener::{self, ListenerLimits};
 use super::services::ServiceConfig;
 use crate::types::ServiceName;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,19 @@ pub struct TrafficConfig {
     pub listen: BTreeMap<ServiceName, SocketAddr>,
     /// HAProxy: its runtime API and the backend of each service.
     pub haproxy: Option<HaproxyTrafficConfig>,
+    /// Builtin proxy: connections each front-end listener serves at once; more are closed at
+    /// once and counted. (The admin API has the API limits, [`ListenerLimits::api`].)
+    #[serde(default = "listener::default_front_end_max_connections")]
+    pub max_connections: usize,
+    /// Builtin proxy: how long a client of a front end has to send a request head.
+    #[serde(
+        with = "humantime_serde",
+        default = "listener::default_header_read_timeout"
+    )]
+    pub header_read_timeout: Duration,
+    /// Builtin proxy: how long a front end waits on a silent client (see [`ListenerLimits`]).
+    #[serde(with = "humantime_serde", default = "listener::default_idle_timeout")]
+    pub idle_timeout: Duration,
 }
 
 /// `[traffic.haproxy]`: how rejuv drives an HAProxy (see `deploy/haproxy/`).
@@ -74,11 +88,23 @@ impl Default for TrafficConfig {
             admin: None,
             listen: BTreeMap::new(),
             haproxy: None,
+            max_connections: listener::FRONT_END_MAX_CONNECTIONS,
+            header_read_timeout: listener::HEADER_READ_TIMEOUT,
+            idle_timeout: listener::IDLE_TIMEOUT,
         }
     }
 }
 
 impl TrafficConfig {
+    /// The bounds of each of the builtin proxy's front-end listeners.
+    pub fn listener_limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
     /// The adapter's own settings, and that it names only services of the catalog.
     pub(crate) fn validate(
         &self,
@@ -90,6 +116,7 @@ impl TrafficConfig {
                 if self.admin.is_none() {
                     errs.add("traffic.admin", "the builtin proxy needs an admin address");
                 }
+                self.listener_limits().validate("traffic", errs);
                 for name in self.listen.keys() {
                     if !services.contains_key(name) {
                         errs.add(

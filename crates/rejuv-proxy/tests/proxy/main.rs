@@ -2,6 +2,7 @@
 //! reqwest or a hand-driven connection as the client. Modules by theme.
 
 mod admin;
+mod connections;
 mod drain;
 mod hold;
 mod retry;

@@ -13,6 +13,7 @@ use rejuv_core::api::{
     Backend, BackendState, BackendStatus, ProxyStatus, RouteTable, ServiceRoutes,
     NOT_APPLIED_HEADER,
 };
+use rejuv_core::config::ListenerLimits;
 use rejuv_proxy::{run, ProxyOptions};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -88,6 +89,15 @@ pub struct TestProxy {
 
 impl TestProxy {
     pub async fn start(names: &[&str]) -> Self {
+        Self::start_with_limits(names, ListenerLimits::front_end(), ListenerLimits::api()).await
+    }
+
+    /// A proxy whose front ends and admin API have the given bounds.
+    pub async fn start_with_limits(
+        names: &[&str],
+        front_end_limits: ListenerLimits,
+        admin_limits: ListenerLimits,
+    ) -> Self {
         let mut listeners = BTreeMap::new();
         let mut services = BTreeMap::new();
         for name in names {
@@ -103,6 +113,8 @@ impl TestProxy {
                 services: listeners,
                 admin,
                 token: TOKEN.to_string(),
+                front_end_limits,
+                admin_limits,
             },
             shutdown.clone(),
         ));

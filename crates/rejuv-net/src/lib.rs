@@ -1,0 +1,260 @@
+//! rejuv's HTTP/1.1 listeners, bounded: every part (agent API, controller API, the builtin
+//! proxy's admin API and front ends) serves through [`Server`], so none of them can be held
+//! open by idle or slowloris clients or run its process out of file descriptors.
+//!
+//! - A cap on connections per listener ([`ListenerLimits::max_connections`]) and a budget of
+//!   file descriptors shared by every listener of the process ([`FdBudget`]). A connection
+//!   over either is accepted and closed at once, and counted: accepting it (rather than
+//!   leaving it in the kernel's backlog) tells the client at once and keeps the backlog for
+//!   the connections that will be served. The listener itself never stops; the connections it
+//!   has are served as before.
+//! - A header-read timeout: from a connection's start, or from the first byte of a later
+//!   request, to the end of the request head (slowloris). Trickling bytes does not extend it.
+//! - An idle timeout: how long a connection waits on a silent client — between requests on a
+//!   keep-alive connection, while the handler waits for the request body, or while the client
+//!   does not take the response. A request being handled (a proxy hold, a long response the
+//!   client reads) is not timed.
+//! - Graceful shutdown: stop accepting, close connections with nothing in progress, let
+//!   requests in flight finish (the caller bounds the wait).
+//! - Counts per listener ([`ConnectionStats`]), exported as Prometheus metrics by
+//!   [`ListenerMetrics`].
+//!
+//! [`probe`] holds the misbehaving clients the parts' tests (and the benchmark) use.
+//!
+//! hyper 1.x has a header-read timeout of its own, but its clock starts as soon as the
+//! connection is ready for a request head, so on a keep-alive connection it is an idle
+//! timeout as well: the two could not differ. The clocks here ([`conn`]) watch the connection's
+//! IO, its requests and their bodies instead, and hyper's own timer is left off.
+
+mod budget;
+mod conn;
+pub mod probe;
+mod stats;
+
+pub use budget::FdBudget;
+pub use conn::RequestBody;
+pub use rejuv_core::config::ListenerLimits;
+pub use stats::{ConnectionStats, ListenerMetrics};
+
+use http::{Request, Response};
+use hyper::body::Body;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Back-off after an accept error that is not about one connection (out of file descriptors,
+/// mostly): long enough not to spin, short enough to serve again soon.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// At most one log line about refused connections per listener this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// One listener with its bounds, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    name: String,
+    limits: ListenerLimits,
+    stats: Arc<ConnectionStats>,
+    budget: Arc<FdBudget>,
+    fds_per_connection: usize,
+}
+
+impl Server {
+    /// `name` says which listener it is in logs (the `listener` label of the metrics is the
+    /// caller's). The budget is the process's ([`FdBudget::process`]); one connection counts
+    /// one file descriptor.
+    pub fn new(listener: TcpListener, name: impl Into<String>, limits: ListenerLimits) -> Self {
+        Self {
+            listener,
+            name: name.into(),
+            limits,
+            stats: Arc::new(ConnectionStats::default()),
+            budget: FdBudget::process(),
+            fds_per_connection: 1,
+        }
+    }
+
+    /// Counts into `stats` (shared with whoever reports them) instead of a new one.
+    pub fn with_stats(mut self, stats: Arc<ConnectionStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// Takes file descriptors from `budget` instead of the process's.
+    pub fn with_budget(mut self, budget: Arc<FdBudget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// File descriptors one connection may hold while served: 2 for a proxy, which opens one
+    /// to a backend for each client connection it serves.
+    pub fn fds_per_connection(mut self, n: usize) -> Self {
+        self.fds_per_connection = n.max(1);
+        self
+    }
+
+    /// This listener's counts.
+    pub fn stats(&self) -> Arc<ConnectionStats> {
+        self.stats.clone()
+    }
+
+    /// Serves an axum router until `shutdown` completes, then shuts down gracefully (see
+    /// [`Server::serve`]).
+    pub async fn serve_router(self, router: axum::Router, shutdown: impl Future<Output = ()>) {
+        self.serve(
+            move |_| hyper_util::service::TowerToHyperService::new(router.clone()),
+            shutdown,
+        )
+        .await;
+    }
+
+    /// Serves HTTP/1.1 until `shutdown` completes; `make_service` makes each connection's
+    /// service from the client's address.
+    ///
+    /// # Guarantees
+    ///
+    /// After `shutdown`: no connection is accepted any more; connections with nothing of a
+    /// request received are closed; requests in flight are answered and their connections
+    /// then closed. It returns when every connection has ended; dropping the future closes
+    /// the ones left (the caller's deadline).
+    pub async fn serve<M, S, B>(self, mut make_service: M, shutdown: impl Future<Output = ()>)
+    where
+        M: FnMut(SocketAddr) -> S,
+        S: hyper::service::Service<Request<RequestBody>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let stop = CancellationToken::new();
+        let mut conns = JoinSet::new();
+        let mut refusals = RefusalLog::default();
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(ended) = conns.join_next(), if !conns.is_empty() => {
+                    report_panic(&self.name, ended);
+                    continue;
+                }
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if per_connection(&e) => continue,
+                Err(e) => {
+                    tracing::warn!(listener = %self.name, error = %e, "accept failed; retrying shortly");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    }
+                }
+            };
+            let Some(admitted) = self.admit() else {
+                refusals.refused(&self.name, &self.limits, &self.stats, &self.budget);
+                refuse(stream);
+                continue;
+            };
+            let service = make_service(peer);
+            conns.spawn(conn::serve(
+                stream,
+                service,
+                conn::Setting {
+                    limits: self.limits,
+                    stats: self.stats.clone(),
+                    stop: stop.clone(),
+                    name: self.name.clone(),
+                    peer,
+                },
+                admitted,
+            ));
+        }
+        drop(self.listener);
+        tracing::debug!(listener = %self.name, open = conns.len(), "stopped accepting; finishing the connections in progress");
+        stop.cancel();
+        while let Some(ended) = conns.join_next().await {
+            report_panic(&self.name, ended);
+        }
+    }
+
+    /// A place for one more connection: under the cap and within the fd budget.
+    fn admit(&self) -> Option<conn::Admitted> {
+        // Only this task opens connections, so the count read here cannot grow before the
+        // new one is counted.
+        if self.stats.open() >= self.limits.max_connections as u64 {
+            return None;
+        }
+        let fds = self.budget.take(self.fds_per_connection)?;
+        Some(conn::Admitted::new(self.stats.clone(), fds))
+    }
+}
+
+/// Closes a refused connection at once. Nothing was read from it, so the close is a plain
+/// FIN unless the client already sent something (then the kernel resets it).
+fn refuse(stream: TcpStream) {
+    drop(stream);
+}
+
+/// Accept errors that concern one connection only (it went away while queued).
+fn per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    )
+}
+
+fn report_panic(name: &str, ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended {
+        if e.is_panic() {
+            tracing::error!(listener = %name, error = %e, "a connection task panicked");
+        }
+    }
+}
+
+/// Refusals since the last log line, so that a flood of them is one line per
+/// [`REFUSAL_LOG_EVERY`] and not one per connection.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    since_last: u64,
+}
+
+impl RefusalLog {
+    fn refused(
+        &mut self,
+        name: &str,
+        limits: &ListenerLimits,
+        stats: &ConnectionStats,
+        budget: &FdBudget,
+    ) {
+        stats.count_refused();
+        self.since_last += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            listener = %name,
+            refused = self.since_last,
+            open = stats.open(),
+            max_connections = limits.max_connections,
+            fd_budget_left = budget.left(),
+            "connections refused: the listener is at its cap or the process near its file descriptor limit"
+        );
+        self.last = Some(now);
+        self.since_last = 0;
+    }
+}
