@@ -70,9 +70,9 @@ fn summary(out: &mut String, r: &Report<'_>) {
         .iter()
         .filter(|s| s.role == rejuv_core::types::Role::Primary)
         .count();
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<p class=\"meta\">{} servers ({} primaries, {} spares) · {} recorded · {} samples · reset model <b>{}</b> · <code>rejuv</code> policy: {} · {}</p>\n",
+        "<p class=\"meta\">{} servers ({} primaries, {} spares) · {} recorded · {} samples · reset model <b>{}</b> · <code>rejuv</code> policy: {} · {}</p>",
         f.servers.len(),
         primaries,
         f.servers.len() - primaries,
@@ -85,7 +85,9 @@ fn summary(out: &mut String, r: &Report<'_>) {
     out.push_str("<table id=\"summary\"><thead><tr><th>policy</th><th>period</th><th>rejuvenations</th><th>exhaustions</th><th>servers exhausted</th><th>most at once</th><th>lowest capacity</th><th>median lead</th></tr></thead><tbody>\n");
     for (k, run) in r.runs.iter().enumerate() {
         let p = &run.result;
-        let names = if p.servers_exhausted.len() > 8 {
+        let names = if p.servers_exhausted.is_empty() {
+            "–".to_string()
+        } else if p.servers_exhausted.len() > 8 {
             format!(
                 "{}, … ({} in all)",
                 p.servers_exhausted[..8].join(", "),
@@ -94,9 +96,9 @@ fn summary(out: &mut String, r: &Report<'_>) {
         } else {
             p.servers_exhausted.join(", ")
         };
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "<tr data-policy=\"{name}\"><td><span class=\"swatch\" style=\"background:{colour}\"></span><b>{name}</b></td><td>{period}</td><td>{rej}</td><td class=\"{bad}\">{exh}</td><td>{names}</td><td>{conc}</td><td>{cap:.1}%</td><td>{lead}</td></tr>\n",
+            "<tr data-policy=\"{name}\"><td><span class=\"swatch\" style=\"background:{colour}\"></span><b>{name}</b></td><td>{period}</td><td>{rej}</td><td class=\"{bad}\">{exh}</td><td>{names}</td><td>{conc}</td><td>{cap:.1}%</td><td>{lead}</td></tr>",
             name = esc(&p.policy),
             colour = COLOURS[k % COLOURS.len()],
             period = p.period_s.map_or("–".into(), fmt_duration),
@@ -352,11 +354,15 @@ fn marks(out: &mut String, a: &Axes, k: usize, run: &PolicyRun<'_>, tr: &Track<'
     );
     for r in &tr.rejuvenations {
         let x = a.x(r.t_s);
+        let lead = r.lead_s.map_or(String::new(), |l| {
+            format!(", {} before exhaustion", fmt_duration(l))
+        });
         let _ = write!(
             out,
-            "<line class=\"rejuvenation\" stroke=\"{colour}\" x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\"/>",
+            "<line class=\"rejuvenation\" stroke=\"{colour}\" x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\"><title>rejuvenated at {}{lead}</title></line>",
             y + 1.0,
-            y + 10.0
+            y + 10.0,
+            fmt_duration(r.t_s - a.t0),
         );
     }
     for t in &tr.exhaustions {

@@ -101,15 +101,18 @@ pub fn replay<'a>(
     }
     w.at(0, Ev::Tick);
     let end_ms = w.ms(fleet.end_s());
-    let mut handled: u64 = 0;
+    // Progress is told every this many events.
+    const TELL_EVERY: u32 = 8192;
+    let mut untold = 0;
     while let Some(((t, _), ev)) = w.queue.pop_first() {
         if t > end_ms {
             break;
         }
         w.t_ms = t;
         w.handle(ev, &mut shell);
-        handled += 1;
-        if handled % 8192 == 0 {
+        untold += 1;
+        if untold == TELL_EVERY {
+            untold = 0;
             let done = t as f64 / end_ms.max(1) as f64;
             let n = w.tracks.iter().map(|x| x.rejuvenations.len()).sum();
             progress(done, n);
@@ -749,11 +752,16 @@ mod tests {
         assert!(levels.len() >= 3, "{:?}", r.runs);
         assert_eq!(levels[0], [Action::StopInstances, Action::RestartAgent]);
         assert!(
-            levels[1..].iter().all(|a| a.contains(&Action::ClearScratch)),
+            levels[1..]
+                .iter()
+                .all(|a| a.contains(&Action::ClearScratch)),
             "{levels:?}"
         );
         assert_eq!(r.kept_out, ["leak"]);
-        assert!(r.runs.iter().all(|x| x.server == 0), "the flat server is left alone");
+        assert!(
+            r.runs.iter().all(|x| x.server == 0),
+            "the flat server is left alone"
+        );
     }
 
     /// The defaults' `[policy]` and `[gate]`, for tests that give their own budget or
