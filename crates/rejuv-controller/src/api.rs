@@ -9,6 +9,7 @@
 //! and their answers are the types of [`rejuv_core::wire`].
 
 use crate::engine::{Msg, Published};
+use crate::history::SharedHistory;
 use crate::store::Store;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -19,8 +20,8 @@ use axum::{Json, Router};
 use rejuv_core::cluster::OperatorCommand;
 use rejuv_core::config::Config;
 use rejuv_core::wire::{
-    Accepted, ApiError, EventsQuery, Explain, InstanceView, MaintenanceRequest, RejuvenateQuery,
-    ServerView, Status,
+    Accepted, ApiError, EventsQuery, Explain, History, InstanceView, MaintenanceRequest,
+    RejuvenateQuery, ServerView, Status,
 };
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,8 @@ pub struct ApiState {
     /// Named operator tokens: (name, token).
     pub operators: Arc<Vec<(String, String)>>,
     pub published: watch::Receiver<Published>,
+    /// Recent readings per server (the engine writes them).
+    pub history: SharedHistory,
     pub tx: mpsc::Sender<Msg>,
     pub store: Arc<Mutex<Store>>,
     /// A file holding a one-time code that `POST /v1/session` exchanges for the API token
@@ -54,6 +57,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/workflows", get(workflows))
         .route("/v1/servers/{id}/explain", get(explain))
+        .route("/v1/servers/{id}/history", get(history))
         .route("/v1/servers/{id}/rejuvenate", post(rejuvenate))
         .route("/v1/servers/{id}/maintenance", post(maintenance))
         .route("/v1/pause", post(pause))
@@ -286,6 +290,38 @@ async fn explain(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>
         workflow: wf.cloned(),
         last_workflow: last.cloned(),
     })
+}
+
+/// `GET /v1/servers/{id}/history`: the readings the controller holds (the last hour, bounded;
+/// see [`crate::history`]).
+async fn history(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    guard!(s, h);
+    let p = s.published.borrow().clone();
+    if !p.cluster.servers.contains_key(&id) {
+        return err(StatusCode::NOT_FOUND, format!("no server named '{id}'"));
+    }
+    let points = s
+        .history
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .points(&id);
+    let memory_budget_bytes = s
+        .cfg
+        .server(&id)
+        .and_then(|x| x.memory_budget_bytes)
+        .or_else(|| {
+            p.samples
+                .get(&id)
+                .map(|x| x.sample.mem_total_bytes)
+                .filter(|t| *t > 0)
+        });
+    Json(History {
+        id,
+        now_ms: crate::engine::wall_ms(),
+        memory_budget_bytes,
+        points,
+    })
+    .into_response()
 }
 
 async fn send_op(s: &ApiState, by: String, command: OperatorCommand) -> Response {

@@ -8,6 +8,7 @@
 
 use crate::agent_client::AgentClient;
 use crate::alerts::{Alert, AlertSink};
+use crate::history::SharedHistory;
 use crate::store::Store;
 use rejuv_core::api::{AgentState, RouteTable};
 use rejuv_core::cluster::{
@@ -126,6 +127,8 @@ struct World {
     crash_at: Option<String>,
     /// Latest sample per server; shared with the published snapshot.
     samples: Arc<BTreeMap<String, AgentState>>,
+    /// Recent readings per server, for the history route.
+    history: SharedHistory,
     routes: watch::Sender<RouteTable>,
     events: broadcast::Sender<LogEvent>,
 }
@@ -200,6 +203,7 @@ impl Engine {
             alerts,
             crash_at: std::env::var(CRASH_AT_ENV).ok().filter(|v| !v.is_empty()),
             samples: Arc::new(BTreeMap::new()),
+            history: SharedHistory::default(),
             routes: routes.clone(),
             events: events.clone(),
         };
@@ -223,6 +227,11 @@ impl Engine {
 
     pub fn epoch(&self) -> u64 {
         self.world.epoch
+    }
+
+    /// The recent readings this engine records, for the API to read.
+    pub fn history(&self) -> SharedHistory {
+        self.world.history.clone()
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>, shutdown: CancellationToken) {
@@ -265,6 +274,7 @@ impl Engine {
             } => match result {
                 Ok(state) => {
                     shell.sample(&server, sent_at_ms, Ok(&state), now, world);
+                    world.record_history(&server, std::slice::from_ref(&state.sample));
                     Arc::make_mut(&mut world.samples).insert(server, state);
                 }
                 Err(e) => {
@@ -272,7 +282,10 @@ impl Engine {
                     shell.sample(&server, sent_at_ms, Err(()), now, world);
                 }
             },
-            Msg::History { server, samples } => shell.history(&server, samples, now, world),
+            Msg::History { server, samples } => {
+                world.record_history(&server, &samples);
+                shell.history(&server, samples, now, world)
+            }
             Msg::Operator { by, command, reply } => {
                 let _ = reply.send(shell.operator(by, command, now, world));
             }
@@ -374,6 +387,16 @@ impl Engine {
 impl World {
     fn now(&self) -> Now {
         Now::new(self.started.elapsed().as_millis() as u64, wall_ms())
+    }
+
+    /// Keeps `samples` (oldest first) in the server's recent readings.
+    fn record_history(&self, server: &str, samples: &[rejuv_core::types::Sample]) {
+        // A poisoned lock means a reader panicked mid-copy; the readings themselves are
+        // whole, so recording goes on.
+        let mut book = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        for s in samples {
+            book.record(server, s);
+        }
     }
 }
 

@@ -71,6 +71,7 @@ pub(crate) async fn start_leading(
     )?;
     let published = engine.published.subscribe();
     let routes = engine.routes.subscribe();
+    let history = engine.history();
 
     let mut tasks = tokio::task::JoinSet::new();
     for s in &cfg.servers {
@@ -163,6 +164,7 @@ pub(crate) async fn start_leading(
         token: Arc::new(opts.api_token.clone()),
         operators: Arc::new(operators),
         published,
+        history,
         tx,
         store: Arc::new(Mutex::new(reader)),
         session_code_file: opts.session_code_file.clone(),

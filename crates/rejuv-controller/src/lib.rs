@@ -9,7 +9,8 @@
 //! - [`agent_client`]: the agent API client.
 //! - [`recover`]: an empty store facing agents with history: refuse, or adopt them.
 //! - [`traffic`]: traffic adapters (builtin proxy) as reconcile loops.
-//! - [`api`]: the HTTP API; [`metrics`]: Prometheus text.
+//! - [`api`]: the HTTP API; [`metrics`]: Prometheus text; [`history`]: the recent readings
+//!   the history route serves.
 
 pub mod agent_client;
 pub mod alerts;
@@ -24,6 +25,7 @@ pub mod etcd_test_server;
 #[cfg(feature = "etcd")]
 pub mod ha;
 pub mod haproxy;
+pub mod history;
 pub mod hooks;
 pub mod leader;
 pub mod leading;

@@ -2,7 +2,12 @@
 //!
 //! - [`traces`]: seeded resource traces, healthy and aging, with ground-truth exhaustion.
 //! - [`eval`]: the trend detector and the threshold baselines scored on those traces.
+//! - [`sim`]: the controller's shell, core, detector and gate against simulated agents,
+//!   network, store, clock and faults, invariants checked after every step.
+//! - [`whatif`]: `rejuv whatif`, a fleet's recorded series replayed through the production
+//!   core and through cron-like baselines.
 
 pub mod eval;
 pub mod sim;
 pub mod traces;
+pub mod whatif;

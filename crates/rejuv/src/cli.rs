@@ -163,6 +163,28 @@ Examples:
         #[arg(long, value_enum, default_value_t = AnalyzeFormat::Json)]
         format: AnalyzeFormat,
     },
+    /// Replay a fleet's recorded series through the rejuv policy (the production core,
+    /// detector, gate and budget, with simulated agents and clock) and cron-like baselines,
+    /// and compare: rejuvenations, exhaustions (crashes not prevented), disruption, lead.
+    #[command(after_help = "\
+Examples:
+  rejuv whatif --samples fleet/                                  # rejuv against fixed:auto
+  rejuv whatif --samples fleet/ --policy rejuv --policy fixed:7d --policy threshold:0.9
+  rejuv whatif --samples fleet/ --config rejuv.toml --output json | jq '.policies[]'
+  rejuv whatif --samples fleet/ --html report.html
+  rejuv export samples --since 1h --out fleet/ && rejuv whatif --samples fleet/
+
+A fleet directory holds fleet.csv (server,capacity[,role][,units]) and one SERVER.csv
+(t_seconds,value) per server. See docs/whatif.md for the defaults and the reset model.")]
+    Whatif(crate::whatif::WhatifArgs),
+    /// Export what a running controller holds, for other tools.
+    #[command(after_help = "\
+Examples:
+  rejuv export samples --since 1h --out fleet/    # then: rejuv whatif --samples fleet/")]
+    Export {
+        #[command(subcommand)]
+        command: crate::export::ExportCmd,
+    },
     /// Work with config files.
     #[command(after_help = "\
 Examples:
@@ -586,6 +608,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Whatif(args) => crate::whatif::run(args),
+        Cmd::Export { command } => crate::export::run(command),
         Cmd::Demo(args) => {
             // The demo reports progress itself; its load generator's own start and end lines
             // would only cut through the live view.

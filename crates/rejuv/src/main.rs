@@ -8,12 +8,14 @@ mod chaos;
 mod cli;
 mod conn;
 mod demo;
+mod export;
 mod ops;
 mod procs;
 mod table;
 #[cfg(test)]
 mod testdata;
 mod view;
+mod whatif;
 
 use clap::Parser;
 

@@ -14,7 +14,7 @@
 //! - Judgements reach the core only from the production detector, here.
 
 use super::carrier::Carrier;
-use super::durable::{forget_readings, same_but_readings};
+use super::durable::{copy_readings, forget_readings, same_but_readings};
 use super::effects::{Attempt, Effects, Step, StoreHealth};
 use super::readings::{Judged, Readings};
 use crate::api::AgentState;
@@ -267,7 +267,7 @@ impl Shell {
         if durable && !self.commit(finished_n, &out, now, fx) {
             return;
         }
-        self.published = Arc::new(self.cluster.clone());
+        self.publish(durable);
         fx.stepped(&Step {
             applied: &applied,
             cluster: &self.published,
@@ -276,6 +276,21 @@ impl Shell {
             committed: durable,
         });
         self.dispatch(out.commands, now, fx);
+    }
+
+    /// Makes the working state the published one. Most steps change only readings (a sample's
+    /// observation and judgement): when nothing outside holds the published state (the
+    /// simulators), those are patched into it instead of copying the whole cluster; a
+    /// published state someone holds (the controller's API) is never changed, but replaced.
+    fn publish(&mut self, durable: bool) {
+        if !durable {
+            if let Some(p) = Arc::get_mut(&mut self.published) {
+                copy_readings(p, &self.cluster);
+                debug_assert!(*p == self.cluster, "a readings-only step changed more");
+                return;
+            }
+        }
+        self.published = Arc::new(self.cluster.clone());
     }
 
     /// Commits the step; on failure restores the last published state and says so.

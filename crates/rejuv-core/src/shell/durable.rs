@@ -97,6 +97,20 @@ fn server_same_but_readings(a: &Server, b: &Server) -> bool {
         && *instance_rejuvenations_ms == b.instance_rejuvenations_ms
 }
 
+/// Makes `to` equal to `from` when [`same_but_readings`] holds for them: the servers'
+/// observations and explanations are all that is left to copy (for the rest, the check
+/// compared every field), without copying the whole cluster.
+pub fn copy_readings(to: &mut Cluster, from: &Cluster) {
+    for (t, f) in to.servers.values_mut().zip(from.servers.values()) {
+        if t.observation != f.observation {
+            t.observation.clone_from(&f.observation);
+        }
+        if t.explanation != f.explanation {
+            t.explanation.clone_from(&f.explanation);
+        }
+    }
+}
+
 /// Drops the readings of a state read back from the store: they are as old as its last
 /// durable change, and the first poll of each agent brings them anew. Until then a server
 /// counts as not yet seen (no quorum is claimed on stale answers).

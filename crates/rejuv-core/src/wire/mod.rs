@@ -12,6 +12,7 @@
 //! | GET | `/v1/events` | [`EventsQuery`] | [`StoredEvent`] array, oldest first |
 //! | GET | `/v1/workflows` | | finished [`Workflow`] array, newest first |
 //! | GET | `/v1/servers/{id}/explain` | | [`Explain`]; `404` for an unknown server |
+//! | GET | `/v1/servers/{id}/history` | | [`History`] (the last hour, bounded); `404` for an unknown server |
 //! | POST | `/v1/servers/{id}/rejuvenate` | [`RejuvenateQuery`] | `202` [`Accepted`]; `409` refused |
 //! | POST | `/v1/servers/{id}/maintenance` | [`MaintenanceRequest`] | `202` [`Accepted`]; `409` refused |
 //! | POST | `/v1/pause`, `/v1/resume` | | `202` [`Accepted`] |
@@ -26,6 +27,7 @@
 
 mod events;
 mod explain;
+mod history;
 mod operator;
 mod status;
 
@@ -33,5 +35,6 @@ pub use crate::api::ApiError;
 pub use crate::cluster::Workflow;
 pub use events::{EventsQuery, StoredEvent, Workflows};
 pub use explain::Explain;
+pub use history::{History, HistoryPoint, HISTORY_POINTS, HISTORY_SPACING_MS, HISTORY_SPAN_MS};
 pub use operator::{Accepted, MaintenanceRequest, RejuvenateQuery};
 pub use status::{InstanceView, ServerView, Status, StoreHealth};

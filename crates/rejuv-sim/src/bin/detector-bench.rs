@@ -2,12 +2,16 @@
 //! the detector's throughput and memory.
 //!
 //! `cargo run --release -p rejuv-sim --bin detector-bench [-- --details] [--skip-suites]
-//! [--skip-throughput] [--dev-only] [--stress N]`
+//! [--skip-throughput] [--dev-only] [--stress N] [--write-fleet DIR]`
 //!
 //! Prints markdown: the figures of both suites (dev and held-back), per family, and the
 //! series-updates per second of one core. `--dev-only` leaves the held-back suite out (for
 //! tuning runs); `--stress N` adds a suite of `N` dev-draw traces per family from other seeds
 //! (its details list only the traces judged wrong).
+//!
+//! `--write-fleet DIR` writes the suites instead, as a fleet directory for `rejuv whatif`:
+//! one primary per trace (`fleet.csv`: `server,capacity`; `TRACE.csv`: `t_seconds,value`,
+//! every trace from t = 0), and nothing else.
 
 use rejuv_core::detector::Level;
 use rejuv_core::trend::{Aggregate, SeriesDetector, TrendConfig};
@@ -28,6 +32,17 @@ fn main() {
                 .expect("--stress takes a number of traces per family")
         })
         .unwrap_or(0);
+    if let Some(i) = args.iter().position(|a| a == "--write-fleet") {
+        let Some(dir) = args.get(i + 1) else {
+            eprintln!("detector-bench: --write-fleet takes a directory");
+            std::process::exit(2);
+        };
+        if let Err(e) = write_fleet(std::path::Path::new(dir), dev_only) {
+            eprintln!("detector-bench: writing the fleet to {dir}: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cfg = TrendConfig::default();
     if !args.iter().any(|a| a == "--skip-suites") {
         let mut suites = vec![("dev suite", traces::dev_suite(), false)];
@@ -51,6 +66,39 @@ fn main() {
     if !args.iter().any(|a| a == "--skip-throughput") {
         throughput(&cfg);
     }
+}
+
+/// The dev and held-back suites (the dev suite alone with `dev_only`) as a fleet directory of
+/// primaries, one per trace.
+fn write_fleet(dir: &std::path::Path, dev_only: bool) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir)?;
+    let mut suite = traces::dev_suite();
+    if !dev_only {
+        suite.extend(traces::held_back_suite());
+    }
+    let mut fleet = String::from("server,capacity\n");
+    for t in &suite {
+        let name = t.name();
+        let _ = writeln!(fleet, "{name},{}", t.capacity as u64);
+        let mut csv = String::with_capacity(t.values.len() * 24);
+        csv.push_str("t_seconds,value\n");
+        for (i, v) in t.values.iter().enumerate() {
+            // Shortest text that reads back as the same value: exhaustion is `>=` capacity,
+            // and a rounded byte could move it by a sample.
+            let _ = writeln!(csv, "{},{v}", i as f64 * STEP_S);
+        }
+        std::fs::File::create(dir.join(format!("{name}.csv")))?.write_all(csv.as_bytes())?;
+    }
+    std::fs::write(dir.join("fleet.csv"), fleet)?;
+    eprintln!(
+        "detector-bench: wrote {} traces ({} aging) to {}",
+        suite.len(),
+        suite.iter().filter(|t| t.family.is_aging()).count(),
+        dir.display()
+    );
+    Ok(())
 }
 
 fn print_details(outs: &[eval::Outcome], only_wrong: bool) {

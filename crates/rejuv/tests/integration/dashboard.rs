@@ -1,6 +1,8 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium`), driven over the Chrome
-//! DevTools Protocol: `/ui` loads, lists every server, updates by itself when workflows run
-//! (no reload), draws the trend and the forecast to exhaustion of an aging server; a
+//! DevTools Protocol: `/ui` loads, lists every server, opens each server's chart with the
+//! readings the controller held before the page opened (`GET /v1/servers/ID/history`),
+//! updates by itself when workflows run (no reload), draws the trend and the forecast to
+//! exhaustion of an aging server; a
 //! screenshot is kept as a test artifact (`$REJUV_TEST_ARTIFACTS/dashboard.png`, else
 //! `target/test-artifacts/dashboard.png`).
 
@@ -199,6 +201,8 @@ const SNAPSHOT: &str = r#"(() => {
     rows: all('#servers tr[data-server]').map(r => ({id: r.dataset.server, judgement: r.dataset.judgement})),
     workflows: all('#workflows .wf').map(w => ({id: w.dataset.workflow, server: w.dataset.server,
       state: w.dataset.state, steps: w.querySelectorAll('.step').length})),
+    charts: all('#charts [data-server]').map(c => ({id: c.dataset.server,
+      from: Number(c.dataset.from), points: Number(c.dataset.points)})),
     forecasts: all('#charts [data-server]').filter(c => c.querySelector('.forecast')).map(c => ({
       id: c.dataset.server, label: c.querySelector('.forecast text').textContent,
       trend: !!c.querySelector('.trend'), series: !!c.querySelector('.series')})),
@@ -276,6 +280,37 @@ fn dashboard_in_headless_chromium_shows_servers_forecasts_and_live_workflows() {
         .collect();
     ids.sort();
     assert_eq!(ids, ["s1", "s2", "s3"]);
+    // The controller holds a few readings of every server before the page opens: the charts
+    // must start with them, not with the page.
+    let held = wait_for(
+        "the controller to hold three readings of every server",
+        Duration::from_secs(60),
+        || {
+            let mut oldest = Vec::new();
+            for id in &ids {
+                let v: Value = h
+                    .api(reqwest::Method::GET, &format!("/v1/servers/{id}/history"))
+                    .json()
+                    .ok()?;
+                let points = v["points"].as_array()?;
+                if points.len() < 3 {
+                    return None;
+                }
+                assert!(
+                    points
+                        .windows(2)
+                        .all(|w| w[0]["at_ms"].as_u64() < w[1]["at_ms"].as_u64()),
+                    "history of {id} not in time order: {v}"
+                );
+                oldest.push(points[0]["at_ms"].as_u64()?);
+            }
+            Some(oldest)
+        },
+    );
+    let opened_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
 
     let browser = Browser::start(h.dir.path());
     let mut cdp = browser.page();
@@ -298,6 +333,20 @@ fn dashboard_in_headless_chromium_shows_servers_forecasts_and_live_workflows() {
         list(&first, "workflows").is_empty(),
         "no workflow can be shown yet: {first:#}"
     );
+    // Charted from what the controller held: the first reading drawn is older than the
+    // page, and there are several of them at the first drawing already.
+    let charts = list(&first, "charts");
+    assert_eq!(charts.len(), ids.len(), "a chart per server: {first:#}");
+    for c in charts {
+        let k = ids.iter().position(|id| c["id"] == id.as_str()).unwrap();
+        let oldest = &held[k];
+        let from = c["from"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            from <= *oldest && from + 5_000 < opened_ms && c["points"].as_u64() >= Some(3),
+            "{} is charted only from when the page opened (first reading at {from}, page opened at {opened_ms}, the controller held readings from {oldest}): {first:#}",
+            c["id"]
+        );
+    }
     assert!(!code_file.exists(), "the one-time code was used up");
     let kept = cdp
         .eval("[location.hash, localStorage.getItem('rejuv-token'), sessionStorage.getItem('rejuv-token') !== null]")

@@ -379,3 +379,112 @@ resources = ["instance-rss"]
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("rule:     none fired"), "{text}");
 }
+
+#[test]
+fn export_samples_writes_the_history_the_controller_holds_as_a_fleet_directory() {
+    // A leaking primary, a steady one and a spare; paused, so nothing moves meanwhile.
+    let mut h = Harness::new(&Spec {
+        primaries: 2,
+        spares: 1,
+        leak_per_second: 1024 * 1024,
+        limit: 1024 * 1024 * 1024,
+        above: 0.95,
+        ..Spec::default()
+    });
+    h.start_controller(&[]);
+    let p = cli(&h, &["pause"]);
+    assert_eq!(p.status.code(), Some(0), "{}", stderr(&p));
+    wait_for(
+        "the controller to hold four readings of every server",
+        Duration::from_secs(60),
+        || {
+            ["s1", "s2", "s3"]
+                .iter()
+                .all(|id| {
+                    let v: Value = h
+                        .api(reqwest::Method::GET, &format!("/v1/servers/{id}/history"))
+                        .json()
+                        .unwrap_or_default();
+                    v["points"].as_array().is_some_and(|p| p.len() >= 4)
+                })
+                .then_some(())
+        },
+    );
+    let unknown = h.api(reqwest::Method::GET, "/v1/servers/nope/history");
+    assert_eq!(unknown.status(), 404);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fleet");
+    let o = cli(
+        &h,
+        &[
+            "export",
+            "samples",
+            "--since",
+            "10m",
+            "--out",
+            out.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+    );
+    let v = ok_json(&o, "export samples");
+    let written = v["servers"].as_array().unwrap();
+    assert_eq!(written.len(), 3, "{v}");
+    for w in written {
+        assert!(w["samples"].as_u64() >= Some(4), "{v}");
+        assert_eq!(w["capacity"], 256 * 1024 * 1024, "the memory budget: {v}");
+    }
+    let fleet = std::fs::read_to_string(out.join("fleet.csv")).unwrap();
+    let rows: Vec<&str> = fleet.lines().collect();
+    assert_eq!(rows[0], "server,capacity,role,units");
+    assert!(rows.contains(&"s3,268435456,spare,4"), "{fleet}");
+    // The leaking primary's series: seconds since --since, rising RSS bytes.
+    let s1 = std::fs::read_to_string(out.join("s1.csv")).unwrap();
+    let points: Vec<(f64, u64)> = s1
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (t, v) = l.split_once(',').unwrap();
+            (t.parse().unwrap(), v.parse().unwrap())
+        })
+        .collect();
+    assert!(points.len() >= 4, "{s1}");
+    assert!(
+        points.iter().all(|(t, _)| (0.0..=600.0).contains(t)),
+        "{s1}"
+    );
+    assert!(points.windows(2).all(|w| w[0].0 < w[1].0), "{s1}");
+    assert!(points.last().unwrap().1 > points[0].1, "s1 leaks: {s1}");
+
+    // What it wrote is what whatif reads.
+    let w = Command::new(EXE)
+        .args([
+            "whatif",
+            "--samples",
+            out.to_str().unwrap(),
+            "--policy",
+            "fixed:1h",
+        ])
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    let v = ok_json(&w, "whatif on the export");
+    assert_eq!(v["policies"][0]["policy"], "fixed:1h", "{v}");
+
+    // A directory holding another series would be read as a server of the fleet.
+    std::fs::write(out.join("stranger.csv"), "t_seconds,value\n0,1\n").unwrap();
+    let o = cli(
+        &h,
+        &[
+            "export",
+            "samples",
+            "--since",
+            "10m",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stranger.csv"), "{}", stderr(&o));
+}
