@@ -9,13 +9,19 @@ fn a_store_from_before_scopes_and_placements_loads() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("rejuv.db");
     std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/store-0.1/rejuv.db"),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/store-0.1/rejuv.db"
+        ),
         &db,
     )
     .unwrap();
     let mut store = rejuv_controller::store::Store::open(&db, 1000, 100).unwrap();
     let mut cluster = store.load().unwrap().expect("a stored cluster");
-    assert!(!cluster.history.is_empty(), "the fixture holds finished workflows");
+    assert!(
+        !cluster.history.is_empty(),
+        "the fixture holds finished workflows"
+    );
     assert!(cluster.history.iter().all(|w| w.placement.is_none()));
     cluster.fill_defaults();
     for w in &cluster.history {

@@ -30,6 +30,8 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    // Each is a separate part of the agent handed in by its owner at start.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         server: ServerConfig,
         services: BTreeMap<ServiceName, ServiceConfig>,

@@ -5,4 +5,5 @@ mod api;
 mod common;
 mod connections;
 mod instances;
+mod isolation;
 mod rejuvenation;
