@@ -354,3 +354,21 @@ async fn watch_lease(guard: &LeaderGuard, stop: &CancellationToken) -> Option<St
     warn!(reason = %reason, "leadership lost: stopping every task");
     Some(reason)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_writes_leader_0_and_its_listener_connections() {
+        let text = follower_metrics(&Arc::default());
+        for line in [
+            "rejuv_leader 0",
+            "rejuv_controller_connections_open{listener=\"api\"} 0",
+            "rejuv_controller_connections_refused_total{listener=\"api\"} 0",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+}

@@ -249,6 +249,43 @@ health = { path = "/healthz" }
     }
 
     #[test]
+    fn listener_limits_have_defaults_and_are_checked_by_field() {
+        let c = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!(c.agent.listener_limits(), ListenerLimits::api());
+        assert_eq!(c.controller.listener_limits(), ListenerLimits::api());
+        assert_eq!(c.traffic.listener_limits(), ListenerLimits::front_end());
+        let set = EXAMPLE
+            .replace(
+                "[traffic]\n",
+                "[traffic]\nmax_connections = 50000\nheader_read_timeout = \"3s\"\n",
+            )
+            .replace(
+                "[cluster]\n",
+                "[controller]\nidle_timeout = \"5m\"\n\n[cluster]\n",
+            );
+        let c = Config::from_toml(&set).unwrap();
+        assert_eq!(c.traffic.max_connections, 50_000);
+        assert_eq!(c.traffic.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.controller.idle_timeout, Duration::from_secs(300));
+        let bad =
+            format!("{EXAMPLE}\n[agent]\nmax_connections = 0\nheader_read_timeout = \"0s\"\n")
+                .replace("[traffic]\n", "[traffic]\nidle_timeout = \"2h\"\n");
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&bad) else {
+            panic!("zero and two-hour limits are refused")
+        };
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "agent.max_connections",
+                "agent.header_read_timeout",
+                "traffic.idle_timeout"
+            ],
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn etcd_store_fields_are_checked() {
         let ok = format!(
             "{EXAMPLE}\n[store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl = \"5s\"\n"
