@@ -137,6 +137,19 @@ async fn run_inner(
         path: logs_dir.clone(),
         source,
     })?;
+    // The agent's files are its own: services it runs as other users cannot read its state
+    // or other instances' output.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [&data_dir, &logs_dir] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| StartError::DataDir {
+                    path: dir.clone(),
+                    source,
+                },
+            )?;
+        }
+    }
     let started_at_ms = wall_ms();
     let store = Arc::new(Store::open(&data_dir, started_at_ms).map_err(StartError::Store)?);
     let metrics = Arc::new(Metrics::new(store.crashes_total()));

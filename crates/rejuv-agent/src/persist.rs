@@ -141,7 +141,17 @@ pub fn save(path: &Path, state: &PersistedState) -> Result<(), StoreError> {
     bytes.push(b'\n');
     let tmp = path.with_extension("json.tmp");
     {
-        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+        // Only the agent reads its state: the services it runs as other users must not.
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(werr)?
+        };
         f.write_all(&bytes).map_err(werr)?;
         f.sync_all().map_err(werr)?;
     }

@@ -4501,3 +4501,99 @@ mod scope_and_placement {
         assert_eq!(h.wf("s2"), None, "the earlier request waits");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Instances the controller did not start
+// ---------------------------------------------------------------------------------------------
+
+mod strangers {
+    use super::*;
+
+    fn stranger() -> ObservedInstance {
+        ObservedInstance {
+            state: InstanceState::Running,
+            healthy: true,
+            addr: Some("127.0.0.11:20099".parse().unwrap()),
+            started_at_ms: Some(T0),
+            rss_bytes: None,
+        }
+    }
+
+    #[test]
+    fn an_instance_started_outside_the_controller_is_reported_once_and_stopped() {
+        let mut h = booted(&Spec::active_standby());
+        h.agent("s1").instances.insert("evil-1".into(), stranger());
+        let out = h.observe("s1");
+        let said = events_of(&out, "unknown-instance");
+        assert_eq!(said.len(), 1, "{out:?}");
+        assert!(
+            said[0].message.contains("s1 runs evil-1"),
+            "{}",
+            said[0].message
+        );
+        assert!(
+            said[0].message.contains("stopping it"),
+            "{}",
+            said[0].message
+        );
+        assert_eq!(
+            alerts(&out)
+                .iter()
+                .filter(|(s, _)| s.as_deref() == Some("s1"))
+                .count(),
+            1
+        );
+        let stops = h.pending_where(
+            |k| matches!(k, CommandKind::StopInstance { instance, .. } if instance == "evil-1"),
+        );
+        assert_eq!(stops.len(), 1);
+        // Seen again before the stop is through: no second word, no second stop.
+        let out = h.observe("s1");
+        assert!(events_of(&out, "unknown-instance").is_empty());
+        assert_eq!(
+            h.pending_where(|k| matches!(k, CommandKind::StopInstance { .. }))
+                .len(),
+            1
+        );
+        h.ack_all(stops);
+        assert!(!h.agents["s1"].instances.contains_key("evil-1"));
+        assert!(
+            !h.c.instances.contains_key("evil-1"),
+            "it never joins the cluster"
+        );
+    }
+
+    #[test]
+    fn report_only_leaves_it_running_and_a_forgotten_copy_is_stopped_quietly() {
+        let spec = Spec::active_standby();
+        let mut h = booted(&spec);
+        h.cfg.controller.unknown_instances = rejuv_core::config::UnknownInstances::Report;
+        h.agent("s1").instances.insert("evil-1".into(), stranger());
+        let out = h.observe("s1");
+        assert_eq!(events_of(&out, "unknown-instance").len(), 1);
+        assert!(h
+            .pending_where(|k| matches!(k, CommandKind::StopInstance { .. }))
+            .is_empty());
+
+        // A copy this controller started and forgot (a rolled-back duplex) that its agent
+        // still runs is stopped without an unknown-instance event.
+        let mut h = booted(&spec);
+        h.judge("s1", Level::Unstable);
+        h.ack_starts();
+        let copy = h.wf("s1").unwrap().pairs[0].new.clone();
+        h.wait(DUPLEX_TIMEOUT_MS + 1_000);
+        assert_eq!(h.wf("s1"), None, "rolled back");
+        h.ack_housekeeping();
+        let a = h.agent("s4");
+        a.instances.insert(copy.clone(), stranger());
+        let out = h.observe("s4");
+        assert!(events_of(&out, "unknown-instance").is_empty(), "{out:?}");
+        assert_eq!(
+            h.pending_where(
+                |k| matches!(k, CommandKind::StopInstance { instance, .. } if *instance == copy)
+            )
+            .len(),
+            1
+        );
+    }
+}

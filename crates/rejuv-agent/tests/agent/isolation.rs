@@ -55,7 +55,19 @@ async fn instances_do_not_inherit_the_agents_environment() {
         env.iter().any(|v| v.starts_with("PATH=/usr/local/sbin:")),
         "{env:?}"
     );
-    assert_eq!(env.len(), 2, "only PATH and the service's own env: {env:?}");
+    // A shell in the service's command line adds its own PWD; nothing else may be there.
+    let others: Vec<&String> = env
+        .iter()
+        .filter(|v| {
+            ["PATH=", "PWD=", "REJUV_TEST_TAG="]
+                .iter()
+                .all(|k| !v.starts_with(k))
+        })
+        .collect();
+    assert!(
+        others.is_empty(),
+        "only PATH and the service's own env: {env:?}"
+    );
     agent.shut_down().await;
 }
 
@@ -83,8 +95,15 @@ async fn an_instance_runs_as_its_services_user() {
         .uid
         .as_raw();
     assert_eq!(uid_of(pid), nobody);
-    // As nobody, the agent's state file (0600, root's) cannot be read.
+    // As nobody, the agent's state file (0600, in a 0700 directory, root's) cannot be read.
     let state = h.data_dir().join("agent-state.json");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o600);
+        assert_eq!(mode(&h.data_dir()), 0o700);
+        assert_eq!(mode(&h.data_dir().join("logs")), 0o700);
+    }
     let out = std::process::Command::new("setpriv")
         .args([
             "--reuid",

@@ -130,6 +130,13 @@ fn check(st: &Value, obs: &mut Observed, on_list: &mut BTreeMap<String, bool>) {
         if !sources.insert(src) {
             v.push(format!("server {src} is the source of two workflows"));
         }
+        // In place, a workflow's copies run on its source: no second server is involved.
+        if w["placement"] == "in-place" {
+            if dst != src {
+                v.push(format!("in-place workflow for {src} names target {dst}"));
+            }
+            continue;
+        }
         if !targets.insert(dst) {
             v.push(format!("server {dst} is the target of two workflows"));
         }

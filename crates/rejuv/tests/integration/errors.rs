@@ -17,6 +17,8 @@ admin = "127.0.0.1:7071"
 [agent]
 allowed_roots = ["/var/tmp/rejuv"]
 scratch_dirs = ["/etc"]
+[rejuvenation]
+in_place = false
 [[servers]]
 id = "s1"
 address = "127.0.0.2"

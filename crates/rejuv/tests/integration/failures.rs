@@ -117,12 +117,14 @@ fn two_unstable_servers_and_one_spare_take_turns() {
 
 #[test]
 fn no_spare_capacity_disrupts_nothing_and_says_why() {
-    // Active-active, every server full: nobody has room for another server's instance.
+    // Active-active, every server full: nobody has room for another server's instance (and
+    // in-place duplexing is off: with it, each would be rejuvenated in place).
     let spec = Spec {
         mode: "active-active",
         primaries: 2,
         spares: 0,
         capacity: 1,
+        in_place: false,
         ..fast_aging()
     };
     let mut h = Harness::new(&spec);
@@ -135,7 +137,10 @@ fn no_spare_capacity_disrupts_nothing_and_says_why() {
             .find(|e| e["kind"] == "no-target")
             .map(|e| e["message"].to_string())
     });
-    assert!(msg.contains("spare capacity"), "{msg}");
+    assert!(
+        msg.contains("no peer can take it") && msg.contains("0 free units, 1 needed"),
+        "{msg}"
+    );
     // Give the controller time to (wrongly) act: several polls and ticks.
     let seen = h.events().len();
     wait_for("more events or ticks", Duration::from_secs(10), || {

@@ -29,6 +29,8 @@ pub struct Spec {
     /// Address whose instances never become healthy (they sleep instead of serving).
     pub broken_address: Option<String>,
     pub extra_toml: String,
+    /// `rejuvenation.in_place` (on by default, as in production).
+    pub in_place: bool,
 }
 
 impl Default for Spec {
@@ -48,6 +50,7 @@ impl Default for Spec {
             handoff: true,
             broken_address: None,
             extra_toml: String::new(),
+            in_place: true,
         }
     }
 }
@@ -206,6 +209,7 @@ actions = ["stop-instances", "clear-scratch", "restart-agent"]
 duplex_timeout = "{dt}"
 verify_timeout = "20s"
 failed_target_cooldown = "60s"
+in_place = {in_place}
 
 [agent]
 sample_interval = "300ms"
@@ -234,6 +238,7 @@ stop_grace = "2s"
             hold = spec.hold_down,
             above = spec.above,
             dt = spec.duplex_timeout,
+            in_place = spec.in_place,
             store = dir.path().join("rejuv.db").display(),
             extra = spec.extra_toml,
         );
