@@ -2640,7 +2640,22 @@ mod scenarios {
             r.contains("running time 30s is below min_running_time 60s"),
             "{r}"
         );
-        h.wait(30_000);
+        // Polled every second meanwhile: the wait is said once, not once per poll (its
+        // figures move, its kind does not).
+        let gate_events = |h: &H| h.logs_of_kind("gate").len();
+        let said = gate_events(&h);
+        assert_eq!(said, 1);
+        for _ in 0..29 {
+            h.now_ms += 1_000;
+            h.observe("s1");
+        }
+        assert_eq!(gate_events(&h), said, "one event for one wait");
+        let r = h.wf("s1").unwrap().gate_reason.clone().unwrap();
+        assert!(
+            r.contains("running time 59s"),
+            "the status has the figures: {r}"
+        );
+        h.wait(1_000);
         h.observe("s1");
         assert_eq!(
             h.phase("s1"),

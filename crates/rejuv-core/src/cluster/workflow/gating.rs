@@ -57,7 +57,9 @@ impl Cluster {
         }
         let reason = decision.reason().to_string();
         let w = &self.workflows[&id];
-        let changed = w.gate_reason.as_deref() != Some(reason.as_str());
+        // A wait is said when it starts and when its kind changes, not whenever its figures
+        // move (the running time grows every poll; the load wobbles).
+        let changed = w.gate_reason.as_deref().map(shape) != Some(shape(&reason));
         if decision.is_now() {
             match self.veto_gate(cfg, id, "draining", now, out) {
                 VetoGate::Passed => self.switch(id, reason, now, out),
@@ -230,5 +232,40 @@ impl Cluster {
             )
         };
         self.log(out, now, EventKind::Step, Some(&server), Some(id), said);
+    }
+}
+
+/// A gate reason without its figures: what kind of wait it is.
+fn shape(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut in_number = false;
+    for c in reason.chars() {
+        let digit = c.is_ascii_digit() || (in_number && c == '.');
+        if digit && !in_number {
+            out.push('#');
+        } else if !digit {
+            out.push(c);
+        }
+        in_number = digit;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_reason_keeps_its_shape_as_its_figures_move() {
+        assert_eq!(
+            super::shape("running time 31s is below min_running_time 60s"),
+            super::shape("running time 32s is below min_running_time 60s")
+        );
+        assert_eq!(
+            super::shape("load 2.31 is above max_load 2.00"),
+            "load # is above max_load #"
+        );
+        assert_ne!(
+            super::shape("load 2.31 is above max_load 2.00"),
+            super::shape("running time 3s is below min_running_time 60s")
+        );
     }
 }
