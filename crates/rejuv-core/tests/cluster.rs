@@ -2205,7 +2205,7 @@ mod scenarios {
         let w1 = h.wf("s1").unwrap().id;
         let out = h.judge("s2", Level::Unstable);
         assert_eq!(h.wf("s2"), None);
-        let nt = events_of(&out, "no-target");
+        let nt = events_of(&out, "waiting-for-budget");
         assert_eq!(nt.len(), 1, "{out:?}");
         assert!(nt[0].message.contains("budget 1"), "{}", nt[0].message);
         assert_eq!(nt[0].server.as_deref(), Some("s2"));
@@ -2256,7 +2256,9 @@ mod scenarios {
         h.judge("s1", Level::Unstable);
         let out = h.judge("s3", Level::Unstable);
         assert_eq!(h.c.workflows.len(), 1);
-        assert!(events_of(&out, "no-target")[0].message.contains("budget"));
+        assert!(events_of(&out, "waiting-for-budget")[0]
+            .message
+            .contains("budget"));
     }
 
     fn assert_said_once(h: &mut H, server: &str, first: &Output, words: &str) {
@@ -2707,7 +2709,9 @@ mod scenarios {
         // An unforced one still waits for the budget.
         let out = h.judge("s5", Level::Unstable);
         assert_eq!(h.wf("s5"), None);
-        assert!(events_of(&out, "no-target")[0].message.contains("budget"));
+        assert!(events_of(&out, "waiting-for-budget")[0]
+            .message
+            .contains("budget"));
     }
 
     #[test]
@@ -2716,7 +2720,7 @@ mod scenarios {
         h.operator(OperatorCommand::Pause);
         let out = h.judge("s1", Level::Unstable);
         assert_eq!(h.wf("s1"), None);
-        let nt = events_of(&out, "no-target");
+        let nt = events_of(&out, "waiting-for-budget");
         assert_eq!(nt.len(), 1);
         assert!(nt[0].message.contains("paused"), "{}", nt[0].message);
         assert!(
@@ -4016,7 +4020,7 @@ duration = "1h"
         h.judge("s1", Level::Unstable);
         assert!(h.wf("s1").is_none());
         assert!(h
-            .logs_of_kind("no-target")
+            .logs_of_kind("waiting-for-budget")
             .iter()
             .any(|e| e.message.contains("freeze window 'nightly-batch'")));
         h.wait(47 * 60 * 1000);

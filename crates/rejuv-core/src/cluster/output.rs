@@ -105,8 +105,11 @@ named! {
         WorkflowRolledBack => "workflow-rolled-back",
         WorkflowFailed => "workflow-failed",
         EscalationExhausted => "escalation-exhausted",
-        /// A server needs a workflow that cannot start (no target, budget, pause, freeze).
+        /// A server needs a workflow and nothing can take its copies (alerted).
         NoTarget => "no-target",
+        /// A server needs a workflow that waits for a limit: the budget of concurrent
+        /// workflows, the cooldown, a pause or a freeze window.
+        WaitingForBudget => "waiting-for-budget",
         NoQuorum => "no-quorum",
         QuorumRegained => "quorum-regained",
         /// Advisory mode: what would have been done.

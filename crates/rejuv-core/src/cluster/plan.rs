@@ -96,10 +96,17 @@ impl Cluster {
             return;
         }
         s.blocked_reason = Some(why.clone());
+        // Held back by a limit rejuv sets itself (budget, cooldown, pause, freeze) is a wait;
+        // nowhere to put the copies is a problem, and alerted.
+        let kind = if alert {
+            EventKind::NoTarget
+        } else {
+            EventKind::WaitingForBudget
+        };
         self.log(
             out,
             now,
-            EventKind::NoTarget,
+            kind,
             Some(server),
             None,
             format!("{server} needs rejuvenation but {why}"),

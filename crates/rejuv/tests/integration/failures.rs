@@ -100,9 +100,8 @@ fn two_unstable_servers_and_one_spare_take_turns() {
     assert_eq!(report.requests_failed, 0, "{report:?}");
     let events = h.events();
     assert!(
-        events
-            .iter()
-            .any(|e| e["kind"] == "no-target" && e["message"].as_str().unwrap().contains("budget")),
+        events.iter().any(|e| e["kind"] == "waiting-for-budget"
+            && e["message"].as_str().unwrap().contains("budget")),
         "the second server was told to wait for the budget: {events:?}"
     );
     let history: Vec<Value> = h.status()["history"].as_array().unwrap().clone();
