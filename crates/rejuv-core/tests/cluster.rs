@@ -295,6 +295,18 @@ fn explanation(tte_s: Option<f64>) -> Explanation {
     }
 }
 
+/// An unstable judgement of the host-wide memory by the trend rule, exhaustion `tte_s` away.
+fn judgement_with_tte(tte_s: f64) -> Judgement {
+    let mut e = explanation(Some(tte_s));
+    e.message = format!("memory-used will be exhausted in about {tte_s:.0}s");
+    Judgement {
+        level: Level::Unstable,
+        explanation: Some(e),
+        host: Level::Unstable,
+        unstable_instances: vec![],
+    }
+}
+
 /// A judgement of the host-wide memory (so a workflow takes the whole server).
 fn judgement(level: Level) -> Judgement {
     Judgement {
@@ -4056,6 +4068,16 @@ duration = "1h"
         );
         // Said once per episode, not on every tick.
         assert!(events_of(&h.tick(), "dry-run").is_empty());
+        // The trend rule takes over from the threshold: a new reason, said once; then the
+        // forecast comes nearer each sample and the plan is the same: nothing more is said.
+        h.now_ms += 1_000;
+        let out = h.judge_with("s1", judgement_with_tte(3_000.0));
+        assert_eq!(events_of(&out, "dry-run").len(), 1, "{out:?}");
+        for tte in [2_000.0, 1_000.0, 500.0] {
+            h.now_ms += 1_000;
+            let out = h.judge_with("s1", judgement_with_tte(tte));
+            assert!(events_of(&out, "dry-run").is_empty(), "{out:?}");
+        }
         // Commands the state machine issues (here: maintenance released on a failed server
         // resets its detector) are described, not carried out.
         h.c.servers.get_mut("s4").unwrap().state = ServerState::Failed {
