@@ -44,16 +44,18 @@ impl Supervisor {
                 let pid = child.id();
                 Ok((Run::Process(child), pid, None))
             }
-            Backend::Docker | Backend::Systemd => {
+            // Refused when the agent starts; never reached by a running agent.
+            Backend::Systemd => Err(SupervisorError::Backend {
+                id: inst.id.clone(),
+                reason: "the systemd backend is not available in this agent".into(),
+            }),
+            Backend::Docker => {
                 let docker = self
                     .docker
                     .as_ref()
                     .ok_or_else(|| SupervisorError::Backend {
                         id: inst.id.clone(),
-                        reason: format!(
-                            "backend {} is not available on this agent",
-                            inst.spec.backend
-                        ),
+                        reason: "no Docker Engine is connected".into(),
                     })?;
                 let spec = self.container_spec(inst);
                 let c =

@@ -15,6 +15,7 @@
 use super::input::Fleet;
 use super::model::{ResetModel, Track};
 use super::replay::Forecast;
+pub use crate::eval::median;
 use serde::Serialize;
 
 /// One policy's figures, as `--output json` prints them.
@@ -105,19 +106,6 @@ impl Report<'_> {
             policies: self.runs.iter().map(|r| r.result.clone()).collect(),
         }
     }
-}
-
-pub fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
 }
 
 /// `3h05m`, `2d04h`, `45s`: a duration as people read it on a chart or in a table.
