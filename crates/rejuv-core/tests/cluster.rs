@@ -4638,3 +4638,241 @@ mod strangers {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A reloaded config, cancelled requests, instance ids
+// ---------------------------------------------------------------------------------------------
+mod reload {
+    use super::*;
+
+    /// `spec`'s config without server `id`.
+    fn without(spec: &Spec, id: &str) -> Config {
+        let text = spec.toml();
+        let blocks: Vec<&str> = text.split("\n[[servers]]").collect();
+        let mut out = blocks[0].to_string();
+        for b in &blocks[1..] {
+            if !b.contains(&format!("id = \"{id}\"")) {
+                out += "\n[[servers]]";
+                out += b;
+            }
+        }
+        Config::from_toml(&out).unwrap()
+    }
+
+    fn reload(h: &mut H, cfg: Config) -> Result<Vec<String>, Refusal> {
+        let ch = h.c.check_reload(&cfg)?;
+        h.cfg = cfg;
+        for s in &h.cfg.servers {
+            h.agents.entry(s.id.clone()).or_insert(FakeAgent {
+                address: s.address,
+                load1: LOW_LOAD,
+                running_since_ms: T0 - 2 * HOUR_MS,
+                instances: BTreeMap::new(),
+                next_port: s.port_range[0],
+                starts_healthy: true,
+                mem_available_bytes: None,
+                rss_bytes: None,
+            });
+        }
+        h.step(Event::Reconfigured { by: "test".into() });
+        Ok(ch.lines())
+    }
+
+    #[test]
+    fn a_server_added_to_the_config_joins_and_can_take_copies() {
+        let spec = Spec::active_standby().budget(2);
+        let mut h = booted(&spec);
+        let lines = reload(&mut h, spec.clone().servers(3, 2).config()).unwrap();
+        assert_eq!(lines, vec!["s5 joins the cluster".to_string()]);
+        assert!(h.c.check_reload(&h.cfg).unwrap().is_empty(), "said once");
+        assert_eq!(h.c.servers["s5"].role, Role::Spare);
+        assert_eq!(h.logs_of_kind("config").len(), 1);
+        // s4 is busy with s1; s2's copies go to the newcomer once its agent answers.
+        h.observe_all();
+        h.judge("s1", Level::Unstable);
+        assert_eq!(h.target("s1"), "s4");
+        h.judge("s2", Level::Unstable);
+        assert_eq!(h.target("s2"), "s5");
+    }
+
+    #[test]
+    fn a_removed_primary_is_evacuated_then_forgotten_and_never_a_target() {
+        let spec = Spec::active_standby();
+        let mut h = booted(&spec);
+        let before: Vec<InstanceId> = h.instances_on("s2");
+        reload(&mut h, without(&spec, "s2")).unwrap();
+        assert!(h.c.servers["s2"].removing);
+        let w = h.wf("s2").expect("its instances move at once").clone();
+        assert_eq!(w.target, "s4");
+        finish_workflow(&mut h, "s2");
+        h.ack_housekeeping();
+        h.tick();
+        assert!(!h.c.servers.contains_key("s2"), "forgotten once empty");
+        assert!(before.iter().all(|i| !h.c.instances.contains_key(i)));
+        let said: Vec<String> = h
+            .logs_of_kind("config")
+            .iter()
+            .map(|e| e.message.clone())
+            .collect();
+        assert!(said.iter().any(|m| m.contains("s2 forgotten")), "{said:?}");
+        // Nothing refers to it any more.
+        assert!(h
+            .c
+            .routes
+            .services
+            .values()
+            .all(|r| r.backends.iter().all(|b| h
+                .c
+                .instances
+                .get(&b.id)
+                .is_some_and(|i| i.server != "s2"))));
+    }
+
+    #[test]
+    fn a_removed_spare_is_never_chosen_as_a_target() {
+        let spec = Spec::active_standby().servers(3, 2);
+        let mut h = booted(&spec);
+        reload(&mut h, without(&spec, "s4")).unwrap();
+        assert!(
+            !h.c.servers.contains_key("s4"),
+            "an idle spare goes at once"
+        );
+        h.judge("s1", Level::Unstable);
+        assert_eq!(h.target("s1"), "s5");
+    }
+
+    #[test]
+    fn a_removal_that_leaves_instances_nowhere_or_breaks_the_floor_is_refused_whole() {
+        // The config's own check refuses a floor above the primaries it lists; the running
+        // cluster's check also counts servers that are off the list (failed) right now.
+        let spec = Spec::active_active().floor(8);
+        let mut h = booted(&spec);
+        h.c.servers.get_mut("s3").unwrap().state = ServerState::Failed {
+            reason: "test".into(),
+        };
+        let mut two_gone = Config::from_toml(&without_text(&spec.toml(), "s1")).unwrap();
+        two_gone.budget.min_available_capacity = 12;
+        let err = h.c.check_reload(&two_gone).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "would leave 8 units of serving capacity, below budget.min_available_capacity = 12"
+            ),
+            "{err}"
+        );
+        // One spare, in place allowed: a primary and the spare both gone leave the primary's
+        // instances nowhere.
+        let spec = Spec::active_standby().in_place();
+        let h = booted(&spec);
+        let two_gone =
+            Config::from_toml(&without_text(&without_text(&spec.toml(), "s2"), "s4")).unwrap();
+        let err = h.c.check_reload(&two_gone).unwrap_err();
+        assert!(err.to_string().contains("nowhere to go"), "{err}");
+        assert!(
+            !h.c.servers["s2"].removing,
+            "nothing of a refused reload is applied"
+        );
+        // A mode cannot change under a running cluster.
+        let err =
+            h.c.check_reload(&Spec::active_active().config())
+                .unwrap_err();
+        assert!(err.to_string().contains("cannot change its mode"), "{err}");
+        // Nor can a service go while instances of it run.
+        let no_db = Spec::active_standby()
+            .services(&["web"])
+            .toml()
+            .replace("[services.db]", "[services.cache]");
+        let err =
+            h.c.check_reload(&Config::from_toml(&no_db).unwrap())
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("service 'db' is not in the config"),
+            "{err}"
+        );
+    }
+
+    fn without_text(text: &str, id: &str) -> String {
+        text.split("\n[[servers]]")
+            .enumerate()
+            .filter(|(i, b)| *i == 0 || !b.contains(&format!("id = \"{id}\"")))
+            .map(|(_, b)| b)
+            .collect::<Vec<_>>()
+            .join("\n[[servers]]")
+    }
+
+    #[test]
+    fn capacity_follows_the_config() {
+        let spec = Spec::active_active();
+        let mut h = booted(&spec);
+        let lines = reload(&mut h, spec.clone().capacity(6).config()).unwrap();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(h.c.servers.values().all(|s| s.capacity == 6));
+    }
+
+    #[test]
+    fn a_queued_request_and_an_unswitched_workflow_can_be_cancelled() {
+        let spec = Spec::active_standby().budget(1);
+        let mut h = booted(&spec);
+        h.operator(OperatorCommand::Rejuvenate {
+            server: "s1".into(),
+            force: false,
+        });
+        h.operator(OperatorCommand::Rejuvenate {
+            server: "s2".into(),
+            force: false,
+        });
+        assert!(h.wf("s1").is_some());
+        assert!(h.wf("s2").is_none(), "queued behind the budget");
+        let out = h.operator(OperatorCommand::Cancel { id: "s2".into() });
+        assert!(out
+            .events
+            .iter()
+            .any(|e| e.message.contains("cancelled the queued request")));
+        assert_eq!(h.c.servers["s2"].manual_request, None);
+        let wid = h.wf("s1").unwrap().id;
+        let out = h.operator(OperatorCommand::Cancel {
+            id: wid.to_string(),
+        });
+        assert!(h.wf("s1").is_none(), "{out:?}");
+        assert_eq!(
+            h.c.servers["s4"].avoid_as_target_until_ms, None,
+            "a cancel does not put the target in cooldown"
+        );
+        let last = h.last_finished("s1").unwrap();
+        assert_eq!(outcome_name(last), "rolled-back");
+        assert_eq!(
+            h.c.check_operator(&h.cfg, &OperatorCommand::Cancel { id: "s3".into() }),
+            Err(Refusal::NothingToCancel(
+                "server 's3' has no queued request and no workflow".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_workflow_past_the_switch_cannot_be_cancelled() {
+        let spec = Spec::active_standby();
+        let mut h = drive_to(&spec, Some(Phase::Draining));
+        let r =
+            h.c.check_operator(&h.cfg, &OperatorCommand::Cancel { id: "s1".into() });
+        assert!(matches!(r, Err(Refusal::PastTheSwitch(_, _))), "{r:?}");
+        let _ = &mut h;
+    }
+
+    #[test]
+    fn instance_ids_differ_between_clusters_and_store_resets() {
+        let cfg = Spec::active_standby().config();
+        let (a, _) = Cluster::new(&cfg, Now::at(T0));
+        let (b, _) = Cluster::new(&cfg, Now::at(T0 + 1));
+        let ids_a: BTreeSet<&InstanceId> = a.instances.keys().collect();
+        assert!(b.instances.keys().all(|i| !ids_a.contains(i)), "{ids_a:?}");
+        let mut other = cfg.clone();
+        other.cluster.name = "other".into();
+        let (c, _) = Cluster::new(&other, Now::at(T0));
+        assert!(c.instances.keys().all(|i| !ids_a.contains(i)));
+        // The id still ends in its number (adoption moves the counter past it).
+        assert!(a
+            .instances
+            .keys()
+            .all(|i| i.rsplit('-').next().unwrap().parse::<u64>().is_ok()));
+    }
+}

@@ -47,6 +47,7 @@ impl Cluster {
             rolled_back_total: 0,
             failed_total: 0,
             last_completed_at_ms: None,
+            incarnation: super::state::incarnation(&cfg.cluster.name, now.wall_ms),
         };
         let mut out = Output::default();
         for s in &cfg.servers {
@@ -69,7 +70,7 @@ impl Cluster {
     }
 
     /// A configured server, in service, with a start asked for each of its instances.
-    fn add_server(&mut self, s: &ServerConfig, out: &mut Output) {
+    pub(super) fn add_server(&mut self, s: &ServerConfig, out: &mut Output) {
         self.servers.insert(
             s.id.clone(),
             Server {
@@ -91,6 +92,7 @@ impl Cluster {
                 host_judgement: Level::Stable,
                 unstable_instances: Vec::new(),
                 instance_rejuvenations_ms: Vec::new(),
+                removing: false,
             },
         );
         for svc in &s.instances {
@@ -144,8 +146,10 @@ impl Cluster {
                 // here the request is carried out.
                 self.on_operator(cfg, &by, command, now, &mut out);
             }
+            Event::Reconfigured { by } => self.on_reconfigured(cfg, &by, now, &mut out),
         }
         self.settle(cfg, now, &mut out);
+        self.forget_removed(now, &mut out);
         self.refresh_routes(cfg);
         self.fire_hooks(cfg, &mut out);
         if self.advisory {

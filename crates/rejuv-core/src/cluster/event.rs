@@ -105,10 +105,21 @@ pub enum CommandResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum OperatorCommand {
-    Rejuvenate { server: ServerId, force: bool },
-    Maintenance { server: ServerId, on: bool },
+    Rejuvenate {
+        server: ServerId,
+        force: bool,
+    },
+    Maintenance {
+        server: ServerId,
+        on: bool,
+    },
     Pause,
     Resume,
+    /// Withdraws a queued request (by server id) or a workflow that has not switched yet (by
+    /// workflow id).
+    Cancel {
+        id: String,
+    },
 }
 
 /// Something that happened, fed to [`step`](crate::cluster::step).
@@ -139,5 +150,10 @@ pub enum Event {
     Operator {
         by: String,
         command: OperatorCommand,
+    },
+    /// The config was reloaded (restart or `rejuv reload`): the step runs with the new one;
+    /// servers added join, removed ones are evacuated and then forgotten.
+    Reconfigured {
+        by: String,
     },
 }

@@ -61,6 +61,7 @@ mod operator;
 mod outbox;
 mod output;
 mod plan;
+mod reconfig;
 mod results;
 mod routes;
 mod state;
@@ -71,6 +72,7 @@ pub use apply::step;
 pub use event::{CommandResult, Event, Observation, ObservedInstance, OperatorCommand};
 pub use operator::Refusal;
 pub use output::{Command, CommandKind, EventKind, LogEvent, Output};
+pub use reconfig::Changes;
 pub use state::{
     Cluster, Instance, Outcome, Pair, Phase, Placement, Scope, Server, ServerState, Step, StepTime,
     Traffic, Workflow,

@@ -9,7 +9,7 @@ use super::state::{Cluster, Phase, ServerState};
 use crate::config::Config;
 use crate::detector::Level;
 use crate::time::Now;
-use crate::types::{Mode, Role};
+use crate::types::{Mode, Role, ServerId};
 use serde::{Deserialize, Serialize};
 
 use super::event::OperatorCommand;
@@ -31,6 +31,19 @@ pub enum Refusal {
     /// and in-place duplexing is off.
     #[error("server '{0}' can never be rejuvenated in this cluster: {1}")]
     NoPlacement(String, String),
+    #[error("server '{0}' is being removed from the cluster (it is no longer in the config)")]
+    Removing(String),
+    #[error("nothing to cancel: {0}")]
+    NothingToCancel(String),
+    #[error("workflow {0} has switched already ({1}); it finishes on its own")]
+    PastTheSwitch(u64, String),
+    #[error("the config cannot be reloaded: {0}")]
+    Reload(String),
+}
+
+enum Cancellable {
+    Request(ServerId),
+    Workflow(u64),
 }
 
 impl Cluster {
@@ -42,6 +55,9 @@ impl Cluster {
                     .servers
                     .get(server)
                     .ok_or_else(|| Refusal::UnknownServer(server.clone()))?;
+                if s.removing {
+                    return Err(Refusal::Removing(server.clone()));
+                }
                 if s.maintenance {
                     return Err(Refusal::InMaintenance(server.clone()));
                 }
@@ -70,12 +86,80 @@ impl Cluster {
                 }
                 Ok(())
             }
-            OperatorCommand::Maintenance { server, .. } => self
-                .servers
-                .get(server)
-                .map(|_| ())
-                .ok_or_else(|| Refusal::UnknownServer(server.clone())),
+            OperatorCommand::Maintenance { server, .. } => match self.servers.get(server) {
+                None => Err(Refusal::UnknownServer(server.clone())),
+                Some(s) if s.removing => Err(Refusal::Removing(server.clone())),
+                Some(_) => Ok(()),
+            },
             OperatorCommand::Pause | OperatorCommand::Resume => Ok(()),
+            OperatorCommand::Cancel { id } => self.cancellable(id).map(|_| ()),
+        }
+    }
+
+    /// What `rejuv cancel ID` would withdraw: a workflow that has not switched yet (by its id,
+    /// or by its server's), or a request still queued (by server id).
+    fn cancellable(&self, id: &str) -> Result<Cancellable, Refusal> {
+        let by_workflow = id.parse::<u64>().ok().and_then(|n| self.workflows.get(&n));
+        let by_server = self.workflows.values().find(|w| w.server == id);
+        if let Some(w) = by_workflow.or(by_server) {
+            return match w.phase {
+                Phase::Duplexing | Phase::Gating => Ok(Cancellable::Workflow(w.id)),
+                phase => Err(Refusal::PastTheSwitch(w.id, phase.to_string())),
+            };
+        }
+        match self.servers.get(id) {
+            Some(s) if s.manual_request.is_some() => Ok(Cancellable::Request(id.to_string())),
+            Some(_) => Err(Refusal::NothingToCancel(format!(
+                "server '{id}' has no queued request and no workflow"
+            ))),
+            None => Err(Refusal::NothingToCancel(format!(
+                "no workflow or server named '{id}'"
+            ))),
+        }
+    }
+
+    fn operator_cancel(&mut self, cfg: &Config, by: &str, id: &str, now: Now, out: &mut Output) {
+        match self.cancellable(id) {
+            Ok(Cancellable::Request(server)) => {
+                if let Some(s) = self.servers.get_mut(&server) {
+                    s.manual_request = None;
+                    s.blocked_reason = None;
+                }
+                self.log(
+                    out,
+                    now,
+                    EventKind::Operator,
+                    Some(&server),
+                    None,
+                    format!("{by} cancelled the queued request to rejuvenate {server}"),
+                );
+            }
+            Ok(Cancellable::Workflow(wid)) => {
+                let w = &self.workflows[&wid];
+                let server = w.server.clone();
+                let target = w.target.clone();
+                // A cancel is no fault of the target's: it keeps the cooldown it had.
+                let kept = self
+                    .servers
+                    .get(&target)
+                    .and_then(|t| t.avoid_as_target_until_ms);
+                if let Some(s) = self.servers.get_mut(&server) {
+                    s.manual_request = None;
+                }
+                self.log(
+                    out,
+                    now,
+                    EventKind::Operator,
+                    Some(&server),
+                    Some(wid),
+                    format!("{by} cancelled workflow {wid} of {server}"),
+                );
+                self.roll_back(cfg, wid, format!("cancelled by {by}"), now, out);
+                if let Some(t) = self.servers.get_mut(&target) {
+                    t.avoid_as_target_until_ms = kept;
+                }
+            }
+            Err(_) => {}
         }
     }
 
@@ -116,6 +200,7 @@ impl Cluster {
                     format!("{by} paused rejuv: no new workflow starts; running ones finish"),
                 );
             }
+            OperatorCommand::Cancel { id } => self.operator_cancel(cfg, by, &id, now, out),
             OperatorCommand::Resume => {
                 self.paused = false;
                 self.log(

@@ -27,7 +27,11 @@ impl Cluster {
     }
 
     pub(super) fn new_instance_id(&mut self, service: &str, server: &str) -> InstanceId {
-        let id = format!("{service}-{server}-{}", self.next_id);
+        let id = if self.incarnation.is_empty() {
+            format!("{service}-{server}-{}", self.next_id)
+        } else {
+            format!("{service}-{server}-{}-{}", self.incarnation, self.next_id)
+        };
         self.next_id += 1;
         id
     }

@@ -119,6 +119,9 @@ named! {
         TrafficMismatch => "traffic-mismatch",
         /// An agent runs an instance this controller did not start.
         UnknownInstance => "unknown-instance",
+        /// The config was reloaded: a server joined, is being removed, was forgotten, or
+        /// changed capacity.
+        Config => "config",
     }
 }
 

@@ -339,6 +339,9 @@ impl Cluster {
                 }
             ));
         }
+        if s.removing {
+            return Some("being removed (no longer in the config)".into());
+        }
         if s.maintenance {
             return Some("in maintenance".into());
         }

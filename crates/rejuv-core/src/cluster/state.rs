@@ -79,6 +79,9 @@ pub struct Server {
     /// [`INSTANCE_HISTORY_KEPT`]): too many within a window and the whole server is next.
     #[serde(default)]
     pub instance_rejuvenations_ms: Vec<u64>,
+    /// Taken out of the config: evacuated like maintenance, then forgotten.
+    #[serde(default)]
+    pub removing: bool,
 }
 
 fn stable() -> Level {
@@ -368,6 +371,29 @@ pub struct Cluster {
     /// Unknown instances already reported (each is said once).
     #[serde(default)]
     pub unknown_reported: BTreeSet<InstanceId>,
+    /// A short mark of this cluster state's creation (its name and creation time), part of
+    /// every instance id it makes: a cluster started over a fresh store, or another cluster
+    /// on the same hosts, never makes an id an agent already knows. Empty in states stored
+    /// before it existed (their ids stay as they were).
+    #[serde(default)]
+    pub incarnation: String,
+}
+
+/// The incarnation mark of a cluster named `name` created at `wall_ms`: five base-36 digits
+/// of an FNV-1a hash of both.
+pub(super) fn incarnation(name: &str, wall_ms: u64) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes().chain(wall_ms.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut n = h % 36u64.pow(5);
+    let mut digits = [b'0'; 5];
+    for d in digits.iter_mut().rev() {
+        *d = b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize];
+        n /= 36;
+    }
+    String::from_utf8_lossy(&digits).into_owned()
 }
 
 /// Forgotten instance ids remembered.

@@ -19,7 +19,8 @@ use super::effects::{Attempt, Effects, Step, StoreHealth};
 use super::readings::{Judged, Readings};
 use crate::api::AgentState;
 use crate::cluster::{
-    Cluster, Command, CommandKind, CommandResult, Event, OperatorCommand, Output, Phase, Refusal,
+    Changes, Cluster, Command, CommandKind, CommandResult, Event, OperatorCommand, Output, Phase,
+    Refusal,
 };
 use crate::config::Config;
 use crate::time::Now;
@@ -130,6 +131,22 @@ impl Shell {
         self.cluster.check_operator(&self.cfg, &command)?;
         self.step(vec![Event::Operator { by, command }], now, fx);
         Ok(())
+    }
+
+    /// A reloaded config (`rejuv reload`, `SIGHUP`, a restart over a stored state): refused as
+    /// a whole with the reason, or taken; the step that carries it out runs with it.
+    pub fn reload(
+        &mut self,
+        by: String,
+        cfg: Arc<Config>,
+        now: Now,
+        fx: &mut dyn Effects,
+    ) -> Result<Changes, Refusal> {
+        let changes = self.cluster.check_reload(&cfg)?;
+        self.readings.reconfigure(&cfg);
+        self.cfg = cfg;
+        self.step(vec![Event::Reconfigured { by }], now, fx);
+        Ok(changes)
     }
 
     /// An agent's answer to a poll sent at `sent_at_ms` (or its failure): an observation and,

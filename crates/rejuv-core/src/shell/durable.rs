@@ -30,6 +30,7 @@ pub fn same_but_readings(a: &Cluster, b: &Cluster) -> bool {
         exhausted_total,
         forgotten,
         unknown_reported,
+        incarnation,
         ..
     } = a;
     *mode == b.mode
@@ -45,6 +46,7 @@ pub fn same_but_readings(a: &Cluster, b: &Cluster) -> bool {
         && *exhausted_total == b.exhausted_total
         && *forgotten == b.forgotten
         && *unknown_reported == b.unknown_reported
+        && *incarnation == b.incarnation
         && *pending == b.pending
         && *instances == b.instances
         && *workflows == b.workflows
@@ -78,6 +80,7 @@ fn server_same_but_readings(a: &Server, b: &Server) -> bool {
         host_judgement,
         unstable_instances,
         instance_rejuvenations_ms,
+        removing,
     } = a;
     *id == b.id
         && *role == b.role
@@ -95,6 +98,7 @@ fn server_same_but_readings(a: &Server, b: &Server) -> bool {
         && *host_judgement == b.host_judgement
         && *unstable_instances == b.unstable_instances
         && *instance_rejuvenations_ms == b.instance_rejuvenations_ms
+        && *removing == b.removing
 }
 
 /// Makes `to` equal to `from` when [`same_but_readings`] holds for them: the servers'

@@ -28,6 +28,9 @@ pub enum Judged {
 
 pub struct Readings {
     detectors: BTreeMap<ServerId, ServerDetector>,
+    /// What each detector was made from (the policy and the server's budget), so that a
+    /// reload rebuilds only the detectors whose inputs changed.
+    made_from: BTreeMap<ServerId, String>,
     /// Time (agent clock) of the newest sample each detector has seen.
     observed_at: BTreeMap<ServerId, u64>,
     load_history: BTreeMap<ServerId, VecDeque<f64>>,
@@ -35,19 +38,31 @@ pub struct Readings {
 
 impl Readings {
     pub fn new(cfg: &Config) -> Self {
-        let detectors = cfg
-            .servers
-            .iter()
-            .map(|s| {
-                let budget = s.memory_budget_bytes.unwrap_or(u64::MAX);
-                let d = ServerDetector::with_trend(&cfg.policy, budget, cfg.policy.trend.clone());
-                (s.id.clone(), d)
-            })
-            .collect();
-        Self {
-            detectors,
+        let mut r = Self {
+            detectors: BTreeMap::new(),
+            made_from: BTreeMap::new(),
             observed_at: BTreeMap::new(),
             load_history: BTreeMap::new(),
+        };
+        r.reconfigure(cfg);
+        r
+    }
+
+    /// Follows a (re)loaded config: a detector for every server it lists, made anew where
+    /// the policy or the server's memory budget changed; those of servers no longer listed
+    /// stay until the server is forgotten (it is still evacuated).
+    pub fn reconfigure(&mut self, cfg: &Config) {
+        let policy = serde_json::to_string(&cfg.policy).unwrap_or_default();
+        for s in &cfg.servers {
+            let budget = s.memory_budget_bytes.unwrap_or(u64::MAX);
+            let key = format!("{budget}/{policy}");
+            if self.made_from.get(&s.id) == Some(&key) {
+                continue;
+            }
+            let d = ServerDetector::with_trend(&cfg.policy, budget, cfg.policy.trend.clone());
+            self.detectors.insert(s.id.clone(), d);
+            self.observed_at.remove(&s.id);
+            self.made_from.insert(s.id.clone(), key);
         }
     }
 

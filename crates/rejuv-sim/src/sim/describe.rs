@@ -65,6 +65,7 @@ pub fn short_event(e: &Event) -> String {
             in_flight.values().filter(|n| **n > 0).count()
         ),
         Event::Operator { command, .. } => format!("operator {command:?}"),
+        Event::Reconfigured { by } => format!("reconfigured by {by}"),
         other => from_serialized(other),
     }
 }
