@@ -30,6 +30,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 #[derive(Clone)]
 pub struct ApiState {
     pub cfg: Arc<Config>,
+    /// The file `POST /v1/reload` reads again.
+    pub config_path: Option<std::path::PathBuf>,
     pub token: Arc<String>,
     /// Named operator tokens: (name, token).
     pub operators: Arc<Vec<(String, String)>>,
@@ -61,6 +63,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/servers/{id}/rejuvenate", post(rejuvenate))
         .route("/v1/servers/{id}/maintenance", post(maintenance))
         .route("/v1/pause", post(pause))
+        .route("/v1/reload", post(reload))
+        .route("/v1/cancel/{id}", post(cancel))
         .route("/v1/resume", post(resume))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -234,7 +238,7 @@ fn sorted_json(answer: &impl Serialize) -> Response {
 async fn get_status(State(s): State<ApiState>, h: HeaderMap) -> Response {
     guard!(s, h);
     let p = s.published.borrow().clone();
-    sorted_json(&status(&s.cfg, &p))
+    sorted_json(&status(&p.config, &p))
 }
 
 async fn events(
@@ -305,8 +309,8 @@ async fn history(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .points(&id);
-    let memory_budget_bytes = s
-        .cfg
+    let memory_budget_bytes = p
+        .config
         .server(&id)
         .and_then(|x| x.memory_budget_bytes)
         .or_else(|| {
@@ -408,6 +412,77 @@ async fn maintenance(
         },
     )
     .await
+}
+
+/// `POST /v1/cancel/{id}`: withdraws a queued request (server id) or a workflow that has not
+/// switched yet (workflow id, or its server's id).
+async fn cancel(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    guard!(s, h);
+    send_op(&s, actor(&h, &s), OperatorCommand::Cancel { id }).await
+}
+
+/// `POST /v1/reload`: reads the controller's config file again and takes it (200 with the
+/// changes), or says why not (400: the file is not a valid config; 409: the running cluster
+/// cannot take it; nothing of it is applied then).
+async fn reload(State(s): State<ApiState>, h: HeaderMap) -> Response {
+    guard!(s, h);
+    let Some(path) = s.config_path.clone() else {
+        return err(
+            StatusCode::CONFLICT,
+            "this controller was started without a config file to reload",
+        );
+    };
+    let config = match read_config(&path) {
+        Ok(c) => c,
+        Err(why) => return err(StatusCode::BAD_REQUEST, why),
+    };
+    match reload_config(&s.tx, actor(&h, &s), config).await {
+        Ok(changes) => Json(Reloaded { changes }).into_response(),
+        Err(ReloadError::Refused(r)) => err(StatusCode::CONFLICT, r.to_string()),
+        Err(ReloadError::Gone) => err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        ),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Reloaded {
+    changes: Vec<String>,
+}
+
+/// Reads and validates the config at `path` (a reload's first half).
+pub fn read_config(path: &std::path::Path) -> Result<Config, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub enum ReloadError {
+    Refused(rejuv_core::cluster::Refusal),
+    Gone,
+}
+
+/// Hands a validated config to the engine and waits for its answer.
+pub async fn reload_config(
+    tx: &tokio::sync::mpsc::Sender<Msg>,
+    by: String,
+    config: Config,
+) -> Result<Vec<String>, ReloadError> {
+    let (reply, rx) = oneshot::channel();
+    let msg = Msg::Reload {
+        by,
+        config: Box::new(config),
+        reply,
+    };
+    if tx.send(msg).await.is_err() {
+        return Err(ReloadError::Gone);
+    }
+    match rx.await {
+        Ok(Ok(changes)) => Ok(changes),
+        Ok(Err(r)) => Err(ReloadError::Refused(r)),
+        Err(_) => Err(ReloadError::Gone),
+    }
 }
 
 async fn pause(State(s): State<ApiState>, h: HeaderMap) -> Response {

@@ -67,6 +67,13 @@ pub enum Msg {
     /// From the traffic adapter: the load balancer holds a table that is not ours
     /// (`Some(what it holds)`), or holds ours again (`None`).
     TrafficMismatch(Option<String>),
+    /// A reloaded config (`rejuv reload`, `SIGHUP`): taken with the changes it made, or
+    /// refused whole with the reason.
+    Reload {
+        by: String,
+        config: Box<Config>,
+        reply: oneshot::Sender<Result<Vec<String>, Refusal>>,
+    },
 }
 
 /// Whether the load balancer holds this controller's route table.
@@ -81,6 +88,8 @@ pub struct TrafficHealth {
 #[derive(Clone)]
 pub struct Published {
     pub cluster: Arc<Cluster>,
+    /// The config in force (it changes on a reload).
+    pub config: Arc<Config>,
     pub epoch: u64,
     /// Latest sample per server (memory only).
     pub samples: Arc<BTreeMap<String, AgentState>>,
@@ -111,6 +120,12 @@ pub struct Engine {
     pub routes: watch::Sender<RouteTable>,
     pub events: broadcast::Sender<LogEvent>,
     traffic: TrafficHealth,
+    /// The stored state predates this start's config: reload it first thing.
+    reload_at_start: bool,
+    /// One poller per server the cluster holds and the config gives an agent address for.
+    pollers: BTreeMap<String, (SocketAddr, CancellationToken)>,
+    /// Parent of the pollers' tokens (the engine's shutdown), once it runs.
+    local: Option<CancellationToken>,
 }
 
 /// The shell's world in the controller.
@@ -178,7 +193,13 @@ impl Engine {
             cluster.advisory = dry_run;
             store.commit(&cluster, &[], &[])?;
         }
+        // A stored state meets the config of this start: what changed is carried out once
+        // the engine runs; what cannot be taken stops the start here, with the reason.
+        let at_start = cluster
+            .check_reload(&cfg)
+            .map_err(|r| anyhow::anyhow!("{r}"))?;
         let published = watch::Sender::new(Published {
+            config: cfg.clone(),
             cluster: Arc::new(cluster.clone()),
             epoch,
             samples: Arc::new(BTreeMap::new()),
@@ -214,6 +235,9 @@ impl Engine {
             routes,
             events,
             traffic: TrafficHealth::default(),
+            reload_at_start: !at_start.is_empty(),
+            pollers: BTreeMap::new(),
+            local: None,
         };
         if paused && !engine.shell.cluster().paused {
             let by = "controller --paused".to_string();
@@ -235,8 +259,23 @@ impl Engine {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>, shutdown: CancellationToken) {
+        self.local = Some(shutdown.clone());
         let now = self.world.now();
         self.shell.start(now, &mut self.world);
+        if self.reload_at_start {
+            let cfg = self.shell.config().clone();
+            match self
+                .shell
+                .reload("controller start".into(), cfg, now, &mut self.world)
+            {
+                Ok(ch) => {
+                    for line in ch.lines() {
+                        info!("config: {line}");
+                    }
+                }
+                Err(r) => warn!(refusal = %r, "the stored state does not take this config"),
+            }
+        }
         self.after_step();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -296,6 +335,65 @@ impl Engine {
             } => shell.attempted(id, attempt, outcome, now, world),
             Msg::Wake { id, attempt } => shell.wake(id, attempt, world),
             Msg::TrafficMismatch(m) => self.traffic_mismatch(m, now),
+            Msg::Reload { by, config, reply } => {
+                let _ = reply.send(self.reload(by, *config, now));
+            }
+        }
+    }
+
+    /// Takes a reloaded config: the core's part (servers, capacities) in one step, then the
+    /// agents' addresses and the pollers.
+    fn reload(&mut self, by: String, config: Config, now: Now) -> Result<Vec<String>, Refusal> {
+        let cfg = Arc::new(config);
+        let mut lines = restart_only(self.shell.config(), &cfg);
+        let changes = self
+            .shell
+            .reload(by.clone(), cfg.clone(), now, &mut self.world)?;
+        info!(by, changes = ?changes.lines(), "config reloaded");
+        // Addresses of servers still in the cluster but gone from the config are kept until
+        // the cluster forgets them (they are being evacuated).
+        for s in &cfg.servers {
+            self.world.agents.insert(s.id.clone(), s.agent);
+        }
+        self.world.cfg = cfg;
+        let mut said = changes.lines();
+        said.append(&mut lines);
+        Ok(said)
+    }
+
+    /// A poller for every server the cluster holds, at the address the config gives it; a
+    /// server forgotten (or moved to another address) has its poller ended.
+    fn sync_pollers(&mut self) {
+        let Some(local) = self.local.clone() else {
+            return;
+        };
+        let cluster = self.shell.cluster().clone();
+        self.world
+            .agents
+            .retain(|id, _| cluster.servers.contains_key(id));
+        self.pollers.retain(|id, (addr, token)| {
+            let keep = self.world.agents.get(id) == Some(addr);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        let cfg = self.world.cfg.clone();
+        for (id, addr) in &self.world.agents {
+            if self.pollers.contains_key(id) {
+                continue;
+            }
+            let token = local.child_token();
+            tokio::spawn(poll_agent(
+                id.clone(),
+                *addr,
+                self.world.client.clone(),
+                cfg.controller.poll_interval,
+                cfg.controller.agent_timeout,
+                self.world.tx.clone(),
+                token.clone(),
+            ));
+            self.pollers.insert(id.clone(), (*addr, token));
         }
     }
 
@@ -330,16 +428,23 @@ impl Engine {
                 }
             }
         }
+        if self.shell.cluster().servers.len() != self.pollers.len()
+            || !Arc::ptr_eq(&self.published.borrow().config, self.shell.config())
+        {
+            self.sync_pollers();
+        }
         let cluster = self.shell.cluster();
         let health = self.shell.store_health();
         let p = self.published.borrow();
         let same = Arc::ptr_eq(&p.cluster, cluster)
+            && Arc::ptr_eq(&p.config, self.shell.config())
             && Arc::ptr_eq(&p.samples, &self.world.samples)
             && &p.store == health
             && p.traffic == self.traffic;
         drop(p);
         if !same {
             self.published.send_replace(Published {
+                config: self.shell.config().clone(),
                 cluster: cluster.clone(),
                 epoch: self.world.epoch,
                 samples: self.world.samples.clone(),
@@ -685,4 +790,32 @@ pub async fn poll_agent(
             return;
         }
     }
+}
+
+/// Sections a reload does not change in a running controller (they are read at start): a
+/// line for each that differs, so the operator knows a restart is still due.
+fn restart_only(old: &Config, new: &Config) -> Vec<String> {
+    fn json<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_default()
+    }
+    let mut v = Vec::new();
+    let sections = [
+        (
+            "[controller]",
+            json(&old.controller) != json(&new.controller),
+        ),
+        ("[auth]", json(&old.auth) != json(&new.auth)),
+        ("[store]", json(&old.store) != json(&new.store)),
+        ("[traffic]", json(&old.traffic) != json(&new.traffic)),
+        ("[alerts]", json(&old.alerts) != json(&new.alerts)),
+        ("[retention]", json(&old.retention) != json(&new.retention)),
+    ];
+    for (name, changed) in sections {
+        if changed {
+            v.push(format!(
+                "{name} changed: it takes effect at the controller's next start"
+            ));
+        }
+    }
+    v
 }

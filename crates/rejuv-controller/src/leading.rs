@@ -28,6 +28,8 @@ pub struct ControllerOptions {
     pub adopt_agents: bool,
     /// A one-time code the dashboard exchanges for the API token (see `api::session`).
     pub session_code_file: Option<PathBuf>,
+    /// The config file, read again on `SIGHUP` and `POST /v1/reload`.
+    pub config_path: Option<PathBuf>,
 }
 
 /// What a leading controller runs: its API and its tasks (engine, pollers, traffic adapter).
@@ -73,18 +75,8 @@ pub(crate) async fn start_leading(
     let routes = engine.routes.subscribe();
     let history = engine.history();
 
+    // The engine runs one poller per server it holds (servers come and go on a reload).
     let mut tasks = tokio::task::JoinSet::new();
-    for s in &cfg.servers {
-        tasks.spawn(engine::poll_agent(
-            s.id.clone(),
-            s.agent,
-            client.clone(),
-            cfg.controller.poll_interval,
-            cfg.controller.agent_timeout,
-            tx.clone(),
-            local.clone(),
-        ));
-    }
     match cfg.traffic.adapter {
         TrafficAdapter::Builtin => {
             let admin = cfg
@@ -138,6 +130,9 @@ pub(crate) async fn start_leading(
         }
     }
     tasks.spawn(engine.run(rx, local.clone()));
+    if let Some(path) = opts.config_path.clone() {
+        tasks.spawn(reload_on_hangup(path, tx.clone(), local.clone()));
+    }
 
     let mut operators = Vec::new();
     for o in &cfg.auth.operators {
@@ -168,10 +163,45 @@ pub(crate) async fn start_leading(
         tx,
         store: Arc::new(Mutex::new(reader)),
         session_code_file: opts.session_code_file.clone(),
+        config_path: opts.config_path.clone(),
         connections,
     };
     Ok(Leading {
         app: api::router(state),
         tasks,
     })
+}
+
+/// Reads the config file again on every `SIGHUP` and hands it to the engine; what it changed,
+/// or why it was not taken, goes to the log (and, from the core, to the event log).
+async fn reload_on_hangup(
+    path: PathBuf,
+    tx: tokio::sync::mpsc::Sender<engine::Msg>,
+    local: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: reload with `rejuv reload` instead");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = local.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        let config = match api::read_config(&path) {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::error!("SIGHUP: the config was not reloaded: {why}");
+                continue;
+            }
+        };
+        match api::reload_config(&tx, "SIGHUP".into(), config).await {
+            Ok(changes) => tracing::info!(?changes, "SIGHUP: config reloaded"),
+            Err(api::ReloadError::Refused(r)) => {
+                tracing::error!("SIGHUP: the config was not reloaded: {r}")
+            }
+            Err(api::ReloadError::Gone) => return,
+        }
+    }
 }

@@ -78,6 +78,7 @@ impl TestController {
             dry_run: false,
             adopt_agents: false,
             session_code_file: None,
+            config_path: None,
         };
         let task = tokio::spawn(rejuv_controller::run(listener, opts, shutdown.clone()));
         let controller = Self {

@@ -273,6 +273,25 @@ Examples:
 Examples:
   rejuv resume --controller http://127.0.0.1:7070")]
     Resume(crate::conn::Conn),
+    /// Withdraw a queued rejuvenation request (by server id) or a workflow that has not
+    /// switched yet (by workflow id): its copies are stopped, the source keeps serving.
+    #[command(after_help = "\
+Examples:
+  rejuv cancel s2          # the request queued for s2 (or its unswitched workflow)
+  rejuv cancel 17          # workflow 17, while it duplexes or waits at the gate")]
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        conn: crate::conn::Conn,
+    },
+    /// Make the controller read its config file again (as SIGHUP does): servers added join,
+    /// servers removed are evacuated and forgotten; a config the running cluster cannot take
+    /// is refused whole, with the reason.
+    #[command(after_help = "\
+Examples:
+  rejuv reload --config /etc/rejuv/rejuv.toml
+  kill -HUP $(pidof rejuv)   # the same, from the controller's host")]
+    Reload(crate::conn::Conn),
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -463,6 +482,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         } => {
             init_tracing();
             let cfg = load_config(&config)?;
+            let config_path = Some(config.clone());
             let agent_token = read_token(
                 cfg.auth
                     .agent_token_file
@@ -502,6 +522,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     dry_run,
                     adopt_agents,
                     session_code_file,
+                    config_path,
                 };
                 rejuv_controller::run(listener, opts, shutdown).await
             })?;
@@ -646,6 +667,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         } => crate::ops::maintenance(&conn, &server, state == "on"),
         Cmd::Pause(conn) => crate::ops::pause(&conn),
         Cmd::Resume(conn) => crate::ops::resume(&conn),
+        Cmd::Cancel { id, conn } => crate::ops::cancel(&conn, &id),
+        Cmd::Reload(conn) => crate::ops::reload(&conn),
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "rejuv", &mut std::io::stdout());

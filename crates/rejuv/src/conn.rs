@@ -30,17 +30,17 @@ pub enum Output {
 /// How to reach the controller, who is asking, and how to print the answer.
 #[derive(Args, Clone, Debug)]
 pub struct Conn {
-    /// Controller API URL.
-    #[arg(
-        long,
-        env = "REJUV_CONTROLLER",
-        default_value = "http://127.0.0.1:7070",
-        value_name = "URL"
-    )]
-    pub controller: String,
-    /// File holding the API token (else the token itself in REJUV_TOKEN).
+    /// Controller API URL (default: from --config, else http://127.0.0.1:7070).
+    #[arg(long, env = "REJUV_CONTROLLER", value_name = "URL")]
+    pub controller: Option<String>,
+    /// File holding the API token (default: from --config, else the token itself in
+    /// REJUV_TOKEN).
     #[arg(long, env = "REJUV_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// The cluster's config: the controller's address (`controller.listen`) and the API
+    /// token file (`auth.api_token_file`) come from it unless given.
+    #[arg(long, env = "REJUV_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Your name in the controller's events for the actions you take (default: $USER).
     #[arg(long, env = "REJUV_ACTOR", value_name = "NAME")]
     pub actor: Option<String>,
@@ -50,6 +50,38 @@ pub struct Conn {
     /// Give up on a request after this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+}
+
+/// Where a controller is looked for when neither `--controller` nor `--config` says.
+pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7070";
+
+impl Conn {
+    /// The connection with what `--config` supplies filled in where the command line and the
+    /// environment left it open. A controller listening on every address is reached on
+    /// loopback.
+    pub fn resolved(&self) -> Result<Conn, Fail> {
+        let mut c = self.clone();
+        let Some(path) = &self.config else {
+            return Ok(c);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Fail::new(EXIT_USAGE, format!("--config {}: {e}", path.display())))?;
+        let cfg = rejuv_core::config::Config::from_toml(&text)
+            .map_err(|e| Fail::new(EXIT_USAGE, format!("--config {}: {e}", path.display())))?;
+        if c.controller.is_none() {
+            let mut at = cfg.controller.listen;
+            if at.ip().is_unspecified() {
+                at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            c.controller = Some(format!("http://{at}"));
+        }
+        if c.token_file.is_none() {
+            // Taken as written: a relative path is read from the working directory, as the
+            // controller started from the same place reads it.
+            c.token_file = cfg.auth.api_token_file.clone();
+        }
+        Ok(c)
+    }
 }
 
 /// A request that did not succeed, with the exit code it maps to.
@@ -103,6 +135,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(conn: &Conn) -> Result<Self, Fail> {
+        let conn = &conn.resolved()?;
+        let controller = conn.controller.as_deref().unwrap_or(DEFAULT_CONTROLLER);
         let token = match &conn.token_file {
             Some(f) => read_token(f).map_err(|e| Fail::new(EXIT_USAGE, format!("{e:#}")))?,
             None => match std::env::var("REJUV_TOKEN") {
@@ -115,19 +149,16 @@ impl Client {
                 }
             },
         };
-        let mut base = reqwest::Url::parse(&conn.controller).map_err(|e| {
+        let mut base = reqwest::Url::parse(controller).map_err(|e| {
             Fail::new(
                 EXIT_USAGE,
-                format!("--controller {:?} is not a URL: {e}", conn.controller),
+                format!("--controller {controller:?} is not a URL: {e}"),
             )
         })?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(Fail::new(
                 EXIT_USAGE,
-                format!(
-                    "--controller {:?} must be an http:// or https:// URL",
-                    conn.controller
-                ),
+                format!("--controller {controller:?} must be an http:// or https:// URL"),
             ));
         }
         if !base.path().ends_with('/') {

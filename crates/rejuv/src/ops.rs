@@ -540,6 +540,46 @@ pub fn resume(conn: &Conn) -> anyhow::Result<i32> {
     cluster_action(conn, "resume", "resumed: workflows may start again")
 }
 
+/// `rejuv cancel ID`: a queued request (server id) or an unswitched workflow (its id).
+pub fn cancel(conn: &Conn, id: &str) -> anyhow::Result<i32> {
+    with_client(conn, |c| async move {
+        let url = c.url(&["v1", "cancel", id], "");
+        let action = Action {
+            name: "cancel",
+            server: Some(id),
+            force: None,
+            on: None,
+        };
+        let done = format!("cancelled {id}; `rejuv events` says what was withdrawn");
+        act(&c, conn, url, None, action, done).await
+    })
+}
+
+/// What `POST /v1/reload` answers.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Reloaded {
+    changes: Vec<String>,
+}
+
+/// `rejuv reload`: the controller reads its config file again.
+pub fn reload(conn: &Conn) -> anyhow::Result<i32> {
+    with_client(conn, |c| async move {
+        let url = c.url(&["v1", "reload"], "");
+        let answer: Reloaded = c.call(reqwest::Method::POST, url, None::<&()>).await?;
+        Ok(show(conn, &answer, |a| {
+            if a.changes.is_empty() {
+                "config reloaded: nothing changed\n".to_string()
+            } else {
+                let mut t = String::from("config reloaded:\n");
+                for line in &a.changes {
+                    t += &format!("  {line}\n");
+                }
+                t
+            }
+        }))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ mod hijack;
 mod hostile_agent;
 mod lost_store;
 mod operator;
+mod reload;
 mod resume;
 mod scrape;
 mod workflow;
