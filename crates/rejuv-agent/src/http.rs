@@ -101,6 +101,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
                 .put(import_state)
                 .layer(DefaultBodyLimit::max(STATE_BODY_LIMIT)),
         )
+        .route("/v1/instances/{id}/logs", get(instance_logs))
         .route("/v1/rejuvenate", post(rejuvenate))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
@@ -219,6 +220,59 @@ async fn stop_instance(
     agent.store.fence(epoch).await?;
     let status = agent.sup.stop(&id).await?;
     Ok(Json(status).into_response())
+}
+
+/// `GET /v1/instances/{id}/logs?offset=N&tail=B`: a piece of the instance's output (its log
+/// file): from byte `offset`, or its last `tail` bytes (default 16 KiB), at most 256 KiB.
+async fn instance_logs(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<crate::supervisor::output::LogChunk>> {
+    if !crate::supervisor::valid_instance_id(&id) {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!("'{id}' is not an instance id"),
+        ));
+    }
+    let mut offset = None;
+    let mut tail = 16 << 10;
+    let q = q.unwrap_or_default();
+    for (k, v) in q
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+    {
+        let n: u64 = v.parse().map_err(|_| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{k}={v}: not a byte count"),
+            )
+        })?;
+        match k {
+            "offset" => offset = Some(n),
+            "tail" => tail = n,
+            other => {
+                return Err(HttpError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter '{other}' (offset, tail)"),
+                ))
+            }
+        }
+    }
+    let path = agent.sup.log_path(&id);
+    crate::supervisor::output::read_chunk(&path, offset, tail)
+        .map(Json)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => HttpError::new(
+                StatusCode::NOT_FOUND,
+                format!("no output of instance '{id}' on this server"),
+            ),
+            _ => HttpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading {}: {e}", path.display()),
+            ),
+        })
 }
 
 async fn export_state(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Result<Response> {

@@ -143,6 +143,31 @@ impl AgentClient {
         Self::json(addr, r, MAX_SAMPLES_REPLY).await
     }
 
+    /// A piece of instance `id`'s output: from `offset`, or its last `tail` bytes.
+    pub async fn logs(
+        &self,
+        addr: SocketAddr,
+        id: &str,
+        offset: Option<u64>,
+        tail: u64,
+        timeout: Duration,
+    ) -> Result<rejuv_core::api::LogChunk, ClientError> {
+        let mut url =
+            reqwest::Url::parse(&format!("http://{addr}/")).map_err(|e| ClientError::BadReply {
+                addr,
+                message: e.to_string(),
+            })?;
+        if let Ok(mut p) = url.path_segments_mut() {
+            p.pop_if_empty().extend(["v1", "instances", id, "logs"]);
+        }
+        match offset {
+            Some(o) => url.set_query(Some(&format!("offset={o}"))),
+            None => url.set_query(Some(&format!("tail={tail}"))),
+        }
+        let r = self.send(addr, self.http.get(url).timeout(timeout)).await?;
+        Self::json(addr, r, MAX_REPLY).await
+    }
+
     pub async fn start(
         &self,
         addr: SocketAddr,

@@ -32,6 +32,8 @@ pub struct ApiState {
     pub cfg: Arc<Config>,
     /// The file `POST /v1/reload` reads again.
     pub config_path: Option<std::path::PathBuf>,
+    /// Reads instances' output through their agents (`rejuv logs`).
+    pub agents: crate::agent_client::AgentClient,
     pub token: Arc<String>,
     /// Named operator tokens: (name, token).
     pub operators: Arc<Vec<(String, String)>>,
@@ -64,6 +66,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/servers/{id}/maintenance", post(maintenance))
         .route("/v1/pause", post(pause))
         .route("/v1/reload", post(reload))
+        .route("/v1/instances/{id}/logs", get(instance_logs))
         .route("/v1/cancel/{id}", post(cancel))
         .route("/v1/resume", post(resume))
         .route("/metrics", get(metrics))
@@ -172,7 +175,18 @@ pub fn status(cfg: &Config, p: &Published) -> Status {
         .map(|s| {
             let sample = p.samples.get(&s.id);
             let obs = s.observation.as_ref();
+            let seen = |i: &rejuv_core::cluster::Instance| obs.and_then(|o| o.instances.get(&i.id));
+            let has_workflow = c.workflows.values().any(|w| w.server == s.id);
             ServerView {
+                removing: s.removing,
+                queued_request: s.manual_request.filter(|_| !has_workflow).map(|force| {
+                    if force {
+                        "rejuvenate --force"
+                    } else {
+                        "rejuvenate"
+                    }
+                    .to_string()
+                }),
                 id: s.id.clone(),
                 role: s.role,
                 state: s.state.name().to_string(),
@@ -204,6 +218,8 @@ pub fn status(cfg: &Config, p: &Published) -> Status {
                         rss_bytes: sample
                             .and_then(|x| x.sample.instances.get(&i.id))
                             .map(|x| x.rss_bytes),
+                        restarts: seen(i).map_or(0, |o| o.crashes),
+                        last_exit: seen(i).and_then(|o| o.last_exit.clone()),
                     })
                     .collect(),
             }
@@ -412,6 +428,53 @@ async fn maintenance(
         },
     )
     .await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    offset: Option<u64>,
+    tail: Option<u64>,
+}
+
+/// `GET /v1/instances/{id}/logs?offset=N|tail=B`: a piece of an instance's output, read
+/// through the agent of the server it runs on (`rejuv logs`).
+async fn instance_logs(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    guard!(s, h);
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(why) => return err(StatusCode::BAD_REQUEST, why),
+    };
+    let p = s.published.borrow().clone();
+    let Some(server) = p.cluster.instances.get(&id).map(|i| i.server.clone()) else {
+        return err(
+            StatusCode::NOT_FOUND,
+            format!("no instance named '{id}' runs in the cluster"),
+        );
+    };
+    let Some(addr) = p.config.server(&server).map(|c| c.agent) else {
+        return err(
+            StatusCode::NOT_FOUND,
+            format!("no agent address for server '{server}' in the config"),
+        );
+    };
+    let tail = q.tail.unwrap_or(16 << 10);
+    match s
+        .agents
+        .logs(addr, &id, q.offset, tail, std::time::Duration::from_secs(5))
+        .await
+    {
+        Ok(chunk) => Json(chunk).into_response(),
+        Err(e) => err(
+            StatusCode::BAD_GATEWAY,
+            format!("the agent of {server}: {e}"),
+        ),
+    }
 }
 
 /// `POST /v1/cancel/{id}`: withdraws a queued request (server id) or a workflow that has not

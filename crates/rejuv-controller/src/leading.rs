@@ -164,6 +164,7 @@ pub(crate) async fn start_leading(
         store: Arc::new(Mutex::new(reader)),
         session_code_file: opts.session_code_file.clone(),
         config_path: opts.config_path.clone(),
+        agents: client.clone(),
         connections,
     };
     Ok(Leading {

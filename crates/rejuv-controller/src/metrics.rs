@@ -770,6 +770,7 @@ port_range = [20000, 20009]
         };
         c.completed_total = 2;
         Published {
+            config: Arc::new(cfg),
             cluster: Arc::new(c),
             epoch: 4,
             samples: Arc::new([("s1".to_string(), state)].into()),

@@ -94,6 +94,19 @@ pub struct InstanceStatus {
     /// Times this instance exited unasked.
     pub crashes: u32,
     pub last_exit: Option<String>,
+    /// The last lines of its output when it last exited unasked (from its log file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_output: Vec<String>,
+}
+
+/// A piece of an instance's output (`GET /v1/instances/{id}/logs` of the agent and of the
+/// controller): the bytes from `offset` to `next`; `size` is the log's length now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub offset: u64,
+    pub next: u64,
+    pub size: u64,
+    pub text: String,
 }
 
 /// `POST /v1/rejuvenate`.

@@ -256,6 +256,9 @@ impl FakeAgent {
                 addr: Some(addr),
                 started_at_ms: Some(now_ms),
                 rss_bytes: None,
+                crashes: 0,
+                last_exit: None,
+                last_output: Vec::new(),
             },
         );
         addr
@@ -2574,6 +2577,9 @@ mod scenarios {
                 addr: None,
                 started_at_ms: Some(T0),
                 rss_bytes: None,
+                crashes: 0,
+                last_exit: None,
+                last_output: Vec::new(),
             },
         );
         h.observe("s1");
@@ -4557,6 +4563,9 @@ mod strangers {
             addr: Some("127.0.0.11:20099".parse().unwrap()),
             started_at_ms: Some(T0),
             rss_bytes: None,
+            crashes: 0,
+            last_exit: None,
+            last_output: Vec::new(),
         }
     }
 

@@ -145,6 +145,9 @@ impl Sim {
                             addr: i.addr,
                             started_at_ms: Some(self.t),
                             rss_bytes: None,
+                            crashes: 0,
+                            last_exit: None,
+                            last_output: Vec::new(),
                         },
                     )
                 })

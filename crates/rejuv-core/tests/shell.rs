@@ -126,6 +126,7 @@ fn state(server: &str, ms: u64, mem: f64, instances: &[(&str, u16)]) -> AgentSta
                 started_at_ms: Some(T0),
                 crashes: 0,
                 last_exit: None,
+                last_output: Vec::new(),
             })
             .collect(),
         crashes_total: 0,

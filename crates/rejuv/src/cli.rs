@@ -273,6 +273,25 @@ Examples:
 Examples:
   rejuv resume --controller http://127.0.0.1:7070")]
     Resume(crate::conn::Conn),
+    /// Print an instance's output (its stdout and stderr, as its agent keeps them).
+    #[command(after_help = "\
+Examples:
+  rejuv logs web-s2-k3x9a-7
+  rejuv logs web-s2-k3x9a-7 --follow      # until Ctrl-C")]
+    Logs {
+        instance: String,
+        /// Keep printing what it writes, until Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How much of the end of its output to print first.
+        #[arg(long, default_value_t = 16384, value_name = "BYTES")]
+        tail: u64,
+        /// Poll interval of --follow (100ms to 60s).
+        #[arg(long, default_value = "1s", value_parser = crate::ops::parse_interval)]
+        interval: Duration,
+        #[command(flatten)]
+        conn: crate::conn::Conn,
+    },
     /// Withdraw a queued rejuvenation request (by server id) or a workflow that has not
     /// switched yet (by workflow id): its copies are stopped, the source keeps serving.
     #[command(after_help = "\
@@ -668,6 +687,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Pause(conn) => crate::ops::pause(&conn),
         Cmd::Resume(conn) => crate::ops::resume(&conn),
         Cmd::Cancel { id, conn } => crate::ops::cancel(&conn, &id),
+        Cmd::Logs {
+            instance,
+            follow,
+            tail,
+            interval,
+            conn,
+        } => crate::ops::logs(&conn, &instance, tail, follow, interval),
         Cmd::Reload(conn) => crate::ops::reload(&conn),
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -540,6 +540,44 @@ pub fn resume(conn: &Conn) -> anyhow::Result<i32> {
     cluster_action(conn, "resume", "resumed: workflows may start again")
 }
 
+/// `rejuv logs INSTANCE [--follow]`: an instance's output through the controller and its
+/// agent; `--follow` keeps printing what it writes until Ctrl-C (or the instance goes away).
+pub fn logs(
+    conn: &Conn,
+    id: &str,
+    tail: u64,
+    follow: bool,
+    interval: Duration,
+) -> anyhow::Result<i32> {
+    with_client(conn, |c| async move {
+        let path = ["v1", "instances", id, "logs"];
+        let first: rejuv_core::api::LogChunk = c.get(&path, &format!("tail={tail}")).await?;
+        if !emit(&first.text) {
+            return Ok(0);
+        }
+        if !follow {
+            return Ok(0);
+        }
+        let mut next = first.next;
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => return Ok(0),
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let chunk: rejuv_core::api::LogChunk = c.get(&path, &format!("offset={next}")).await?;
+            if chunk.offset < next {
+                eprintln!("rejuv: the log of {id} started over (the instance restarted)");
+            }
+            if !emit(&chunk.text) {
+                return Ok(0);
+            }
+            next = chunk.next;
+        }
+    })
+}
+
 /// `rejuv cancel ID`: a queued request (server id) or an unswitched workflow (its id).
 pub fn cancel(conn: &Conn, id: &str) -> anyhow::Result<i32> {
     with_client(conn, |c| async move {

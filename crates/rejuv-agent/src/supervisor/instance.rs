@@ -23,6 +23,9 @@ pub fn valid_instance_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// How long an instance's health must pass without a break before its crash count resets.
+pub const CRASHES_FORGIVEN_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What the API and the collector read about an instance.
 #[derive(Debug)]
 pub(super) struct Shared {
@@ -33,6 +36,11 @@ pub(super) struct Shared {
     pub(super) started_at_ms: Option<u64>,
     pub(super) crashes: u32,
     pub(super) last_exit: Option<String>,
+    /// The last lines of its output when it last exited unasked.
+    pub(super) last_output: Vec<String>,
+    /// Since when its health has passed without a break (its crash count is forgiven after
+    /// [`CRASHES_FORGIVEN_AFTER`] of it).
+    pub(super) healthy_since: Option<std::time::Instant>,
     pub(super) health_latency_ms: Option<f64>,
     /// Tree members seen at the last scan.
     pub(super) known: HashSet<ProcKey>,
@@ -88,6 +96,7 @@ impl Instance {
             started_at_ms: s.started_at_ms,
             crashes: s.crashes,
             last_exit: s.last_exit.clone(),
+            last_output: s.last_output.clone(),
         }
     }
 
@@ -121,6 +130,16 @@ impl Instance {
             s.health_latency_ms = latency_ms;
         }
         let before = s.state;
+        if ok {
+            let since = *s.healthy_since.get_or_insert_with(std::time::Instant::now);
+            if s.crashes > 0 && since.elapsed() >= CRASHES_FORGIVEN_AFTER {
+                // A healthy run ends the crash loop it came out of: its count starts over
+                // (the last exit and its output stay for whoever looks).
+                s.crashes = 0;
+            }
+        } else {
+            s.healthy_since = None;
+        }
         match (s.state, ok) {
             (InstanceState::Starting | InstanceState::Unhealthy | InstanceState::Running, true) => {
                 s.state = InstanceState::Running;

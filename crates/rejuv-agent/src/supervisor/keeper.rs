@@ -22,12 +22,15 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 
 impl Supervisor {
     pub(super) async fn record_crash(&self, inst: &Instance, what: String) {
+        let output = super::output::tail_lines(&self.log_path(&inst.id), super::output::TAIL_LINES);
         {
             let mut s = inst.lock();
             s.crashes += 1;
             s.state = InstanceState::Crashed;
             s.healthy = false;
+            s.healthy_since = None;
             s.last_exit = Some(what.clone());
+            s.last_output = output;
         }
         self.metrics.crashes.inc();
         tracing::warn!(exit = %what, "instance exited unasked");

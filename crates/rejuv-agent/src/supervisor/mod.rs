@@ -28,6 +28,7 @@ mod error;
 mod handoff;
 mod instance;
 mod keeper;
+pub mod output;
 mod process;
 mod run;
 mod start;

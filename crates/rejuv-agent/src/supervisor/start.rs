@@ -103,6 +103,8 @@ impl Supervisor {
                 started_at_ms: Some(wall_ms()),
                 crashes: 0,
                 last_exit: None,
+                last_output: Vec::new(),
+                healthy_since: None,
                 health_latency_ms: None,
                 known: HashSet::new(),
                 run_cgroup: None,

@@ -33,6 +33,7 @@ impl Supervisor {
                 started_at_ms: None,
                 crashes: 0,
                 last_exit: None,
+                last_output: Vec::new(),
             });
         };
         let (tx, rx) = oneshot::channel();

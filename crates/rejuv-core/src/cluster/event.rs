@@ -41,6 +41,32 @@ pub struct ObservedInstance {
     /// Its whole tree's RSS in the agent's latest sample.
     #[serde(default)]
     pub rss_bytes: Option<u64>,
+    /// Times it exited unasked (its agent resets the count after a healthy run).
+    #[serde(default)]
+    pub crashes: u32,
+    /// How it last ended, and the last lines of its output then.
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    #[serde(default)]
+    pub last_output: Vec<String>,
+}
+
+impl ObservedInstance {
+    /// Why it is not healthy, as far as its agent knows: its state, crashes, last exit and
+    /// the last lines of its output (empty when there is nothing to say).
+    pub fn trouble(&self) -> String {
+        let mut t = format!("{:?}", self.state).to_lowercase();
+        if self.crashes > 0 {
+            t += &format!(", exited {} time(s)", self.crashes);
+        }
+        if let Some(e) = &self.last_exit {
+            t += &format!(", last exit: {e}");
+        }
+        if !self.last_output.is_empty() {
+            t += &format!("; its last output:\n  {}", self.last_output.join("\n  "));
+        }
+        t
+    }
 }
 
 impl Observation {
@@ -68,6 +94,9 @@ impl Observation {
                             addr: i.addr,
                             started_at_ms: i.started_at_ms,
                             rss_bytes: state.sample.instances.get(&i.id).map(|x| x.rss_bytes),
+                            crashes: i.crashes,
+                            last_exit: i.last_exit.clone(),
+                            last_output: i.last_output.clone(),
                         },
                     )
                 })

@@ -62,6 +62,13 @@ pub struct ServerView {
     /// Unasked exits of its instances, as its agent counts them.
     pub crashes_total: u64,
     pub instances: Vec<InstanceView>,
+    /// No longer in the config: its instances move off it, then it is forgotten.
+    #[serde(default)]
+    pub removing: bool,
+    /// An operator's request that waits for its workflow to start (`rejuv cancel SERVER`
+    /// withdraws it); `blocked_reason` says what it waits for.
+    #[serde(default)]
+    pub queued_request: Option<String>,
 }
 
 /// One instance of a [`ServerView`].
@@ -74,6 +81,12 @@ pub struct InstanceView {
     pub traffic: Traffic,
     /// From the latest sample.
     pub rss_bytes: Option<u64>,
+    /// Times it exited unasked and its agent restarted it (reset after a healthy run).
+    #[serde(default)]
+    pub restarts: u32,
+    /// How it last ended (its exit status or signal), as its agent saw it.
+    #[serde(default)]
+    pub last_exit: Option<String>,
 }
 
 /// How the store has been taking the leader's commits: while it refuses them the controller

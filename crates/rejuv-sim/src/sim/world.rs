@@ -374,6 +374,7 @@ impl Agent {
                     started_at_ms: Some(i.started_wall),
                     crashes: 0,
                     last_exit: None,
+                    last_output: Vec::new(),
                 }
             })
             .collect();

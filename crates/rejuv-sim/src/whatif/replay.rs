@@ -368,6 +368,7 @@ impl<'a> World<'a> {
                     started_at_ms: Some(*started),
                     crashes: 0,
                     last_exit: None,
+                    last_output: Vec::new(),
                 }
             })
             .collect();

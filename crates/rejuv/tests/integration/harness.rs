@@ -28,6 +28,8 @@ pub struct Spec {
     pub handoff: bool,
     /// Address whose instances never become healthy (they sleep instead of serving).
     pub broken_address: Option<String>,
+    /// Address whose instances print a config error and exit 3 at once.
+    pub crash_address: Option<String>,
     pub extra_toml: String,
     /// `rejuvenation.in_place` (on by default, as in production).
     pub in_place: bool,
@@ -49,6 +51,7 @@ impl Default for Spec {
             duplex_timeout: "10s",
             handoff: true,
             broken_address: None,
+            crash_address: None,
             extra_toml: String::new(),
             in_place: true,
         }
@@ -169,12 +172,17 @@ impl Harness {
              --leak-per-second {} --leak-per-request {} --limit {}",
             spec.leak_per_second, spec.leak_per_request, spec.limit
         );
-        let script = match &spec.broken_address {
+        let mut script = match &spec.broken_address {
             Some(bad) => {
                 format!("if [ {{address}} = {bad} ]; then exec sleep 600; fi; exec {service_cmd}")
             }
             None => format!("exec {service_cmd}"),
         };
+        if let Some(bad) = &spec.crash_address {
+            script = format!(
+                "if [ {{address}} = {bad} ]; then echo web: reading /etc/web.conf: no such file >&2; exit 3; fi; {script}"
+            );
+        }
         let handoff = if spec.handoff {
             r#"handoff = { export = "/_rejuv/state", import = "/_rejuv/state", hold = "3s" }"#
         } else {

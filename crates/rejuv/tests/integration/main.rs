@@ -16,4 +16,5 @@ mod operator;
 mod reload;
 mod resume;
 mod scrape;
+mod why;
 mod workflow;

@@ -40,12 +40,28 @@ impl Cluster {
             );
             return true;
         } else if u128::from(since) >= cfg.rejuvenation.duplex_timeout.as_millis() {
+            // What the target's agent says of each copy that did not come up: how it ended
+            // and what it printed, so the reason is in the workflow and its event.
+            let seen = self
+                .servers
+                .get(&target)
+                .and_then(|t| t.observation.as_ref());
+            let why: Vec<String> = w
+                .pairs
+                .iter()
+                .filter(|p| !self.instances.get(&p.new).is_some_and(|i| i.healthy))
+                .map(|p| match seen.and_then(|o| o.instances.get(&p.new)) {
+                    Some(i) => format!("{}: {}", p.new, i.trouble()),
+                    None => format!("{}: not reported by {target}'s agent", p.new),
+                })
+                .collect();
             self.roll_back(
                 cfg,
                 id,
                 format!(
-                    "instances on {target} not healthy within {:?}",
-                    cfg.rejuvenation.duplex_timeout
+                    "instances on {target} not healthy within {:?} ({})",
+                    cfg.rejuvenation.duplex_timeout,
+                    why.join("; ")
                 ),
                 now,
                 out,
