@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 pub const TAIL_LINES: usize = 10;
 /// Longest line kept (longer ones are cut, marked with `…`).
 const LINE_MAX: usize = 300;
+/// Bytes of the end of a log read for its last lines.
+const TAIL_WINDOW: u64 = 64 << 10;
 /// Most bytes one read of the log returns.
 pub const CHUNK_MAX: u64 = 256 << 10;
 
@@ -25,7 +27,7 @@ pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
         return Vec::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let from = len.saturating_sub((n * LINE_MAX) as u64 + 1);
+    let from = len.saturating_sub(TAIL_WINDOW);
     if f.seek(SeekFrom::Start(from)).is_err() {
         return Vec::new();
     }
@@ -33,7 +35,7 @@ pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     let _ = f.take(len - from).read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
     let mut lines: Vec<&str> = text.lines().collect();
-    if from > 0 && !lines.is_empty() {
+    if from > 0 && lines.len() > 1 {
         // The first line read may be the end of a longer one.
         lines.remove(0);
     }
