@@ -150,10 +150,17 @@ fn the_route_parser_reads_chained_and_multi_line_routes() {
         #[cfg(test)]
             .route("/not-a-route", get(t))
     "#;
-    let want: BTreeSet<String> = ["GET /a", "PUT /b/{id}", "DELETE /b/{id}", "GET /c", "PUT /c", "GET /h"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let want: BTreeSet<String> = [
+        "GET /a",
+        "PUT /b/{id}",
+        "DELETE /b/{id}",
+        "GET /c",
+        "PUT /c",
+        "GET /h",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
     assert_eq!(routes_in(src), want);
     let doc = "x\n## API\n### `GET /a`\n### `POST /p`, `POST /q`\ntext `GET /z`\n## Other\n### `GET /o`\n";
     let got: Vec<_> = documented(doc, "API").into_iter().collect();

@@ -10,7 +10,9 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn repo_file(rel: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
@@ -24,7 +26,10 @@ fn the_builtin_proxy_example_is_valid_and_warns_of_nothing() {
     assert_eq!(c.traffic.adapter, TrafficAdapter::Builtin);
     assert!(c.traffic.admin.is_some(), "traffic.admin");
     assert!(!c.traffic.listen.is_empty(), "traffic.listen");
-    assert!(c.auth.proxy_token_file.is_some(), "the proxy has a token of its own");
+    assert!(
+        c.auth.proxy_token_file.is_some(),
+        "the proxy has a token of its own"
+    );
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     assert!(
         c.store.path.is_absolute(),
@@ -35,12 +40,10 @@ fn the_builtin_proxy_example_is_valid_and_warns_of_nothing() {
 
 /// Every optional part set, on top of the HAProxy example.
 fn everything() -> Config {
-    let text = repo_file("deploy/rejuv.example.toml")
-        .replace(
-            "backends = { checkout = \"be_checkout\" }",
-            "backends = { checkout = \"be_checkout\" }\ncheck = { inter = \"2s\" }",
-        )
-        + r#"
+    let text = repo_file("deploy/rejuv.example.toml").replace(
+        "backends = { checkout = \"be_checkout\" }",
+        "backends = { checkout = \"be_checkout\" }\ncheck = { inter = \"2s\" }",
+    ) + r#"
 [[auth.operators]]
 name = "alice"
 token_file = "/etc/rejuv/operators/alice.token"
@@ -100,7 +103,11 @@ fn the_reference_names_every_field_of_the_model() {
         }
         if path.is_empty() {
             // `## \`[policy]\``, `## \`[[servers]]\``, `## \`[services.NAME]\``.
-            let section = [format!("## `[{key}]"), format!("## `[{key}."), format!("## `[[{key}]]")];
+            let section = [
+                format!("## `[{key}]"),
+                format!("## `[{key}."),
+                format!("## `[[{key}]]"),
+            ];
             if !section.iter().any(|s| doc.contains(s.as_str())) {
                 missing.push(format!("section {key}"));
             }
