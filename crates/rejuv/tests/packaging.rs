@@ -1,5 +1,5 @@
 //! The files under `deploy/` and `docs/metrics.md` checked against the real tools and the code:
-//! `promtool check config` on the Prometheus example, `systemd-analyze verify` on both units,
+//! `promtool check config` on the Prometheus example, `systemd-analyze verify` on the units,
 //! and the metric names of the docs, the code and the Grafana dashboard against each other.
 //!
 //! `promtool` comes with Debian's `prometheus` package and `systemd-analyze` with `systemd`; a
@@ -80,7 +80,11 @@ fn prometheus_example_passes_promtool() {
 #[test]
 fn systemd_units_pass_verify() {
     let dir = tempfile::tempdir().unwrap();
-    for unit in ["rejuv-agent.service", "rejuv-controller.service"] {
+    for unit in [
+        "rejuv-agent.service",
+        "rejuv-controller.service",
+        "rejuv-proxy.service",
+    ] {
         let body = read(&format!("deploy/systemd/{unit}"));
         assert!(
             body.contains("ExecStart=/usr/local/bin/rejuv "),
