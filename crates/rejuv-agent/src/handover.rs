@@ -219,7 +219,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         save(dir.path(), &table()).unwrap();
         let p = path(dir.path());
-        let text = std::fs::read_to_string(&p).unwrap().replace("21000", "21001");
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("21000", "21001");
         std::fs::write(&p, text).unwrap();
         let e = load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("checksum"), "{e}");

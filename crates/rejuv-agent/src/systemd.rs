@@ -101,7 +101,10 @@ impl TransientUnit {
             a.push(format!("--property=MemoryMax={m}"));
         }
         if let Some(log) = &self.log {
-            a.push(format!("--property=StandardOutput=append:{}", log.display()));
+            a.push(format!(
+                "--property=StandardOutput=append:{}",
+                log.display()
+            ));
             a.push(format!("--property=StandardError=append:{}", log.display()));
         }
         if let Some(u) = &self.user {
@@ -175,10 +178,12 @@ impl UnitState {
     pub fn describe_end(&self) -> String {
         match self.result.as_str() {
             "exit-code" => format!("exited with status {}", self.exec_main_status),
-            "signal" | "core-dump" => match nix::sys::signal::Signal::try_from(self.exec_main_status) {
-                Ok(sig) => format!("killed by signal {} ({sig})", self.exec_main_status),
-                Err(_) => format!("killed by signal {}", self.exec_main_status),
-            },
+            "signal" | "core-dump" => {
+                match nix::sys::signal::Signal::try_from(self.exec_main_status) {
+                    Ok(sig) => format!("killed by signal {} ({sig})", self.exec_main_status),
+                    Err(_) => format!("killed by signal {}", self.exec_main_status),
+                }
+            }
             "oom-kill" => "killed by the OOM killer at its memory limit".into(),
             "" | "success" => format!("ended ({} {})", self.active_state, self.sub_state),
             other => format!("ended: {other} ({} {})", self.active_state, self.sub_state),
@@ -250,7 +255,10 @@ impl Systemd {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             // Never a pager or a password prompt: this is a daemon.
             .env("SYSTEMD_PAGER", "")
             .env("SYSTEMD_COLORS", "0")
@@ -440,7 +448,9 @@ mod tests {
         assert_eq!(s.describe_end(), "exited with status 3");
         let s = UnitState::parse("ActiveState=activating\nSubState=auto-restart\nMainPID=0\n");
         assert!(!s.is_running() && !s.is_down());
-        let s = UnitState::parse("LoadState=loaded\nActiveState=active\nSubState=running\nMainPID=42\nResult=success\n");
+        let s = UnitState::parse(
+            "LoadState=loaded\nActiveState=active\nSubState=running\nMainPID=42\nResult=success\n",
+        );
         assert!(s.is_running());
         assert_eq!(s.main_pid, 42);
         let s = UnitState::parse("LoadState=not-found\nActiveState=inactive\n");
@@ -473,7 +483,11 @@ mod tests {
             stop_timeout: Duration::from_millis(1500),
         };
         let a = u.run_args("rejuv-s1-0-i1.service");
-        let pos = |x: &str| a.iter().position(|y| y == x).unwrap_or_else(|| panic!("{x} in {a:?}"));
+        let pos = |x: &str| {
+            a.iter()
+                .position(|y| y == x)
+                .unwrap_or_else(|| panic!("{x} in {a:?}"))
+        };
         assert!(pos("--unit=rejuv-s1-0-i1.service") < pos("--"));
         pos("--property=TimeoutStopSec=1500ms");
         pos("--property=MemoryMax=67108864");

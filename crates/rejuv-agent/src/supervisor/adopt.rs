@@ -54,7 +54,12 @@ impl Supervisor {
         let mut instances = Vec::new();
         for inst in self.all() {
             let (tx, rx) = oneshot::channel();
-            if inst.cmds.send(super::instance::Cmd::Release { reply: tx }).await.is_err() {
+            if inst
+                .cmds
+                .send(super::instance::Cmd::Release { reply: tx })
+                .await
+                .is_err()
+            {
                 continue;
             }
             let Ok(run) = rx.await else { continue };
@@ -141,9 +146,9 @@ impl Supervisor {
                     tracing::error!(container = %name, error = %e, "cannot remove a left-over container");
                 }
             }
-            report
-                .ended
-                .push(format!("container {name}: no handed-over instance runs in it"));
+            report.ended.push(format!(
+                "container {name}: no handed-over instance runs in it"
+            ));
         }
         for name in units {
             tracing::warn!(unit = %name, "stopping a unit an earlier agent of this server left");

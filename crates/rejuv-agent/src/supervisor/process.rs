@@ -215,11 +215,8 @@ pub(super) async fn check_health(http: &reqwest::Client, inst: &Instance) -> (bo
             }
         }
         HealthCheck::Tcp => {
-            match tokio::time::timeout(
-                health.timeout,
-                tokio::net::TcpStream::connect(inst.addr),
-            )
-            .await
+            match tokio::time::timeout(health.timeout, tokio::net::TcpStream::connect(inst.addr))
+                .await
             {
                 Ok(Ok(_)) => (true, true),
                 Ok(Err(_)) => (false, false),

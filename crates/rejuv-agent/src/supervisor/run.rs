@@ -24,8 +24,13 @@ pub(super) enum Run {
     Process(Child),
     /// A process tree an earlier agent started and handed over: not this agent's child, so
     /// its end is seen in `/proc`, not through `wait`.
-    Adopted { pid: i32, starttime: u64 },
-    Container { id: String },
+    Adopted {
+        pid: i32,
+        starttime: u64,
+    },
+    Container {
+        id: String,
+    },
     /// A systemd unit, by name, with its main process (pid, start time) while it has one.
     Unit {
         name: String,

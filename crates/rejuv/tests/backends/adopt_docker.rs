@@ -119,7 +119,11 @@ fn a_kept_container_is_adopted_by_its_labels_and_an_orphan_is_removed() {
     assert_eq!(labels, addr.port().to_string(), "the port is a label");
 
     w.stop_agent(a);
-    assert_eq!(containers(&scope), ["old-1", "web-1"], "both outlive the agent");
+    assert_eq!(
+        containers(&scope),
+        ["old-1", "web-1"],
+        "both outlive the agent"
+    );
     assert_eq!(counter(addr), Some(3));
 
     let b = w.start_agent(&w.config(&docker_service("web", &image)), false);
@@ -128,7 +132,11 @@ fn a_kept_container_is_adopted_by_its_labels_and_an_orphan_is_removed() {
         assert_eq!(after[field], before[field], "{field}: {after} vs {before}");
     }
     assert!(w.instance("old-1").is_none());
-    assert_eq!(containers(&scope), ["web-1"], "the orphan's container is removed");
+    assert_eq!(
+        containers(&scope),
+        ["web-1"],
+        "the orphan's container is removed"
+    );
     assert_eq!(bump(addr), 4, "the adopted container's counter continues");
     let readings = wait_for("readings of the adopted container", T, || {
         let r = w.state()["sample"]["instances"]["web-1"].clone();

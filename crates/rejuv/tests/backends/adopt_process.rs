@@ -61,7 +61,10 @@ fn a_kept_instance_keeps_serving_and_the_next_agent_adopts_it() {
     });
     assert_eq!(addr_of(&back), addr);
     assert_ne!(pid_of(&back), pid);
-    assert!(back["last_exit"].as_str().unwrap().contains("adopted"), "{back}");
+    assert!(
+        back["last_exit"].as_str().unwrap().contains("adopted"),
+        "{back}"
+    );
     assert_eq!(bump(addr), 1, "a fresh process counts from zero");
 
     // Stopped on command: the whole tree goes.
@@ -97,7 +100,8 @@ fn an_instance_of_a_service_gone_from_the_catalog_is_ended_not_adopted() {
     assert!(alive(web), "the instance of a known service is adopted");
     wait_for("the orphan to be ended", T, || (!alive(old)).then_some(()));
     assert!(
-        w.agent_log(b).contains("service 'old' is not in the catalog"),
+        w.agent_log(b)
+            .contains("service 'old' is not in the catalog"),
         "{}",
         w.agent_log(b)
     );
@@ -131,7 +135,9 @@ fn a_recorded_pid_that_now_names_another_process_is_not_adopted_or_signalled() {
         .spawn()
         .unwrap();
     let other = unrelated.id() as i32;
-    let mut table = handover::load(&w.data_dir()).unwrap().expect("a handed-over table");
+    let mut table = handover::load(&w.data_dir())
+        .unwrap()
+        .expect("a handed-over table");
     match &mut table.instances[0].run {
         Some(RunRecord::Process { pid, .. }) => *pid = other,
         run => panic!("a process record: {run:?}"),
@@ -141,7 +147,8 @@ fn a_recorded_pid_that_now_names_another_process_is_not_adopted_or_signalled() {
     let b = w.start_agent(&config, false);
     assert!(w.instance("web-1").is_none(), "{}", w.state());
     assert!(
-        w.agent_log(b).contains("is gone (or the pid now names another process)"),
+        w.agent_log(b)
+            .contains("is gone (or the pid now names another process)"),
         "{}",
         w.agent_log(b)
     );

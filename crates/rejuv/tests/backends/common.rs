@@ -147,9 +147,7 @@ sample_interval = "100ms"
 "#,
             address = self.address,
             agent_port = self.agent_port,
-            services = services
-                .replace("{tag}", &self.tag)
-                .replace("{exe}", EXE)
+            services = services.replace("{tag}", &self.tag).replace("{exe}", EXE)
         )
     }
 

@@ -21,7 +21,9 @@ const AGENT_PORT: u16 = 7001;
 /// Builds the image if missing; its tag.
 fn image() -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/backends/systemd-image.sh");
-    let out = Command::new(&script).output().expect("running systemd-image.sh");
+    let out = Command::new(&script)
+        .output()
+        .expect("running systemd-image.sh");
     assert!(
         out.status.success(),
         "{} failed:\n{}",
@@ -130,9 +132,9 @@ impl SystemdBox {
             "sh",
             "-c",
             &format!(
-                "echo $$ > /run/agent.pid; exec /usr/local/bin/rejuv agent --config /etc/rejuv/rejuv.toml \
+                "/usr/local/bin/rejuv agent --config /etc/rejuv/rejuv.toml \
                  --server s1 --token-file /etc/rejuv/token --data-dir /var/lib/rejuv{keep} \
-                 >> /var/log/rejuv-agent.log 2>&1 &"
+                 >> /var/log/rejuv-agent.log 2>&1 & echo $! > /run/agent.pid"
             ),
         ]);
         let c = client();
@@ -151,7 +153,13 @@ impl SystemdBox {
         self.sh("kill -TERM $(cat /run/agent.pid)");
         wait_for("the agent in the container to exit", T, || {
             let out = Command::new("docker")
-                .args(["exec", &self.name, "sh", "-c", "kill -0 $(cat /run/agent.pid)"])
+                .args([
+                    "exec",
+                    &self.name,
+                    "sh",
+                    "-c",
+                    "kill -0 $(cat /run/agent.pid)",
+                ])
                 .output()
                 .ok()?;
             (!out.status.success()).then_some(())
@@ -263,7 +271,11 @@ stop_grace = "3s"
 "#
         )
     };
-    let gone = if with_gone { sample("gone") } else { String::new() };
+    let gone = if with_gone {
+        sample("gone")
+    } else {
+        String::new()
+    };
     format!(
         r#"
 [cluster]
@@ -347,7 +359,10 @@ fn instances_run_as_units_of_a_real_systemd_and_are_adopted_after_an_agent_resta
         web["pid"].to_string(),
         "the instance's pid is its unit's main process"
     );
-    assert_eq!(b.unit_prop(&web_unit, "MemoryMax"), (256u64 << 20).to_string());
+    assert_eq!(
+        b.unit_prop(&web_unit, "MemoryMax"),
+        (256u64 << 20).to_string()
+    );
     // Readings from the unit's processes.
     let readings = wait_for("readings of the unit", T, || {
         let r = b.state()["sample"]["instances"]["web-1"].clone();
