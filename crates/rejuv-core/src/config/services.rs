@@ -365,3 +365,25 @@ pub(crate) fn validate(services: &BTreeMap<ServiceName, ServiceConfig>, errs: &m
         svc.validate(name, errs);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_template_unit;
+
+    #[test]
+    fn template_units_name_their_port_instance() {
+        for ok in ["web@.service", "web@{port}.service", "my-app_2@.service"] {
+            assert!(is_template_unit(ok), "{ok}");
+        }
+        for bad in [
+            "web.service",
+            "web@8080.service",
+            "@.service",
+            "-x@.service",
+            "a b@.service",
+            "web@.socket",
+        ] {
+            assert!(!is_template_unit(bad), "{bad}");
+        }
+    }
+}
