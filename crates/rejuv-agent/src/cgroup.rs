@@ -17,6 +17,9 @@
 //! ([`Cgroups::detect`]): it cannot supervise what it did not start, a rejuvenation would
 //! otherwise report "nothing was running" while the old processes keep their memory and
 //! ports, and it is what systemd's `KillMode=mixed` does when it restarts the agent unit.
+//! Instances an agent handed over on purpose (`keep_instances_on_exit`, see
+//! [`crate::handover`]) are the exception: their cgroups are left to the next agent, which
+//! adopts them.
 //!
 //! A v2 hierarchy (`/sys/fs/cgroup/unified`, or `/sys/fs/cgroup` on a pure v2 host) is tried
 //! first: with no controllers enabled it only tracks membership. The v1 memory hierarchy is the
@@ -60,8 +63,9 @@ fn own_path(self_cgroup: &str, kind: Kind) -> Option<String> {
 
 impl Cgroups {
     /// Finds a writable hierarchy and creates this agent's directory in it, after ending what
-    /// earlier, dead agents of the same `scope` (see [`scope`]) left running there.
-    pub fn detect(scope: &str) -> Option<Self> {
+    /// earlier, dead agents of the same `scope` (see [`scope`]) left running there, except in
+    /// the cgroups named in `keep` (instances handed over to this agent).
+    pub fn detect(scope: &str, keep: &HashSet<PathBuf>) -> Option<Self> {
         let self_cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let candidates = [
             (Kind::V2, PathBuf::from("/sys/fs/cgroup/unified")),
@@ -80,7 +84,7 @@ impl Cgroups {
                 continue;
             };
             let parent = mount.join(own.trim_start_matches('/')).join("rejuv");
-            sweep_stale(&parent, scope);
+            sweep_stale(&parent, scope, keep);
             let name = format!(
                 "{scope}-{}-{}",
                 std::process::id(),
@@ -99,6 +103,11 @@ impl Cgroups {
         }
         tracing::info!("no writable cgroup hierarchy: instances are tracked by process group and parentage only");
         None
+    }
+
+    /// This agent's directory, parent of its instances' cgroups.
+    pub fn base(&self) -> &Path {
+        &self.base
     }
 
     pub fn kind(&self) -> Kind {
@@ -172,7 +181,7 @@ fn process_alive(pid: i32) -> bool {
 /// Ends what earlier agents of this scope left behind: for every directory whose agent is
 /// dead, SIGKILLs the processes still in its instance cgroups, waits (bounded) for them to
 /// go, and removes the directories. A directory whose agent still runs is left alone.
-fn sweep_stale(parent: &Path, scope: &str) {
+fn sweep_stale(parent: &Path, scope: &str, keep: &HashSet<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
@@ -197,6 +206,9 @@ fn sweep_stale(parent: &Path, scope: &str) {
                     continue;
                 }
                 let dir = child.path();
+                if keep.contains(&dir) {
+                    continue;
+                }
                 let left = pids(&dir);
                 for pid in &left {
                     let _ = nix::sys::signal::kill(

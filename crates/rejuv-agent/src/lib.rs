@@ -8,7 +8,10 @@
 //!
 //! - [`procfs`]: `/proc` parsing and process-tree membership.
 //! - [`collector`]: the periodic sample.
-//! - [`supervisor`]: instances: start, health, crash restart, whole-tree stop.
+//! - [`supervisor`]: instances: start, health, crash restart, whole-tree stop, adoption.
+//! - [`docker`], [`systemd`]: the container and unit backends.
+//! - [`handover`]: the instance table an agent stopped with `keep_instances_on_exit` leaves
+//!   to the next one.
 //! - [`cgroup`]: best-effort per-instance cgroups.
 //! - [`scratch`]: symlink-safe clearing of scratch directories.
 //! - [`actions`]: rejuvenation runs.
@@ -21,6 +24,7 @@ pub mod actions;
 pub mod cgroup;
 pub mod collector;
 pub mod docker;
+pub mod handover;
 pub mod http;
 pub mod metrics;
 pub mod persist;
@@ -28,6 +32,7 @@ pub mod procfs;
 pub mod scratch;
 pub mod shared;
 pub mod supervisor;
+pub mod systemd;
 
 use collector::Collector;
 use metrics::Metrics;
@@ -82,10 +87,11 @@ pub enum StartError {
     Store(#[from] persist::StoreError),
     #[error("cannot build the HTTP client for health checks")]
     HttpClient(#[source] reqwest::Error),
-    #[error("services.{service}.backend = \"{backend}\": this agent runs instances as processes or containers (backend = \"process\" or \"docker\")")]
-    Backend {
+    #[error("services.{service}.backend = \"systemd\": cannot use systemd")]
+    Systemd {
         service: String,
-        backend: rejuv_core::config::Backend,
+        #[source]
+        source: systemd::SystemdError,
     },
     #[error("services.{service}: {reason}")]
     Credentials { service: String, reason: String },
@@ -98,8 +104,10 @@ pub enum StartError {
 }
 
 /// Runs an agent on `listener` until `shutdown` is cancelled (→ [`Exit::Shutdown`]) or a
-/// `restart-agent` action has been answered (→ [`Exit::Restart`]). Either way every instance
-/// is stopped (whole process trees) before it returns.
+/// `restart-agent` action has been answered (→ [`Exit::Restart`]). Every instance is stopped
+/// (whole process trees) before it returns, except on a shutdown with
+/// `[agent] keep_instances_on_exit`: then the instances keep running and their table is left
+/// in `data_dir/instances.json` for the next agent, which adopts them.
 ///
 /// # Errors
 /// Before serving: the server id is not in the config, the token is empty, the data dir cannot
@@ -154,8 +162,44 @@ async fn run_inner(
     let store = Arc::new(Store::open(&data_dir, started_at_ms).map_err(StartError::Store)?);
     let metrics = Arc::new(Metrics::new(store.crashes_total()));
     let scope = cgroup::scope(&server_id, &data_dir);
-    let cgroups = cgroup::Cgroups::detect(&scope);
-    let docker = connect_docker(&config).await?;
+    // What an earlier agent handed over: its cgroups are not swept, its instances are adopted
+    // (or ended) below.
+    let handed_over = match handover::take(&data_dir) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %rejuv_core::error_chain(&e), "ignoring the handed-over instance table: what it names is ended as left-overs");
+            None
+        }
+    };
+    let cgroups = cgroup::Cgroups::detect(
+        &scope,
+        &Supervisor::handed_over_cgroups(handed_over.as_ref()),
+    );
+    let left_on = |b: rejuv_core::config::Backend| {
+        handed_over
+            .iter()
+            .flat_map(|h| &h.instances)
+            .any(|r| r.backend == b)
+    };
+    let docker = match connect_docker(&config).await? {
+        // Only to end what an earlier agent left in containers.
+        None if left_on(rejuv_core::config::Backend::Docker) => {
+            docker::Docker::connect(&config.agent.docker_socket, Duration::from_secs(5))
+                .await
+                .inspect_err(|e| tracing::error!(error = %rejuv_core::error_chain(e), "cannot end the containers an earlier agent handed over"))
+                .ok()
+        }
+        d => d,
+    };
+    let systemd = match connect_systemd(&config).await? {
+        None if left_on(rejuv_core::config::Backend::Systemd) => {
+            systemd::Systemd::connect(std::path::Path::new(systemd::SOCKET), Duration::from_secs(5))
+                .await
+                .inspect_err(|e| tracing::error!(error = %rejuv_core::error_chain(e), "cannot end the units an earlier agent handed over"))
+                .ok()
+        }
+        s => s,
+    };
     let sup = Arc::new(
         Supervisor::new(
             server,
@@ -167,7 +211,8 @@ async fn run_inner(
             docker,
             scope,
         )
-        .map_err(StartError::HttpClient)?,
+        .map_err(StartError::HttpClient)?
+        .with_systemd(systemd),
     );
     let collector = Arc::new(
         Collector::new(procfs::ProcFs::default(), sup.self_pid())
@@ -196,14 +241,15 @@ async fn run_inner(
         stop_serving: CancellationToken::new(),
     });
 
-    // A first sample before serving, so /v1/state never shows an empty one.
-    let swept = sup.sweep_containers().await;
-    if swept > 0 {
-        tracing::warn!(
-            containers = swept,
-            "removed containers an earlier agent of this server left"
+    let adoption = sup.adopt(handed_over).await;
+    if !adoption.adopted.is_empty() || !adoption.ended.is_empty() {
+        tracing::info!(
+            adopted = ?adoption.adopted,
+            ended = ?adoption.ended,
+            "took over what an earlier agent of this server left"
         );
     }
+    // A first sample before serving, so /v1/state never shows an empty one.
     collect_once(&agent).await;
     let background = CancellationToken::new();
     let sampler = tokio::spawn(
@@ -238,17 +284,6 @@ async fn run_inner(
         _ = forced => tracing::warn!("in-flight requests did not finish in time; closing anyway"),
     }
 
-    tracing::info!("stopping every instance");
-    if let Err(errors) = sup.stop_all().await {
-        for e in errors {
-            tracing::error!(error = %e, "instance not fully stopped");
-        }
-    }
-    background.cancel();
-    let _ = sampler.await;
-    if let Some(c) = sup.cgroups() {
-        c.remove_base();
-    }
     let exit = if agent
         .restart_requested
         .load(std::sync::atomic::Ordering::SeqCst)
@@ -257,6 +292,37 @@ async fn run_inner(
     } else {
         Exit::Shutdown
     };
+    // A restart-agent action restarts the services too; a stop keeps them if asked to.
+    let keep = exit == Exit::Shutdown && agent.config.agent.keep_instances_on_exit;
+    let mut handed = false;
+    if keep {
+        let table = sup.hand_over().await;
+        tracing::info!(
+            instances = table.instances.len(),
+            "leaving the instances running for the next agent of this server"
+        );
+        match handover::save(&data_dir, &table) {
+            Ok(()) => handed = !table.instances.is_empty(),
+            Err(e) => {
+                tracing::error!(error = %rejuv_core::error_chain(&e), "cannot hand the instances over; the next agent will end them")
+            }
+        }
+    } else {
+        tracing::info!("stopping every instance");
+        if let Err(errors) = sup.stop_all().await {
+            for e in errors {
+                tracing::error!(error = %e, "instance not fully stopped");
+            }
+        }
+    }
+    background.cancel();
+    let _ = sampler.await;
+    if let Some(c) = sup.cgroups() {
+        // Handed-over instances still live in it.
+        if !handed {
+            c.remove_base();
+        }
+    }
     tracing::info!(?exit, "agent stopped");
     Ok(exit)
 }
@@ -280,18 +346,34 @@ async fn connect_docker(config: &Config) -> Result<Option<docker::Docker>, Start
         })
 }
 
+/// systemd, when a service of the catalog runs as units: one that does not answer within
+/// seconds is a start error naming its socket, never a hang.
+async fn connect_systemd(config: &Config) -> Result<Option<systemd::Systemd>, StartError> {
+    let Some((name, _)) = config
+        .services
+        .iter()
+        .find(|(_, s)| s.backend == rejuv_core::config::Backend::Systemd)
+    else {
+        return Ok(None);
+    };
+    systemd::Systemd::connect(
+        std::path::Path::new(systemd::SOCKET),
+        Duration::from_secs(5),
+    )
+    .await
+    .map(Some)
+    .map_err(|source| StartError::Systemd {
+        service: name.clone(),
+        source,
+    })
+}
+
 /// What of the catalog this agent can run, checked before it serves: every backend is
 /// available, every user and group exists. Services that would run as root with the agent's
 /// privileges are named in a warning.
 fn check_catalog(config: &Config) -> Result<(), StartError> {
     let root = nix::unistd::geteuid().is_root();
     for (name, spec) in &config.services {
-        if spec.backend == rejuv_core::config::Backend::Systemd {
-            return Err(StartError::Backend {
-                service: name.clone(),
-                backend: spec.backend,
-            });
-        }
         supervisor::check_credentials(spec).map_err(|reason| StartError::Credentials {
             service: name.clone(),
             reason,

@@ -307,6 +307,17 @@ impl ProcFs {
     }
 }
 
+/// One process's `stat` from the host's `/proc`, or `None` if it is gone.
+pub fn process_stat(pid: i32) -> Option<ProcStat> {
+    Process::new(pid).ok()?.stat().ok().map(ProcStat::from)
+}
+
+/// Whether `pid` still names the process that started at `starttime` (clock ticks after
+/// boot) and has not ended: a reused pid or a zombie is not it.
+pub fn same_process(pid: i32, starttime: u64) -> bool {
+    process_stat(pid).is_some_and(|p| p.starttime == starttime && !p.is_gone())
+}
+
 /// Summed readings over an instance's process tree.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct TreeUsage {

@@ -54,7 +54,8 @@ pub enum Cmd {
     #[command(after_help = "\
 Examples:
   rejuv agent --config /etc/rejuv/rejuv.toml --server s1
-  rejuv agent --config rejuv.toml --server s1 --data-dir /var/lib/rejuv --token-file agent.token")]
+  rejuv agent --config rejuv.toml --server s1 --data-dir /var/lib/rejuv --token-file agent.token
+  rejuv agent --config /etc/rejuv/rejuv.toml --server s1 --keep-instances   # upgradable in place")]
     Agent {
         #[arg(long)]
         config: PathBuf,
@@ -67,6 +68,10 @@ Examples:
         /// Data directory (default: the server's data_dir in the config).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// On SIGTERM/SIGINT, leave the instances running for the next agent to adopt (an
+        /// agent upgrade); same as `[agent] keep_instances_on_exit = true`.
+        #[arg(long)]
+        keep_instances: bool,
     },
     /// Run the controller.
     #[command(after_help = "\
@@ -443,9 +448,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             server,
             token_file,
             data_dir,
+            keep_instances,
         } => {
             init_tracing();
-            let cfg = load_config(&config)?;
+            let mut cfg = load_config(&config)?;
+            cfg.agent.keep_instances_on_exit |= keep_instances;
             let entry = cfg
                 .server(&server)
                 .with_context(|| format!("server '{server}' is not in {}", config.display()))?

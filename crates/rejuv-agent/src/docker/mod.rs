@@ -39,6 +39,8 @@ pub const LABEL_INSTANCE: &str = "rejuv.instance";
 pub const LABEL_SERVICE: &str = "rejuv.service";
 /// The server (agent) that owns the container.
 pub const LABEL_SERVER: &str = "rejuv.server";
+/// The instance's port on the server (what a restarted agent adopts it with).
+pub const LABEL_PORT: &str = "rejuv.port";
 /// Set to `1` on every image [`build_scratch_image`] makes.
 pub const LABEL_IMAGE: &str = "rejuv.image";
 

@@ -3,6 +3,7 @@
 
 use super::error::SupervisorError;
 use crate::cgroup;
+use crate::handover::RunRecord;
 use crate::procfs::{ProcKey, ProcStat, TreeSeed};
 use rejuv_core::api::{InstanceState, InstanceStatus};
 use rejuv_core::config::ServiceConfig;
@@ -51,6 +52,11 @@ pub(super) struct Shared {
 pub(super) enum Cmd {
     Stop {
         reply: oneshot::Sender<Result<(), SupervisorError>>,
+    },
+    /// Leave the instance running and say how to find its current run again (an agent that
+    /// exits handing its instances over); `None` between runs.
+    Release {
+        reply: oneshot::Sender<Option<RunRecord>>,
     },
 }
 

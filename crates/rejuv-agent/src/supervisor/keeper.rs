@@ -72,7 +72,17 @@ pub(super) async fn keeper(
     run: Option<Run>,
     mut rx: mpsc::Receiver<Cmd>,
 ) {
-    let (mut run, reply) = supervise(&sup, &inst, run, &mut rx).await;
+    let (mut run, cmd) = supervise(&sup, &inst, run, &mut rx).await;
+    let reply = match cmd {
+        Some(Cmd::Release { reply }) => {
+            let record = run.as_ref().and_then(|r| sup.run_record(&inst, r));
+            tracing::info!(?record, "instance left running for the next agent");
+            let _ = reply.send(record);
+            return;
+        }
+        Some(Cmd::Stop { reply }) => Some(reply),
+        None => None,
+    };
     {
         let mut s = inst.lock();
         s.state = InstanceState::Stopping;
@@ -84,8 +94,12 @@ pub(super) async fn keeper(
             let id = id.clone();
             stop_container_run(&sup, &inst, &id, reply).await
         }
+        Some(Run::Unit { name, .. }) => {
+            let name = name.clone();
+            stop_unit_run(&sup, &inst, &name, reply).await
+        }
         Some(Run::Process(child)) => stop_tree(&sup, &inst, Some(child), reply, &mut rx).await,
-        None => stop_tree(&sup, &inst, None, reply, &mut rx).await,
+        Some(Run::Adopted { .. }) | None => stop_tree(&sup, &inst, None, reply, &mut rx).await,
     };
     leave(&sup, &inst).await;
     if let Some(r) = reply {
@@ -93,19 +107,26 @@ pub(super) async fn keeper(
     }
     // Answer stops that queued up behind this one.
     rx.close();
-    while let Ok(Cmd::Stop { reply }) = rx.try_recv() {
-        let _ = reply.send(Ok(()));
+    while let Ok(cmd) = rx.try_recv() {
+        match cmd {
+            Cmd::Stop { reply } => {
+                let _ = reply.send(Ok(()));
+            }
+            // Stopped: nothing is left to hand over.
+            Cmd::Release { reply } => drop(reply),
+        }
     }
 }
 
-/// Runs, health-checks and restarts the instance until a stop is asked; yields the live run
-/// (if any) and who to answer. Without a first run (a container), it starts one at once.
+/// Runs, health-checks and restarts the instance until a stop or a release is asked; yields
+/// the live run (if any) and the command (none if the channel closed). Without a first run (a
+/// container, a unit), it starts one at once.
 async fn supervise(
     sup: &Arc<Supervisor>,
     inst: &Arc<Instance>,
     run: Option<Run>,
     rx: &mut mpsc::Receiver<Cmd>,
-) -> (Option<Run>, Option<Reply>) {
+) -> (Option<Run>, Option<Cmd>) {
     let mut phase = match run {
         Some(run) => Phase::Running {
             run,
@@ -135,11 +156,11 @@ async fn supervise(
                 };
                 health.abort();
                 match outcome {
-                    Ok(cmd) => return (Some(run), cmd.map(|Cmd::Stop { reply }| reply)),
+                    Ok(cmd) => return (Some(run), cmd),
                     Err(what) => {
                         // What the root left behind would hold the port or leak: end it first.
                         match &run {
-                            Run::Process(_) => {
+                            Run::Process(_) | Run::Adopted { .. } => {
                                 if let Err(pids) = sup.terminate(inst, None, Duration::ZERO).await {
                                     tracing::error!(
                                         ?pids,
@@ -152,6 +173,11 @@ async fn supervise(
                                     tracing::error!(error = %e, "cannot remove the ended container");
                                 }
                             }
+                            Run::Unit { name, .. } => {
+                                if let Err(e) = sup.stop_unit(name, Duration::ZERO).await {
+                                    tracing::error!(error = %e, "cannot clean up the ended unit");
+                                }
+                            }
                         }
                         inst.lock().pid = None;
                         sup.record_crash(inst, what).await;
@@ -161,7 +187,7 @@ async fn supervise(
             }
             Phase::Backoff { delay } => {
                 tokio::select! {
-                    cmd = rx.recv() => return (None, cmd.map(|Cmd::Stop { reply }| reply)),
+                    cmd = rx.recv() => return (None, cmd),
                     _ = tokio::time::sleep(delay) => {}
                 }
                 match sup.respawn(inst).await {
@@ -214,9 +240,16 @@ async fn stop_tree(
                     let _ = r.send(Err(e));
                 }
                 // Stay Stopping until asked again.
-                match rx.recv().await {
-                    Some(Cmd::Stop { reply: r }) => reply = Some(r),
-                    None => return reply,
+                loop {
+                    match rx.recv().await {
+                        Some(Cmd::Stop { reply: r }) => {
+                            reply = Some(r);
+                            break;
+                        }
+                        // Being stopped: nothing to hand over.
+                        Some(Cmd::Release { reply: r }) => drop(r),
+                        None => return reply,
+                    }
                 }
             }
         }
@@ -249,6 +282,32 @@ async fn stop_container_run(
     }
 }
 
+/// Ends a unit run: systemd's stop (the unit's own stop, SIGKILL after the service's grace).
+async fn stop_unit_run(
+    sup: &Supervisor,
+    inst: &Instance,
+    name: &str,
+    reply: Option<Reply>,
+) -> Option<Reply> {
+    match sup.stop_unit(name, inst.spec.stop_grace).await {
+        Ok(()) => {
+            inst.lock().last_exit = Some(format!("stopped: unit {name} stopped"));
+            reply
+        }
+        Err(e) => {
+            let e = SupervisorError::Backend {
+                id: inst.id.clone(),
+                reason: format!("stopping unit {name}: {e}"),
+            };
+            inst.lock().last_exit = Some(e.to_string());
+            if let Some(r) = reply {
+                let _ = r.send(Err(e));
+            }
+            None
+        }
+    }
+}
+
 /// The tree is gone: its cgroup is removed and the instance leaves the table.
 async fn leave(sup: &Supervisor, inst: &Arc<Instance>) {
     {
@@ -258,6 +317,13 @@ async fn leave(sup: &Supervisor, inst: &Arc<Instance>) {
     }
     if let Some(dir) = &inst.cgroup {
         cgroup::remove(dir).await;
+        // An adopted instance's cgroup sits in its first agent's directory: that goes with
+        // its last instance.
+        if let (Some(parent), Some(c)) = (dir.parent(), sup.cgroups()) {
+            if parent != c.base() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
     }
     {
         let mut table = sup.table();

@@ -12,7 +12,9 @@
 //!
 //! The folder keeps the instance (`instance`), the supervisor and its table (`table`),
 //! starting (`start`), stopping a tree (`stop`), the per-instance keeper (`keeper`), one
-//! process (`process`), state hand-off (`handoff`) and the errors (`error`) apart.
+//! process (`process`), one run of any backend (`run`), systemd units (`unit`), handing
+//! instances over to the next agent and adopting them (`adopt`), state hand-off (`handoff`)
+//! and the errors (`error`) apart.
 //!
 //! # Guarantees
 //! - Only services from `config.services` are started; the controller names a service, never a
@@ -24,6 +26,7 @@
 //! Pids are not reused between a scan of `/proc` and the signal that follows it (microseconds);
 //! pid and start time together identify a remembered process.
 
+mod adopt;
 mod error;
 mod handoff;
 mod instance;
@@ -34,7 +37,9 @@ mod run;
 mod start;
 mod stop;
 mod table;
+mod unit;
 
+pub use adopt::Adoption;
 pub use error::SupervisorError;
 pub use instance::{valid_instance_id, CollectView, Instance};
 pub use run::LABEL_AGENT;

@@ -191,39 +191,42 @@ pub(super) fn spawn_process(
 /// answered 2xx, a TCP connection accepted, or a command that exits 0, each within
 /// `health.timeout`.
 pub(super) async fn health_loop(http: reqwest::Client, inst: Arc<Instance>) {
-    let health = &inst.spec.health;
     loop {
-        let begun = Instant::now();
-        // `answered`: the check came to an end that took time worth reporting (an answer,
-        // good or bad, or a timeout, the slowest answer there is); refused while starting did
-        // not.
-        let (ok, answered) = match health.check() {
-            HealthCheck::Http(path) => {
-                let url = format!("http://{}{}", inst.addr, path);
-                match http.get(&url).timeout(health.timeout).send().await {
-                    Ok(resp) => (resp.status().is_success(), true),
-                    Err(e) => (false, e.is_timeout()),
-                }
-            }
-            HealthCheck::Tcp => {
-                match tokio::time::timeout(
-                    health.timeout,
-                    tokio::net::TcpStream::connect(inst.addr),
-                )
-                .await
-                {
-                    Ok(Ok(_)) => (true, true),
-                    Ok(Err(_)) => (false, false),
-                    Err(_) => (false, true),
-                }
-            }
-            HealthCheck::Command(argv) => check_command(&inst, argv, health.timeout).await,
-        };
-        let elapsed_ms = begun.elapsed().as_secs_f64() * 1000.0;
-        let latency = answered.then_some(elapsed_ms);
+        let (ok, latency) = check_health(&http, &inst).await;
         inst.health_result(ok, latency);
-        tokio::time::sleep(health.interval).await;
+        tokio::time::sleep(inst.spec.health.interval).await;
     }
+}
+
+/// One health check of the instance: whether it passed, and its latency when the check came
+/// to an end worth timing.
+pub(super) async fn check_health(http: &reqwest::Client, inst: &Instance) -> (bool, Option<f64>) {
+    let health = &inst.spec.health;
+    let begun = Instant::now();
+    // `answered`: the check came to an end that took time worth reporting (an answer,
+    // good or bad, or a timeout, the slowest answer there is); refused while starting did
+    // not.
+    let (ok, answered) = match health.check() {
+        HealthCheck::Http(path) => {
+            let url = format!("http://{}{}", inst.addr, path);
+            match http.get(&url).timeout(health.timeout).send().await {
+                Ok(resp) => (resp.status().is_success(), true),
+                Err(e) => (false, e.is_timeout()),
+            }
+        }
+        HealthCheck::Tcp => {
+            match tokio::time::timeout(health.timeout, tokio::net::TcpStream::connect(inst.addr))
+                .await
+            {
+                Ok(Ok(_)) => (true, true),
+                Ok(Err(_)) => (false, false),
+                Err(_) => (false, true),
+            }
+        }
+        HealthCheck::Command(argv) => check_command(inst, argv, health.timeout).await,
+    };
+    let elapsed_ms = begun.elapsed().as_secs_f64() * 1000.0;
+    (ok, answered.then_some(elapsed_ms))
 }
 
 /// Runs a health command as the service's user, with its environment; `(ok, answered)`.

@@ -7,7 +7,8 @@ use super::instance::Instance;
 use super::process::{describe_exit, spawn_process};
 use super::table::Supervisor;
 use crate::docker::{
-    BindMount, ContainerSpec, Network, PublishedPort, LABEL_INSTANCE, LABEL_SERVER, LABEL_SERVICE,
+    BindMount, ContainerSpec, Network, PublishedPort, LABEL_INSTANCE, LABEL_PORT, LABEL_SERVER,
+    LABEL_SERVICE,
 };
 use rejuv_core::config::Backend;
 use std::path::PathBuf;
@@ -21,8 +22,24 @@ pub const LABEL_AGENT: &str = "rejuv.agent";
 /// A running instance's current run.
 pub(super) enum Run {
     Process(Child),
-    Container { id: String },
+    /// A process tree an earlier agent started and handed over: not this agent's child, so
+    /// its end is seen in `/proc`, not through `wait`.
+    Adopted {
+        pid: i32,
+        starttime: u64,
+    },
+    Container {
+        id: String,
+    },
+    /// A systemd unit, by name, with its main process (pid, start time) while it has one.
+    Unit {
+        name: String,
+        main: Option<(i32, u64)>,
+    },
 }
+
+/// How often an adopted process is looked for in `/proc`.
+const ADOPTED_POLL: Duration = Duration::from_millis(100);
 
 impl Supervisor {
     /// Starts a run of `inst`: its process, or its container (created afresh under its name).
@@ -44,11 +61,7 @@ impl Supervisor {
                 let pid = child.id();
                 Ok((Run::Process(child), pid, None))
             }
-            // Refused when the agent starts; never reached by a running agent.
-            Backend::Systemd => Err(SupervisorError::Backend {
-                id: inst.id.clone(),
-                reason: "the systemd backend is not available in this agent".into(),
-            }),
+            Backend::Systemd => self.start_unit_run(inst).await,
             Backend::Docker => {
                 let docker = self
                     .docker
@@ -76,6 +89,13 @@ impl Supervisor {
     pub(super) async fn wait_run(&self, run: &mut Run) -> String {
         match run {
             Run::Process(child) => describe_exit(child.wait().await),
+            Run::Adopted { pid, starttime } => {
+                while crate::procfs::same_process(*pid, *starttime) {
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+                "ended (adopted from an earlier agent: its exit status is not known)".into()
+            }
+            Run::Unit { name, main } => self.wait_unit(name, *main).await,
             Run::Container { id } => match &self.docker {
                 Some(d) => match d.wait(id).await {
                     Ok(reason) => reason.to_string(),
@@ -141,6 +161,7 @@ impl Supervisor {
             (LABEL_SERVICE, inst.service.clone()),
             (LABEL_SERVER, self.server.id.clone()),
             (LABEL_AGENT, self.scope.clone()),
+            (LABEL_PORT, inst.addr.port().to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -167,22 +188,5 @@ impl Supervisor {
     /// A container's name: unique per agent, so agents of several clusters share a host.
     pub(super) fn container_name(&self, id: &str) -> String {
         format!("rejuv-{}-{id}", self.scope)
-    }
-
-    /// Removes the containers an earlier agent of this server and data directory left (it
-    /// cannot supervise what it did not start, as with processes). Returns how many.
-    pub async fn sweep_containers(&self) -> usize {
-        let Some(d) = &self.docker else { return 0 };
-        let filter = format!("{LABEL_AGENT}={}", self.scope);
-        let Ok(left) = d.list_labelled(&[filter.as_str()]).await else {
-            return 0;
-        };
-        for c in &left {
-            tracing::warn!(container = %c.name, "removing a container an earlier agent of this server left");
-            if let Err(e) = d.stop_and_remove(&c.id, Duration::from_secs(5)).await {
-                tracing::error!(container = %c.name, error = %e, "cannot remove a leftover container");
-            }
-        }
-        left.len()
     }
 }

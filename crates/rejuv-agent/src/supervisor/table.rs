@@ -23,6 +23,8 @@ pub struct Supervisor {
     pub(super) cgroups: Option<Cgroups>,
     /// The Docker Engine, when a service of the catalog runs in containers.
     pub(super) docker: Option<crate::docker::Docker>,
+    /// systemd, when a service of the catalog runs as units.
+    pub(super) systemd: Option<crate::systemd::Systemd>,
     /// This agent's server and data directory (see [`crate::cgroup::scope`]).
     pub(super) scope: String,
     pub(super) self_pid: i32,
@@ -54,10 +56,17 @@ impl Supervisor {
             metrics,
             cgroups,
             docker,
+            systemd: None,
             scope,
             self_pid: std::process::id() as i32,
             instances: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The systemd manager, for services with `backend = "systemd"`.
+    pub fn with_systemd(mut self, systemd: Option<crate::systemd::Systemd>) -> Self {
+        self.systemd = systemd;
+        self
     }
 
     pub fn cgroups(&self) -> Option<&Cgroups> {

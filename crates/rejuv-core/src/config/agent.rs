@@ -30,6 +30,11 @@ pub struct AgentDefaults {
     /// The Docker Engine's unix socket, for services with `backend = "docker"`.
     #[serde(default = "default_docker_socket")]
     pub docker_socket: PathBuf,
+    /// When the agent is stopped (SIGTERM, SIGINT), leave its instances running and hand them
+    /// over to the next agent of this server and data directory, which adopts them (an agent
+    /// upgrade). `rejuv agent --keep-instances` sets it too. Default: stop them.
+    #[serde(default)]
+    pub keep_instances_on_exit: bool,
     /// Connections the agent API serves at once; more are closed at once and counted.
     #[serde(default = "listener::default_api_max_connections")]
     pub max_connections: usize,
@@ -61,6 +66,7 @@ impl Default for AgentDefaults {
             restart_command: vec![],
             sample_interval: default_sample_interval(),
             docker_socket: default_docker_socket(),
+            keep_instances_on_exit: false,
             max_connections: listener::API_MAX_CONNECTIONS,
             header_read_timeout: listener::HEADER_READ_TIMEOUT,
             idle_timeout: listener::IDLE_TIMEOUT,

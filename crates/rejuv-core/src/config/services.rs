@@ -69,8 +69,9 @@ pub struct ServiceConfig {
     /// `instance-rss` rule measures the instance against.
     #[serde(default, with = "super::field::bytes")]
     pub memory_limit: Option<u64>,
-    /// systemd: a template unit the operator installed, with `{port}` where the instance's
-    /// port goes: `web@{port}.service`. Without it, `command` runs as a transient unit.
+    /// systemd: a template unit the operator installed, whose instance name is the port:
+    /// `web@.service` (also written `web@{port}.service`) runs instance port 8080 as
+    /// `web@8080.service`. Without it, `command` runs as a transient unit.
     pub unit: Option<String>,
     /// Capacity units one instance takes.
     #[serde(default = "default_units")]
@@ -250,10 +251,10 @@ impl ServiceConfig {
             }
             Backend::Systemd => match &self.unit {
                 Some(u) => {
-                    if !u.ends_with(".service") || !u.contains("@{port}") {
+                    if !is_template_unit(u) {
                         errs.add(
                             f("unit"),
-                            "must name a template instance with the port, e.g. web@{port}.service",
+                            "must name a template unit, e.g. web@.service (or web@{port}.service): its instance is the port",
                         );
                     }
                     only(errs, "command", self.command.is_some(), "process (or systemd without unit)");
@@ -306,6 +307,21 @@ impl HealthConfig {
     }
 }
 
+/// `NAME@.service` or `NAME@{port}.service`, NAME a plain unit name.
+fn is_template_unit(u: &str) -> bool {
+    let Some(name) = u
+        .strip_suffix("@.service")
+        .or_else(|| u.strip_suffix("@{port}.service"))
+    else {
+        return false;
+    };
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-' | '\\'))
+}
+
 /// A user, group or network name, or a number.
 fn is_account_name(s: &str) -> bool {
     !s.is_empty()
@@ -347,5 +363,27 @@ pub(crate) fn validate(services: &BTreeMap<ServiceName, ServiceConfig>, errs: &m
             );
         }
         svc.validate(name, errs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_template_unit;
+
+    #[test]
+    fn template_units_name_their_port_instance() {
+        for ok in ["web@.service", "web@{port}.service", "my-app_2@.service"] {
+            assert!(is_template_unit(ok), "{ok}");
+        }
+        for bad in [
+            "web.service",
+            "web@8080.service",
+            "@.service",
+            "-x@.service",
+            "a b@.service",
+            "web@.socket",
+        ] {
+            assert!(!is_template_unit(bad), "{bad}");
+        }
     }
 }
