@@ -32,6 +32,7 @@ mod rejuvenation;
 mod retention;
 mod servers;
 mod services;
+mod source;
 mod store;
 mod traffic;
 
@@ -55,6 +56,7 @@ pub use rejuvenation::{Action, RejuvenationConfig};
 pub use retention::RetentionConfig;
 pub use servers::ServerConfig;
 pub use services::{Backend, HandoffConfig, HealthCheck, HealthConfig, ServiceConfig};
+pub use source::{needs_capacity, Capacity, SourceConfig, SourceKind};
 pub use store::{StoreConfig, StoreKind};
 pub use traffic::{HaproxyCheck, HaproxyTrafficConfig, TrafficAdapter, TrafficConfig};
 
@@ -72,7 +74,10 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub controller: ControllerConfig,
+    /// The servers with agents; none with a Prometheus `[source]` in advisory mode.
+    #[serde(default)]
     pub servers: Vec<ServerConfig>,
+    #[serde(default)]
     pub services: BTreeMap<ServiceName, ServiceConfig>,
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -99,6 +104,9 @@ pub struct Config {
     /// Recurring windows in which no new workflow starts (a change freeze).
     #[serde(default)]
     pub freeze: Vec<FreezeWindow>,
+    /// Where readings come from: the agents, or a Prometheus server.
+    #[serde(default)]
+    pub source: SourceConfig,
 }
 
 impl Config {
@@ -117,13 +125,17 @@ impl Config {
     /// after the other.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errs = Errors::default();
-        servers::validate(
-            &self.servers,
-            self.cluster.mode,
-            &self.services,
-            self.rejuvenation.in_place,
-            &mut errs,
-        );
+        // A Prometheus source alone (no agents) has no servers to check: it only advises.
+        if !(self.servers.is_empty() && self.source.is_prometheus()) {
+            servers::validate(
+                &self.servers,
+                self.cluster.mode,
+                &self.services,
+                self.rejuvenation.in_place,
+                &mut errs,
+            );
+        }
+        self.source.validate(&mut errs);
         self.store.validate(&mut errs);
         services::validate(&self.services, &mut errs);
         self.policy
