@@ -125,8 +125,10 @@ impl Config {
     /// after the other.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errs = Errors::default();
-        // A Prometheus source alone (no agents) has no servers to check: it only advises.
-        if !(self.servers.is_empty() && self.source.is_prometheus()) {
+        // A Prometheus source alone (no agents) only advises: no servers, services or
+        // traffic to check.
+        let advisory_only = self.servers.is_empty() && self.source.is_prometheus();
+        if !advisory_only {
             servers::validate(
                 &self.servers,
                 self.cluster.mode,
@@ -137,7 +139,9 @@ impl Config {
         }
         self.source.validate(&mut errs);
         self.store.validate(&mut errs);
-        services::validate(&self.services, &mut errs);
+        if !advisory_only {
+            services::validate(&self.services, &mut errs);
+        }
         self.policy
             .validate(self.controller.agent_timeout, &mut errs);
         self.gate.validate(&mut errs);
@@ -152,7 +156,9 @@ impl Config {
         self.budget.validate(capacity, &mut errs);
         self.rejuvenation.validate(&mut errs);
         self.agent.validate(&self.rejuvenation, &mut errs);
-        self.traffic.validate(&self.services, &mut errs);
+        if !advisory_only {
+            self.traffic.validate(&self.services, &mut errs);
+        }
         self.controller.validate(&mut errs);
         self.alerts.validate(&mut errs);
         self.auth.validate(&mut errs);

@@ -328,4 +328,27 @@ fds = "y"
         );
         assert!(problems(&SourceConfig::default()).is_empty());
     }
+
+    #[test]
+    fn a_prometheus_source_alone_needs_no_servers_services_or_traffic() {
+        let advisory = r#"
+[cluster]
+mode = "active-standby"
+[source]
+kind = "prometheus"
+url = "http://127.0.0.1:9090"
+[source.queries]
+memory-used = "node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes"
+[source.capacity]
+memory-used = "node_memory_MemTotal_bytes"
+"#;
+        let cfg = crate::config::Config::from_toml(advisory).unwrap();
+        assert!(cfg.servers.is_empty() && cfg.source.is_prometheus());
+        let agents = "[cluster]\nmode = \"active-standby\"\n";
+        let err = crate::config::Config::from_toml(agents).unwrap_err().to_string();
+        assert!(err.contains("servers: at least one server is required"), "{err}");
+        let bad_url = advisory.replace("http://127.0.0.1:9090", "https://p:9090");
+        let err = crate::config::Config::from_toml(&bad_url).unwrap_err().to_string();
+        assert!(err.contains("source.url: https is not supported"), "{err}");
+    }
 }
