@@ -85,9 +85,18 @@ impl Advisor {
         for (server, list) in samples {
             let cfg = &self.cfg;
             let j = self.servers.entry(server.clone()).or_insert_with(|| {
+                // Each instance is judged against its own limit (the capacity); the budget
+                // only scales the detector's messages: the limits of the instances together.
+                let limits = list.iter().find(|s| !s.instances.is_empty()).map(|s| {
+                    s.instances
+                        .values()
+                        .filter_map(|i| i.memory_limit_bytes)
+                        .fold(0u64, u64::saturating_add)
+                });
                 let budget = cfg
                     .server(&server)
                     .and_then(|s| s.memory_budget_bytes)
+                    .or(limits.filter(|l| *l > 0))
                     .unwrap_or(u64::MAX);
                 Judged {
                     detector: ServerDetector::with_trend(
@@ -239,6 +248,8 @@ instance-rss = 1000000
         let r = a.report("http://p", vec![]);
         assert_eq!(r.servers.len(), 1, "{r:?}");
         let adv = &r.servers[0];
+        // 4 kB/s is about 14 MB/h (the budget is the instance's own limit).
+        assert!(adv.message.contains(" MB/h"), "{}", adv.message);
         assert_eq!(
             (adv.server.as_str(), adv.resource.as_str(), adv.action.as_str()),
             ("aging", "instance-rss", "rejuvenate-instance")
