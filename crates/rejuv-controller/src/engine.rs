@@ -67,6 +67,11 @@ pub enum Msg {
     /// From the traffic adapter: the load balancer holds a table that is not ours
     /// (`Some(what it holds)`), or holds ours again (`None`).
     TrafficMismatch(Option<String>),
+    /// From a Prometheus `[source]` beside the agents: its latest judgement of a server.
+    SourceJudged {
+        server: String,
+        judgement: rejuv_core::detect::detector::Judgement,
+    },
 }
 
 /// Whether the load balancer holds this controller's route table.
@@ -296,6 +301,9 @@ impl Engine {
             } => shell.attempted(id, attempt, outcome, now, world),
             Msg::Wake { id, attempt } => shell.wake(id, attempt, world),
             Msg::TrafficMismatch(m) => self.traffic_mismatch(m, now),
+            Msg::SourceJudged { server, judgement } => {
+                shell.source_judged(&server, judgement, now, world)
+            }
         }
     }
 

@@ -137,6 +137,19 @@ pub(crate) async fn start_leading(
             }
         }
     }
+    if cfg.source.is_prometheus() {
+        let (cfg, tx, published, local) = (
+            (*cfg).clone(),
+            tx.clone(),
+            engine.published.subscribe(),
+            local.clone(),
+        );
+        tasks.spawn(async move {
+            if let Err(e) = crate::source::beside_agents(cfg, tx, published, local).await {
+                tracing::error!("source: {}", rejuv_core::error_chain(&e));
+            }
+        });
+    }
     tasks.spawn(engine.run(rx, local.clone()));
 
     let mut operators = Vec::new();

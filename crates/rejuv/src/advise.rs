@@ -25,7 +25,7 @@ pub struct AdviseArgs<'a> {
 /// Whether the controller's command line asks for the advisory run of this module rather
 /// than a controller of agents.
 pub fn wanted(cfg: &Config, a: &AdviseArgs<'_>) -> bool {
-    a.once || a.output.is_some() || (cfg.servers.is_empty() && cfg.source.is_prometheus())
+    a.once || a.output.is_some() || cfg.advisory_only()
 }
 
 fn bad(msg: &str) -> anyhow::Result<i32> {

@@ -174,7 +174,10 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < until, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < until,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -293,7 +296,8 @@ scrape_configs:
         Duration::from_secs(30),
         || {
             let test = prom.scalar(r#"count_over_time(test_rss_bytes{server="flat-1"}[1m])"#)?;
-            let node = prom.scalar(r#"count_over_time(node_memory_MemTotal_bytes{server="node"}[1m])"#)?;
+            let node =
+                prom.scalar(r#"count_over_time(node_memory_MemTotal_bytes{server="node"}[1m])"#)?;
             (test >= 12.0 && node >= 12.0).then_some(())
         },
     );
@@ -315,7 +319,8 @@ scrape_configs:
                 !names.iter().any(|n| n.starts_with("flat")),
                 "a flat server is listed: {report:#}"
             );
-            let found = names.iter().any(|n| n == "aging-1") && names.iter().any(|n| n == "aging-2");
+            let found =
+                names.iter().any(|n| n == "aging-1") && names.iter().any(|n| n == "aging-2");
             if !found {
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -341,7 +346,10 @@ scrape_configs:
         let exhausts_at = (CAPACITY - start) / rate;
         let truth = exhausts_at - now.as_secs_f64();
         let tte = s["exhausts_in_s"].as_f64().expect("a forecast");
-        assert!(truth > 5.0, "{name} is nearly exhausted already ({truth:.0}s left)");
+        assert!(
+            truth > 5.0,
+            "{name} is nearly exhausted already ({truth:.0}s left)"
+        );
         assert!(
             tte > 0.5 * truth && tte < 1.6 * truth + 3.0,
             "{name}: forecast {tte:.1}s, truth about {truth:.1}s"
@@ -352,7 +360,12 @@ scrape_configs:
         .as_array()
         .unwrap()
         .iter()
-        .map(|j| (j["server"].as_str().unwrap(), j["samples"].as_u64().unwrap()))
+        .map(|j| {
+            (
+                j["server"].as_str().unwrap(),
+                j["samples"].as_u64().unwrap(),
+            )
+        })
         .collect();
     for name in ["aging-1", "aging-2", "flat-1", "flat-2", "node"] {
         let n = judged
@@ -362,10 +375,7 @@ scrape_configs:
             .unwrap_or_else(|| panic!("{name} not judged: {judged:?}"));
         assert!(n >= 12, "{name}: {n} readings judged");
     }
-    assert!(
-        report["notes"].as_array().unwrap().is_empty(),
-        "{report:#}"
-    );
+    assert!(report["notes"].as_array().unwrap().is_empty(), "{report:#}");
 
     // The table says the same for people.
     let table = once(&config, false);
@@ -383,7 +393,10 @@ scrape_configs:
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        source_config(&prom.url, "node_memory_MemTotal_bytes -) node_memory_MemAvailable_bytes"),
+        source_config(
+            &prom.url,
+            "node_memory_MemTotal_bytes -) node_memory_MemAvailable_bytes",
+        ),
     )
     .unwrap();
     let run = once(&bad, true);
@@ -400,7 +413,9 @@ scrape_configs:
     let run = once(&config, true);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
-        run.stderr.contains(&format!("Prometheus at {url} is unreachable")) && run.stdout.is_empty(),
+        run.stderr
+            .contains(&format!("Prometheus at {url} is unreachable"))
+            && run.stdout.is_empty(),
         "{}",
         run.stderr
     );

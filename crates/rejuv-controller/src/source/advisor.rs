@@ -62,12 +62,16 @@ struct Judged {
     judgement: Judgement,
     samples: u64,
     newest_ms: u64,
+    /// The server's last rejuvenation: history up to it was forgotten.
+    rejuvenated_ms: u64,
 }
 
 /// The detectors of the source's servers.
 pub struct Advisor {
     cfg: Config,
     servers: BTreeMap<ServerId, Judged>,
+    /// Last rejuvenations of servers not read yet.
+    rejuvenated: BTreeMap<ServerId, u64>,
 }
 
 impl Advisor {
@@ -75,6 +79,7 @@ impl Advisor {
         Self {
             cfg: cfg.clone(),
             servers: BTreeMap::new(),
+            rejuvenated: BTreeMap::new(),
         }
     }
 
@@ -84,6 +89,7 @@ impl Advisor {
         let mut changed = Vec::new();
         for (server, list) in samples {
             let cfg = &self.cfg;
+            let rejuvenated_ms = self.rejuvenated.get(&server).copied().unwrap_or(0);
             let j = self.servers.entry(server.clone()).or_insert_with(|| {
                 // Each instance is judged against its own limit (the capacity); the budget
                 // only scales the detector's messages: the limits of the instances together.
@@ -106,7 +112,8 @@ impl Advisor {
                     ),
                     judgement: Judgement::stable(),
                     samples: 0,
-                    newest_ms: 0,
+                    newest_ms: rejuvenated_ms,
+                    rejuvenated_ms,
                 }
             });
             let before = j.judgement.level;
@@ -123,6 +130,28 @@ impl Advisor {
             }
         }
         changed
+    }
+
+    /// The latest judgement of a server.
+    pub fn judgement(&self, server: &str) -> Option<&Judgement> {
+        self.servers.get(server).map(|j| &j.judgement)
+    }
+
+    /// The server was rejuvenated at `at_ms` (wall clock): forget its history, and judge
+    /// only readings taken after that. Returns whether this was news.
+    pub fn rejuvenated(&mut self, server: &str, at_ms: u64) -> bool {
+        let Some(j) = self.servers.get_mut(server) else {
+            let known = self.rejuvenated.insert(server.to_string(), at_ms);
+            return known != Some(at_ms);
+        };
+        if at_ms <= j.rejuvenated_ms {
+            return false;
+        }
+        j.rejuvenated_ms = at_ms;
+        j.detector.reset();
+        j.judgement = Judgement::stable();
+        j.newest_ms = j.newest_ms.max(at_ms);
+        true
     }
 
     /// The advisory of one server, if it is judged aging.
@@ -235,7 +264,9 @@ instance-rss = 1000000
         // stays near 600 kB.
         samples.insert(
             "aging".to_string(),
-            (0..120).map(|i| rss(t0 + i * 1000, 300_000 + 4_000 * i)).collect(),
+            (0..120)
+                .map(|i| rss(t0 + i * 1000, 300_000 + 4_000 * i))
+                .collect(),
         );
         samples.insert(
             "flat".to_string(),
@@ -251,7 +282,11 @@ instance-rss = 1000000
         // 4 kB/s is about 14 MB/h (the budget is the instance's own limit).
         assert!(adv.message.contains(" MB/h"), "{}", adv.message);
         assert_eq!(
-            (adv.server.as_str(), adv.resource.as_str(), adv.action.as_str()),
+            (
+                adv.server.as_str(),
+                adv.resource.as_str(),
+                adv.action.as_str()
+            ),
             ("aging", "instance-rss", "rejuvenate-instance")
         );
         assert_eq!(adv.instance.as_deref(), Some("api"));
@@ -265,5 +300,16 @@ instance-rss = 1000000
         let again = BTreeMap::from([("flat".to_string(), vec![rss(t0, 600_000)])]);
         assert!(a.feed(again).is_empty());
         assert_eq!(a.report("http://p", vec![]).judged[1].samples, 120);
+
+        // A rejuvenation forgets the history; readings from before it are not judged again.
+        assert!(a.rejuvenated("aging", t0 + 119_000));
+        assert!(!a.rejuvenated("aging", t0 + 119_000));
+        assert_eq!(a.judgement("aging").unwrap().level, Level::Stable);
+        let old = BTreeMap::from([(
+            "aging".to_string(),
+            (100..120).map(|i| rss(t0 + i * 1000, 900_000)).collect(),
+        )]);
+        a.feed(old);
+        assert!(a.report("http://p", vec![]).servers.is_empty());
     }
 }

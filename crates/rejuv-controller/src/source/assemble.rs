@@ -393,11 +393,7 @@ mod tests {
             "{msg}"
         );
         // With one series per server, the instance is named after the server.
-        let a = assemble(
-            &c,
-            &mk(vec![series(&[("server", "s1")], &[(1, 1.0)])]),
-        )
-        .unwrap();
+        let a = assemble(&c, &mk(vec![series(&[("server", "s1")], &[(1, 1.0)])])).unwrap();
         assert!(a.samples["s1"][0].instances.contains_key("s1"));
     }
 }

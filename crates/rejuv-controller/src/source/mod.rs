@@ -8,6 +8,9 @@
 //!   report of the servers judged aging.
 //! - [`advise`]: the same, every `step` until shut down, logging each server that starts or
 //!   stops aging (the controller's advisory mode without agents).
+//! - [`beside_agents`]: the same, beside the agents: the source's judgement of every server
+//!   of the config goes to the engine, which acts on the worse of it and the agent's (the
+//!   agents still act); a rejuvenated server's history is forgotten here too.
 //!
 //! # Errors
 //! [`SourceError`]: Prometheus unreachable or answering an error (a bad query), each naming
@@ -17,7 +20,7 @@ pub mod advisor;
 pub mod assemble;
 pub mod prometheus;
 
-use advisor::{AdvisoryReport, Advisor};
+use advisor::{Advisor, AdvisoryReport};
 use assemble::{assemble, CapacitySeries, ResourceSeries};
 use prometheus::{PromClient, PromError, Range};
 use rejuv_core::config::{Capacity, Config, Resource};
@@ -27,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("the config has no Prometheus source: set [source] kind = \"prometheus\", url and queries")]
+    #[error(
+        "the config has no Prometheus source: set [source] kind = \"prometheus\", url and queries"
+    )]
     NotPrometheus,
     #[error(transparent)]
     Prometheus(#[from] PromError),
@@ -35,7 +40,7 @@ pub enum SourceError {
     Assemble {
         url: String,
         #[source]
-        source: assemble::AssembleError,
+        source: Box<assemble::AssembleError>,
     },
 }
 
@@ -83,6 +88,10 @@ impl Source {
         &self.advisor
     }
 
+    pub fn advisor_mut(&mut self) -> &mut Advisor {
+        &mut self.advisor
+    }
+
     /// Reads what is new up to `now_ms` (wall clock) and judges it.
     pub async fn poll(&mut self, now_ms: u64) -> Result<Polled, SourceError> {
         let src = &self.cfg.source;
@@ -106,7 +115,7 @@ impl Source {
         let data = futures::future::try_join_all(reads).await?;
         let assembled = assemble(src, &data).map_err(|source| SourceError::Assemble {
             url: self.client.url().to_string(),
-            source,
+            source: Box::new(source),
         })?;
         self.next_ms = Some(end_ms + step_ms);
         let changed = self.advisor.feed(assembled.samples);
@@ -187,6 +196,78 @@ pub async fn advise(cfg: Config, shutdown: CancellationToken) -> Result<(), Sour
             Err(e) => tracing::warn!("source: {}", rejuv_core::error_chain(&e)),
         }
     }
+}
+
+/// Beside the agents: reads and judges every `step`, and sends the engine its judgement of
+/// each server of the config whenever it changes, as a judgement of the whole server (the
+/// source's instances are not the agent's). Before each read, the servers the cluster says
+/// were rejuvenated since are forgotten.
+pub async fn beside_agents(
+    cfg: Config,
+    tx: tokio::sync::mpsc::Sender<crate::engine::Msg>,
+    published: tokio::sync::watch::Receiver<crate::engine::Published>,
+    shutdown: CancellationToken,
+) -> Result<(), SourceError> {
+    let mut source = Source::new(&cfg)?;
+    tracing::info!(
+        url = source.url(),
+        step = %humantime::format_duration(cfg.source.step),
+        "judging the servers from a Prometheus source beside their agents"
+    );
+    let mut every = tokio::time::interval(cfg.source.step.max(Duration::from_millis(100)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = every.tick() => {}
+        }
+        let rejuvenated: Vec<(String, u64)> = published
+            .borrow()
+            .cluster
+            .servers
+            .iter()
+            .filter_map(|(id, s)| s.last_rejuvenated_at_ms.map(|t| (id.clone(), t)))
+            .collect();
+        for (server, at_ms) in rejuvenated {
+            source.advisor_mut().rejuvenated(&server, at_ms);
+        }
+        let changed = match source.poll(crate::engine::wall_ms()).await {
+            Ok(p) => p.changed,
+            Err(e) => {
+                tracing::warn!("source: {}", rejuv_core::error_chain(&e));
+                continue;
+            }
+        };
+        for (server, level) in changed {
+            log_change(&source, &server, level);
+            let Some(j) = source.advisor().judgement(&server) else {
+                continue;
+            };
+            if cfg.server(&server).is_none() {
+                continue;
+            }
+            let judgement = whole_server(j.clone(), source.url());
+            let msg = crate::engine::Msg::SourceJudged { server, judgement };
+            if tx.send(msg).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A source's judgement as one of the whole server: the instances a query names are not the
+/// agent's, so the scope is the server.
+fn whole_server(
+    mut j: rejuv_core::detect::detector::Judgement,
+    url: &str,
+) -> rejuv_core::detect::detector::Judgement {
+    j.host = j.level;
+    j.unstable_instances.clear();
+    if let Some(e) = j.explanation.as_mut() {
+        e.instance = None;
+        e.message = format!("from Prometheus at {url}: {}", e.message);
+    }
+    j
 }
 
 fn log_change(source: &Source, server: &str, level: Level) {

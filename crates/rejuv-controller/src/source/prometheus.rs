@@ -22,7 +22,9 @@ pub enum PromError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("Prometheus at {url} refused the query `{query}` (HTTP {status}, {error_type}): {message}")]
+    #[error(
+        "Prometheus at {url} refused the query `{query}` (HTTP {status}, {error_type}): {message}"
+    )]
     Refused {
         url: String,
         query: String,
@@ -130,7 +132,9 @@ impl PromClient {
     async fn read_bounded(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, PromError> {
         let too_big = || PromError::BadReply {
             url: self.url.clone(),
-            message: format!("reply larger than {MAX_REPLY} bytes, not read (narrow the query or the range)"),
+            message: format!(
+                "reply larger than {MAX_REPLY} bytes, not read (narrow the query or the range)"
+            ),
         };
         if resp.content_length().is_some_and(|n| n > MAX_REPLY as u64) {
             return Err(too_big());
@@ -181,7 +185,10 @@ fn parse_reply(url: &str, query: &str, status: u16, body: &[u8]) -> Result<Vec<S
             query: clean(query, MAX_REMOTE_TEXT),
             status,
             error_type: clean(reply.error_type.as_deref().unwrap_or("unknown"), 40),
-            message: clean(reply.error.as_deref().unwrap_or("(no message)"), MAX_REMOTE_TEXT),
+            message: clean(
+                reply.error.as_deref().unwrap_or("(no message)"),
+                MAX_REMOTE_TEXT,
+            ),
         });
     }
     let data = reply

@@ -127,7 +127,7 @@ impl Config {
         let mut errs = Errors::default();
         // A Prometheus source alone (no agents) only advises: no servers, services or
         // traffic to check.
-        let advisory_only = self.servers.is_empty() && self.source.is_prometheus();
+        let advisory_only = self.advisory_only();
         if !advisory_only {
             servers::validate(
                 &self.servers,
@@ -168,6 +168,11 @@ impl Config {
         errs.into_vec()
     }
 
+    /// A Prometheus source and no agents: the controller can only advise (`--dry-run`).
+    pub fn advisory_only(&self) -> bool {
+        self.servers.is_empty() && self.source.is_prometheus()
+    }
+
     pub fn server(&self, id: &str) -> Option<&ServerConfig> {
         self.servers.iter().find(|s| s.id == id)
     }
@@ -181,7 +186,10 @@ impl Config {
     /// at start and `rejuv config check` prints them.
     pub fn warnings(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
-        if self.traffic.adapter == TrafficAdapter::Builtin && self.auth.proxy_token_file.is_none() {
+        if self.traffic.adapter == TrafficAdapter::Builtin
+            && self.auth.proxy_token_file.is_none()
+            && !self.advisory_only()
+        {
             out.push(FieldError {
                 field: "auth.proxy_token_file".into(),
                 reason: "not set: the builtin proxy's admin API takes the operators' API token, so every holder of it can rewrite where traffic goes; give the proxy a token of its own".into(),

@@ -345,10 +345,17 @@ memory-used = "node_memory_MemTotal_bytes"
         let cfg = crate::config::Config::from_toml(advisory).unwrap();
         assert!(cfg.servers.is_empty() && cfg.source.is_prometheus());
         let agents = "[cluster]\nmode = \"active-standby\"\n";
-        let err = crate::config::Config::from_toml(agents).unwrap_err().to_string();
-        assert!(err.contains("servers: at least one server is required"), "{err}");
+        let err = crate::config::Config::from_toml(agents)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("servers: at least one server is required"),
+            "{err}"
+        );
         let bad_url = advisory.replace("http://127.0.0.1:9090", "https://p:9090");
-        let err = crate::config::Config::from_toml(&bad_url).unwrap_err().to_string();
+        let err = crate::config::Config::from_toml(&bad_url)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("source.url: https is not supported"), "{err}");
     }
 }
