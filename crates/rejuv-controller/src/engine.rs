@@ -74,6 +74,11 @@ pub enum Msg {
         config: Box<Config>,
         reply: oneshot::Sender<Result<Vec<String>, Refusal>>,
     },
+    /// From a Prometheus `[source]` beside the agents: its latest judgement of a server.
+    SourceJudged {
+        server: String,
+        judgement: rejuv_core::detect::detector::Judgement,
+    },
 }
 
 /// Whether the load balancer holds this controller's route table.
@@ -337,6 +342,9 @@ impl Engine {
             Msg::TrafficMismatch(m) => self.traffic_mismatch(m, now),
             Msg::Reload { by, config, reply } => {
                 let _ = reply.send(self.reload(by, *config, now));
+            }
+            Msg::SourceJudged { server, judgement } => {
+                shell.source_judged(&server, judgement, now, world)
             }
         }
     }

@@ -129,6 +129,19 @@ pub(crate) async fn start_leading(
             }
         }
     }
+    if cfg.source.is_prometheus() {
+        let (cfg, tx, published, local) = (
+            (*cfg).clone(),
+            tx.clone(),
+            engine.published.subscribe(),
+            local.clone(),
+        );
+        tasks.spawn(async move {
+            if let Err(e) = crate::source::beside_agents(cfg, tx, published, local).await {
+                tracing::error!("source: {}", rejuv_core::error_chain(&e));
+            }
+        });
+    }
     tasks.spawn(engine.run(rx, local.clone()));
     if let Some(path) = opts.config_path.clone() {
         tasks.spawn(reload_on_hangup(path, tx.clone(), local.clone()));

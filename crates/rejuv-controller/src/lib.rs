@@ -11,6 +11,8 @@
 //! - [`traffic`]: traffic adapters (builtin proxy) as reconcile loops.
 //! - [`api`]: the HTTP API; [`metrics`]: Prometheus text; [`history`]: the recent readings
 //!   the history route serves.
+//! - [`source`]: a Prometheus server as a source of readings, judged by the same detector
+//!   (advisory reports without agents).
 
 pub mod agent_client;
 pub mod alerts;
@@ -31,6 +33,7 @@ pub mod leader;
 pub mod leading;
 pub mod metrics;
 pub mod recover;
+pub mod source;
 pub mod store;
 pub mod store_codec;
 pub mod traffic;

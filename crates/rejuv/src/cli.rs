@@ -77,7 +77,8 @@ Examples:
     #[command(after_help = "\
 Examples:
   rejuv controller --config /etc/rejuv/rejuv.toml
-  rejuv controller --config rejuv.toml --listen 127.0.0.1:7070 --dry-run")]
+  rejuv controller --config rejuv.toml --listen 127.0.0.1:7070 --dry-run
+  rejuv controller --config prometheus.toml --dry-run --once --output json   # [source] kind = \"prometheus\"")]
     Controller {
         #[arg(long)]
         config: PathBuf,
@@ -103,6 +104,14 @@ Examples:
         /// for the API token; the file is removed when the code is used.
         #[arg(long, value_name = "PATH")]
         session_code_file: Option<PathBuf>,
+        /// With a Prometheus `[source]` and --dry-run: judge its servers once, print the
+        /// advisory report of those aging, and exit.
+        #[arg(long)]
+        once: bool,
+        /// With --once: `table` for people, `json` for scripts (`{"servers": [...]}` alone on
+        /// stdout).
+        #[arg(long, short = 'o', value_enum)]
+        output: Option<crate::conn::Output>,
     },
     /// Run the builtin proxy (the front end clients use).
     #[command(after_help = "\
@@ -505,9 +514,20 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             dry_run,
             adopt_agents,
             session_code_file,
+            once,
+            output,
         } => {
             init_tracing();
             let cfg = load_config(&config)?;
+            let advise = crate::advise::AdviseArgs {
+                config_path: &config,
+                dry_run,
+                once,
+                output,
+            };
+            if crate::advise::wanted(&cfg, &advise) {
+                return crate::advise::run(cfg, advise);
+            }
             let config_path = Some(config.clone());
             let agent_token = read_token(
                 cfg.auth

@@ -4,6 +4,7 @@
 //! refused an operator request (it does not fit the current state); 4 unauthorized. The whole
 //! command line is described in `docs/cli.md`.
 
+mod advise;
 mod chaos;
 mod cli;
 mod conn;

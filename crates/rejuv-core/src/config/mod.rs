@@ -32,6 +32,7 @@ mod rejuvenation;
 mod retention;
 mod servers;
 mod services;
+mod source;
 mod store;
 mod traffic;
 
@@ -55,6 +56,7 @@ pub use rejuvenation::{Action, RejuvenationConfig};
 pub use retention::RetentionConfig;
 pub use servers::ServerConfig;
 pub use services::{Backend, HandoffConfig, HealthCheck, HealthConfig, ServiceConfig};
+pub use source::{needs_capacity, Capacity, SourceConfig, SourceKind};
 pub use store::{StoreConfig, StoreKind};
 pub use traffic::{HaproxyCheck, HaproxyTrafficConfig, TrafficAdapter, TrafficConfig};
 
@@ -72,7 +74,10 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub controller: ControllerConfig,
+    /// The servers with agents; none with a Prometheus `[source]` in advisory mode.
+    #[serde(default)]
     pub servers: Vec<ServerConfig>,
+    #[serde(default)]
     pub services: BTreeMap<ServiceName, ServiceConfig>,
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -99,6 +104,9 @@ pub struct Config {
     /// Recurring windows in which no new workflow starts (a change freeze).
     #[serde(default)]
     pub freeze: Vec<FreezeWindow>,
+    /// Where readings come from: the agents, or a Prometheus server.
+    #[serde(default)]
+    pub source: SourceConfig,
 }
 
 impl Config {
@@ -117,15 +125,23 @@ impl Config {
     /// after the other.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errs = Errors::default();
-        servers::validate(
-            &self.servers,
-            self.cluster.mode,
-            &self.services,
-            self.rejuvenation.in_place,
-            &mut errs,
-        );
+        // A Prometheus source alone (no agents) only advises: no servers, services or
+        // traffic to check.
+        let advisory_only = self.advisory_only();
+        if !advisory_only {
+            servers::validate(
+                &self.servers,
+                self.cluster.mode,
+                &self.services,
+                self.rejuvenation.in_place,
+                &mut errs,
+            );
+        }
+        self.source.validate(&mut errs);
         self.store.validate(&mut errs);
-        services::validate(&self.services, &mut errs);
+        if !advisory_only {
+            services::validate(&self.services, &mut errs);
+        }
         self.policy
             .validate(self.controller.agent_timeout, &mut errs);
         self.gate.validate(&mut errs);
@@ -140,7 +156,9 @@ impl Config {
         self.budget.validate(capacity, &mut errs);
         self.rejuvenation.validate(&mut errs);
         self.agent.validate(&self.rejuvenation, &mut errs);
-        self.traffic.validate(&self.services, &mut errs);
+        if !advisory_only {
+            self.traffic.validate(&self.services, &mut errs);
+        }
         self.controller.validate(&mut errs);
         self.alerts.validate(&mut errs);
         self.auth.validate(&mut errs);
@@ -148,6 +166,11 @@ impl Config {
         freeze::validate(&self.freeze, &mut errs);
         conflicts::validate(self, &mut errs);
         errs.into_vec()
+    }
+
+    /// A Prometheus source and no agents: the controller can only advise (`--dry-run`).
+    pub fn advisory_only(&self) -> bool {
+        self.servers.is_empty() && self.source.is_prometheus()
     }
 
     pub fn server(&self, id: &str) -> Option<&ServerConfig> {
@@ -163,7 +186,10 @@ impl Config {
     /// at start and `rejuv config check` prints them.
     pub fn warnings(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
-        if self.traffic.adapter == TrafficAdapter::Builtin && self.auth.proxy_token_file.is_none() {
+        if self.traffic.adapter == TrafficAdapter::Builtin
+            && self.auth.proxy_token_file.is_none()
+            && !self.advisory_only()
+        {
             out.push(FieldError {
                 field: "auth.proxy_token_file".into(),
                 reason: "not set: the builtin proxy's admin API takes the operators' API token, so every holder of it can rewrite where traffic goes; give the proxy a token of its own".into(),

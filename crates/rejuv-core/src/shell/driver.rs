@@ -23,6 +23,7 @@ use crate::cluster::{
     Refusal,
 };
 use crate::config::Config;
+use crate::detect::detector::Judgement;
 use crate::time::Now;
 use crate::types::Sample;
 use std::sync::Arc;
@@ -222,6 +223,23 @@ impl Shell {
             samples: n,
             span_s,
         });
+        self.step(vec![Event::Judged { server, judgement }], now, fx);
+    }
+
+    /// The `[source]`'s latest judgement of a server (Prometheus, beside its agent): the core
+    /// is told the worse of it and the agent's, at once and with every sample until the
+    /// server's detector is reset.
+    pub fn source_judged(
+        &mut self,
+        server: &str,
+        judgement: Judgement,
+        now: Now,
+        fx: &mut dyn Effects,
+    ) {
+        let Some(judgement) = self.readings.source_judged(server, judgement) else {
+            return;
+        };
+        let server = server.to_string();
         self.step(vec![Event::Judged { server, judgement }], now, fx);
     }
 

@@ -3,6 +3,10 @@
 //!
 //! Detectors and load histories live here, in memory: they are rebuilt from samples (the
 //! agents keep their newest ones for a controller that starts leading), never stored.
+//!
+//! A `[source]` beside the agents (Prometheus) judges the same servers from its own series;
+//! its latest judgement of a server is kept here and the worse of the two is what the core
+//! is told, until the server's detector is reset.
 
 use crate::api::AgentState;
 use crate::cluster::Observation;
@@ -34,6 +38,9 @@ pub struct Readings {
     /// Time (agent clock) of the newest sample each detector has seen.
     observed_at: BTreeMap<ServerId, u64>,
     load_history: BTreeMap<ServerId, VecDeque<f64>>,
+    /// The latest judgement of each server from its agent's samples, and from the source.
+    agent: BTreeMap<ServerId, Judgement>,
+    source: BTreeMap<ServerId, Judgement>,
 }
 
 impl Readings {
@@ -43,6 +50,8 @@ impl Readings {
             made_from: BTreeMap::new(),
             observed_at: BTreeMap::new(),
             load_history: BTreeMap::new(),
+            agent: BTreeMap::new(),
+            source: BTreeMap::new(),
         };
         r.reconfigure(cfg);
         r
@@ -110,6 +119,7 @@ impl Readings {
         }
         self.observed_at.insert(server.to_string(), taken);
         let j = d.observe(sample, taken.max(1));
+        let j = self.beside_source(server, j);
         Some(if clock_back {
             Judged::ClockBack(j)
         } else {
@@ -146,14 +156,49 @@ impl Readings {
             loads.push_back(x.load1);
         }
         self.observed_at.insert(server.to_string(), newest);
+        let judgement = self.beside_source(server, judgement);
         Some((judgement, samples.len(), span_s))
     }
 
-    /// Forgets the server's detector history (it was just rejuvenated).
+    /// Takes the source's latest judgement of a server (`None` for a server it does not
+    /// know): what the core is to be told now, the worse of it and the agent's.
+    pub fn source_judged(&mut self, server: &str, judgement: Judgement) -> Option<Judgement> {
+        if !self.detectors.contains_key(server) {
+            return None;
+        }
+        self.source.insert(server.to_string(), judgement);
+        let agent = self
+            .agent
+            .get(server)
+            .cloned()
+            .unwrap_or_else(Judgement::stable);
+        Some(self.worse_of_source(server, agent))
+    }
+
+    /// Records the agent's judgement and returns the worse of it and the source's.
+    fn beside_source(&mut self, server: &str, agent: Judgement) -> Judgement {
+        self.agent.insert(server.to_string(), agent.clone());
+        if self.source.is_empty() {
+            return agent;
+        }
+        self.worse_of_source(server, agent)
+    }
+
+    fn worse_of_source(&self, server: &str, agent: Judgement) -> Judgement {
+        match self.source.get(server) {
+            Some(s) if s.level > agent.level => s.clone(),
+            _ => agent,
+        }
+    }
+
+    /// Forgets the server's detector history (it was just rejuvenated), and the source's
+    /// judgement of it.
     pub fn reset(&mut self, server: &str) {
         if let Some(d) = self.detectors.get_mut(server) {
             d.reset();
         }
+        self.agent.remove(server);
+        self.source.remove(server);
     }
 
     /// Records `load1` in the server's load history and, while `gating`, says where it
@@ -170,5 +215,77 @@ impl Readings {
         }
         let below = history.iter().filter(|l| **l < load1).count();
         Some(below as f64 / history.len() as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::detector::{Explanation, Level};
+
+    fn config() -> Config {
+        crate::config::Config::from_toml(crate::config::tests::EXAMPLE).unwrap()
+    }
+
+    fn unstable(rule: &str) -> Judgement {
+        Judgement {
+            level: Level::Unstable,
+            explanation: Some(Explanation {
+                resource: crate::config::Resource::MemoryUsed,
+                rule: rule.into(),
+                value: 0.8,
+                limit: 1.0,
+                slope_per_s: None,
+                tte_s: Some(600.0),
+                confidence: None,
+                message: rule.into(),
+                instance: None,
+            }),
+            host: Level::Unstable,
+            unstable_instances: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_worse_of_the_agent_and_the_source_is_told_until_a_reset() {
+        let cfg = config();
+        let server = cfg.servers[0].id.clone();
+        let mut r = Readings::new(&cfg);
+        assert_eq!(r.source_judged("nobody", unstable("source")), None);
+        let sample = Sample {
+            taken_at_ms: 1_000,
+            mem_total_bytes: 100,
+            mem_used_bytes: 10,
+            ..Sample::default()
+        };
+        let Some(Judged::Fresh(j)) = r.judge(&server, &sample) else {
+            panic!("a fresh sample is judged")
+        };
+        assert_eq!(j.level, Level::Stable);
+        // The source sees aging: told at once, and kept while the agent's samples are stable.
+        let told = r.source_judged(&server, unstable("source")).unwrap();
+        assert_eq!(told.level, Level::Unstable);
+        let next = Sample {
+            taken_at_ms: 2_000,
+            ..sample.clone()
+        };
+        let Some(Judged::Fresh(j)) = r.judge(&server, &next) else {
+            panic!("a fresh sample is judged")
+        };
+        assert_eq!(j.explanation.unwrap().rule, "source");
+        // The source is stable again: the agent's judgement stands.
+        let told = r.source_judged(&server, Judgement::stable()).unwrap();
+        assert_eq!(told.level, Level::Stable);
+        r.source_judged(&server, unstable("source")).unwrap();
+        // A rejuvenation forgets the source's judgement too.
+        r.reset(&server);
+        let later = Sample {
+            taken_at_ms: 3_000,
+            ..sample
+        };
+        let Some(Judged::Fresh(j)) = r.judge(&server, &later) else {
+            panic!("a fresh sample is judged")
+        };
+        assert_eq!(j.level, Level::Stable);
     }
 }
