@@ -82,6 +82,7 @@
 //! - Nothing looks ahead: every verdict depends only on samples already observed.
 
 use super::level::Level;
+use super::shape::{self, ForecastModel};
 use super::stats::{
     hamed_rao_inflation, median_in_place, normal_cdf, normal_quantile, pair_slopes, sen_from_pairs,
     sens_slope, MkWindow, SenEstimate,
@@ -140,6 +141,9 @@ pub struct Forecast {
     pub variance_inflation: f64,
     /// Whether the growth has not slowed down and does not come from a single jump.
     pub steady: bool,
+    /// The model of the time to exhaustion (rule 8): `linear` is the slope above, extrapolated.
+    #[serde(default)]
+    pub model: ForecastModel,
 }
 
 /// What the series detector says after a sample.
@@ -174,6 +178,9 @@ struct Scale {
     last: Option<Forecast>,
     /// Whether the next shorter scale's recent data bore out the last alarm (rule 7).
     backed: bool,
+    /// The linear time to exhaustion of the last forecast, seconds: what the alarm's
+    /// persistence is judged by (rule 7), whatever model refines the forecast (rule 8).
+    linear_tte_s: f64,
 }
 
 /// Parameters derived once from a [`TrendConfig`].
@@ -235,6 +242,7 @@ impl SeriesDetector {
                 streak_since_ms: 0,
                 last: None,
                 backed: true,
+                linear_tte_s: f64::INFINITY,
             })
             .collect();
         Self {
@@ -269,6 +277,7 @@ impl SeriesDetector {
             s.streak = 0;
             s.last = None;
             s.backed = true;
+            s.linear_tte_s = f64::INFINITY;
         }
         self.origin_ms = None;
         self.last_ms = 0;
@@ -331,16 +340,64 @@ impl SeriesDetector {
             for i in (0..self.scales.len()).filter(|&i| closed[i]) {
                 let (head, tail) = self.scales.split_at_mut(i + 1);
                 // The evaluation's "now" is the end of the bucket just closed.
-                evaluate(
+                let judged = evaluate(
                     &mut head[i],
                     tail.first(),
                     &self.params,
                     self.capacity,
                     t_ms,
                 );
+                if judged && self.scales[i].firing {
+                    self.refine(i, rel);
+                }
             }
         }
         self.verdict(t_ms)
+    }
+
+    /// Rule 8: the forecast of alarming scale `i` gets the time to exhaustion of the model
+    /// that the longest history held supports best ([`shape::forecast`]). `rel_ms` is now,
+    /// relative to the first sample.
+    fn refine(&mut self, i: usize, rel_ms: u64) {
+        let min_points = self.params.min_points.max(shape::MIN_POINTS);
+        let Some(long) = self.scales.iter().find(|s| s.mk.len() >= min_points) else {
+            return;
+        };
+        let Some(f) = self.scales[i].last.as_ref() else {
+            return;
+        };
+        let base_tte_s = f.tte_s;
+        let bucket_s = long.bucket_ms as f64 / 1000.0;
+        let now_s = rel_ms as f64 / 1000.0;
+        let chosen = BUFFERS.with(|b| {
+            let mut b = b.borrow_mut();
+            let Buffers { ts, xs, .. } = &mut *b;
+            long.mk.ordered(ts, xs);
+            if !(self.capacity > 0.0) {
+                return None;
+            }
+            // Hours before now and fractions of capacity. A bucket's value is its maximum,
+            // placed at the bucket's end.
+            for t in ts.iter_mut() {
+                *t = ((*t + 1.0) * bucket_s - now_s).min(0.0) / 3600.0;
+            }
+            for x in xs.iter_mut() {
+                *x /= self.capacity;
+            }
+            Some(shape::forecast(ts, xs, base_tte_s, self.params.horizon_s))
+        });
+        let Some(chosen) = chosen else {
+            return;
+        };
+        let f = self.scales[i].last.as_mut().expect("checked above");
+        if chosen.model != ForecastModel::Linear && f.tte_s > 0.0 {
+            // The interval keeps its width relative to the forecast.
+            let k = chosen.tte_s / f.tte_s;
+            f.tte_low_s *= k;
+            f.tte_high_s = f.tte_high_s.map(|h| h * k);
+            f.tte_s = chosen.tte_s;
+        }
+        f.model = chosen.model;
     }
 
     /// The verdict at `now_ms` from the latest evaluation of every scale.
@@ -351,7 +408,7 @@ impl SeriesDetector {
             let f = sc.last.as_ref().expect("a firing scale has a forecast");
             let persistent = sc.streak >= self.params.min_evaluations
                 && now_ms.saturating_sub(sc.streak_since_ms)
-                    >= required_persistence_ms(f.tte_s, self.params.min_persistence_ms)
+                    >= required_persistence_ms(sc.linear_tte_s, self.params.min_persistence_ms)
                 && sc.backed;
             let l = if persistent {
                 Level::Unstable
@@ -383,11 +440,17 @@ fn eval_every(cfg: &TrendConfig, window: Duration, points: usize) -> u32 {
     ((spacing / bucket).ceil() as u32).clamp(1, 16)
 }
 
-/// Judges a scale after one of its buckets closed.
-fn evaluate(sc: &mut Scale, shorter: Option<&Scale>, p: &Params, capacity: f64, now_ms: u64) {
+/// Judges a scale after one of its buckets closed; false when it was not its turn.
+fn evaluate(
+    sc: &mut Scale,
+    shorter: Option<&Scale>,
+    p: &Params,
+    capacity: f64,
+    now_ms: u64,
+) -> bool {
     if sc.eval_wait > 0 {
         sc.eval_wait -= 1;
-        return;
+        return false;
     }
     sc.eval_wait = sc.eval_every - 1;
     let forecast = assess(sc, p, capacity);
@@ -407,6 +470,7 @@ fn evaluate(sc: &mut Scale, shorter: Option<&Scale>, p: &Params, capacity: f64, 
         sc.streak = 0;
     }
     sc.firing = alarm;
+    sc.linear_tte_s = forecast.as_ref().map_or(f64::INFINITY, |f| f.tte_s);
     // The forecast must agree with the most recent data: the next shorter scale must still
     // rise at a good part of the forecast's rate (see the module overview, rule 7).
     sc.backed = match (&forecast, shorter) {
@@ -416,6 +480,7 @@ fn evaluate(sc: &mut Scale, shorter: Option<&Scale>, p: &Params, capacity: f64, 
         _ => true,
     };
     sc.last = forecast;
+    true
 }
 
 /// The least-squares slope (per second) of a scale's bucketed window: how fast the most recent
@@ -578,6 +643,7 @@ fn assess_window(
         confidence,
         variance_inflation: inflation,
         steady: slopes.steady(ts, xs),
+        model: ForecastModel::Linear,
     })
 }
 
