@@ -11,7 +11,7 @@
 //! | model | fitted | forecast |
 //! |---|---|---|
 //! | [`ForecastModel::Linear`] | `a + b·t` | the alarming scale's own (recent-slope) forecast |
-//! | [`ForecastModel::Accelerating`] | `a + b·t + c·t²` | the first root of the parabola |
+//! | [`ForecastModel::Accelerating`] | `a + b·t + c·t²` | the first root of the parabola fitted again on the window's recent half (how fast the growth speeds up *now*) |
 //! | [`ForecastModel::Daily`] | `a + b·t + c·cos ωt + d·sin ωt`, `ω = 2π / 24 h` | when the curve, i.e. a *peak* of the cycle, first reaches the capacity |
 //! | [`ForecastModel::Onset`] | `a + b·t + c·max(0, t − τ)`, τ searched | the alarming scale's own forecast (it sees the leak after its start) |
 //!
@@ -157,7 +157,13 @@ pub fn forecast(th: &[f64], xf: &[f64], base_tte_s: f64, horizon_s: f64) -> Shap
     let tte_s = match best.0 {
         ForecastModel::Linear | ForecastModel::Onset => None,
         ForecastModel::Accelerating => {
-            let c = quad.expect("chosen, so fitted").0;
+            // The whole window chose the parabola; its recent half says how fast the growth
+            // speeds up now (a power or exponential growth curves more and more).
+            let h = if n / 2 >= MIN_POINTS { n / 2 } else { 0 };
+            let c = fit(&th[h..], &xf[h..], |t| [1.0, t, t * t, 0.0], 3)
+                .or(quad)
+                .expect("chosen, so fitted")
+                .0;
             hours(first_root(c[2], c[1], c[0] - 1.0))
         }
         ForecastModel::Daily => {
@@ -300,4 +306,111 @@ fn first_crossing(f: impl Fn(f64) -> f64, limit: f64) -> Option<f64> {
         lo = hi;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hours before now, every `step_h` over `span_h`, and `f` of them.
+    fn window(span_h: f64, step_h: f64, f: impl Fn(f64) -> f64) -> (Vec<f64>, Vec<f64>) {
+        let n = (span_h / step_h).round() as usize;
+        let th: Vec<f64> = (0..n).map(|i| -span_h + (i + 1) as f64 * step_h).collect();
+        let xf = th.iter().map(|&t| f(t)).collect();
+        (th, xf)
+    }
+
+    /// A deterministic wiggle standing in for noise: ±`a`, no trend, no cycle.
+    fn wiggle(t: f64, a: f64) -> f64 {
+        a * ((t * 37.0).sin() + (t * 91.0).cos()) / 2.0
+    }
+
+    const HORIZON_S: f64 = 48.0 * 3600.0;
+
+    #[test]
+    fn roots_and_crossings_match_hand_computed_values() {
+        // t² + 2t − 3 = (t + 3)(t − 1): the first non-negative root is 1.
+        assert_eq!(first_root(1.0, 2.0, -3.0), Some(1.0));
+        // 2t − 4: 2; already above: 0; falling: never; −t² − 1 never reaches 0.
+        assert_eq!(first_root(0.0, 2.0, -4.0), Some(2.0));
+        assert_eq!(first_root(1.0, 0.0, 0.5), Some(0.0));
+        assert_eq!(first_root(0.0, -1.0, -1.0), None);
+        assert_eq!(first_root(-1.0, 0.0, -1.0), None);
+        // 0.5 + t/10 reaches 1 at t = 5, found to within the bisection's precision.
+        let t = first_crossing(|t| 0.5 + t / 10.0, 100.0).unwrap();
+        assert!((t - 5.0).abs() < 1e-3, "{t}");
+        assert_eq!(first_crossing(|_| 0.5, 100.0), None);
+    }
+
+    #[test]
+    fn an_accelerating_window_is_forecast_by_its_parabola() {
+        // 0.2 + 0.8·(u/20)² with u the hours since the start: exhausted at u = 20 h; now is
+        // u = 14 h, seen over 12 h, so the truth is 6 h. The linear base says 10 h.
+        let (th, xf) = window(12.0, 0.1875, |t| {
+            let u = 14.0 + t;
+            0.2 + 0.8 * (u / 20.0).powi(2) + wiggle(t, 0.003)
+        });
+        let f = forecast(&th, &xf, 10.0 * 3600.0, HORIZON_S);
+        assert_eq!(f.model, ForecastModel::Accelerating);
+        let truth = 6.0 * 3600.0;
+        assert!(
+            (f.tte_s - truth).abs() / truth < 0.05,
+            "{} h",
+            f.tte_s / 3600.0
+        );
+    }
+
+    #[test]
+    fn a_daily_cycle_is_forecast_at_its_peak_once_half_a_day_is_seen() {
+        // A trend of 1%/h under a cycle of amplitude 0.12, seen for 20 h.
+        let w = 2.0 * std::f64::consts::PI / 24.0;
+        let truth_curve = |t: f64| 0.45 + 0.01 * t + 0.12 * (w * t + 1.0).sin();
+        let (th, xf) = window(20.0, 0.3125, |t| truth_curve(t) + wiggle(t, 0.003));
+        let truth_h = first_crossing(truth_curve, 200.0).unwrap();
+        let f = forecast(&th, &xf, 3.0 * 3600.0, HORIZON_S);
+        assert_eq!(f.model, ForecastModel::Daily);
+        assert!(
+            (f.tte_s / 3600.0 - truth_h).abs() / truth_h < 0.05,
+            "forecast {} h, the peak reaches the capacity in {truth_h} h",
+            f.tte_s / 3600.0
+        );
+        // The crossing is on the upper half of a cycle (the trend brings it before the top).
+        let peak_phase = (w * truth_h + 1.0).sin();
+        assert!(peak_phase > 0.5, "{peak_phase}");
+        // Seen for 8 h only, the same series is not judged a cycle.
+        let (th, xf) = window(8.0, 0.125, |t| truth_curve(t) + wiggle(t, 0.003));
+        assert_ne!(
+            forecast(&th, &xf, 3.0 * 3600.0, HORIZON_S).model,
+            ForecastModel::Daily
+        );
+    }
+
+    #[test]
+    fn a_line_a_staircase_and_a_knee_keep_the_alarming_scales_forecast() {
+        let base = 7.0 * 3600.0;
+        // A steady leak with noise.
+        let (th, xf) = window(16.0, 0.25, |t| 0.6 + 0.02 * t + wiggle(t, 0.01));
+        assert_eq!(
+            forecast(&th, &xf, base, HORIZON_S),
+            ShapeForecast {
+                model: ForecastModel::Linear,
+                tte_s: base
+            }
+        );
+        // A staircase: a step of 0.03 every 1.5 h.
+        let (th, xf) = window(16.0, 0.25, |t| 0.6 + 0.03 * ((t + 16.0) / 1.5).floor());
+        assert_eq!(forecast(&th, &xf, base, HORIZON_S).tte_s, base);
+        // Flat, then a leak from 5 h ago: the knee; its forecast is the alarming scale's.
+        let (th, xf) = window(16.0, 0.25, |t| {
+            0.3 + 0.08 * (t + 5.0).max(0.0) + wiggle(t, 0.003)
+        });
+        let f = forecast(&th, &xf, base, HORIZON_S);
+        assert_eq!((f.model, f.tte_s), (ForecastModel::Onset, base));
+        // Too few buckets: nothing but the base.
+        let (th, xf) = window(2.0, 0.25, |t| 0.2 + 0.1 * (t + 2.0).powi(2));
+        assert_eq!(
+            forecast(&th, &xf, base, HORIZON_S).model,
+            ForecastModel::Linear
+        );
+    }
 }

@@ -66,6 +66,16 @@
 //!    persistence span: it does not separate the kinds (the wander's moment stays put while
 //!    it rises, and a bursty leak's jumps about), see bench/RESULTS.md.
 //!
+//! 8. **The shape of the leak** ([`super::shape`]). Whether a series alarms, and when, is
+//!    decided by rules 1–7 on the linear forecast; the time to exhaustion the alarm reports
+//!    is then forecast again, at each evaluation of an alarming scale, from the longest scale
+//!    holding enough buckets, with the model that history supports: a parabola for an
+//!    accelerating leak, a trend under a 24 h cycle (exhaustion at a *peak*) once half a day
+//!    has been seen, a knee for a leak that started inside the window (the alarming scale's
+//!    own forecast then), or the line. [`Forecast::model`] names it; the forecast's interval
+//!    is scaled with it. The alarm's persistence (rule 7) stays measured against the linear
+//!    forecast, so adding the models changed no judgement, only the forecast.
+//!
 //! [`SeriesDetector::reset`] forgets everything, as after a rejuvenation.
 //!
 //! # Guarantees
@@ -889,6 +899,95 @@ mod tests {
         for i in 0..30u64 {
             let v = d.observe(100_000 + i * 1000, 0.2);
             assert_eq!(v.level, Level::Stable);
+        }
+    }
+
+    /// Feeds `f(t_s)` every 10 s until `len_s` and returns every verdict with its time.
+    fn verdicts(len_s: f64, f: impl Fn(f64, &mut StdRng) -> f64) -> Vec<(f64, TrendVerdict)> {
+        let cfg = TrendConfig::default();
+        let mut d = SeriesDetector::new(&cfg, 1.0, Aggregate::Max);
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut out = Vec::new();
+        let mut t = 0.0;
+        while t < len_s {
+            out.push((t, d.observe((t * 1000.0) as u64, f(t, &mut rng))));
+            t += 10.0;
+        }
+        out
+    }
+
+    /// The first time `f` (without noise) reaches 1, by 10 s steps.
+    fn exhaustion_s(f: impl Fn(f64) -> f64) -> f64 {
+        (0..)
+            .map(|i| i as f64 * 10.0)
+            .find(|t| f(*t) >= 1.0)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_quadratic_leak_is_forecast_within_15_percent() {
+        // From 25% to exhaustion in 16 h along a parabola, 0.5% noise.
+        let curve = |t: f64| 0.25 + 0.75 * (t / 57_600.0).powi(2);
+        let truth_at = exhaustion_s(curve);
+        let (t, f) = run(&TrendConfig::default(), 10.0, 57_600.0, |t, r| {
+            curve(t) + 0.005 * normal(r)
+        })
+        .expect("the leak is caught");
+        assert_eq!(f.model, ForecastModel::Accelerating);
+        let truth = truth_at - t;
+        assert!(
+            (f.tte_s - truth).abs() / truth < 0.15,
+            "caught at {:.1} h: forecast {:.2} h, truth {:.2} h",
+            t / 3600.0,
+            f.tte_s / 3600.0,
+            truth / 3600.0
+        );
+        assert!(f.tte_low_s <= f.tte_s && f.tte_high_s.is_none_or(|h| h >= f.tte_s));
+    }
+
+    #[test]
+    fn a_leak_under_a_daily_cycle_is_forecast_at_the_peak_that_reaches_capacity() {
+        // 0.8%/h under a cycle of amplitude 0.1, 0.3% noise; exhausted after 64 h, near a
+        // peak of the cycle.
+        let day = 86_400.0;
+        let w = 2.0 * std::f64::consts::PI / day;
+        let curve = |t: f64| 0.4 + 0.008 * t / 3600.0 + 0.1 * (w * t + 3.0).sin();
+        let truth_at = exhaustion_s(curve);
+        assert!((w * truth_at + 3.0).sin() > 0.8, "exhausts near a peak");
+        let vs = verdicts(truth_at, |t, r| curve(t) + 0.003 * normal(r));
+        // Once a day has been seen, every alarm up to 3 h before the end forecasts that peak
+        // (closer, the noise on the peaks weighs more than the model).
+        let late: Vec<_> = vs
+            .iter()
+            .filter(|(t, v)| *t >= day && *t <= truth_at - 3.0 * 3600.0)
+            .filter(|(_, v)| v.level == Level::Unstable)
+            .collect();
+        assert!(!late.is_empty(), "the leak alarms in its second day");
+        for (t, v) in late.iter().step_by(60) {
+            let f = v.forecast.as_ref().unwrap();
+            let truth = truth_at - t;
+            assert_eq!(f.model, ForecastModel::Daily, "at {:.1} h", t / 3600.0);
+            assert!(
+                (f.tte_s - truth).abs() / truth < 0.15,
+                "at {:.1} h: forecast {:.2} h, truth {:.2} h",
+                t / 3600.0,
+                f.tte_s / 3600.0,
+                truth / 3600.0
+            );
+        }
+    }
+
+    #[test]
+    fn a_flat_daily_cycle_raises_no_alarm() {
+        let w = 2.0 * std::f64::consts::PI / 86_400.0;
+        for (phase, amp) in [(0.0, 0.12), (2.0, 0.16), (4.0, 0.08)] {
+            let vs = verdicts(3.0 * 86_400.0, |t, r| {
+                0.5 + amp * (w * t + phase).sin() + 0.005 * normal(r)
+            });
+            assert!(
+                vs.iter().all(|(_, v)| v.level != Level::Unstable),
+                "phase {phase}, amplitude {amp}"
+            );
         }
     }
 
