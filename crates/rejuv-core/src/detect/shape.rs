@@ -105,7 +105,7 @@ pub fn forecast(th: &[f64], xf: &[f64], base_tte_s: f64, horizon_s: f64) -> Shap
         tte_s: base_tte_s,
     };
     let n = th.len();
-    if n < MIN_POINTS || n != xf.len() || !(horizon_s > 0.0) {
+    if n < MIN_POINTS || n != xf.len() || horizon_s.is_nan() || horizon_s <= 0.0 {
         return fallback;
     }
     let span_s = (th[n - 1] - th[0]).max(0.0) * 3600.0;
@@ -222,7 +222,7 @@ fn fit(
 /// Solves the `k × k` system `a·c = b` by Gaussian elimination with partial pivoting.
 fn solve(mut a: [[f64; K]; K], mut b: [f64; K], k: usize) -> Option<[f64; K]> {
     let scale = (0..k).map(|i| a[i][i].abs()).fold(0.0, f64::max);
-    if !(scale > 0.0) || !scale.is_finite() {
+    if !scale.is_finite() || scale <= 0.0 {
         return None;
     }
     for i in 0..k {
@@ -232,10 +232,11 @@ fn solve(mut a: [[f64; K]; K], mut b: [f64; K], k: usize) -> Option<[f64; K]> {
         }
         a.swap(i, p);
         b.swap(i, p);
+        let pivot = a[i];
         for r in i + 1..k {
-            let f = a[r][i] / a[i][i];
-            for c in i..k {
-                a[r][c] -= f * a[i][c];
+            let f = a[r][i] / pivot[i];
+            for (x, p) in a[r][i..k].iter_mut().zip(&pivot[i..k]) {
+                *x -= f * p;
             }
             b[r] -= f * b[i];
         }

@@ -383,7 +383,7 @@ impl SeriesDetector {
             let mut b = b.borrow_mut();
             let Buffers { ts, xs, .. } = &mut *b;
             long.mk.ordered(ts, xs);
-            if !(self.capacity > 0.0) {
+            if self.capacity.is_nan() || self.capacity <= 0.0 {
                 return None;
             }
             // Hours before now and fractions of capacity. A bucket's value is its maximum,
@@ -959,7 +959,7 @@ mod tests {
         // (closer, the noise on the peaks weighs more than the model).
         let late: Vec<_> = vs
             .iter()
-            .filter(|(t, v)| *t >= day && *t <= truth_at - 3.0 * 3600.0)
+            .filter(|(t, _)| *t >= day && *t <= truth_at - 3.0 * 3600.0)
             .filter(|(_, v)| v.level == Level::Unstable)
             .collect();
         assert!(!late.is_empty(), "the leak alarms in its second day");

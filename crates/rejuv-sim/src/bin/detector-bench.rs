@@ -2,7 +2,7 @@
 //! the detector's throughput and memory.
 //!
 //! `cargo run --release -p rejuv-sim --bin detector-bench [-- --details] [--skip-suites]
-//! [--skip-throughput] [--dev-only] [--stress N] [--write-fleet DIR]`
+//! [--skip-throughput] [--dev-only] [--stress N] [--held-out N] [--write-fleet DIR]`
 //!
 //! Prints markdown: the figures of both suites (dev and held-back), per family, and the
 //! series-updates per second of one core. `--dev-only` leaves the held-back suite out (for
