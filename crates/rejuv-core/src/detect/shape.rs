@@ -39,7 +39,9 @@
 //! - O(n²) for the knee search (n ≤ 256 buckets) and O(n) for the rest, run only while a scale
 //!   alarms, not per sample.
 //! - The choice changes the forecast time to exhaustion only; whether a series alarms, and
-//!   when, is decided by the linear rule of [`super::trend`] as before.
+//!   when, is decided by the linear rule of [`super::trend`] as before, except that a history
+//!   best explained by a cycle whose peaks stay below the capacity
+//!   ([`ShapeForecast::cycle_only`]) holds the alarm back.
 
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +94,9 @@ pub struct ShapeForecast {
     pub model: ForecastModel,
     /// Seconds from now until the model reaches the capacity.
     pub tte_s: f64,
+    /// The daily cycle explains the history best and its peaks never reach the capacity within
+    /// [`REACH_LIMIT`] horizons: the rise is the cycle's (`tte_s` is then the base's).
+    pub cycle_only: bool,
 }
 
 /// Chooses the model for a window and forecasts when it reaches the capacity. `th` are the
@@ -104,6 +109,7 @@ pub fn forecast(th: &[f64], xf: &[f64], base_tte_s: f64, horizon_s: f64) -> Shap
     let fallback = ShapeForecast {
         model: ForecastModel::Linear,
         tte_s: base_tte_s,
+        cycle_only: false,
     };
     let n = th.len();
     if n < MIN_POINTS || n != xf.len() || horizon_s.is_nan() || horizon_s <= 0.0 {
@@ -179,12 +185,17 @@ pub fn forecast(th: &[f64], xf: &[f64], base_tte_s: f64, horizon_s: f64) -> Shap
         Some(tte_s) if tte_s.is_finite() && tte_s <= REACH_LIMIT * horizon_s => ShapeForecast {
             model: best.0,
             tte_s,
+            cycle_only: false,
         },
         _ if best.0 == ForecastModel::Onset => ShapeForecast {
             model: ForecastModel::Onset,
             tte_s: base_tte_s,
+            cycle_only: false,
         },
-        _ => fallback,
+        _ => ShapeForecast {
+            cycle_only: best.0 == ForecastModel::Daily,
+            ..fallback
+        },
     }
 }
 
@@ -396,7 +407,8 @@ mod tests {
             forecast(&th, &xf, base, HORIZON_S),
             ShapeForecast {
                 model: ForecastModel::Linear,
-                tte_s: base
+                tte_s: base,
+                cycle_only: false,
             }
         );
         // A staircase: a step of 0.03 every 1.5 h.
@@ -408,6 +420,11 @@ mod tests {
         });
         let f = forecast(&th, &xf, base, HORIZON_S);
         assert_eq!((f.model, f.tte_s), (ForecastModel::Onset, base));
+        // A healthy cycle seen for 30 h: the cycle explains it and never reaches the capacity.
+        let w = 2.0 * std::f64::consts::PI / 24.0;
+        let (th, xf) = window(30.0, 0.5, |t| 0.5 + 0.15 * (w * t).sin() + wiggle(t, 0.003));
+        let f = forecast(&th, &xf, base, HORIZON_S);
+        assert!(f.cycle_only && f.tte_s == base, "{f:?}");
         // Too few buckets: nothing but the base.
         let (th, xf) = window(2.0, 0.25, |t| 0.2 + 0.1 * (t + 2.0).powi(2));
         assert_eq!(

@@ -74,7 +74,10 @@
 //!    has been seen, a knee for a leak that started inside the window (the alarming scale's
 //!    own forecast then), or the line. [`Forecast::model`] names it; the forecast's interval
 //!    is scaled with it. The alarm's persistence (rule 7) stays measured against the linear
-//!    forecast, so adding the models changed no judgement, only the forecast.
+//!    forecast, so the models change no judgement but one: when the daily cycle explains the
+//!    history best and its peaks never reach the capacity
+//!    ([`shape::ShapeForecast::cycle_only`]), the rise is the cycle's and the alarm is not
+//!    borne out, as with rule 7's recent slope (a healthy cycle alarming in its second day).
 //!
 //! [`SeriesDetector::reset`] forgets everything, as after a rejuvenation.
 //!
@@ -399,6 +402,11 @@ impl SeriesDetector {
         let Some(chosen) = chosen else {
             return;
         };
+        // The history is a cycle whose peaks stay below the capacity: the rise is the cycle's,
+        // and the alarm is not borne out (like rule 7's recent slope).
+        if chosen.cycle_only {
+            self.scales[i].backed = false;
+        }
         let f = self.scales[i].last.as_mut().expect("checked above");
         if chosen.model != ForecastModel::Linear && f.tte_s > 0.0 {
             // The interval keeps its width relative to the forecast.
