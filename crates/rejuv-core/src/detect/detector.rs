@@ -695,6 +695,7 @@ mod tests {
             confidence: 0.995,
             variance_inflation: 1.0,
             steady: true,
+            model: Default::default(),
         };
         let m = trend_message(Resource::InstanceRss, &f, Some(8.2e9));
         assert_eq!(

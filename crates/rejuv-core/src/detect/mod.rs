@@ -4,6 +4,8 @@
 //! - [`level`]: the levels of a judgement, `stable` < `suspect` < `unstable`.
 //! - [`stats`]: the statistics of one window of values (Mann-Kendall, Sen's slope, Hamed–Rao,
 //!   the normal distribution).
+//! - [`shape`]: once a trend alarms, the model (line, parabola, daily cycle, knee) whose
+//!   forecast of the time to exhaustion the history supports best.
 //! - [`trend`]: the online trend detector of one series: is it heading for exhaustion, and
 //!   when will it get there?
 //! - [`detector`]: per-server judgement, the threshold rules with their hold-down and the
@@ -19,5 +21,6 @@ pub mod analyze;
 pub mod detector;
 pub mod gate;
 pub mod level;
+pub mod shape;
 pub mod stats;
 pub mod trend;

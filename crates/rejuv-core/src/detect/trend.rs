@@ -66,6 +66,19 @@
 //!    persistence span: it does not separate the kinds (the wander's moment stays put while
 //!    it rises, and a bursty leak's jumps about), see bench/RESULTS.md.
 //!
+//! 8. **The shape of the leak** ([`super::shape`]). Whether a series alarms, and when, is
+//!    decided by rules 1–7 on the linear forecast; the time to exhaustion the alarm reports
+//!    is then forecast again, at each evaluation of an alarming scale, from the longest scale
+//!    holding enough buckets, with the model that history supports: a parabola for an
+//!    accelerating leak, a trend under a 24 h cycle (exhaustion at a *peak*) once half a day
+//!    has been seen, a knee for a leak that started inside the window (the alarming scale's
+//!    own forecast then), or the line. [`Forecast::model`] names it; the forecast's interval
+//!    is scaled with it. The alarm's persistence (rule 7) stays measured against the linear
+//!    forecast, so the models change no judgement but one: when the daily cycle explains the
+//!    history best and its peaks never reach the capacity
+//!    ([`shape::ShapeForecast::cycle_only`]), the rise is the cycle's and the alarm is not
+//!    borne out, as with rule 7's recent slope (a healthy cycle alarming in its second day).
+//!
 //! [`SeriesDetector::reset`] forgets everything, as after a rejuvenation.
 //!
 //! # Guarantees
@@ -82,6 +95,7 @@
 //! - Nothing looks ahead: every verdict depends only on samples already observed.
 
 use super::level::Level;
+use super::shape::{self, ForecastModel};
 use super::stats::{
     hamed_rao_inflation, median_in_place, normal_cdf, normal_quantile, pair_slopes, sen_from_pairs,
     sens_slope, MkWindow, SenEstimate,
@@ -140,6 +154,9 @@ pub struct Forecast {
     pub variance_inflation: f64,
     /// Whether the growth has not slowed down and does not come from a single jump.
     pub steady: bool,
+    /// The model of the time to exhaustion (rule 8): `linear` is the slope above, extrapolated.
+    #[serde(default)]
+    pub model: ForecastModel,
 }
 
 /// What the series detector says after a sample.
@@ -174,6 +191,9 @@ struct Scale {
     last: Option<Forecast>,
     /// Whether the next shorter scale's recent data bore out the last alarm (rule 7).
     backed: bool,
+    /// The linear time to exhaustion of the last forecast, seconds: what the alarm's
+    /// persistence is judged by (rule 7), whatever model refines the forecast (rule 8).
+    linear_tte_s: f64,
 }
 
 /// Parameters derived once from a [`TrendConfig`].
@@ -235,6 +255,7 @@ impl SeriesDetector {
                 streak_since_ms: 0,
                 last: None,
                 backed: true,
+                linear_tte_s: f64::INFINITY,
             })
             .collect();
         Self {
@@ -269,6 +290,7 @@ impl SeriesDetector {
             s.streak = 0;
             s.last = None;
             s.backed = true;
+            s.linear_tte_s = f64::INFINITY;
         }
         self.origin_ms = None;
         self.last_ms = 0;
@@ -331,16 +353,69 @@ impl SeriesDetector {
             for i in (0..self.scales.len()).filter(|&i| closed[i]) {
                 let (head, tail) = self.scales.split_at_mut(i + 1);
                 // The evaluation's "now" is the end of the bucket just closed.
-                evaluate(
+                let judged = evaluate(
                     &mut head[i],
                     tail.first(),
                     &self.params,
                     self.capacity,
                     t_ms,
                 );
+                if judged && self.scales[i].firing {
+                    self.refine(i, rel);
+                }
             }
         }
         self.verdict(t_ms)
+    }
+
+    /// Rule 8: the forecast of alarming scale `i` gets the time to exhaustion of the model
+    /// that the longest history held supports best ([`shape::forecast`]). `rel_ms` is now,
+    /// relative to the first sample.
+    fn refine(&mut self, i: usize, rel_ms: u64) {
+        let min_points = self.params.min_points.max(shape::MIN_POINTS);
+        let Some(long) = self.scales.iter().find(|s| s.mk.len() >= min_points) else {
+            return;
+        };
+        let Some(f) = self.scales[i].last.as_ref() else {
+            return;
+        };
+        let base_tte_s = f.tte_s;
+        let bucket_s = long.bucket_ms as f64 / 1000.0;
+        let now_s = rel_ms as f64 / 1000.0;
+        let chosen = BUFFERS.with(|b| {
+            let mut b = b.borrow_mut();
+            let Buffers { ts, xs, .. } = &mut *b;
+            long.mk.ordered(ts, xs);
+            if self.capacity.is_nan() || self.capacity <= 0.0 {
+                return None;
+            }
+            // Hours before now and fractions of capacity. A bucket's value is its maximum,
+            // placed at the bucket's end.
+            for t in ts.iter_mut() {
+                *t = ((*t + 1.0) * bucket_s - now_s).min(0.0) / 3600.0;
+            }
+            for x in xs.iter_mut() {
+                *x /= self.capacity;
+            }
+            Some(shape::forecast(ts, xs, base_tte_s, self.params.horizon_s))
+        });
+        let Some(chosen) = chosen else {
+            return;
+        };
+        // The history is a cycle whose peaks stay below the capacity: the rise is the cycle's,
+        // and the alarm is not borne out (like rule 7's recent slope).
+        if chosen.cycle_only {
+            self.scales[i].backed = false;
+        }
+        let f = self.scales[i].last.as_mut().expect("checked above");
+        if chosen.model != ForecastModel::Linear && f.tte_s > 0.0 {
+            // The interval keeps its width relative to the forecast.
+            let k = chosen.tte_s / f.tte_s;
+            f.tte_low_s *= k;
+            f.tte_high_s = f.tte_high_s.map(|h| h * k);
+            f.tte_s = chosen.tte_s;
+        }
+        f.model = chosen.model;
     }
 
     /// The verdict at `now_ms` from the latest evaluation of every scale.
@@ -351,7 +426,7 @@ impl SeriesDetector {
             let f = sc.last.as_ref().expect("a firing scale has a forecast");
             let persistent = sc.streak >= self.params.min_evaluations
                 && now_ms.saturating_sub(sc.streak_since_ms)
-                    >= required_persistence_ms(f.tte_s, self.params.min_persistence_ms)
+                    >= required_persistence_ms(sc.linear_tte_s, self.params.min_persistence_ms)
                 && sc.backed;
             let l = if persistent {
                 Level::Unstable
@@ -383,11 +458,17 @@ fn eval_every(cfg: &TrendConfig, window: Duration, points: usize) -> u32 {
     ((spacing / bucket).ceil() as u32).clamp(1, 16)
 }
 
-/// Judges a scale after one of its buckets closed.
-fn evaluate(sc: &mut Scale, shorter: Option<&Scale>, p: &Params, capacity: f64, now_ms: u64) {
+/// Judges a scale after one of its buckets closed; false when it was not its turn.
+fn evaluate(
+    sc: &mut Scale,
+    shorter: Option<&Scale>,
+    p: &Params,
+    capacity: f64,
+    now_ms: u64,
+) -> bool {
     if sc.eval_wait > 0 {
         sc.eval_wait -= 1;
-        return;
+        return false;
     }
     sc.eval_wait = sc.eval_every - 1;
     let forecast = assess(sc, p, capacity);
@@ -407,6 +488,7 @@ fn evaluate(sc: &mut Scale, shorter: Option<&Scale>, p: &Params, capacity: f64, 
         sc.streak = 0;
     }
     sc.firing = alarm;
+    sc.linear_tte_s = forecast.as_ref().map_or(f64::INFINITY, |f| f.tte_s);
     // The forecast must agree with the most recent data: the next shorter scale must still
     // rise at a good part of the forecast's rate (see the module overview, rule 7).
     sc.backed = match (&forecast, shorter) {
@@ -416,6 +498,7 @@ fn evaluate(sc: &mut Scale, shorter: Option<&Scale>, p: &Params, capacity: f64, 
         _ => true,
     };
     sc.last = forecast;
+    true
 }
 
 /// The least-squares slope (per second) of a scale's bucketed window: how fast the most recent
@@ -578,6 +661,7 @@ fn assess_window(
         confidence,
         variance_inflation: inflation,
         steady: slopes.steady(ts, xs),
+        model: ForecastModel::Linear,
     })
 }
 
@@ -823,6 +907,95 @@ mod tests {
         for i in 0..30u64 {
             let v = d.observe(100_000 + i * 1000, 0.2);
             assert_eq!(v.level, Level::Stable);
+        }
+    }
+
+    /// Feeds `f(t_s)` every 10 s until `len_s` and returns every verdict with its time.
+    fn verdicts(len_s: f64, f: impl Fn(f64, &mut StdRng) -> f64) -> Vec<(f64, TrendVerdict)> {
+        let cfg = TrendConfig::default();
+        let mut d = SeriesDetector::new(&cfg, 1.0, Aggregate::Max);
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut out = Vec::new();
+        let mut t = 0.0;
+        while t < len_s {
+            out.push((t, d.observe((t * 1000.0) as u64, f(t, &mut rng))));
+            t += 10.0;
+        }
+        out
+    }
+
+    /// The first time `f` (without noise) reaches 1, by 10 s steps.
+    fn exhaustion_s(f: impl Fn(f64) -> f64) -> f64 {
+        (0..)
+            .map(|i| i as f64 * 10.0)
+            .find(|t| f(*t) >= 1.0)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_quadratic_leak_is_forecast_within_15_percent() {
+        // From 25% to exhaustion in 16 h along a parabola, 0.5% noise.
+        let curve = |t: f64| 0.25 + 0.75 * (t / 57_600.0).powi(2);
+        let truth_at = exhaustion_s(curve);
+        let (t, f) = run(&TrendConfig::default(), 10.0, 57_600.0, |t, r| {
+            curve(t) + 0.005 * normal(r)
+        })
+        .expect("the leak is caught");
+        assert_eq!(f.model, ForecastModel::Accelerating);
+        let truth = truth_at - t;
+        assert!(
+            (f.tte_s - truth).abs() / truth < 0.15,
+            "caught at {:.1} h: forecast {:.2} h, truth {:.2} h",
+            t / 3600.0,
+            f.tte_s / 3600.0,
+            truth / 3600.0
+        );
+        assert!(f.tte_low_s <= f.tte_s && f.tte_high_s.is_none_or(|h| h >= f.tte_s));
+    }
+
+    #[test]
+    fn a_leak_under_a_daily_cycle_is_forecast_at_the_peak_that_reaches_capacity() {
+        // 0.8%/h under a cycle of amplitude 0.1, 0.3% noise; exhausted after 64 h, near a
+        // peak of the cycle.
+        let day = 86_400.0;
+        let w = 2.0 * std::f64::consts::PI / day;
+        let curve = |t: f64| 0.4 + 0.008 * t / 3600.0 + 0.1 * (w * t + 3.0).sin();
+        let truth_at = exhaustion_s(curve);
+        assert!((w * truth_at + 3.0).sin() > 0.8, "exhausts near a peak");
+        let vs = verdicts(truth_at, |t, r| curve(t) + 0.003 * normal(r));
+        // Once a day has been seen, every alarm up to 3 h before the end forecasts that peak
+        // (closer, the noise on the peaks weighs more than the model).
+        let late: Vec<_> = vs
+            .iter()
+            .filter(|(t, _)| *t >= day && *t <= truth_at - 3.0 * 3600.0)
+            .filter(|(_, v)| v.level == Level::Unstable)
+            .collect();
+        assert!(!late.is_empty(), "the leak alarms in its second day");
+        for (t, v) in late.iter().step_by(60) {
+            let f = v.forecast.as_ref().unwrap();
+            let truth = truth_at - t;
+            assert_eq!(f.model, ForecastModel::Daily, "at {:.1} h", t / 3600.0);
+            assert!(
+                (f.tte_s - truth).abs() / truth < 0.15,
+                "at {:.1} h: forecast {:.2} h, truth {:.2} h",
+                t / 3600.0,
+                f.tte_s / 3600.0,
+                truth / 3600.0
+            );
+        }
+    }
+
+    #[test]
+    fn a_flat_daily_cycle_raises_no_alarm() {
+        let w = 2.0 * std::f64::consts::PI / 86_400.0;
+        for (phase, amp) in [(0.0, 0.12), (2.0, 0.16), (4.0, 0.08)] {
+            let vs = verdicts(3.0 * 86_400.0, |t, r| {
+                0.5 + amp * (w * t + phase).sin() + 0.005 * normal(r)
+            });
+            assert!(
+                vs.iter().all(|(_, v)| v.level != Level::Unstable),
+                "phase {phase}, amplitude {amp}"
+            );
         }
     }
 

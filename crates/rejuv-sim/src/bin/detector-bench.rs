@@ -2,12 +2,14 @@
 //! the detector's throughput and memory.
 //!
 //! `cargo run --release -p rejuv-sim --bin detector-bench [-- --details] [--skip-suites]
-//! [--skip-throughput] [--dev-only] [--stress N] [--write-fleet DIR]`
+//! [--skip-throughput] [--dev-only] [--stress N] [--held-out N] [--write-fleet DIR]`
 //!
 //! Prints markdown: the figures of both suites (dev and held-back), per family, and the
 //! series-updates per second of one core. `--dev-only` leaves the held-back suite out (for
 //! tuning runs); `--stress N` adds a suite of `N` dev-draw traces per family from other seeds
-//! (its details list only the traces judged wrong).
+//! (its details list only the traces judged wrong); `--held-out N` adds `N` traces per family
+//! of the held-back draw from seeds no other suite uses (`traces::held_out_suite`), kept out
+//! of the tuning of the forecast models.
 //!
 //! `--write-fleet DIR` writes the suites instead, as a fleet directory for `rejuv whatif`:
 //! one primary per trace (`fleet.csv`: `server,capacity`; `TRACE.csv`: `t_seconds,value`,
@@ -32,6 +34,15 @@ fn main() {
                 .expect("--stress takes a number of traces per family")
         })
         .unwrap_or(0);
+    let held_out: usize = args
+        .iter()
+        .position(|a| a == "--held-out")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| {
+            n.parse()
+                .expect("--held-out takes a number of traces per family")
+        })
+        .unwrap_or(0);
     if let Some(i) = args.iter().position(|a| a == "--write-fleet") {
         let Some(dir) = args.get(i + 1) else {
             eprintln!("detector-bench: --write-fleet takes a directory");
@@ -51,6 +62,9 @@ fn main() {
         }
         if !dev_only {
             suites.push(("held-back suite", traces::held_back_suite(), false));
+        }
+        if held_out > 0 {
+            suites.push(("held-out suite", traces::held_out_suite(held_out), true));
         }
         for (title, suite, only_wrong) in suites {
             let outs = eval::run_suite(&suite, &cfg);
@@ -112,7 +126,7 @@ fn print_details(outs: &[eval::Outcome], only_wrong: bool) {
             continue;
         }
         println!(
-            "{} {:<30} exhaust={:>8} detect={:>8} tte={:>8} err={:>5} window={:>7} lead={:>7} lead90={:>7}",
+            "{} {:<30} exhaust={:>8} detect={:>8} tte={:>8} err={:>5} window={:>7} lead={:>7} lead90={:>7} model={}",
             if bad { "!!" } else { "  " },
             o.name,
             f(o.exhaust_s),
@@ -122,6 +136,7 @@ fn print_details(outs: &[eval::Outcome], only_wrong: bool) {
             f(o.window_s),
             f(o.lead_s()),
             f(o.thr90_lead_s()),
+            o.model.unwrap_or("-"),
         );
     }
     println!("```\n");
