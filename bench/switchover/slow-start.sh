@@ -219,7 +219,7 @@ service_args() { # instance-id-expr port-expr aging(1|0) -> the sample service's
 
 # ---- rejuv ------------------------------------------------------------------------------------
 # layout: instance | inplace | server
-write_rejuv_config() { # dir layout front admin controller -> rejuv.toml; agent addresses in dir/agents
+write_rejuv_config() { # dir layout front admin controller -> rejuv.toml; agent addresses in dir/agents.txt
   local dir=$1 layout=$2 front=$3 admin=$4 ctl=$5
   local primaries spares instances in_place instance_scope per_server
   case $layout in
@@ -318,7 +318,7 @@ health = { path = "/healthz", interval = "250ms", timeout = "1s" }
 drain = "2s"
 stop_grace = "${STOP_GRACE}s"
 EOF
-  : >"$dir/agents"
+  : >"$dir/agents.txt"
   local i id ip role agent range
   for i in $(seq 1 $((primaries + spares))); do
     id=s$i
@@ -340,7 +340,7 @@ memory_budget_bytes = $budget
 instances = $([ "$role" = primary ] && echo "$instances" || echo "[]")
 data_dir = "$dir/agents/$id"
 EOF
-    echo "$id $agent" >>"$dir/agents"
+    echo "$id $agent" >>"$dir/agents.txt"
   done
 }
 
@@ -398,8 +398,8 @@ run_rejuv() { # name layout
   while read -r id addr; do
     spawn "$dir/logs/agent-$id.log" "$bin" agent --config "$dir/rejuv.toml" --server "$id"
     agent_pgids+=("$spawned")
-  done <"$dir/agents"
-  while read -r id addr; do wait_http "http://$addr/healthz" 30 "agent $id"; done <"$dir/agents"
+  done <"$dir/agents.txt"
+  while read -r id addr; do wait_http "http://$addr/healthz" 30 "agent $id"; done <"$dir/agents.txt"
   spawn "$dir/logs/proxy.log" "$bin" proxy --config "$dir/rejuv.toml"
   wait_http "http://127.0.0.1:$admin/healthz" 30 "proxy"
   spawn "$dir/logs/controller.log" "$bin" controller --config "$dir/rejuv.toml"
@@ -442,7 +442,7 @@ run_rejuv() { # name layout
   remember_children
   read_rejuv_counters "$dir" || log "$name: reading the counters failed"
   ctl_get "$dir" /v1/workflows >"$dir/workflows.json" 2>/dev/null || true
-  log "$name: $(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(f"completed {c["completed_total"]}, rolled back {c["rolled_back_total"]}, failed {c["failed_total"]}, counter {c["actual"]}")' "$dir/counters.json" 2>/dev/null || echo 'no counters')"
+  log "$name: $(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print("completed {completed_total}, rolled back {rolled_back_total}, failed {failed_total}, counter {actual}".format(**c))' "$dir/counters.json" 2>/dev/null || echo 'no counters')"
   stop_agents
   kill_groups "$OUT/pgids"
   kill_groups "$OUT/child-pgids"
