@@ -168,7 +168,8 @@ def analyze_one(d, window, startup):
         res["events"] = [
             {"t_rel_s": round(t - t_from, 3), "kind": k, "copy": c, "detail": x} for t, k, c, x in ev
         ]
-    res["switches_under_load"] = len(events)
+    # rejuv: switches inside the load; baselines: stops inside it (crashes are counted apart).
+    res["switches_under_load"] = len(events) if meta["kind"] == "rejuv" else len(stops)
     res["event_times_rel_s"] = [round(t - t_from, 3) for t in events]
 
     before, after = window / 2, startup + window / 2

@@ -169,7 +169,14 @@ async fn startup_delay_flag_listens_at_once_and_turns_healthy_later() {
         assert_eq!(stats["ready"], false);
     }
     within(10, "the service to turn healthy", async {
-        while c.get(svc.url("/healthz")).send().await.expect("healthz").status() != 200 {
+        while c
+            .get(svc.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status()
+            != 200
+        {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     })
@@ -185,5 +192,8 @@ async fn a_bad_startup_delay_is_refused_naming_the_flag() {
         .expect("run rejuv-sample-service");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--startup-delay") && err.contains("soon"), "{err}");
+    assert!(
+        err.contains("--startup-delay") && err.contains("soon"),
+        "{err}"
+    );
 }
