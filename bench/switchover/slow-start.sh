@@ -20,7 +20,7 @@
 # health checks, as in run.sh. Prints a table (analyze_slow.py) and leaves every log, h2load
 # per-request log and summary in OUT.
 #
-#   bash bench/switchover/slow-start.sh                  # everything, about 10 minutes
+#   bash bench/switchover/slow-start.sh                  # everything, about 7 minutes
 #   STRATEGIES="rejuv-inplace none" bash bench/switchover/slow-start.sh
 #
 # Needs: a release build of rejuv (REJUV_BIN, default $CARGO_TARGET_DIR/release/rejuv or
