@@ -13,6 +13,10 @@ while it should be running has *stalled*; it is killed and a new one started for
 time, like a client reconnecting. Each stall is one request closed without an answer (HTTP/1.1
 has one request in flight per connection), recorded in DIR/stalls.json with its time.
 
+With --post-conns N --post-url URL, N more connections send POSTs (h2load -d) to
+URL at the same rate (body `+1`): the counter requests of a stateful service. Their connections are numbered
+after the GET ones; DIR/posts.log holds their requests alone, merged and sorted.
+
 Writes DIR/h2load.log (every process's per-request log, merged and sorted), DIR/h2load.txt
 (their reports), DIR/stalls.json.
 """
@@ -62,13 +66,26 @@ def main():
     ap.add_argument("--rps", type=int, default=100)
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--post-conns", type=int, default=0)
+    ap.add_argument("--post-url")
     a = ap.parse_args()
+    if a.post_conns and not a.post_url:
+        ap.error("--post-conns needs --post-url")
+    if a.post_conns and urlparse(a.post_url).port != urlparse(a.url).port:
+        ap.error("--post-url must name the same port as --url")
     port = urlparse(a.url).port
     os.makedirs(a.out, exist_ok=True)
     start = time.time()
     deadline = start + a.duration
     procs = {}  # conn -> dict(p, started, n, missing)
     stalls, runs = [], []
+    # h2load cannot send an empty file (it maps it): the counter ignores this body.
+    body = os.path.join(a.out, "post-body")
+    with open(body, "w") as f:
+        f.write("+1")
+
+    def is_post(k):
+        return k >= a.conns
 
     def launch(k):
         rem = deadline - time.time()
@@ -77,13 +94,15 @@ def main():
             return
         n = procs[k]["n"] + 1 if k in procs else 0
         base = os.path.join(a.out, f"conn{k}.{n}")
+        target = ["-d", body, a.post_url] if is_post(k) else [a.url]
         p = subprocess.Popen(
             ["h2load", "--h1", "-c", "1", "--rps", str(a.rps), "-D", f"{int(rem * 1000)}ms",
-             "--log-file", base + ".log", a.url],
+             "--log-file", base + ".log"] + target,
             stdout=open(base + ".txt", "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         procs[k] = {"p": p, "started": time.time(), "n": n, "missing": 0}
-        runs.append({"conn": k, "n": n, "start": time.time(), "duration_s": round(rem, 3)})
+        runs.append({"conn": k, "n": n, "start": time.time(), "duration_s": round(rem, 3),
+                     "method": "POST" if is_post(k) else "GET"})
 
     def on_signal(*_):
         for s in procs.values():
@@ -92,7 +111,7 @@ def main():
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    for k in range(a.conns):
+    for k in range(a.conns + a.post_conns):
         launch(k)
     # Bounded: one pass every 0.2 s until the deadline (plus the processes' own end).
     for _ in range(int(a.duration * 5) + 100):
@@ -105,7 +124,8 @@ def main():
             if rc is not None:
                 # Ended early (h2load gives up when it cannot connect): start again.
                 if deadline - now > 1.0:
-                    stalls.append({"t": now, "conn": k, "kind": f"exited rc={rc}"})
+                    stalls.append({"t": now, "conn": k, "kind": f"exited rc={rc}",
+                                   "method": "POST" if is_post(k) else "GET"})
                     launch(k)
                 else:
                     procs.pop(k)
@@ -115,7 +135,8 @@ def main():
             n = established_ports(s["p"].pid, port)
             s["missing"] = s["missing"] + 1 if n == 0 else 0
             if s["missing"] >= 2:
-                stalls.append({"t": now, "conn": k, "kind": "connection closed without an answer"})
+                stalls.append({"t": now, "conn": k, "kind": "connection closed without an answer",
+                               "method": "POST" if is_post(k) else "GET"})
                 s["p"].kill()
                 s["p"].wait()
                 launch(k)
@@ -127,19 +148,25 @@ def main():
             s["p"].kill()
             s["p"].wait()
 
-    rows = []
+    rows, posts = [], []
     for f in sorted(glob.glob(os.path.join(a.out, "conn*.log"))):
-        rows += [l for l in open(f).read().splitlines() if l.strip()]
-    rows.sort(key=lambda l: int(l.split("\t")[0]))
-    with open(os.path.join(a.out, "h2load.log"), "w") as f:
-        f.write("\n".join(rows) + ("\n" if rows else ""))
+        mine = [l for l in open(f).read().splitlines() if l.strip()]
+        rows += mine
+        if is_post(int(os.path.basename(f)[4:].split(".")[0])):
+            posts += mine
+    for name, lines in (("h2load.log", rows), ("posts.log", posts)):
+        lines.sort(key=lambda l: int(l.split("\t")[0]))
+        with open(os.path.join(a.out, name), "w") as f:
+            f.write("\n".join(lines) + ("\n" if lines else ""))
     with open(os.path.join(a.out, "h2load.txt"), "w") as f:
         for t in sorted(glob.glob(os.path.join(a.out, "conn*.txt"))):
             f.write(f"==> {os.path.basename(t)}\n{open(t).read()}\n")
     with open(os.path.join(a.out, "stalls.json"), "w") as f:
-        json.dump({"start": start, "deadline": deadline, "conns": a.conns, "rps": a.rps,
+        json.dump({"start": start, "deadline": deadline, "conns": a.conns + a.post_conns,
+                   "post_conns": a.post_conns, "rps": a.rps,
                    "stalls": stalls, "runs": runs}, f, indent=2)
-    print(f"load: {len(rows)} requests logged, {len(stalls)} stalled connections restarted")
+    print(f"load: {len(rows)} requests logged ({len(posts)} POSTs), "
+          f"{len(stalls)} stalled connections restarted")
 
 
 if __name__ == "__main__":

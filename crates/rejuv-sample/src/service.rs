@@ -4,15 +4,19 @@
 //! chunk is written to, so it is resident and shows in RSS, and is kept for the life of the
 //! service), answers more slowly the more it has leaked, and past a limit dies the way an OOM
 //! kill looks to a supervisor: a `SIGKILL` out of the blue. A counter gives it state, which can
-//! be handed off to a fresh instance while the proxy holds requests.
+//! be handed off to a fresh instance while the proxy holds requests. It can start slowly, as
+//! most real services do (see *Start-up*).
 //!
 //! # Routes
 //! | method | path | answer |
 //! |---|---|---|
 //! | GET | `/` | 200 text naming the instance; leaks, delayed by the aging latency |
-//! | GET | `/healthz` | 200 `ok`; no leak, no delay, so health checks do not age it |
+//! | GET | `/healthz` | 200 `ok`; no leak, no delay, so health checks do not age it. Still starting: 503 `starting` |
 //! | GET | `/counter` | 200 [`CounterReply`]; leaks, delayed |
 //! | POST | `/counter` | adds 1, 200 [`CounterReply`]; leaks, delayed. Once frozen: 503 with [`NOT_APPLIED_HEADER`] and nothing applied |
+//!
+//! While the service is still starting, `/` and `/counter` answer 503 with `Retry-After` and
+//! [`NOT_APPLIED_HEADER`] (nothing is counted, leaked or applied), and `/healthz` answers 503.
 //! | GET | `/_rejuv/state` | 200 [`HandoffState`], and the instance is frozen from then on |
 //! | PUT | `/_rejuv/state` | body [`HandoffState`]: adds its counter to this instance's own count, 204; a repeated import replaces the earlier one; bad JSON: 400 [`ApiError`] |
 //! | GET | `/stats` | 200 [`Stats`] |
@@ -26,6 +30,17 @@
 //! already counted a few requests during the switchover ends with the sum of both. Importing
 //! again replaces the earlier import rather than adding to it, so a hand-off retried after a
 //! lost answer (or a controller restart) counts the old state once. Import does not unfreeze.
+//!
+//! # Start-up
+//! With a start-up delay (`--startup-delay 5s`) the service binds its port at once, as the
+//! process starts, and is *not ready* until the delay has passed: it accepts connections but
+//! refuses work with 503 and reports unhealthy, as a service loading its data or warming its
+//! caches does behind a readiness check (a Kubernetes readiness probe, Spring Boot's
+//! `REFUSING_TRAFFIC`, Elasticsearch's 503 while it recovers). A supervisor that watches the
+//! process or the port sees it up at once; only an HTTP health check sees it is not ready. Its
+//! state routes (`/_rejuv/state`) and `/stats` answer from the start, so state can be imported
+//! while it warms up. The wait costs no CPU (a timer, not work), so a benchmark on a busy
+//! machine measures the delay it asked for.
 //!
 //! # Assumptions
 //! A positive `limit` kills the whole process: run the service in-process (tests) only with
@@ -68,6 +83,10 @@ pub struct ServiceArgs {
     /// Touch a small resident working set at start.
     #[arg(long)]
     pub base_rss_touch: bool,
+    /// Time the service takes to start (e.g. `5s`, `500ms`): it listens at once but is not
+    /// ready (503 on `/healthz`, `/` and `/counter`) until this has passed.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub startup_delay: Duration,
 }
 
 impl From<ServiceArgs> for ServiceOptions {
@@ -80,6 +99,7 @@ impl From<ServiceArgs> for ServiceOptions {
             leak_cap: a.leak_cap,
             latency_per_mib_us: a.latency_per_mib_us,
             base_rss_touch: a.base_rss_touch,
+            startup_delay: a.startup_delay,
         }
     }
 }
@@ -104,6 +124,9 @@ pub struct ServiceOptions {
     /// Touch a small resident working set ([`BASE_RSS_BYTES`]) at start, so a fresh instance
     /// has a realistic baseline RSS. Not counted as leaked.
     pub base_rss_touch: bool,
+    /// Time from the start until the service is ready: before it, the port accepts
+    /// connections but `/healthz`, `/` and `/counter` answer 503 (see the module's *Start-up*).
+    pub startup_delay: Duration,
 }
 
 /// Size of the working set touched at start when [`ServiceOptions::base_rss_touch`] is set.
@@ -135,6 +158,9 @@ pub struct Stats {
     /// True once the state was exported.
     pub frozen: bool,
     pub uptime_ms: u64,
+    /// False while the service is still starting (its start-up delay has not passed).
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// The counter and the frozen flag change together under one lock, so an export and a
@@ -152,6 +178,8 @@ struct Counter {
 struct Shared {
     opts: ServiceOptions,
     started: Instant,
+    /// `started` plus the start-up delay: work is refused before it.
+    ready_at: Instant,
     /// Kept for the life of the service: this is the leak.
     chunks: Mutex<Vec<Box<[u8]>>>,
     leaked: AtomicU64,
@@ -223,6 +251,11 @@ impl Shared {
         }
     }
 
+    /// Whether the start-up delay has passed.
+    fn ready(&self) -> bool {
+        Instant::now() >= self.ready_at
+    }
+
     fn counter(&self) -> std::sync::MutexGuard<'_, Counter> {
         self.counter.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -251,24 +284,40 @@ pub async fn run(
     let base = opts
         .base_rss_touch
         .then(|| vec![0x5Au8; BASE_RSS_BYTES].into_boxed_slice());
+    let started = Instant::now();
     let shared = Arc::new(Shared {
+        ready_at: started + opts.startup_delay,
         opts,
-        started: Instant::now(),
+        started,
         chunks: Mutex::new(Vec::new()),
         leaked: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         counter: Mutex::new(Counter::default()),
         _base: base,
     });
-    tracing::info!(instance = %shared.opts.instance_id, %addr, "sample service listening");
+    tracing::info!(
+        instance = %shared.opts.instance_id,
+        %addr,
+        startup_delay = ?shared.opts.startup_delay,
+        "sample service listening"
+    );
+    if !shared.opts.startup_delay.is_zero() {
+        tokio::spawn(say_ready(shared.clone(), shutdown.clone()));
+    }
 
     let leaker = (shared.opts.leak_per_second > 0)
         .then(|| tokio::spawn(leak_over_time(shared.clone(), shutdown.clone())));
 
-    let app = Router::new()
+    // The routes that do the service's work wait for the start-up; state and stats do not.
+    let work = Router::new()
         .route("/", get(root))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/counter", get(counter_get).post(counter_post))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            refuse_while_starting,
+        ));
+    let app = work
         .route("/_rejuv/state", get(state_export).put(state_import))
         .route("/stats", get(stats))
         .with_state(shared.clone());
@@ -304,6 +353,53 @@ async fn leak_over_time(shared: Arc<Shared>, shutdown: CancellationToken) {
             done = due;
         }
     }
+}
+
+/// Logs the moment the start-up delay has passed.
+async fn say_ready(shared: Arc<Shared>, shutdown: CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep_until(shared.ready_at) => {
+            tracing::info!(instance = %shared.opts.instance_id, "sample service ready");
+        }
+    }
+}
+
+/// Before the start-up delay has passed: `/healthz` answers 503 `starting`, the other work
+/// routes 503 with `Retry-After` and [`NOT_APPLIED_HEADER`], having done nothing.
+async fn refuse_while_starting(
+    State(s): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if s.ready() {
+        return next.run(req).await;
+    }
+    if req.uri().path() == "/healthz" {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response();
+    }
+    let left = s.ready_at.saturating_duration_since(Instant::now());
+    let mut resp = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(ApiError {
+            error: format!(
+                "starting: not ready for another {} ms; the request was not applied",
+                left.as_millis()
+            ),
+        }),
+    )
+        .into_response();
+    let retry_after = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&retry_after.max(1).to_string()) {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
+    resp.headers_mut()
+        .insert(NOT_APPLIED_HEADER, HeaderValue::from_static("1"));
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 async fn root(State(s): State<Arc<Shared>>) -> String {
@@ -397,5 +493,6 @@ async fn stats(State(s): State<Arc<Shared>>) -> Json<Stats> {
         counter,
         frozen,
         uptime_ms: u64::try_from(s.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        ready: s.ready(),
     })
 }

@@ -148,3 +148,52 @@ async fn sigterm_drains_and_exits_zero() {
     let status = svc.wait("the service to exit after SIGTERM").await;
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_delay_flag_listens_at_once_and_turns_healthy_later() {
+    let svc = ServiceProcess::spawn(&["--startup-delay", "1500ms"]).await;
+    let c = client();
+    // "listening on" was printed: the port answers, not ready yet (or just turned ready on a
+    // very slow machine: then the uptime says so).
+    let first = c.get(svc.url("/healthz")).send().await.expect("healthz");
+    let stats: serde_json::Value = c
+        .get(svc.url("/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats JSON");
+    if stats["uptime_ms"].as_u64().expect("uptime") < 1_400 {
+        assert_eq!(first.status(), 503);
+        assert_eq!(stats["ready"], false);
+    }
+    within(10, "the service to turn healthy", async {
+        while c
+            .get(svc.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status()
+            != 200
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_startup_delay_is_refused_naming_the_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rejuv-sample-service"))
+        .args(["--listen", "127.0.0.1:0", "--startup-delay", "soon"])
+        .output()
+        .await
+        .expect("run rejuv-sample-service");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--startup-delay") && err.contains("soon"),
+        "{err}"
+    );
+}

@@ -409,3 +409,81 @@ async fn a_capped_leak_warms_up_to_a_plateau() {
     );
     svc.stop().await.unwrap();
 }
+
+/// A slow start: the port answers at once, but until the delay has passed the service is not
+/// ready (503 on `/healthz`, work refused as not applied, nothing counted or leaked), while its
+/// state can already be imported; then it serves and keeps the imported state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_start_refuses_work_until_ready_and_keeps_imported_state() {
+    let delay = Duration::from_secs(3);
+    let svc = TestService::start(ServiceOptions {
+        leak_per_request: MIB,
+        startup_delay: delay,
+        ..opts("slow")
+    })
+    .await;
+    let c = client();
+    let s = svc.stats().await;
+    // The answers below are only checked as "starting" when they come in before the delay has
+    // passed, as the service's own uptime tells; 3 s leaves a wide margin on a busy machine.
+    assert!(!s.ready && s.uptime_ms < 2_000, "{s:?}");
+
+    let health = c.get(svc.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    assert_eq!(health.text().await.unwrap(), "starting");
+    let root = c.get(svc.url("/")).send().await.unwrap();
+    assert_eq!(root.status(), 503);
+    assert!(root.headers().contains_key(NOT_APPLIED_HEADER));
+    let retry: u64 = root.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&retry), "Retry-After {retry}");
+    let err: ApiError = root.json().await.unwrap();
+    assert!(err.error.starts_with("starting"), "{}", err.error);
+    let post = c.post(svc.url("/counter")).send().await.unwrap();
+    assert_eq!(post.status(), 503);
+    assert!(post.headers().contains_key(NOT_APPLIED_HEADER));
+    // State moves in while it warms up.
+    let put = c
+        .put(svc.url("/_rejuv/state"))
+        .json(&HandoffState { counter: 41 })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    let s = svc.stats().await;
+    assert!(!s.ready, "still starting: {s:?}");
+    assert_eq!((s.requests_handled, s.leaked_bytes, s.counter), (0, 0, 41));
+
+    // Ready once the delay has passed, not before.
+    let first_ok = within(15, "the service to turn healthy", async {
+        loop {
+            let r = c.get(svc.url("/healthz")).send().await.unwrap();
+            if r.status() == 200 {
+                return svc.stats().await;
+            }
+            assert_eq!(r.status(), 503);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(first_ok.ready, "{first_ok:?}");
+    assert!(
+        first_ok.uptime_ms >= delay.as_millis() as u64,
+        "healthy after {} ms, before the {delay:?} start-up",
+        first_ok.uptime_ms
+    );
+    let post: CounterReply = c
+        .post(svc.url("/counter"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(post.counter, 42, "the imported state plus one");
+    assert_eq!(svc.stats().await.leaked_bytes, MIB);
+    svc.stop().await.unwrap();
+}
