@@ -67,6 +67,8 @@ pub enum Msg {
     /// From the traffic adapter: the load balancer holds a table that is not ours
     /// (`Some(what it holds)`), or holds ours again (`None`).
     TrafficMismatch(Option<String>),
+    /// `[alert_block]`'s query answered something (`Some`), or nothing again (`None`).
+    AlertsBlocking(Option<String>),
     /// A reloaded config (`rejuv reload`, `SIGHUP`): taken with the changes it made, or
     /// refused whole with the reason.
     Reload {
@@ -340,6 +342,7 @@ impl Engine {
             } => shell.attempted(id, attempt, outcome, now, world),
             Msg::Wake { id, attempt } => shell.wake(id, attempt, world),
             Msg::TrafficMismatch(m) => self.traffic_mismatch(m, now),
+            Msg::AlertsBlocking(firing) => shell.alerts_blocking(firing, now, world),
             Msg::Reload { by, config, reply } => {
                 let _ = reply.send(self.reload(by, *config, now));
             }

@@ -143,6 +143,9 @@ pub(crate) async fn start_leading(
         });
     }
     tasks.spawn(engine.run(rx, local.clone()));
+    if let Some(block) = cfg.alert_block.clone() {
+        tasks.spawn(crate::alert_block::watch(block, tx.clone(), local.clone()));
+    }
     if let Some(path) = opts.config_path.clone() {
         tasks.spawn(reload_on_hangup(path, tx.clone(), local.clone()));
     }

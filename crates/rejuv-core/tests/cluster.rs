@@ -2647,41 +2647,43 @@ mod scenarios {
     }
 
     #[test]
-    fn gate_waits_for_min_running_time() {
+    fn a_young_server_waits_before_its_copies_start_not_at_the_gate() {
         let mut h = booted(&Spec::active_standby());
         h.agent("s1").running_since_ms = T0 - 30_000;
         h.observe("s1");
         h.judge("s1", Level::Unstable);
-        h.ack_starts();
-        h.observe("s4");
-        assert_eq!(h.phase("s1"), Some(Phase::Gating));
-        let r = h.wf("s1").unwrap().gate_reason.clone().unwrap();
+        assert_eq!(h.wf("s1"), None, "no hot copy held while it is young");
+        let waits = |h: &H| h.logs_of_kind("waiting-for-budget").len();
+        assert_eq!(waits(&h), 1);
         assert!(
-            r.contains("running time 30s is below min_running_time 60s"),
-            "{r}"
+            h.c.servers["s4"].reserved_by.is_none(),
+            "the spare stays free"
         );
-        // Polled every second meanwhile: the wait is said once, not once per poll (its
-        // figures move, its kind does not).
-        let gate_events = |h: &H| h.logs_of_kind("gate").len();
-        let said = gate_events(&h);
-        assert_eq!(said, 1);
+        assert!(h.c.servers["s1"]
+            .blocked_reason
+            .as_deref()
+            .unwrap()
+            .contains("gate.min_running_time (60s)"));
+        // Polled every second meanwhile: the wait is said once.
         for _ in 0..29 {
             h.now_ms += 1_000;
             h.observe("s1");
         }
-        assert_eq!(gate_events(&h), said, "one event for one wait");
-        let r = h.wf("s1").unwrap().gate_reason.clone().unwrap();
-        assert!(
-            r.contains("running time 59s"),
-            "the status has the figures: {r}"
-        );
+        assert_eq!(waits(&h), 1, "one event for one wait");
+        assert_eq!(h.wf("s1"), None);
         h.wait(1_000);
         h.observe("s1");
         assert_eq!(
             h.phase("s1"),
-            Some(Phase::Draining),
-            "60s of running time opens it"
+            Some(Phase::Duplexing),
+            "60s of running time lets it start"
         );
+        // A near exhaustion does not wait for the running time.
+        let mut h = booted(&Spec::active_standby());
+        h.agent("s2").running_since_ms = T0 - 30_000;
+        h.observe("s2");
+        h.judge_with("s2", judgement_with_tte(600.0));
+        assert_eq!(h.phase("s2"), Some(Phase::Duplexing));
     }
 
     #[test]
@@ -4883,5 +4885,74 @@ mod reload {
             .instances
             .keys()
             .all(|i| i.rsplit('-').next().unwrap().parse::<u64>().is_ok()));
+    }
+}
+
+mod windows_and_alerts {
+    use super::*;
+
+    #[test]
+    fn planned_work_waits_outside_the_allowed_windows_failover_and_operators_do_not() {
+        let spec = Spec::active_standby().budget(3);
+        let mut h = booted(&spec);
+        // T0 is 22:13 UTC; the only allowed window opens at 02:00 for two hours.
+        h.cfg.allow = vec![rejuv_core::config::FreezeWindow {
+            name: "night".into(),
+            days: vec![],
+            start: "02:00".into(),
+            duration: std::time::Duration::from_secs(7_200),
+        }];
+        assert!(h.cfg.outside_allowed(T0));
+        h.judge("s1", Level::Unstable);
+        assert_eq!(h.wf("s1"), None);
+        assert!(h.c.servers["s1"]
+            .blocked_reason
+            .as_deref()
+            .unwrap()
+            .contains("outside the allowed windows (night)"));
+        h.operator(OperatorCommand::Rejuvenate {
+            server: "s2".into(),
+            force: false,
+        });
+        assert!(h.wf("s2").is_some(), "an operator's request does not wait");
+        // Into the window: the planned one starts.
+        let into = (T0 / 86_400_000 + 1) * 86_400_000 + 2 * HOUR_MS + 60_000;
+        h.now_ms = into;
+        finish_workflow(&mut h, "s2");
+        h.ack_housekeeping();
+        h.wait(COOLDOWN_MS + 1_000);
+        h.observe_all();
+        h.tick();
+        assert!(
+            h.wf("s1").is_some(),
+            "inside the window it starts: {:?}",
+            h.c.servers["s1"].blocked_reason
+        );
+    }
+
+    #[test]
+    fn firing_alerts_hold_planned_work_and_are_said_when_they_start_and_stop() {
+        let mut h = booted(&Spec::active_standby());
+        let out = h.step(Event::AlertsBlocking {
+            firing: Some("DiskFull{instance=\"db1\"}".into()),
+        });
+        assert_eq!(events_of(&out, "alert-block").len(), 1);
+        let again = h.step(Event::AlertsBlocking {
+            firing: Some("DiskFull{instance=\"db1\"}".into()),
+        });
+        assert!(events_of(&again, "alert-block").is_empty(), "said once");
+        h.judge("s1", Level::Unstable);
+        assert_eq!(h.wf("s1"), None);
+        assert!(h.c.servers["s1"]
+            .blocked_reason
+            .as_deref()
+            .unwrap()
+            .contains("alerts are firing (DiskFull"));
+        // A dead primary still fails over.
+        h.agent("s2").instances.clear();
+        let out = h.step(Event::AlertsBlocking { firing: None });
+        assert_eq!(events_of(&out, "alert-block").len(), 1);
+        h.tick();
+        assert!(h.wf("s1").is_some(), "planned work starts once they stop");
     }
 }

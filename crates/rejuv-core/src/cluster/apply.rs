@@ -48,6 +48,7 @@ impl Cluster {
             failed_total: 0,
             last_completed_at_ms: None,
             incarnation: super::state::incarnation(&cfg.cluster.name, now.wall_ms),
+            alerts_blocking: None,
         };
         let mut out = Output::default();
         for s in &cfg.servers {
@@ -147,6 +148,18 @@ impl Cluster {
                 self.on_operator(cfg, &by, command, now, &mut out);
             }
             Event::Reconfigured { by } => self.on_reconfigured(cfg, &by, now, &mut out),
+            Event::AlertsBlocking { firing } => {
+                if firing != self.alerts_blocking {
+                    let message = match &firing {
+                        Some(what) => format!(
+                            "alerts are firing ({what}): no planned workflow starts until they stop"
+                        ),
+                        None => "no alert blocks workflows any more".to_string(),
+                    };
+                    self.log(&mut out, now, EventKind::AlertBlock, None, None, message);
+                    self.alerts_blocking = firing;
+                }
+            }
         }
         self.settle(cfg, now, &mut out);
         self.forget_removed(now, &mut out);

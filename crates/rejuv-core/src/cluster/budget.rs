@@ -104,6 +104,22 @@ impl Cluster {
                 window.name
             ));
         }
+        if !manual && !failover {
+            if cfg.outside_allowed(now.wall_ms) {
+                let names: Vec<&str> = cfg.allow.iter().map(|w| w.name.as_str()).collect();
+                return Some(format!(
+                    "waiting: outside the allowed windows ({})",
+                    names.join(", ")
+                ));
+            }
+            if let Some(what) = self
+                .alerts_blocking
+                .as_ref()
+                .filter(|_| cfg.alert_block.is_some())
+            {
+                return Some(format!("waiting: alerts are firing ({what})"));
+            }
+        }
         let cooling = self.last_completed_at_ms.is_some_and(|t| {
             u128::from(now.wall_ms.saturating_sub(t)) < cfg.budget.cooldown.as_millis()
         });

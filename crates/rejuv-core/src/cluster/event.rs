@@ -185,4 +185,8 @@ pub enum Event {
     Reconfigured {
         by: String,
     },
+    /// `[alert_block]`'s query returned these series (`Some`), or nothing again (`None`).
+    AlertsBlocking {
+        firing: Option<String>,
+    },
 }

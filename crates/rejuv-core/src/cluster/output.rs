@@ -122,6 +122,8 @@ named! {
         /// The config was reloaded: a server joined, is being removed, was forgotten, or
         /// changed capacity.
         Config => "config",
+        /// `[alert_block]`'s query started or stopped returning alerts.
+        AlertBlock => "alert-block",
     }
 }
 

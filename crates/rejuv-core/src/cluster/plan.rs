@@ -42,6 +42,10 @@ impl Cluster {
                 self.blocked(&id, why, false, now, out);
                 continue;
             }
+            if let Some(why) = self.too_young(cfg, &id, manual || failover) {
+                self.blocked(&id, why, false, now, out);
+                continue;
+            }
             let (scope, instance) = self.scope_for(cfg, &id, now);
             let placed = self.choose_placement(cfg, &id, scope, instance.as_deref(), failover, now);
             match placed {
@@ -88,6 +92,31 @@ impl Cluster {
         // its traffic needs now.
         ids.sort_by_key(|id| self.dead(cfg, &self.servers[id], now).is_none());
         ids
+    }
+
+    /// A server that has not run `gate.min_running_time` yet waits before its copies start
+    /// (rather than holding a hot copy, and its target, at the gate), unless an operator asked,
+    /// it is dead, or its exhaustion is forecast within twice `gate.max_wait`.
+    fn too_young(&self, cfg: &Config, id: &str, asked: bool) -> Option<String> {
+        if asked {
+            return None;
+        }
+        let s = &self.servers[id];
+        let ran = s
+            .observation
+            .as_ref()
+            .filter(|o| o.reachable)?
+            .running_time_s;
+        let min = cfg.gate.min_running_time.as_secs_f64();
+        let near = s
+            .explanation
+            .as_ref()
+            .and_then(|e| e.tte_s)
+            .is_some_and(|t| t <= 2.0 * cfg.gate.max_wait.as_secs_f64());
+        // Said once per wait: the text holds no figure that moves with every poll.
+        (ran < min && !near).then(|| {
+            format!("waiting: it has run less than gate.min_running_time ({min:.0}s) since its last start")
+        })
     }
 
     fn blocked(&mut self, server: &str, why: String, alert: bool, now: Now, out: &mut Output) {

@@ -377,6 +377,10 @@ pub struct Cluster {
     /// before it existed (their ids stay as they were).
     #[serde(default)]
     pub incarnation: String,
+    /// What `[alert_block]`'s query returns while it returns anything (no planned workflow
+    /// starts meanwhile).
+    #[serde(default)]
+    pub alerts_blocking: Option<String>,
 }
 
 /// The incarnation mark of a cluster named `name` created at `wall_ms`: five base-36 digits

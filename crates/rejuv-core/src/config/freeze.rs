@@ -50,8 +50,13 @@ impl FreezeWindow {
 
 /// Every freeze window, as `freeze[i]`.
 pub(crate) fn validate(windows: &[FreezeWindow], errs: &mut Errors) {
+    validate_as("freeze", windows, errs)
+}
+
+/// Every window of the list `section` (`freeze` or `allow`), as `section[i]`.
+pub(crate) fn validate_as(section: &str, windows: &[FreezeWindow], errs: &mut Errors) {
     for (i, w) in windows.iter().enumerate() {
-        let f = |name: &str| format!("freeze[{i}].{name}");
+        let f = |name: &str| format!("{section}[{i}].{name}");
         if w.start_minute().is_none() {
             errs.add(f("start"), "must be HH:MM (UTC), e.g. \"22:00\"");
         }
@@ -61,7 +66,7 @@ pub(crate) fn validate(windows: &[FreezeWindow], errs: &mut Errors) {
         for (j, d) in w.days.iter().enumerate() {
             if !DAY_NAMES.contains(&d.as_str()) {
                 errs.add(
-                    format!("freeze[{i}].days[{j}]"),
+                    format!("{section}[{i}].days[{j}]"),
                     format!("must be one of {}", DAY_NAMES.join(", ")),
                 );
             }

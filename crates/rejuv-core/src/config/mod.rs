@@ -107,6 +107,36 @@ pub struct Config {
     /// Where readings come from: the agents, or a Prometheus server.
     #[serde(default)]
     pub source: SourceConfig,
+    /// Recurring windows outside which no planned workflow starts (none: any time). Same
+    /// shape as `[[freeze]]`; a dead primary's failover and an operator's request do not wait.
+    #[serde(default)]
+    pub allow: Vec<FreezeWindow>,
+    /// No planned workflow starts while this Prometheus query returns anything (firing
+    /// alerts, as kured's `--prometheus-url` does).
+    #[serde(default)]
+    pub alert_block: Option<AlertBlockConfig>,
+}
+
+/// `[alert_block]`: a Prometheus query that must be empty for a planned workflow to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertBlockConfig {
+    /// Prometheus base URL, e.g. `http://127.0.0.1:9090`.
+    pub url: String,
+    /// PromQL (instant query); any series in the answer blocks.
+    #[serde(default = "default_alert_query")]
+    pub query: String,
+    /// How often it is asked.
+    #[serde(with = "humantime_serde", default = "default_alert_interval")]
+    pub interval: std::time::Duration,
+}
+
+fn default_alert_query() -> String {
+    r#"ALERTS{alertstate="firing",severity="critical"}"#.to_string()
+}
+
+fn default_alert_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
 }
 
 impl Config {
@@ -164,6 +194,18 @@ impl Config {
         self.auth.validate(&mut errs);
         hooks::validate(&self.hooks, &mut errs);
         freeze::validate(&self.freeze, &mut errs);
+        freeze::validate_as("allow", &self.allow, &mut errs);
+        if let Some(a) = &self.alert_block {
+            if !a.url.starts_with("http://") {
+                errs.add("alert_block.url", "must be an http:// URL of Prometheus");
+            }
+            if a.query.trim().is_empty() {
+                errs.add("alert_block.query", "must be a PromQL query");
+            }
+            if a.interval < std::time::Duration::from_secs(1) {
+                errs.add("alert_block.interval", "must be at least 1s");
+            }
+        }
         conflicts::validate(self, &mut errs);
         errs.into_vec()
     }
@@ -180,6 +222,11 @@ impl Config {
     /// The freeze window `wall_ms` falls in, if any.
     pub fn frozen_by(&self, wall_ms: u64) -> Option<&FreezeWindow> {
         self.freeze.iter().find(|w| w.contains(wall_ms))
+    }
+
+    /// Whether `wall_ms` is outside every `[[allow]]` window (never, when there is none).
+    pub fn outside_allowed(&self, wall_ms: u64) -> bool {
+        !self.allow.is_empty() && !self.allow.iter().any(|w| w.contains(wall_ms))
     }
 
     /// What is allowed but likely to hurt, each naming its field: the controller logs these

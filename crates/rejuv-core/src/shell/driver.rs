@@ -134,6 +134,11 @@ impl Shell {
         Ok(())
     }
 
+    /// What `[alert_block]`'s query answers changed.
+    pub fn alerts_blocking(&mut self, firing: Option<String>, now: Now, fx: &mut dyn Effects) {
+        self.step(vec![Event::AlertsBlocking { firing }], now, fx);
+    }
+
     /// A reloaded config (`rejuv reload`, `SIGHUP`, a restart over a stored state): refused as
     /// a whole with the reason, or taken; the step that carries it out runs with it.
     pub fn reload(

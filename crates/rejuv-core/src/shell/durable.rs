@@ -31,6 +31,7 @@ pub fn same_but_readings(a: &Cluster, b: &Cluster) -> bool {
         forgotten,
         unknown_reported,
         incarnation,
+        alerts_blocking,
         ..
     } = a;
     *mode == b.mode
@@ -47,6 +48,7 @@ pub fn same_but_readings(a: &Cluster, b: &Cluster) -> bool {
         && *forgotten == b.forgotten
         && *unknown_reported == b.unknown_reported
         && *incarnation == b.incarnation
+        && *alerts_blocking == b.alerts_blocking
         && *pending == b.pending
         && *instances == b.instances
         && *workflows == b.workflows

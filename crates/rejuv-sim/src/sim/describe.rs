@@ -66,6 +66,7 @@ pub fn short_event(e: &Event) -> String {
         ),
         Event::Operator { command, .. } => format!("operator {command:?}"),
         Event::Reconfigured { by } => format!("reconfigured by {by}"),
+        Event::AlertsBlocking { firing } => format!("alerts blocking: {firing:?}"),
         other => from_serialized(other),
     }
 }

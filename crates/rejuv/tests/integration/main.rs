@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod alert_block;
 mod alerts;
 mod dashboard;
 mod errors;
