@@ -57,6 +57,8 @@ struct Spec {
     /// `rejuvenation.in_place`: off unless a test is about it, so that "no target" still
     /// means no target.
     in_place: bool,
+    /// `rejuvenation.rebalance`: off unless a test is about it.
+    rebalance: bool,
 }
 
 impl Spec {
@@ -71,6 +73,7 @@ impl Spec {
             max_concurrent: 1,
             floor: 0,
             in_place: false,
+            rebalance: false,
         }
     }
 
@@ -146,6 +149,7 @@ duplex_timeout = "30s"
 verify_timeout = "60s"
 failed_target_cooldown = "300s"
 in_place = {in_place}
+rebalance = {rebalance}
 
 [services.web]
 command = "/usr/bin/true"
@@ -162,6 +166,7 @@ handoff = {{ export = "/state", import = "/state", hold = "3s" }}
             mc = self.max_concurrent,
             floor = self.floor,
             in_place = self.in_place,
+            rebalance = self.rebalance,
         );
         for i in 1..=self.primaries + self.spares {
             let primary = i <= self.primaries;
@@ -4933,6 +4938,11 @@ mod windows_and_alerts {
     #[test]
     fn firing_alerts_hold_planned_work_and_are_said_when_they_start_and_stop() {
         let mut h = booted(&Spec::active_standby());
+        h.cfg.alert_block = Some(rejuv_core::config::AlertBlockConfig {
+            url: "http://127.0.0.1:9090".into(),
+            query: "ALERTS".into(),
+            interval: std::time::Duration::from_secs(30),
+        });
         let out = h.step(Event::AlertsBlocking {
             firing: Some("DiskFull{instance=\"db1\"}".into()),
         });
@@ -4948,11 +4958,88 @@ mod windows_and_alerts {
             .as_deref()
             .unwrap()
             .contains("alerts are firing (DiskFull"));
-        // A dead primary still fails over.
-        h.agent("s2").instances.clear();
         let out = h.step(Event::AlertsBlocking { firing: None });
         assert_eq!(events_of(&out, "alert-block").len(), 1);
         h.tick();
         assert!(h.wf("s1").is_some(), "planned work starts once they stop");
+    }
+}
+
+mod rebalancing {
+    use super::*;
+
+    fn counts(h: &H) -> BTreeMap<String, usize> {
+        h.c.servers
+            .keys()
+            .map(|s| (s.clone(), h.instances_on(s).len()))
+            .collect()
+    }
+
+    #[test]
+    fn a_rejoined_peer_takes_its_share_back_one_move_at_a_time() {
+        let spec = Spec {
+            rebalance: true,
+            ..Spec::active_active().servers(3, 0).capacity(6)
+        };
+        let mut h = booted(&spec);
+        h.judge("s1", Level::Unstable);
+        let target = h.target("s1");
+        finish_workflow(&mut h, "s1");
+        h.ack_housekeeping();
+        h.judge("s1", Level::Stable);
+        let _ = target;
+        // Moves follow, one at a time, until no server serves two more than another.
+        let mut moves = 0;
+        for _ in 0..6 {
+            h.wait(1_000);
+            h.observe_all();
+            h.tick();
+            let Some(w) = h.c.workflows.values().next().cloned() else {
+                break;
+            };
+            assert_eq!(h.c.workflows.len(), 1, "one move at a time");
+            assert!(w.rebalance && w.reason.starts_with("rebalancing:"), "{w:?}");
+            for _ in 0..8 {
+                if h.wf(&w.server).is_none() {
+                    break;
+                }
+                h.ack_starts();
+                h.observe_all();
+                h.sync();
+                let transfers = h.pending_where(|k| matches!(k, CommandKind::TransferState { .. }));
+                h.ack_all(transfers);
+                h.ack_housekeeping();
+                h.observe_all();
+            }
+            assert!(h.wf(&w.server).is_none(), "{:?}", h.wf(&w.server));
+            moves += 1;
+        }
+        let c = counts(&h);
+        let (max, min) = (c.values().max().unwrap(), c.values().min().unwrap());
+        assert!(
+            max - min <= 1,
+            "{c:?} after {moves} moves: {:?}\n{:?}",
+            h.c.servers,
+            h.c.history
+        );
+        let rebalanced = h.c.history.iter().filter(|w| w.rebalance).count();
+        assert!(rebalanced >= 1, "{:?}", h.c.history);
+        assert!(h
+            .c
+            .history
+            .iter()
+            .filter(|w| w.rebalance)
+            .all(|w| w.target == "s1"));
+        assert!(
+            h.c.servers
+                .values()
+                .all(|s| s.instance_rejuvenations_ms.is_empty()),
+            "a move is no rejuvenation: it does not count towards escalation"
+        );
+        // Balanced: nothing more starts.
+        h.wait(1_000);
+        h.observe_all();
+        h.tick();
+        assert!(h.c.workflows.is_empty());
     }
 }

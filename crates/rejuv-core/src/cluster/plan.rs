@@ -55,6 +55,7 @@ impl Cluster {
                         instance,
                         target,
                         placement,
+                        rebalance: None,
                     };
                     if self.advisory {
                         self.advise(cfg, &id, &plan, now, out)
@@ -65,6 +66,79 @@ impl Cluster {
                 Err(why) => self.blocked(&id, why, true, now, out),
             }
         }
+        self.rebalance(cfg, now, out);
+    }
+
+    /// Active-active: while nothing else runs and planned work may start, one instance at a
+    /// time moves from the primary serving the most instances to the one serving the fewest,
+    /// as long as they differ by two or more and the receiver has room. A rejoined server (its
+    /// instances went to its peers) so takes its share back over time, within the budget, the
+    /// gate and the windows.
+    fn rebalance(&mut self, cfg: &Config, now: Now, out: &mut Output) {
+        if self.mode != Mode::ActiveActive
+            || !cfg.rejuvenation.rebalance
+            || self.advisory
+            || !self.workflows.is_empty()
+        {
+            return;
+        }
+        // A server waiting for a target comes first.
+        if self.held_back(cfg, false, false, false, now).is_some()
+            || self.servers.values().any(|s| s.blocked_reason.is_some())
+        {
+            return;
+        }
+        let count = |id: &str| {
+            self.instances
+                .values()
+                .filter(|i| i.server == id && i.traffic == Traffic::Serving)
+                .count()
+        };
+        let eligible: Vec<(&Server, usize)> = self
+            .servers
+            .values()
+            .filter(|s| s.role == Role::Primary && s.on_list() && !s.maintenance && !s.removing)
+            .filter(|s| s.reachable() && s.reserved_by.is_none() && s.judgement != Level::Unstable)
+            .filter(|s| s.avoid_as_target_until_ms.is_none_or(|t| now.wall_ms >= t))
+            .map(|s| (s, count(&s.id)))
+            .collect();
+        let (Some(&(most, m)), Some(&(least, l))) = (
+            eligible
+                .iter()
+                .max_by_key(|(s, n)| (*n, std::cmp::Reverse(&s.id))),
+            eligible.iter().min_by_key(|(s, n)| (*n, &s.id)),
+        ) else {
+            return;
+        };
+        if m < l + 2 {
+            return;
+        }
+        let Some(inst) = self
+            .instances
+            .values()
+            .filter(|i| i.server == most.id && i.traffic == Traffic::Serving && i.healthy)
+            .find(|i| {
+                let units = cfg.services.get(&i.service).map_or(1, |s| s.units);
+                least
+                    .capacity
+                    .saturating_sub(self.used_units(cfg, &least.id))
+                    >= units
+            })
+        else {
+            return;
+        };
+        let plan = Planned {
+            scope: Scope::Instance,
+            instance: Some(inst.id.clone()),
+            target: least.id.clone(),
+            placement: Placement::Peer,
+            rebalance: Some(format!(
+                "rebalancing: {} serves {m} instances and {} serves {l}",
+                most.id, least.id
+            )),
+        };
+        let source = most.id.clone();
+        self.start_workflow(cfg, &source, plan, false, now, out);
     }
 
     /// Primaries on the list that need a workflow and have none: judged unstable, asked for
@@ -507,7 +581,10 @@ impl Cluster {
     ) {
         let id = self.next_id;
         self.next_id += 1;
-        let (reason, explanation) = self.workflow_reason(cfg, source, now);
+        let (reason, explanation) = match &plan.rebalance {
+            Some(why) => (why.clone(), None),
+            None => self.workflow_reason(cfg, source, now),
+        };
         let failover = self.dead(cfg, &self.servers[source], now).is_some();
         let (level, exhausted) = match plan.scope {
             Scope::Server => self.escalation(cfg, source, now),
@@ -541,6 +618,7 @@ impl Cluster {
             veto_pending: BTreeSet::new(),
             veto_passed: Vec::new(),
             vetoed: None,
+            rebalance: plan.rebalance.is_some(),
         };
         w.enter(Phase::Duplexing, now);
         let n = w.pairs.len();
@@ -650,6 +728,8 @@ struct Planned {
     instance: Option<InstanceId>,
     target: ServerId,
     placement: Placement,
+    /// A workflow that is no rejuvenation (a rebalancing move) says so instead of a judgement.
+    rebalance: Option<String>,
 }
 
 /// "onto s4 (spare)", "in place".

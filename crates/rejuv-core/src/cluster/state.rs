@@ -308,6 +308,10 @@ pub struct Workflow {
     /// Started because the source died (reactive failover), not because it aged.
     #[serde(default)]
     pub failover: bool,
+    /// Moves one instance to a peer with fewer (active-active rebalancing), not because it
+    /// aged: it does not count towards the instance-scope escalation.
+    #[serde(default)]
+    pub rebalance: bool,
 }
 
 impl Workflow {

@@ -73,6 +73,11 @@ pub struct RejuvenationConfig {
     /// the copies that serve).
     #[serde(default = "default_true")]
     pub in_place: bool,
+    /// Active-active: while nothing else runs, move one instance at a time from the primary
+    /// serving the most to the one serving the fewest while they differ by two or more (a
+    /// rejoined server takes its share back).
+    #[serde(default = "default_true")]
+    pub rebalance: bool,
 }
 
 fn default_true() -> bool {
@@ -135,6 +140,7 @@ impl Default for RejuvenationConfig {
             instance_escalation_count: default_instance_escalation_count(),
             instance_escalation_window: default_escalation_window(),
             in_place: true,
+            rebalance: true,
         }
     }
 }

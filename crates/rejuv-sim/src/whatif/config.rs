@@ -170,6 +170,9 @@ impl PolicySections {
             }
         }
         s.policy.trend.resources = resources;
+        // The replay moves copies only to rejuvenate: a rebalancing move is no policy's
+        // decision and would blur the comparison.
+        s.rejuvenation.rebalance = false;
         let watched = s.policy.trend.resources.contains(&RESOURCE)
             || s.policy.rules.iter().any(|r| r.resource == RESOURCE);
         if !watched {

@@ -141,7 +141,9 @@ impl Cluster {
                 s.judgement = Level::Stable;
                 s.explanation = None;
             }
-            s.instance_rejuvenations_ms.push(now.wall_ms);
+            if !w.rebalance {
+                s.instance_rejuvenations_ms.push(now.wall_ms);
+            }
             let extra = s
                 .instance_rejuvenations_ms
                 .len()
