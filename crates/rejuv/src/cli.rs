@@ -323,7 +323,7 @@ Examples:
     #[command(after_help = "\
 Examples:
   rejuv reload --config /etc/rejuv/rejuv.toml
-  kill -HUP $(pidof rejuv)   # the same, from the controller's host")]
+  kill -HUP \"$(pidof rejuv)\"   # as rejuv reload does, on the controller's host")]
     Reload(crate::conn::Conn),
     /// Print a shell completion script.
     #[command(after_help = "\

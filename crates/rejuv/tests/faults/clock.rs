@@ -51,13 +51,16 @@ fn wall_clock_jumps_do_not_end_leases_early_or_double_rejuvenate() {
     );
     let _slot = slot();
     let mut h = Harness::new(&aging_spec());
-    // Every workflow waits at the gate for max_wait (6 s): the servers have not run the
-    // 60 s min_running_time. A gate deadline read off the wall clock would open at once
-    // when the clock jumps ahead.
+    // Every workflow waits at the gate for max_wait (6 s): the load is above a max_load of 0
+    // (the load generator and the cluster's own processes run). A gate deadline read off the
+    // wall clock would open at once when the clock jumps ahead.
     let text = std::fs::read_to_string(&h.config).unwrap();
-    let gate = "min_running_time = \"1s\"\nmax_wait = \"5s\"";
+    let gate = "max_load = 1000.0\nmin_running_time = \"1s\"\nmax_wait = \"5s\"";
     assert!(text.contains(gate), "the harness's [gate] section changed");
-    let text = text.replace(gate, "min_running_time = \"60s\"\nmax_wait = \"6s\"");
+    let text = text.replace(
+        gate,
+        "max_load = 0.0\nquiet_quantile = 1.0\nmin_running_time = \"1s\"\nmax_wait = \"6s\"",
+    );
     std::fs::write(&h.config, text).unwrap();
     let offset = h.dir.path().join("faketime");
     std::fs::write(&offset, "+0\n").unwrap();

@@ -493,3 +493,86 @@ fn an_agent_restarted_after_a_kill_ends_the_instances_its_predecessor_left() {
         },
     );
 }
+
+/// Benchmark (`bench/failover/cooldown.sh`): a primary dies while the only spare is in
+/// `failed_target_cooldown` after a copy failed on it; the time from the kill to the spare's
+/// copy serving, over `REJUV_COOLDOWN_RUNS` runs (default 5). Goal: within `failover_after` +
+/// one health interval + 1 s.
+#[test]
+#[ignore = "benchmark: run by bench/failover/cooldown.sh"]
+fn failover_time_with_the_spare_in_cooldown() {
+    let runs: usize = std::env::var("REJUV_COOLDOWN_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    for run in 1..=runs {
+        let spec = Spec {
+            primaries: 2,
+            spares: 1,
+            in_place: false,
+            // The spare (s3, on 127.0.0.4) fails its first copy, which puts it in cooldown.
+            crash_address: Some("127.0.0.4".into()),
+            ..Spec::default()
+        };
+        let mut h = Harness::new(&spec);
+        let toml = std::fs::read_to_string(&h.config).unwrap();
+        let toml = toml.replacen(
+            "\n[policy]\n",
+            &format!(
+                "\n[policy]\nfailover_after = \"{}s\"\n",
+                FAILOVER_AFTER.as_secs()
+            ),
+            1,
+        );
+        std::fs::write(&h.config, toml).unwrap();
+        h.start_controller(&[]);
+        h.wait_serving();
+        let load = LiveLoad::start(h.front, 50, Duration::from_secs(120));
+        assert_eq!(
+            h.api(reqwest::Method::POST, "/v1/servers/s1/rejuvenate")
+                .status(),
+            202
+        );
+        wait_for(
+            "the copy on s3 to fail and put it in cooldown",
+            Duration::from_secs(40),
+            || {
+                let st = h.try_status()?;
+                st["history"]
+                    .as_array()?
+                    .iter()
+                    .any(|w| w["outcome"]["outcome"] == "rolled-back")
+                    .then_some(())
+            },
+        );
+        std::fs::remove_file(crate::harness::crash_marker(h.dir.path(), "127.0.0.4")).unwrap();
+        // s2 dies; the spare is in cooldown for another ~50 s.
+        kill_server(&mut h, 1, "127.0.0.3");
+        let killed = Instant::now();
+        let at_kill = load.snapshot();
+        wait_for(
+            "the spare to serve a copy of s2's instance",
+            FAILOVER_AFTER + Duration::from_secs(30),
+            || {
+                let st = h.try_status()?;
+                let t = server(&st, "s3");
+                (t["instances"]
+                    .as_array()?
+                    .iter()
+                    .any(|i| i["traffic"] == "serving" && i["healthy"] == true)
+                    && server(&st, "s2")["on_list"] == false)
+                    .then_some(())
+            },
+        );
+        let took = killed.elapsed();
+        let after = load.snapshot();
+        println!(
+            "run {run}: kill -> spare (in cooldown) serving: {:.2}s (failover_after {:?}, goal <= {:.1}s); failed requests in the window: {} of {}",
+            took.as_secs_f64(),
+            FAILOVER_AFTER,
+            FAILOVER_AFTER.as_secs_f64() + 0.2 + 1.0,
+            after.failed - at_kill.failed,
+            after.requests - at_kill.requests,
+        );
+    }
+}

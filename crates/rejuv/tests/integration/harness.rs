@@ -28,7 +28,8 @@ pub struct Spec {
     pub handoff: bool,
     /// Address whose instances never become healthy (they sleep instead of serving).
     pub broken_address: Option<String>,
-    /// Address whose instances print a config error and exit 3 at once.
+    /// Address whose instances print a config error and exit 3 at once, while the file
+    /// `crash_marker(dir, address)` exists (the harness makes it; a test may remove it).
     pub crash_address: Option<String>,
     pub extra_toml: String,
     /// `rejuvenation.in_place` (on by default, as in production).
@@ -96,6 +97,11 @@ fn free_range(ip: IpAddr, n: u16) -> [u16; 2] {
         }
     }
     panic!("no free port range on {ip}");
+}
+
+/// The file whose presence makes the instances on `address` crash (see `Spec::crash_address`).
+pub fn crash_marker(dir: &Path, address: &str) -> PathBuf {
+    dir.join(format!("crash-{address}"))
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> Child {
@@ -179,8 +185,11 @@ impl Harness {
             None => format!("exec {service_cmd}"),
         };
         if let Some(bad) = &spec.crash_address {
+            let marker = crash_marker(dir.path(), bad);
+            std::fs::write(&marker, "").unwrap();
             script = format!(
-                "if [ {{address}} = {bad} ]; then echo web: reading /etc/web.conf: no such file >&2; exit 3; fi; {script}"
+                "if [ -e {} ] && [ {{address}} = {bad} ]; then echo web: reading /etc/web.conf: no such file >&2; exit 3; fi; {script}",
+                marker.display()
             );
         }
         let handoff = if spec.handoff {
