@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rejuv_core::cluster::OperatorCommand;
+use rejuv_core::cluster::{OperatorCommand, ServerState};
 use rejuv_core::config::Config;
 use rejuv_core::wire::{
     Accepted, ApiError, EventsQuery, Explain, History, InstanceView, MaintenanceRequest,
@@ -189,7 +189,13 @@ pub fn status(cfg: &Config, p: &Published) -> Status {
                 }),
                 id: s.id.clone(),
                 role: s.role,
-                state: s.state.name().to_string(),
+                // Out of service because an operator said so is not a failure: an evacuated
+                // server in maintenance reads `maintenance`.
+                state: if s.maintenance && matches!(s.state, ServerState::Failed { .. }) {
+                    "maintenance".to_string()
+                } else {
+                    s.state.name().to_string()
+                },
                 on_list: s.on_list(),
                 maintenance: s.maintenance,
                 reachable: obs.is_some_and(|o| o.reachable),

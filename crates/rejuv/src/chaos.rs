@@ -356,7 +356,7 @@ pub struct WatchReport {
 ///
 /// 1. Budget: workflows not forced by an operator ≤ `budget.max_concurrent`.
 /// 2. One state per server: every configured server appears exactly once in the status, with
-///    a known state (`in-service`, `rejuvenating`, `failed`), on the list exactly when
+///    a known state (`in-service`, `rejuvenating`, `failed`, `maintenance`), on the list exactly when
 ///    in service; no server is the source or target of two workflows.
 /// 3. Capacity floor: the capacity of in-service primaries ≥ `budget.min_available_capacity`,
 ///    checked only while every server is reachable (an unreachable server is a failure the
@@ -379,7 +379,10 @@ pub fn broken(cfg: &Config, status: &Status, proxy: Option<&ProxyStatus>) -> BTr
         let id = s.id.as_str();
         *seen.entry(id).or_default() += 1;
         let state = s.state.as_str();
-        if !matches!(state, "in-service" | "rejuvenating" | "failed") {
+        if !matches!(
+            state,
+            "in-service" | "rejuvenating" | "failed" | "maintenance"
+        ) {
             bad.insert(format!("server {id} is in an unknown state {state:?}"));
         }
         if s.on_list != (state == "in-service") {

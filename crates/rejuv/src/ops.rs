@@ -129,7 +129,7 @@ fn render_status(v: &Status) -> String {
     ]);
     for s in &v.servers {
         let mut state = s.state.clone();
-        if s.maintenance {
+        if s.maintenance && state != "maintenance" {
             state.push_str(",maintenance");
         }
         if !s.reachable {

@@ -38,8 +38,9 @@ pub struct Status {
 pub struct ServerView {
     pub id: ServerId,
     pub role: Role,
-    /// The state's name: `in-service`, `rejuvenating` or `failed` (the whole state, with its
-    /// workflow or reason, is in the explain answer).
+    /// The state's name: `in-service`, `rejuvenating`, `failed`, or `maintenance` (off the
+    /// list because an operator put it in maintenance; the whole state, with its workflow or
+    /// reason, is in the explain answer).
     pub state: String,
     pub on_list: bool,
     pub maintenance: bool,

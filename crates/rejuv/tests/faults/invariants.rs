@@ -112,7 +112,7 @@ fn check(st: &Value, obs: &mut Observed, on_list: &mut BTreeMap<String, bool>) {
             v.push(format!("server {id} listed twice"));
         }
         let state = s["state"].as_str().unwrap_or("?");
-        if !["in-service", "rejuvenating", "failed"].contains(&state) {
+        if !["in-service", "rejuvenating", "failed", "maintenance"].contains(&state) {
             v.push(format!("server {id} in unknown state {state}"));
         }
         if (state == "in-service") != (s["on_list"] == true) {

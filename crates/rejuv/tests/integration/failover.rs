@@ -142,7 +142,7 @@ fn check_invariants(st: &Value, routed: bool) {
     for s in servers {
         let state = s["state"].as_str().unwrap();
         assert!(
-            ["in-service", "rejuvenating", "failed"].contains(&state),
+            ["in-service", "rejuvenating", "failed", "maintenance"].contains(&state),
             "{s}"
         );
         assert_eq!(
