@@ -214,60 +214,48 @@ impl Cluster {
                 return;
             }
         };
+        let mut said: Vec<(ServerId, String)> = Vec::new();
         for id in &ch.added {
             let s = cfg.server(id).expect("listed").clone();
             self.add_server(&s, out);
-            self.log(
-                out,
-                now,
-                EventKind::Config,
-                Some(id),
-                None,
+            said.push((
+                id.clone(),
                 format!(
                     "{id} joins the cluster as a {} with {} units (reload by {by}); it serves once its agent answers",
                     s.role, s.capacity
                 ),
-            );
+            ));
         }
         for id in &ch.removed {
             let s = self.servers.get_mut(id).expect("present");
             s.removing = true;
             s.maintenance = true;
             s.manual_request = None;
-            self.log(
-                out,
-                now,
-                EventKind::Config,
-                Some(id),
-                None,
+            said.push((
+                id.clone(),
                 format!(
                     "{id} is no longer in the config (reload by {by}): its instances move off it, then it is forgotten"
                 ),
-            );
+            ));
         }
         for id in &ch.kept {
             let s = self.servers.get_mut(id).expect("present");
             s.removing = false;
             s.maintenance = false;
-            self.log(
-                out,
-                now,
-                EventKind::Config,
-                Some(id),
-                None,
+            said.push((
+                id.clone(),
                 format!("{id} is in the config again (reload by {by}): its removal is called off"),
-            );
+            ));
         }
         for (id, from, to) in &ch.capacity {
             self.servers.get_mut(id).expect("present").capacity = *to;
-            self.log(
-                out,
-                now,
-                EventKind::Config,
-                Some(id),
-                None,
+            said.push((
+                id.clone(),
                 format!("{id} capacity {from} -> {to} units (reload by {by})"),
-            );
+            ));
+        }
+        for (id, message) in said {
+            self.log(out, now, EventKind::Config, Some(&id), None, message);
         }
         if ch.is_empty() {
             self.log(

@@ -125,6 +125,23 @@ fn kill_server(h: &mut Harness, i: usize, address: &str) {
     );
 }
 
+/// Sets `policy.failover_after` to [`FAILOVER_AFTER`] in the written config. `[policy]` is
+/// written by the harness; `extra_toml` comes after `[services.web]` and cannot reopen it, so
+/// the config is edited before the controller reads it.
+fn set_failover_after(h: &Harness) {
+    let toml = std::fs::read_to_string(&h.config).unwrap();
+    assert!(toml.contains("\n[policy]\n") && toml.contains("agent_timeout = \"2s\""));
+    let toml = toml.replacen(
+        "\n[policy]\n",
+        &format!(
+            "\n[policy]\nfailover_after = \"{}s\"\n",
+            FAILOVER_AFTER.as_secs()
+        ),
+        1,
+    );
+    std::fs::write(&h.config, toml).unwrap();
+}
+
 fn server<'a>(st: &'a Value, id: &str) -> &'a Value {
     st["servers"]
         .as_array()
@@ -207,19 +224,7 @@ fn dead_primary_fails_over_and_rejoins_rejuvenated(primaries: u32, spares: u32) 
         ..Spec::default()
     };
     let mut h = Harness::new(&spec);
-    // `[policy]` is written by the harness; `extra_toml` comes after `[services.web]` and
-    // cannot reopen it, so the written config is edited before the controller reads it.
-    let toml = std::fs::read_to_string(&h.config).unwrap();
-    assert!(toml.contains("\n[policy]\n") && toml.contains("agent_timeout = \"2s\""));
-    let toml = toml.replacen(
-        "\n[policy]\n",
-        &format!(
-            "\n[policy]\nfailover_after = \"{}s\"\n",
-            FAILOVER_AFTER.as_secs()
-        ),
-        1,
-    );
-    std::fs::write(&h.config, toml).unwrap();
+    set_failover_after(&h);
     h.start_controller(&[]);
     h.wait_serving();
     let load = LiveLoad::start(h.front, 50, Duration::from_secs(120));
@@ -515,16 +520,7 @@ fn failover_time_with_the_spare_in_cooldown() {
             ..Spec::default()
         };
         let mut h = Harness::new(&spec);
-        let toml = std::fs::read_to_string(&h.config).unwrap();
-        let toml = toml.replacen(
-            "\n[policy]\n",
-            &format!(
-                "\n[policy]\nfailover_after = \"{}s\"\n",
-                FAILOVER_AFTER.as_secs()
-            ),
-            1,
-        );
-        std::fs::write(&h.config, toml).unwrap();
+        set_failover_after(&h);
         h.start_controller(&[]);
         h.wait_serving();
         let load = LiveLoad::start(h.front, 50, Duration::from_secs(120));
