@@ -488,3 +488,84 @@ impl ProgressLine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rejuv_controller::source::prometheus::Series;
+
+    #[test]
+    fn the_step_keeps_a_series_under_what_prometheus_answers() {
+        let h = Duration::from_secs(3600);
+        assert_eq!(range_step(h, None), Ok(DEFAULT_STEP));
+        // 30 days at 10 s would be 259,201 points.
+        let month = Duration::from_secs(30 * 86_400);
+        let step = range_step(month, None).unwrap();
+        assert_eq!(step, Duration::from_secs(236));
+        assert!(month.as_secs() / step.as_secs() < MAX_POINTS);
+        assert_eq!(
+            range_step(h, Some(Duration::from_secs(1))),
+            Ok(Duration::from_secs(1))
+        );
+        let e = range_step(Duration::from_secs(86_400), Some(Duration::from_secs(1))).unwrap_err();
+        assert!(
+            e.contains("86401 points") && e.contains("at least 8s"),
+            "{e}"
+        );
+        assert!(range_step(h, Some(Duration::ZERO)).is_err());
+    }
+
+    #[test]
+    fn label_values_become_server_ids() {
+        assert_eq!(server_id("web-1_a").as_deref(), Some("web-1_a"));
+        assert_eq!(server_id("10.0.0.5:9100").as_deref(), Some("10_0_0_5_9100"));
+        assert_eq!(server_id(""), None);
+        assert_eq!(server_id(&"x".repeat(65)), None);
+    }
+
+    fn series(labels: &[(&str, &str)]) -> Series {
+        Series {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            points: vec![(1000, 1.0)],
+        }
+    }
+
+    #[test]
+    fn series_are_one_per_server_by_the_label() {
+        let ok = by_server(
+            "http://p",
+            "q",
+            "server",
+            vec![series(&[("server", "b")]), series(&[("server", "a")])],
+        )
+        .unwrap();
+        assert_eq!(ok.keys().collect::<Vec<_>>(), ["a", "b"]);
+        let e = by_server("http://p", "q", "server", vec![]).unwrap_err();
+        assert!(
+            e.contains("http://p") && e.contains("no series for `q`"),
+            "{e}"
+        );
+        let e = by_server(
+            "http://p",
+            "q",
+            "server",
+            vec![series(&[("server", "a")]), series(&[("host", "h")])],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("no label `server`") && e.contains("host=\"h\""),
+            "{e}"
+        );
+        let e = by_server(
+            "http://p",
+            "q",
+            "server",
+            vec![series(&[("server", "a")]), series(&[("server", "a")])],
+        )
+        .unwrap_err();
+        assert!(e.contains("two series for server `a`"), "{e}");
+    }
+}
