@@ -187,6 +187,8 @@ Examples:
   rejuv whatif --samples fleet/ --config rejuv.toml --output json | jq '.policies[]'
   rejuv whatif --samples fleet/ --html report.html
   rejuv export samples --since 1h --out fleet/ && rejuv whatif --samples fleet/
+  rejuv whatif --prometheus http://prom:9090 --query 'max by (instance) (process_resident_memory_bytes)' \
+    --since 7d --capacity 8e9
 
 A fleet directory holds fleet.csv (server,capacity[,role][,units]) and one SERVER.csv
 (t_seconds,value) per server. See docs/whatif.md for the defaults and the reset model.")]

@@ -229,7 +229,25 @@ fn bad_usage_is_refused_before_anything_is_replayed() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("not available"),
+        text(&out.stderr).contains("http://127.0.0.1:9: the servers' capacity is missing"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Nothing listens on port 9 (discard): the URL is named.
+    let out = rejuv(&[
+        "whatif",
+        "--prometheus",
+        "http://127.0.0.1:9",
+        "--query",
+        "up",
+        "--since",
+        "1h",
+        "--capacity",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("Prometheus at http://127.0.0.1:9 is unreachable"),
         "{}",
         text(&out.stderr)
     );
