@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use rejuv_core::cluster::{OperatorCommand, ServerState};
 use rejuv_core::config::Config;
+use rejuv_core::config::TokenRole;
 use rejuv_core::wire::{
     Accepted, ApiError, EventsQuery, Explain, History, InstanceView, MaintenanceRequest,
     RejuvenateQuery, ServerView, Status,
@@ -36,7 +37,7 @@ pub struct ApiState {
     pub agents: crate::agent_client::AgentClient,
     pub token: Arc<String>,
     /// Named operator tokens: (name, token).
-    pub operators: Arc<Vec<(String, String)>>,
+    pub operators: Arc<Vec<(String, String, TokenRole)>>,
     pub published: watch::Receiver<Published>,
     /// Recent readings per server (the engine writes them).
     pub history: SharedHistory,
@@ -93,7 +94,54 @@ async fn require_token(State(s): State<ApiState>, request: Request, next: Next) 
     if let Err(why) = actor_header(request.headers()) {
         return err(StatusCode::BAD_REQUEST, why);
     }
-    next.run(request).await
+    // Every route behind this check that is not a GET changes something: it needs the
+    // `operate` role, and it is audited with its answer.
+    if request.method() == axum::http::Method::GET {
+        return next.run(request).await;
+    }
+    let who = actor(request.headers(), &s);
+    let from = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "?".to_string(), |c| c.0.to_string());
+    let what = format!("{} {}", request.method(), request.uri().path());
+    let response = match role(request.headers(), &s) {
+        (name, TokenRole::Read) => err(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the token of {} has the read role; {what} needs the operate role",
+                name.unwrap_or_else(|| "this operator".into())
+            ),
+        ),
+        (_, TokenRole::Operate) => next.run(request).await,
+    };
+    let event = rejuv_core::cluster::LogEvent {
+        at_ms: crate::engine::wall_ms(),
+        kind: rejuv_core::cluster::EventKind::Audit,
+        server: None,
+        workflow: None,
+        message: format!(
+            "{who} from {from}: {what} -> {}",
+            response.status().as_u16()
+        ),
+        level: None,
+    };
+    let _ = s.tx.try_send(Msg::Audit(event));
+    response
+}
+
+/// The role of the token a request carries (the shared API token operates), with the
+/// operator's name if it is a named token.
+fn role(headers: &HeaderMap, s: &ApiState) -> (Option<String>, TokenRole) {
+    let header = bearer(headers);
+    match s
+        .operators
+        .iter()
+        .find(|(_, t, _)| rejuv_core::digest::bearer_matches(header, t))
+    {
+        Some((name, _, role)) => (Some(name.clone()), *role),
+        None => (None, TokenRole::Operate),
+    }
 }
 
 /// `x-rejuv-actor`, if sent: 1 to 64 letters, digits, `-`, `_`, `.`, `@` or `+`, so that no
@@ -138,17 +186,17 @@ fn authorized(headers: &HeaderMap, s: &ApiState) -> bool {
     rejuv_core::digest::bearer_matches(header, &s.token)
         || s.operators
             .iter()
-            .any(|(_, t)| rejuv_core::digest::bearer_matches(header, t))
+            .any(|(_, t, _)| rejuv_core::digest::bearer_matches(header, t))
 }
 
 /// Who asked, for the event log: the named operator whose token was used, or, with the shared
 /// token, the name in `x-rejuv-actor`.
 fn actor(headers: &HeaderMap, s: &ApiState) -> String {
     let header = bearer(headers);
-    if let Some((name, _)) = s
+    if let Some((name, _, _)) = s
         .operators
         .iter()
-        .find(|(_, t)| rejuv_core::digest::bearer_matches(header, t))
+        .find(|(_, t, _)| rejuv_core::digest::bearer_matches(header, t))
     {
         return format!("{name} (operator token {name})");
     }

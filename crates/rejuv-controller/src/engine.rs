@@ -67,6 +67,8 @@ pub enum Msg {
     /// From the traffic adapter: the load balancer holds a table that is not ours
     /// (`Some(what it holds)`), or holds ours again (`None`).
     TrafficMismatch(Option<String>),
+    /// A request that changes something reached the API (written to the event log as is).
+    Audit(LogEvent),
     /// `[alert_block]`'s query answered something (`Some`), or nothing again (`None`).
     AlertsBlocking(Option<String>),
     /// A reloaded config (`rejuv reload`, `SIGHUP`): taken with the changes it made, or
@@ -342,6 +344,7 @@ impl Engine {
             } => shell.attempted(id, attempt, outcome, now, world),
             Msg::Wake { id, attempt } => shell.wake(id, attempt, world),
             Msg::TrafficMismatch(m) => self.traffic_mismatch(m, now),
+            Msg::Audit(event) => self.log_event(event),
             Msg::AlertsBlocking(firing) => shell.alerts_blocking(firing, now, world),
             Msg::Reload { by, config, reply } => {
                 let _ = reply.send(self.reload(by, *config, now));
@@ -489,12 +492,17 @@ impl Engine {
             message,
             level: None,
         };
+        self.log_event(event);
+    }
+
+    /// Writes an event that is no step's (the state is unchanged) and hands it to followers.
+    fn log_event(&mut self, event: LogEvent) {
         let cluster = self.shell.cluster().clone();
         if let Err(e) = self
             .world
             .commit(&cluster, std::slice::from_ref(&event), &[])
         {
-            warn!(error = %e, "could not log the route table mismatch");
+            warn!(error = %e, kind = %event.kind, "could not write an event");
         }
         let _ = self.world.events.send(event);
     }

@@ -168,7 +168,7 @@ pub(crate) async fn start_leading(
             o.name,
             o.token_file.display()
         );
-        operators.push((o.name.clone(), token));
+        operators.push((o.name.clone(), token, o.role));
     }
     let state = api::ApiState {
         cfg: cfg.clone(),

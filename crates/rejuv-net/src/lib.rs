@@ -107,9 +107,15 @@ impl Server {
 
     /// Serves an axum router until `shutdown` completes, then shuts down gracefully (see
     /// [`Server::serve`]).
+    /// Handlers can read the client's address as `axum::extract::ConnectInfo<SocketAddr>`.
     pub async fn serve_router(self, router: axum::Router, shutdown: impl Future<Output = ()>) {
         self.serve(
-            move |_| hyper_util::service::TowerToHyperService::new(router.clone()),
+            move |peer: SocketAddr| {
+                let with_peer = router
+                    .clone()
+                    .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+                hyper_util::service::TowerToHyperService::new(with_peer)
+            },
             shutdown,
         )
         .await;

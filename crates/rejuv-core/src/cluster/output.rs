@@ -124,6 +124,8 @@ named! {
         Config => "config",
         /// `[alert_block]`'s query started or stopped returning alerts.
         AlertBlock => "alert-block",
+        /// A request that changes something reached the API: who, from where, what, the answer.
+        Audit => "audit",
     }
 }
 

@@ -31,6 +31,28 @@ pub struct AuthConfig {
 pub struct OperatorToken {
     pub name: String,
     pub token_file: PathBuf,
+    /// `read` (status, events, explain, workflows, logs, metrics, dashboard) or `operate`
+    /// (also rejuvenate, maintenance, pause, resume, cancel, reload).
+    #[serde(default)]
+    pub role: TokenRole,
+}
+
+/// What a token may do on the controller API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenRole {
+    Read,
+    #[default]
+    Operate,
+}
+
+impl std::fmt::Display for TokenRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenRole::Read => "read",
+            TokenRole::Operate => "operate",
+        })
+    }
 }
 
 impl AuthConfig {

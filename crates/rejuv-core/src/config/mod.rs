@@ -38,7 +38,7 @@ mod traffic;
 
 pub use agent::{check_scratch_dir, AgentDefaults};
 pub use alerts::AlertsConfig;
-pub use auth::{AuthConfig, OperatorToken};
+pub use auth::{AuthConfig, OperatorToken, TokenRole};
 pub use budget::BudgetConfig;
 pub use cluster::ClusterConfig;
 pub use controller::{ControllerConfig, UnknownInstances};

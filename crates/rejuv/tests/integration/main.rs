@@ -16,6 +16,7 @@ mod lost_store;
 mod operator;
 mod reload;
 mod resume;
+mod roles;
 mod scrape;
 mod why;
 mod workflow;
