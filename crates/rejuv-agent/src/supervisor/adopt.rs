@@ -121,8 +121,15 @@ impl Supervisor {
     /// earlier agent left (see the module's overview). Call once, before serving.
     pub async fn adopt(self: &Arc<Self>, handover: Option<Handover>) -> Adoption {
         let mut report = Adoption::default();
-        let records = handover.map(|h| h.instances).unwrap_or_default();
+        let handed_over = handover.is_some();
+        let mut records = handover.map(|h| h.instances).unwrap_or_default();
         let mut containers = self.left_containers().await;
+        if !handed_over {
+            // An agent that ended without a hand-over (killed, crashed): its containers say
+            // who they are in their labels, and are adopted by them like handed-over ones
+            // (they must still pass their health check); its processes cannot be vouched for.
+            records.extend(self.labelled_records(&containers).await);
+        }
         let mut units = self.left_units().await;
         let mut seen = HashSet::new();
         for rec in records {
@@ -160,6 +167,41 @@ impl Supervisor {
                 .push(format!("unit {name}: no handed-over instance runs in it"));
         }
         report
+    }
+
+    /// Instance records read off the labels of containers an earlier agent left
+    /// (`rejuv.instance`, `rejuv.service`, `rejuv.port`), for those whose service still runs
+    /// in containers here.
+    async fn labelled_records(
+        &self,
+        containers: &BTreeMap<String, (String, String)>,
+    ) -> Vec<InstanceRecord> {
+        let Some(d) = &self.docker else {
+            return Vec::new();
+        };
+        let filter = format!("{LABEL_AGENT}={}", self.scope);
+        let Ok(list) = d.list_labelled(&[filter.as_str()]).await else {
+            return Vec::new();
+        };
+        list.into_iter()
+            .filter(|c| c.running && containers.contains_key(&c.id))
+            .filter_map(|c| {
+                let id = c.labels.get(LABEL_INSTANCE)?.clone();
+                let service = c.labels.get(LABEL_SERVICE)?.clone();
+                let port = c.labels.get(LABEL_PORT)?.parse().ok()?;
+                let spec = self.services.get(&service)?;
+                (spec.backend == Backend::Docker).then(|| InstanceRecord {
+                    id,
+                    service,
+                    backend: Backend::Docker,
+                    port,
+                    started_at_ms: None,
+                    crashes: 0,
+                    last_exit: None,
+                    run: Some(RunRecord::Container { id: c.id }),
+                })
+            })
+            .collect()
     }
 
     fn grace_of(&self, service: &str) -> Duration {

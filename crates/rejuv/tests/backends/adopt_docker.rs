@@ -149,3 +149,39 @@ fn a_kept_container_is_adopted_by_its_labels_and_an_orphan_is_removed() {
     assert!(containers(&scope).is_empty());
     w.stop_agent(b);
 }
+
+#[test]
+fn containers_of_a_killed_agent_are_adopted_by_their_labels() {
+    let mut w = World::new();
+    let _ = std::fs::create_dir_all(w.data_dir());
+    let scope = rejuv_agent::cgroup::scope("s1", &w.data_dir());
+    let image = build_image(&w);
+    let _cleanup = Cleanup {
+        scope: scope.clone(),
+        image: image.clone(),
+    };
+    let cfg = w.config(&docker_service("web", &image));
+    let a = w.start_agent(&cfg, false);
+    w.put_instance("web-1", "web");
+    let before = w.wait_running("web-1", T);
+    let addr = addr_of(&before);
+    for n in 1..=2 {
+        assert_eq!(bump(addr), n);
+    }
+    // Killed: no hand-over; the container runs on under the Engine.
+    w.kill_agent(a);
+    assert_eq!(containers(&scope), ["web-1"]);
+    assert_eq!(counter(addr), Some(2));
+
+    let b = w.start_agent(&cfg, false);
+    let after = w.wait_running("web-1", T);
+    for field in ["id", "service", "addr", "pid"] {
+        assert_eq!(after[field], before[field], "{field}: {after} vs {before}");
+    }
+    assert_eq!(bump(addr), 3, "the adopted container's counter continues");
+    assert_eq!(containers(&scope), ["web-1"], "nothing started twice");
+    let stopped = w.delete_instance("web-1");
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    assert!(containers(&scope).is_empty());
+    w.stop_agent(b);
+}

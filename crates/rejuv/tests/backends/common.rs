@@ -194,6 +194,19 @@ sample_interval = "100ms"
         std::fs::read_to_string(self.path(&format!("agent-{n}.log"))).unwrap_or_default()
     }
 
+    /// SIGKILL to agent `n` alone (it hands nothing over); waits until it is gone.
+    pub fn kill_agent(&mut self, n: usize) {
+        let pid = self.agents[n].id() as i32;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let child = &mut self.agents[n];
+        wait_for("the agent to be gone", Duration::from_secs(30), || {
+            child.try_wait().ok().flatten()
+        });
+    }
+
     /// SIGTERM to agent `n`; waits until it has exited.
     pub fn stop_agent(&mut self, n: usize) {
         let pid = self.agents[n].id() as i32;
