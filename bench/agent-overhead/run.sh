@@ -95,19 +95,19 @@ ne_pid=$!
 pids+=("$ne_pid")
 
 token="$(cat "$work/agent.token")"
-wait_up() { # NAME URL PID [curl args]
-    local name="$1" url="$2" pid="$3"; shift 3
+wait_up() { # NAME URL PID LOG [curl args]
+    local name="$1" url="$2" pid="$3" log="$4"; shift 4
     local deadline=$((SECONDS + 30))
     until curl -fsS -o /dev/null "$@" "$url" 2>/dev/null; do
         if ! kill -0 "$pid" 2>/dev/null; then
-            echo "$name exited before answering $url:" >&2; cat "$work"/*.log >&2; exit 1
+            echo "$name exited before answering $url:" >&2; tail -20 "$log" >&2; exit 1
         fi
         if (( SECONDS >= deadline )); then echo "$name did not answer $url within 30 s" >&2; exit 1; fi
         sleep 0.2
     done
 }
-wait_up "rejuv agent" "http://127.0.0.1:$agent_port/metrics" "$agent_pid" -H "Authorization: Bearer $token"
-wait_up "node_exporter" "http://127.0.0.1:$ne_port/metrics" "$ne_pid"
+wait_up "rejuv agent" "http://127.0.0.1:$agent_port/metrics" "$agent_pid" "$work/agent.log" -H "Authorization: Bearer $token"
+wait_up "node_exporter" "http://127.0.0.1:$ne_port/metrics" "$ne_pid" "$work/node_exporter.log"
 
 echo "rejuv: $("$REJUV" --version 2>/dev/null || echo "$REJUV"), agent sample_interval = \"$interval\""
 echo "node_exporter: $("$NODE_EXPORTER" --version 2>&1 | head -1)"
