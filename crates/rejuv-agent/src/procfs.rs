@@ -301,7 +301,8 @@ impl ProcFs {
             if read.is_err() {
                 continue; // ended while the table was read
             }
-            if let Some(stat) = std::str::from_utf8(&buf).ok().and_then(parse_stat) {
+            // A command name is any bytes (prctl): not UTF-8 is no reason to miss a process.
+            if let Some(stat) = parse_stat(&String::from_utf8_lossy(&buf)) {
                 if stat.pid == pid {
                     table.push(stat);
                 }
@@ -539,6 +540,18 @@ mod tests {
         assert_eq!(parse_stat(&text), Some(want));
         assert_eq!(parse_stat("12 (x) S 1"), None);
         assert_eq!(parse_stat("not a stat line"), None);
+    }
+
+    #[test]
+    fn a_command_name_that_is_not_utf8_is_still_in_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let want = p(77, 1, 77, 'S');
+        let mut line = stat_line("x", &want).into_bytes();
+        line.splice(4..5, [0xff, 0xfe]); // "77 (x)" -> "77 (\xff\xfe)"
+        std::fs::create_dir_all(dir.path().join("77")).unwrap();
+        std::fs::write(dir.path().join("77/stat"), line).unwrap();
+        let table = ProcFs::new(dir.path()).processes().unwrap();
+        assert_eq!(table, vec![want]);
     }
 
     #[test]
