@@ -274,17 +274,40 @@ impl ProcFs {
     }
 
     /// Every process's `stat`. Processes that end while the table is read are skipped.
+    ///
+    /// Read here rather than with the crate's `all_processes`: one `open` and `read` per process
+    /// into one reused buffer, and only the fields [`ProcStat`] keeps parsed (the collector reads
+    /// the table every sample, so this is most of the agent's own CPU time).
     pub fn processes(&self) -> Result<Vec<ProcStat>, ProcError> {
-        let all = procfs::process::all_processes_with_root(&self.root).map_err(|source| {
-            ProcError::Read {
-                path: self.root.clone(),
-                source,
-            }
+        use std::io::Read;
+        let dir = std::fs::read_dir(&self.root).map_err(|e| ProcError::Read {
+            path: self.root.clone(),
+            source: e.into(),
         })?;
-        let mut table: Vec<ProcStat> = all
-            .filter_map(|p| p.ok()?.stat().ok())
-            .map(ProcStat::from)
-            .collect();
+        let mut table = Vec::new();
+        let mut path = self.root.clone();
+        let mut buf = Vec::with_capacity(512);
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            path.push(&name);
+            path.push("stat");
+            buf.clear();
+            let read = std::fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut buf));
+            path.pop();
+            path.pop();
+            if read.is_err() {
+                continue; // ended while the table was read
+            }
+            // A command name is any bytes (prctl): not UTF-8 is no reason to miss a process.
+            if let Some(stat) = parse_stat(&String::from_utf8_lossy(&buf)) {
+                if stat.pid == pid {
+                    table.push(stat);
+                }
+            }
+        }
         table.sort_by_key(|p| p.pid);
         Ok(table)
     }
@@ -305,6 +328,47 @@ impl ProcFs {
             .ok()
             .map(|d| d.count() as u64)
     }
+}
+
+/// The fields [`ProcStat`] keeps from one `PID/stat` line, or `None` if it is not one. The
+/// command name may hold spaces and parentheses: the fields start after its last `)`.
+pub fn parse_stat(line: &str) -> Option<ProcStat> {
+    let open = line.find(" (")?;
+    let close = line.rfind(')')?;
+    let pid = line[..open].trim().parse().ok()?;
+    let mut f = line.get(close + 1..)?.split_ascii_whitespace();
+    let state = f.next()?.chars().next()?;
+    let mut num = |skip: usize| -> Option<i64> { f.nth(skip)?.parse().ok() };
+    let ppid = num(0)? as i32;
+    let pgrp = num(0)? as i32;
+    let session = num(0)? as i32;
+    // tty_nr tpgid flags minflt cminflt majflt cmajflt
+    let utime = num(7)?;
+    let stime = num(0)?;
+    let cutime = num(0)?;
+    let cstime = num(0)?;
+    // priority nice
+    let num_threads = num(2)?;
+    // itrealvalue
+    let starttime = num(1)?;
+    // vsize
+    let rss = num(1)?;
+    // cutime/cstime/num_threads are signed in the kernel's format; never negative in practice.
+    let unsigned = |v: i64| v.max(0) as u64;
+    Some(ProcStat {
+        pid,
+        state,
+        ppid,
+        pgrp,
+        session,
+        utime: unsigned(utime),
+        stime: unsigned(stime),
+        cutime: unsigned(cutime),
+        cstime: unsigned(cstime),
+        num_threads: unsigned(num_threads),
+        starttime: unsigned(starttime),
+        rss_pages: unsigned(rss),
+    })
 }
 
 /// One process's `stat` from the host's `/proc`, or `None` if it is gone.
@@ -472,6 +536,40 @@ mod tests {
         let got = ProcStat::from(Stat::from_read(text.as_bytes()).unwrap());
         assert_eq!(got, want);
         assert!(Stat::from_read("12 (x) S 1".as_bytes()).is_err());
+        // The table's own parser reads the same fields as the crate's.
+        assert_eq!(parse_stat(&text), Some(want));
+        assert_eq!(parse_stat("12 (x) S 1"), None);
+        assert_eq!(parse_stat("not a stat line"), None);
+    }
+
+    #[test]
+    fn a_command_name_that_is_not_utf8_is_still_in_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let want = p(77, 1, 77, 'S');
+        let mut line = stat_line("x", &want).into_bytes();
+        line.splice(4..5, [0xff, 0xfe]); // "77 (x)" -> "77 (\xff\xfe)"
+        std::fs::create_dir_all(dir.path().join("77")).unwrap();
+        std::fs::write(dir.path().join("77/stat"), line).unwrap();
+        let table = ProcFs::new(dir.path()).processes().unwrap();
+        assert_eq!(table, vec![want]);
+    }
+
+    #[test]
+    fn the_table_agrees_with_the_crate_on_this_kernel() {
+        let me = std::process::id() as i32;
+        let table = ProcFs::default().processes().unwrap();
+        let mine = table
+            .iter()
+            .find(|p| p.pid == me)
+            .expect("this process in the table");
+        let theirs = ProcStat::from(Process::myself().unwrap().stat().unwrap());
+        // Fields that do not move while the test runs.
+        assert_eq!(
+            (mine.ppid, mine.pgrp, mine.session, mine.starttime),
+            (theirs.ppid, theirs.pgrp, theirs.session, theirs.starttime)
+        );
+        assert!(table.windows(2).all(|w| w[0].pid < w[1].pid));
+        assert!(table.iter().any(|p| p.pid == 1));
     }
 
     fn p(pid: i32, ppid: i32, pgrp: i32, state: char) -> ProcStat {

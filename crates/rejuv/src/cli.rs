@@ -414,6 +414,16 @@ fn init_tracing_with(default: &str) {
         .try_init();
 }
 
+/// The agent's runtime: one worker is plenty for an agent's few requests and timers, and every
+/// thread less is a stack and (with glibc) a malloc arena less. Blocking work (`/proc` reads,
+/// file I/O) still gets its own threads, which end after a few idle seconds.
+fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -477,7 +487,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 .context("no data dir: pass --data-dir or set the server's data_dir")?;
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("creating {}", data_dir.display()))?;
-            let rt = runtime()?;
+            let rt = agent_runtime()?;
             let exit = rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(entry.agent)
                     .await
