@@ -190,7 +190,7 @@ impl Supervisor {
                 let service = c.labels.get(LABEL_SERVICE)?.clone();
                 let port = c.labels.get(LABEL_PORT)?.parse().ok()?;
                 let spec = self.services.get(&service)?;
-                (spec.backend == Backend::Docker).then(|| InstanceRecord {
+                (spec.backend == Backend::Docker).then_some(InstanceRecord {
                     id,
                     service,
                     backend: Backend::Docker,
