@@ -8,8 +8,12 @@
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+#[path = "support/prometheus.rs"]
+mod prometheus;
+use prometheus::{free_addr, wait_for, Proc, Prometheus};
 
 const EXE: &str = env!("CARGO_BIN_EXE_rejuv");
 
@@ -24,44 +28,6 @@ const SERVERS: [(&str, f64, f64); 4] = [
     ("flat-1", 0.45e9, 0.0),
     ("flat-2", 0.85e9, 0.0),
 ];
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// A child in its own process group, killed with its group on drop (even on failure).
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Self {
-        use std::os::unix::process::CommandExt;
-        let log = std::fs::File::create(log).unwrap();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .process_group(0);
-        match cmd.spawn() {
-            Ok(child) => Self { child },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("`{name}` is not installed: install the Debian package `{name}`")
-            }
-            Err(e) => panic!("starting {name}: {e}"),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.child.wait();
-    }
-}
 
 /// The exporter of aging series: `test_rss_bytes{server, process="api"}`, each value a
 /// function of the time since it started. Stops when dropped (its runtime goes).
@@ -116,69 +82,6 @@ impl Exporter {
             );
         }
         out
-    }
-}
-
-/// A real Prometheus with its own data directory, on a free port.
-struct Prometheus {
-    _proc: Proc,
-    url: String,
-    http: reqwest::blocking::Client,
-}
-
-impl Prometheus {
-    fn start(dir: &Path, config: &str) -> Self {
-        let addr = free_addr();
-        let config_path = dir.join("prometheus.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let proc = Proc::spawn(
-            "prometheus",
-            Command::new("prometheus")
-                .arg(format!("--config.file={}", config_path.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("prometheus-data").display()
-                ))
-                .arg(format!("--web.listen-address={addr}")),
-            &dir.join("prometheus.log"),
-        );
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        Self {
-            _proc: proc,
-            url: format!("http://{addr}"),
-            http,
-        }
-    }
-
-    /// The single value of an instant query, or `None` while there is none.
-    fn scalar(&self, q: &str) -> Option<f64> {
-        let v: Value = self
-            .http
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", q)])
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
-        let r = v["data"]["result"].as_array()?;
-        r.first()?["value"][1].as_str()?.parse().ok()
-    }
-}
-
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -7,8 +7,12 @@
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+#[path = "support/prometheus.rs"]
+mod prometheus;
+use prometheus::{free_addr, wait_for, Prometheus};
 
 const EXE: &str = env!("CARGO_BIN_EXE_rejuv");
 
@@ -22,44 +26,6 @@ const SERVERS: [(&str, f64, f64); 3] = [
     ("aging-2", 0.6e9, 0.4e9 / 45.0),
     ("flat-1", 0.45e9, 0.0),
 ];
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// A child in its own process group, killed with its group on drop (even on failure).
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Self {
-        use std::os::unix::process::CommandExt;
-        let log = std::fs::File::create(log).unwrap();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .process_group(0);
-        match cmd.spawn() {
-            Ok(child) => Self { child },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("`{name}` is not installed: install the Debian package `{name}`")
-            }
-            Err(e) => panic!("starting {name}: {e}"),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.child.wait();
-    }
-}
 
 /// The exporter: `test_rss_bytes{server, process="api"}`, each value a function of the time
 /// since it started, and `test_capacity_bytes{server}` of the aging servers only. Stops when
@@ -111,22 +77,13 @@ impl Exporter {
     }
 }
 
-/// A real Prometheus with its own data directory, on a free port, scraping `target` every
+/// A real Prometheus (with its own data directory, on a free port) scraping `target` every
 /// second.
-struct Prometheus {
-    _proc: Proc,
-    url: String,
-    http: reqwest::blocking::Client,
-}
-
-impl Prometheus {
-    fn start(dir: &Path, target: SocketAddr) -> Self {
-        let addr = free_addr();
-        let config_path = dir.join("prometheus.yml");
-        std::fs::write(
-            &config_path,
-            format!(
-                r#"
+fn start_prometheus(dir: &Path, target: SocketAddr) -> Prometheus {
+    Prometheus::start(
+        dir,
+        &format!(
+            r#"
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
@@ -135,58 +92,8 @@ scrape_configs:
     static_configs:
       - targets: ["{target}"]
 "#
-            ),
-        )
-        .unwrap();
-        let proc = Proc::spawn(
-            "prometheus",
-            Command::new("prometheus")
-                .arg(format!("--config.file={}", config_path.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("prometheus-data").display()
-                ))
-                .arg(format!("--web.listen-address={addr}")),
-            &dir.join("prometheus.log"),
-        );
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        Self {
-            _proc: proc,
-            url: format!("http://{addr}"),
-            http,
-        }
-    }
-
-    /// The single value of an instant query, or `None` while there is none.
-    fn scalar(&self, q: &str) -> Option<f64> {
-        let v: Value = self
-            .http
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", q)])
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
-        let r = v["data"]["result"].as_array()?;
-        r.first()?["value"][1].as_str()?.parse().ok()
-    }
-}
-
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        ),
+    )
 }
 
 struct Run {
@@ -238,7 +145,7 @@ fn exhausted(p: &Value) -> Vec<&str> {
 fn a_fleet_read_from_a_real_prometheus_is_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let exporter = Exporter::start();
-    let prom = Prometheus::start(dir.path(), exporter.addr);
+    let prom = start_prometheus(dir.path(), exporter.addr);
 
     // Past the moment both aging servers reach their capacity (45 s), with a few points
     // to spare.

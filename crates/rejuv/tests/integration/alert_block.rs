@@ -2,28 +2,10 @@
 //! with the alert named; once the alert stops, the workflow runs.
 
 use crate::harness::{wait_for, Harness, Spec};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+#[path = "../support/prometheus.rs"]
+mod prometheus;
 
 #[test]
 fn planned_work_waits_while_an_alert_fires_and_runs_once_it_stops() {
@@ -41,28 +23,10 @@ fn planned_work_waits_while_an_alert_fires_and_runs_once_it_stops() {
         ),
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
+    let prom = prometheus::Prometheus::start(
+        dir.path(),
         "global:\n  evaluation_interval: 1s\nrule_files: [rules.yml]\n",
-    )
-    .unwrap();
-    let addr = free_addr();
-    let mut cmd = Command::new("prometheus");
-    cmd.arg(format!(
-        "--config.file={}",
-        dir.path().join("prometheus.yml").display()
-    ))
-    .arg(format!(
-        "--storage.tsdb.path={}",
-        dir.path().join("data").display()
-    ))
-    .arg(format!("--web.listen-address={addr}"))
-    .stdout(Stdio::null())
-    .stderr(Stdio::from(
-        std::fs::File::create(dir.path().join("prometheus.log")).unwrap(),
-    ));
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let _prom = Prometheus(cmd.spawn().expect("prometheus"));
+    );
 
     let spec = Spec {
         primaries: 1,
@@ -72,7 +36,10 @@ fn planned_work_waits_while_an_alert_fires_and_runs_once_it_stops() {
         limit: 400 * 1024 * 1024,
         memory_budget: 64 * 1024 * 1024,
         above: 0.5,
-        extra_toml: format!("\n[alert_block]\nurl = \"http://{addr}\"\ninterval = \"1s\"\n"),
+        extra_toml: format!(
+            "\n[alert_block]\nurl = \"{}\"\ninterval = \"1s\"\n",
+            prom.url
+        ),
         ..Spec::default()
     };
     let mut h = Harness::new(&spec);
