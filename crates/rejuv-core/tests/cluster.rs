@@ -498,6 +498,22 @@ fn workflow_problems(c: &Cluster) -> Vec<String> {
     bad
 }
 
+impl FakeAgent {
+    /// A healthy, quiet agent of configured server `s` that has run for two hours.
+    fn of(s: &rejuv_core::config::ServerConfig) -> Self {
+        FakeAgent {
+            address: s.address,
+            load1: LOW_LOAD,
+            running_since_ms: T0 - 2 * HOUR_MS,
+            instances: BTreeMap::new(),
+            next_port: s.port_range[0],
+            starts_healthy: true,
+            mem_available_bytes: None,
+            rss_bytes: None,
+        }
+    }
+}
+
 /// A cluster, its config, a fake fleet, and the clock.
 #[derive(Debug, Clone)]
 struct H {
@@ -522,21 +538,7 @@ impl H {
         let agents = cfg
             .servers
             .iter()
-            .map(|s| {
-                (
-                    s.id.clone(),
-                    FakeAgent {
-                        address: s.address,
-                        load1: LOW_LOAD,
-                        running_since_ms: T0 - 2 * HOUR_MS,
-                        instances: BTreeMap::new(),
-                        next_port: s.port_range[0],
-                        starts_healthy: true,
-                        mem_available_bytes: None,
-                        rss_bytes: None,
-                    },
-                )
-            })
+            .map(|s| (s.id.clone(), FakeAgent::of(s)))
             .collect();
         H {
             cfg,
@@ -4679,16 +4681,9 @@ mod reload {
         let ch = h.c.check_reload(&cfg)?;
         h.cfg = cfg;
         for s in &h.cfg.servers {
-            h.agents.entry(s.id.clone()).or_insert(FakeAgent {
-                address: s.address,
-                load1: LOW_LOAD,
-                running_since_ms: T0 - 2 * HOUR_MS,
-                instances: BTreeMap::new(),
-                next_port: s.port_range[0],
-                starts_healthy: true,
-                mem_available_bytes: None,
-                rss_bytes: None,
-            });
+            h.agents
+                .entry(s.id.clone())
+                .or_insert_with(|| FakeAgent::of(s));
         }
         h.step(Event::Reconfigured { by: "test".into() });
         Ok(ch.lines())
