@@ -105,6 +105,8 @@ pub struct Published {
     /// Whether the store takes this controller's commits.
     pub store: StoreHealth,
     pub traffic: TrafficHealth,
+    /// The engine's own counts (commits, judgement latency).
+    pub stats: Arc<crate::stats::EngineStats>,
 }
 
 /// Wall-clock time as the controller uses it: read once, then carried forward by the monotonic
@@ -135,7 +137,12 @@ pub struct Engine {
     pollers: BTreeMap<String, (SocketAddr, CancellationToken)>,
     /// Parent of the pollers' tokens (the engine's shutdown), once it runs.
     local: Option<CancellationToken>,
+    /// When the state was last published.
+    last_publish: Instant,
 }
+
+/// How often new readings alone are published (`/v1/status`, `/metrics`, the dashboard).
+const PUBLISH_READINGS_EVERY: Duration = Duration::from_millis(250);
 
 /// The shell's world in the controller.
 struct World {
@@ -155,6 +162,7 @@ struct World {
     history: SharedHistory,
     routes: watch::Sender<RouteTable>,
     events: broadcast::Sender<LogEvent>,
+    stats: Arc<crate::stats::EngineStats>,
 }
 
 impl Engine {
@@ -207,6 +215,7 @@ impl Engine {
         let at_start = cluster
             .check_reload(&cfg)
             .map_err(|r| anyhow::anyhow!("{r}"))?;
+        let stats = Arc::new(crate::stats::EngineStats::default());
         let published = watch::Sender::new(Published {
             config: cfg.clone(),
             cluster: Arc::new(cluster.clone()),
@@ -214,6 +223,7 @@ impl Engine {
             samples: Arc::new(BTreeMap::new()),
             store: StoreHealth::default(),
             traffic: TrafficHealth::default(),
+            stats: stats.clone(),
         });
         let routes = watch::Sender::new(cluster.routes.clone());
         let (events, _) = broadcast::channel(1024);
@@ -236,6 +246,7 @@ impl Engine {
             history: SharedHistory::default(),
             routes: routes.clone(),
             events: events.clone(),
+            stats,
         };
         let mut engine = Self {
             shell: Shell::new(cfg, cluster, dry_run),
@@ -247,6 +258,7 @@ impl Engine {
             reload_at_start: !at_start.is_empty(),
             pollers: BTreeMap::new(),
             local: None,
+            last_publish: Instant::now(),
         };
         if paused && !engine.shell.cluster().paused {
             let by = "controller --paused".to_string();
@@ -322,6 +334,8 @@ impl Engine {
             } => match result {
                 Ok(state) => {
                     shell.sample(&server, sent_at_ms, Ok(&state), now, world);
+                    let lag_ms = wall_ms().saturating_sub(state.sample.taken_at_ms);
+                    world.stats.judge_latency.observe(lag_ms as f64 / 1000.0);
                     world.record_history(&server, std::slice::from_ref(&state.sample));
                     Arc::make_mut(&mut world.samples).insert(server, state);
                 }
@@ -447,23 +461,30 @@ impl Engine {
         {
             self.sync_pollers();
         }
-        let cluster = self.shell.cluster();
-        let health = self.shell.store_health();
+        // A change of state is published at once; new readings alone (routine samples) at
+        // most every `PUBLISH_READINGS_EVERY`: each publication of them costs a copy of the
+        // cluster and of the samples on the next step, which on a large fleet polled often
+        // would be most of the controller's work.
         let p = self.published.borrow();
-        let same = Arc::ptr_eq(&p.cluster, cluster)
-            && Arc::ptr_eq(&p.config, self.shell.config())
-            && Arc::ptr_eq(&p.samples, &self.world.samples)
-            && &p.store == health
-            && p.traffic == self.traffic;
+        let changed = !Arc::ptr_eq(&p.cluster, self.shell.cluster())
+            || !Arc::ptr_eq(&p.config, self.shell.config())
+            || &p.store != self.shell.store_health()
+            || p.traffic != self.traffic;
+        let readings = self.shell.readings_stale() || !Arc::ptr_eq(&p.samples, &self.world.samples);
         drop(p);
-        if !same {
+        let due = readings && self.last_publish.elapsed() >= PUBLISH_READINGS_EVERY;
+        if changed || due {
+            self.last_publish = Instant::now();
+            let cluster = self.shell.fresh().clone();
+            let health = self.shell.store_health();
             self.published.send_replace(Published {
                 config: self.shell.config().clone(),
-                cluster: cluster.clone(),
+                cluster,
                 epoch: self.world.epoch,
                 samples: self.world.samples.clone(),
                 store: health.clone(),
                 traffic: self.traffic.clone(),
+                stats: self.world.stats.clone(),
             });
         }
     }
@@ -533,7 +554,9 @@ impl Effects for World {
     ) -> Result<(), String> {
         self.store
             .commit(cluster, events, finished)
-            .map_err(|e| rejuv_core::error_chain(&e))
+            .map_err(|e| rejuv_core::error_chain(&e))?;
+        self.stats.commits.inc();
+        Ok(())
     }
 
     fn carry_out(&mut self, command: &Command, attempt: u32) {

@@ -35,6 +35,7 @@ pub mod leading;
 pub mod metrics;
 pub mod recover;
 pub mod source;
+pub mod stats;
 pub mod store;
 pub mod store_codec;
 pub mod traffic;

@@ -74,6 +74,10 @@ pub const NAMES: &[&str] = &[
     "rejuv_controller_connections_open",
     "rejuv_controller_connections_refused_total",
     "rejuv_controller_connections_timed_out_total",
+    "rejuv_store_commits_total",
+    "rejuv_judge_latency_seconds_bucket",
+    "rejuv_judge_latency_seconds_sum",
+    "rejuv_judge_latency_seconds_count",
 ];
 
 /// Quantiles written for the `rejuv_recent_*_seconds` gauges (`1` is the maximum).
@@ -126,6 +130,7 @@ pub fn render(p: &Published, api: &Arc<ConnectionStats>) -> String {
     server_metrics(&mut reg, p);
     workflow_metrics(&mut reg, c);
     register_listener(&mut reg, api);
+    p.stats.register(&mut reg);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
@@ -783,6 +788,7 @@ port_range = [20000, 20009]
                 mismatch: Some("epoch 9 version 1".into()),
                 mismatches_total: 3,
             },
+            stats: Arc::default(),
         }
     }
 

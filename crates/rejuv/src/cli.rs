@@ -193,6 +193,11 @@ Examples:
 A fleet directory holds fleet.csv (server,capacity[,role][,units]) and one SERVER.csv
 (t_seconds,value) per server. See docs/whatif.md for the defaults and the reset model.")]
     Whatif(crate::whatif::WhatifArgs),
+    /// Benchmarks that run real parts: `rejuv bench fleet` (the controller against a swarm).
+    Bench {
+        #[command(subcommand)]
+        command: crate::fleetbench::BenchCmd,
+    },
     /// Export what a running controller holds, for other tools.
     #[command(after_help = "\
 Examples:
@@ -688,6 +693,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Whatif(args) => crate::whatif::run(args),
+        Cmd::Bench { command } => {
+            init_tracing_with("warn");
+            crate::fleetbench::run(command)
+        }
         Cmd::Export { command } => crate::export::run(command),
         Cmd::Demo(args) => {
             // The demo reports progress itself; its load generator's own start and end lines

@@ -10,6 +10,7 @@ mod cli;
 mod conn;
 mod demo;
 mod export;
+mod fleetbench;
 mod ops;
 mod procs;
 mod table;

@@ -52,6 +52,28 @@ pub struct ObservedInstance {
 }
 
 impl ObservedInstance {
+    /// Whether two reports of an instance differ at most in its memory reading: everything
+    /// a step acts on (state, health, address, start, crashes, exit, output) is the same.
+    pub fn same_but_readings(&self, other: &Self) -> bool {
+        let Self {
+            state,
+            healthy,
+            addr,
+            started_at_ms,
+            rss_bytes: _,
+            crashes,
+            last_exit,
+            last_output,
+        } = self;
+        *state == other.state
+            && *healthy == other.healthy
+            && *addr == other.addr
+            && *started_at_ms == other.started_at_ms
+            && *crashes == other.crashes
+            && *last_exit == other.last_exit
+            && *last_output == other.last_output
+    }
+
     /// Why it is not healthy, as far as its agent knows: its state, crashes, last exit and
     /// the last lines of its output (empty when there is nothing to say).
     pub fn trouble(&self) -> String {

@@ -66,6 +66,27 @@ pub enum CommandKind {
 }
 
 /// A line for the event log.
+impl CommandKind {
+    /// Whether this command acts on `server` (or, for an alert or a hook, names it).
+    pub fn concerns(&self, server: &str) -> bool {
+        match self {
+            CommandKind::StartInstance { server: s, .. }
+            | CommandKind::StopInstance { server: s, .. }
+            | CommandKind::Rejuvenate { server: s, .. }
+            | CommandKind::ResetDetector { server: s } => s == server,
+            CommandKind::TransferState {
+                from_server,
+                to_server,
+                ..
+            } => from_server == server || to_server == server,
+            CommandKind::Alert { server: s, .. } => s.as_deref() == Some(server),
+            CommandKind::RunHook {
+                server: s, target, ..
+            } => s == server || target == server,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEvent {
     pub at_ms: u64,

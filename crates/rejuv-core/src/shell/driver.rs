@@ -19,11 +19,12 @@ use super::effects::{Attempt, Effects, Step, StoreHealth};
 use super::readings::{Judged, Readings};
 use crate::api::AgentState;
 use crate::cluster::{
-    Changes, Cluster, Command, CommandKind, CommandResult, Event, OperatorCommand, Output, Phase,
-    Refusal,
+    Changes, Cluster, Command, CommandKind, CommandResult, Event, Observation, OperatorCommand,
+    Output, Phase, Refusal, ServerState,
 };
 use crate::config::Config;
 use crate::detect::detector::Judgement;
+use crate::detector::Level;
 use crate::time::Now;
 use crate::types::Sample;
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct Shell {
     dry_run: bool,
     health: StoreHealth,
     notes: Vec<Note>,
+    /// The published state's readings lag the working state's (see [`Shell::fresh`]).
+    stale: bool,
 }
 
 impl Shell {
@@ -73,6 +76,7 @@ impl Shell {
             dry_run,
             health: StoreHealth::default(),
             notes: Vec::new(),
+            stale: false,
         }
     }
 
@@ -200,6 +204,15 @@ impl Shell {
             }
             Some(Judged::Seen) | None => None,
         };
+        if let Event::Observed { observation, .. } = &events[0] {
+            if self.routine(server, observation, judgement.as_ref()) {
+                let Some(Event::Observed { observation, .. }) = events.pop() else {
+                    unreachable!("the observation was just matched")
+                };
+                self.take_readings(server, observation, judgement);
+                return;
+            }
+        }
         if let Some(judgement) = judgement {
             let server = server.to_string();
             events.push(Event::Judged { server, judgement });
@@ -318,19 +331,126 @@ impl Shell {
         self.dispatch(out.commands, now, fx);
     }
 
+    /// Whether a sample of `server` is routine: it changes the server's readings and nothing
+    /// else a step would act on. Its agent answered as last time (reachable, the same
+    /// instances in the same states, the same running time origin and crash count), its
+    /// judgement is the level it has, and the server takes part in nothing that is going on
+    /// (no workflow, reservation, pending command, maintenance or request).
+    ///
+    /// Such a sample skips the step: no planning pass over the fleet, no durable check, no
+    /// copy of the state. What it could still change, the readings a plan reads (a gate's
+    /// load, a target's free memory), is read by the next step: every tick runs one. This is
+    /// what keeps a step's cost from growing with the fleet for the samples that are almost
+    /// all of a large fleet's traffic.
+    fn routine(&self, server: &str, obs: &Observation, judgement: Option<&Judgement>) -> bool {
+        let Some(s) = self.cluster.servers.get(server) else {
+            return false;
+        };
+        let Some(last) = s.observation.as_ref() else {
+            return false;
+        };
+        let same_instances = last.instances.len() == obs.instances.len()
+            && last
+                .instances
+                .iter()
+                .zip(&obs.instances)
+                .all(|((ka, a), (kb, b))| ka == kb && a.same_but_readings(b));
+        let judged_same = judgement.is_none_or(|j| {
+            j.level == s.judgement
+                && j.host == s.host_judgement
+                && j.unstable_instances == s.unstable_instances
+        });
+        obs.reachable
+            && last.reachable
+            && s.unreachable_since_ms.is_none()
+            && s.state == ServerState::InService
+            && s.reserved_by.is_none()
+            && !s.maintenance
+            && !s.removing
+            && s.manual_request.is_none()
+            && s.judgement == Level::Stable
+            && judged_same
+            && same_instances
+            && last.running_since_ms == obs.running_since_ms
+            && last.crashes_total == obs.crashes_total
+            && !self
+                .cluster
+                .workflows
+                .values()
+                .any(|w| w.server == server || w.target == server)
+            && !self
+                .cluster
+                .pending
+                .values()
+                .any(|c| c.kind.concerns(server))
+    }
+
+    /// Takes a routine sample's readings ([`Shell::routine`]) without a step: into the working
+    /// state, and into the published one when nobody else holds it (otherwise the published
+    /// readings lag until [`Shell::fresh`] or the next step).
+    fn take_readings(&mut self, server: &str, obs: Observation, judgement: Option<Judgement>) {
+        let s = self
+            .cluster
+            .servers
+            .get_mut(server)
+            .expect("checked routine");
+        if let Some(j) = judgement {
+            s.explanation = j.explanation;
+        }
+        s.observation = Some(obs);
+        match Arc::get_mut(&mut self.published) {
+            Some(p) => {
+                let to = p
+                    .servers
+                    .get_mut(server)
+                    .expect("published holds every server");
+                to.observation.clone_from(&s.observation);
+                to.explanation.clone_from(&s.explanation);
+            }
+            None => self.stale = true,
+        }
+    }
+
+    /// The state as of the last step with the newest readings: the published state, brought
+    /// up to date if routine samples or readings-only steps left its readings behind (a copy
+    /// when someone else holds it; callers that publish it elsewhere should call this
+    /// sparingly on a large fleet).
+    pub fn fresh(&mut self) -> &Arc<Cluster> {
+        if self.stale {
+            match Arc::get_mut(&mut self.published) {
+                Some(p) => copy_readings(p, &self.cluster),
+                None => self.published = Arc::new(self.cluster.clone()),
+            }
+            self.stale = false;
+        }
+        &self.published
+    }
+
+    /// Whether the published state's readings lag the working state's.
+    pub fn readings_stale(&self) -> bool {
+        self.stale
+    }
+
     /// Makes the working state the published one. Most steps change only readings (a sample's
     /// observation and judgement): when nothing outside holds the published state (the
     /// simulators), those are patched into it instead of copying the whole cluster; a
     /// published state someone holds (the controller's API) is never changed, but replaced.
     fn publish(&mut self, durable: bool) {
         if !durable {
-            if let Some(p) = Arc::get_mut(&mut self.published) {
-                copy_readings(p, &self.cluster);
-                debug_assert!(*p == self.cluster, "a readings-only step changed more");
-                return;
+            match Arc::get_mut(&mut self.published) {
+                Some(p) => {
+                    copy_readings(p, &self.cluster);
+                    debug_assert!(*p == self.cluster, "a readings-only step changed more");
+                    self.stale = false;
+                }
+                // Someone holds the published state: rather than copy the whole cluster for
+                // new readings, they wait for `fresh`.
+                None => self.stale = true,
             }
+            return;
         }
         self.published = Arc::new(self.cluster.clone());
+        self.stale = false;
     }
 
     /// Commits the step; on failure restores the last published state and says so.
