@@ -240,6 +240,7 @@ impl FakeAgent {
                 })
                 .collect(),
             mem_available_bytes: self.mem_available_bytes,
+            boot_id: None,
         }
     }
 
@@ -281,6 +282,7 @@ fn unreachable_observation(now_ms: u64) -> Observation {
         load_quantile: None,
         instances: BTreeMap::new(),
         mem_available_bytes: None,
+        boot_id: None,
     }
 }
 
@@ -335,6 +337,7 @@ fn report(
         run_id: run_id.to_string(),
         started_at_ms: at_ms,
         finished_at_ms: at_ms,
+        boot_id: None,
         actions: actions
             .iter()
             .map(|a| ActionReport {
