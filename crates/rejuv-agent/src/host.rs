@@ -300,6 +300,16 @@ mod tests {
     }
 
     #[test]
+    fn only_a_read_only_proc_sys_is_a_container() {
+        assert!(is_read_only(&std::io::Error::from_raw_os_error(
+            libc::EROFS
+        )));
+        assert!(!is_read_only(&std::io::Error::from_raw_os_error(
+            libc::EACCES
+        )));
+    }
+
+    #[test]
     fn boot_id_adds_the_start_of_pid_1() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
