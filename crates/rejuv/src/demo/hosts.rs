@@ -299,7 +299,7 @@ impl Hosts {
             if let Ok(f) = std::fs::File::create(&path) {
                 let err = f.try_clone().map(Stdio::from).unwrap_or(Stdio::null());
                 let _ = std::process::Command::new("docker")
-                    .args(["logs", "--timestamps", name])
+                    .args(["logs", name])
                     .stdout(f)
                     .stderr(err)
                     .status();
