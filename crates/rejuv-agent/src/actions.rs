@@ -9,7 +9,12 @@
 //!   decides what to do with a failed run).
 //! - When every action succeeded, the running time starts again at the finish time.
 //! - Host-wide actions (drop-caches, compact-memory, restart-host) run only where
-//!   `agent.host_actions` enables them.
+//!   `agent.host_actions` enables them. Where `/proc/sys` is read-only (a container without
+//!   privileges) drop-caches and compact-memory are skipped, saying so.
+//! - `restart-host` runs `agent.restart_command` and waits for it: a command that schedules
+//!   the restart and returns (`systemctl reboot`; in a container host, `kill -TERM 1`, which
+//!   ends the container for its restart policy to start again) lets this run's report be
+//!   stored and answered first. The controller then waits for a new boot identity.
 
 use crate::scratch::{self, Cleared};
 use crate::shared::Agent;
@@ -66,6 +71,7 @@ pub async fn rejuvenate(
         started_at_ms,
         finished_at_ms,
         actions,
+        boot_id: (!agent.boot_id.is_empty()).then(|| agent.boot_id.clone()),
     };
     let completed = failed.is_none();
     agent
@@ -103,6 +109,9 @@ async fn run_action(agent: &Agent, action: Action, keep: &[String]) -> ActionRep
                     ActionOutcome::Done,
                     "synced, then dropped page cache, dentries and inodes",
                 ),
+                Ok(Err(e)) if crate::host::is_read_only(&e) => {
+                    in_a_container(action, "drop_caches")
+                }
                 Ok(Err(e)) => report(
                     action,
                     ActionOutcome::Failed,
@@ -114,6 +123,7 @@ async fn run_action(agent: &Agent, action: Action, keep: &[String]) -> ActionRep
         Action::CompactMemory if !host => not_enabled(),
         Action::CompactMemory => match tokio::fs::write("/proc/sys/vm/compact_memory", "1").await {
             Ok(()) => report(action, ActionOutcome::Done, "memory compacted"),
+            Err(e) if crate::host::is_read_only(&e) => in_a_container(action, "compact_memory"),
             Err(e) => report(
                 action,
                 ActionOutcome::Failed,
@@ -144,6 +154,19 @@ async fn run_action(agent: &Agent, action: Action, keep: &[String]) -> ActionRep
         Action::RestartHost if !host => not_enabled(),
         Action::RestartHost => restart_host(agent, action).await,
     }
+}
+
+/// A host-wide kernel tunable the host cannot write: `/proc/sys` is read-only, as in a
+/// container without privileges. Not a failure of the run: the machine's kernel is not this
+/// host's to tune.
+fn in_a_container(action: Action, tunable: &str) -> ActionReport {
+    report(
+        action,
+        ActionOutcome::Skipped,
+        format!(
+            "/proc/sys/vm/{tunable} is read-only here (a container without privileges): the machine's kernel is not this host's to tune"
+        ),
+    )
 }
 
 async fn stop_all(agent: &Agent, action: Action) -> Result<usize, ActionReport> {

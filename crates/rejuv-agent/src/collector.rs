@@ -28,6 +28,8 @@ pub struct Collector {
     /// The newest samples, oldest first; at most `keep`.
     history: Mutex<VecDeque<Sample>>,
     keep: usize,
+    /// The agent's own memory cgroup: with a limit (a container), the host's memory.
+    own_memory: Option<crate::host::OwnMemory>,
 }
 
 /// How many samples to keep for a controller that takes over: enough for the trend rule to
@@ -61,7 +63,20 @@ impl Collector {
             latest: RwLock::new(Sample::default()),
             history: Mutex::new(VecDeque::new()),
             keep: 1,
+            own_memory: None,
         }
+    }
+
+    /// Reads memory from the agent's own cgroup where it has a limit (see [`crate::host`]).
+    pub fn with_own_memory(mut self, own: Option<crate::host::OwnMemory>) -> Self {
+        if let Some(o) = &own {
+            tracing::debug!(
+                ?o,
+                "memory readings from the agent's own cgroup where it is limited"
+            );
+        }
+        self.own_memory = own;
+        self
     }
 
     /// Keeps the newest `keep` samples for [`Collector::history`].
@@ -92,7 +107,14 @@ impl Collector {
         instances: &[Arc<Instance>],
     ) -> Result<Collected, ProcError> {
         let begun = Instant::now();
-        let host = self.fs.host()?;
+        let mut host = self.fs.host()?;
+        if let Some(own) = self
+            .own_memory
+            .as_ref()
+            .and_then(|o| o.read(host.mem.total))
+        {
+            host.mem = own.apply(&host.mem);
+        }
         let table = self.fs.processes()?;
         let mut per_instance = BTreeMap::new();
         let mut states = Vec::with_capacity(instances.len());

@@ -179,6 +179,7 @@ async fn state(State(agent): State<Arc<Agent>>) -> Json<AgentState> {
         crashes_total: agent.store.crashes_total(),
         last_rejuvenation: agent.store.last_report().await,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        boot_id: agent.boot_id.clone(),
     })
 }
 

@@ -13,6 +13,7 @@
 //! - [`handover`]: the instance table an agent stopped with `keep_instances_on_exit` leaves
 //!   to the next one.
 //! - [`cgroup`]: best-effort per-instance cgroups.
+//! - [`host`]: the host's boot identity and, in a container, its own memory.
 //! - [`scratch`]: symlink-safe clearing of scratch directories.
 //! - [`actions`]: rejuvenation runs.
 //! - [`persist`]: the durable state file.
@@ -25,6 +26,7 @@ pub mod cgroup;
 pub mod collector;
 pub mod docker;
 pub mod handover;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod persist;
@@ -160,6 +162,15 @@ async fn run_inner(
     }
     let started_at_ms = wall_ms();
     let store = Arc::new(Store::open(&data_dir, started_at_ms).map_err(StartError::Store)?);
+    // A new boot identity: the host restarted, and nothing on it has been running since.
+    let boot_id = host::boot_id();
+    if store
+        .note_boot(&boot_id, started_at_ms)
+        .await
+        .map_err(StartError::Store)?
+    {
+        tracing::info!(%boot_id, "the host restarted since this agent last ran: its running time starts again");
+    }
     let metrics = Arc::new(Metrics::new(store.crashes_total()));
     let scope = cgroup::scope(&server_id, &data_dir);
     // What an earlier agent handed over: its cgroups are not swept, its instances are adopted
@@ -216,7 +227,8 @@ async fn run_inner(
     );
     let collector = Arc::new(
         Collector::new(procfs::ProcFs::default(), sup.self_pid())
-            .with_history(collector::history_len(&config)),
+            .with_history(collector::history_len(&config))
+            .with_own_memory(host::OwnMemory::detect()),
     );
     let sample_interval = config.agent.sample_interval.max(Duration::from_millis(10));
     // The longest a stop can take: the server gets that long to finish in-flight requests.
@@ -232,6 +244,7 @@ async fn run_inner(
         token: token.trim().to_string(),
         config,
         started_at_ms,
+        boot_id,
         store: store.clone(),
         sup: sup.clone(),
         collector: collector.clone(),

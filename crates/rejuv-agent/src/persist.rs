@@ -65,6 +65,9 @@ pub struct PersistedState {
     pub crashes_total: u64,
     /// Oldest first, at most [`REPORTS_KEPT`].
     pub reports: Vec<RejuvenationReport>,
+    /// The host's boot identity when the agent last started (see [`crate::host`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -188,6 +191,7 @@ impl Store {
                     running_since_ms: now_ms,
                     crashes_total: 0,
                     reports: vec![],
+                    boot_id: None,
                 };
                 save(&path, &s)?;
                 s
@@ -284,6 +288,25 @@ impl Store {
         .await
     }
 
+    /// Records the host's boot identity at an agent start. Another one than last time means
+    /// the host restarted: the running time starts again at `now_ms` (`true` is returned).
+    /// The first identity recorded (a new data directory, an agent that kept none) changes
+    /// nothing else.
+    pub async fn note_boot(&self, boot_id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        if boot_id.is_empty() {
+            return Ok(false);
+        }
+        self.update(|s| {
+            let restarted = s.boot_id.as_deref().is_some_and(|b| b != boot_id);
+            s.boot_id = Some(boot_id.to_string());
+            if restarted {
+                s.running_since_ms = now_ms;
+            }
+            Ok(restarted)
+        })
+        .await
+    }
+
     pub async fn report(&self, run_id: &str) -> Option<RejuvenationReport> {
         self.state
             .lock()
@@ -329,7 +352,27 @@ mod tests {
             started_at_ms: 1,
             finished_at_ms: 2,
             actions: vec![],
+            boot_id: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_new_boot_identity_starts_the_running_time_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 100).unwrap();
+        assert!(!store.note_boot("boot-a", 200).await.unwrap(), "the first");
+        assert_eq!(store.running_since_ms(), 100);
+        assert!(!store.note_boot("boot-a", 300).await.unwrap(), "the same");
+        assert!(!store.note_boot("", 350).await.unwrap(), "none read");
+        drop(store);
+        let again = Store::open(dir.path(), 400).unwrap();
+        assert!(again.note_boot("boot-b", 500).await.unwrap(), "another");
+        assert_eq!(again.running_since_ms(), 500);
+        drop(again);
+        assert_eq!(
+            Store::open(dir.path(), 600).unwrap().running_since_ms(),
+            500
+        );
     }
 
     #[tokio::test]
@@ -396,6 +439,7 @@ mod tests {
             running_since_ms: 1,
             crashes_total: 0,
             reports: vec![],
+            boot_id: None,
         };
         save(&path, &s).unwrap();
         assert_eq!(load(&path).unwrap(), Some(s));

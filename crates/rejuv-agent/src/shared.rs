@@ -16,6 +16,8 @@ pub struct Agent {
     pub(crate) token: String,
     pub config: Config,
     pub started_at_ms: u64,
+    /// The host's boot identity ([`crate::host::boot_id`]), read at start.
+    pub boot_id: String,
     pub store: Arc<Store>,
     pub sup: Arc<Supervisor>,
     pub collector: Arc<Collector>,

@@ -732,6 +732,7 @@ port_range = [20000, 20009]
             crashes_total: 3,
             last_rejuvenation: None,
             version: "test".into(),
+            boot_id: String::new(),
         };
         state.sample.mem_used_bytes = 100;
         state.sample.mem_total_bytes = 1000;

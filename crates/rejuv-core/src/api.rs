@@ -53,6 +53,11 @@ pub struct AgentState {
     pub crashes_total: u64,
     pub last_rejuvenation: Option<RejuvenationReport>,
     pub version: String,
+    /// The host's boot identity: it changes when the host restarts, and only then (the
+    /// kernel's boot id, and inside a container the container's start too; see the agent's
+    /// `host` module). Empty from an agent that does not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
 }
 
 /// `PUT /v1/instances/{id}`.
@@ -148,6 +153,10 @@ pub struct RejuvenationReport {
     pub started_at_ms: u64,
     pub finished_at_ms: u64,
     pub actions: Vec<ActionReport>,
+    /// The host's boot identity when the run began ([`AgentState::boot_id`]): after a
+    /// `restart-host` that was done, the controller waits for another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 impl RejuvenationReport {
@@ -155,6 +164,13 @@ impl RejuvenationReport {
         self.actions
             .iter()
             .find(|a| a.outcome == ActionOutcome::Failed)
+    }
+
+    /// Whether the run restarted its host (a `restart-host` action that was done).
+    pub fn restarted_host(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|a| a.action == Action::RestartHost && a.outcome == ActionOutcome::Done)
     }
 }
 

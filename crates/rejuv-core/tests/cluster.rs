@@ -218,6 +218,8 @@ struct FakeAgent {
     /// MemAvailable reported, and the RSS reported for every instance.
     mem_available_bytes: Option<u64>,
     rss_bytes: Option<u64>,
+    /// The host's boot identity, if the agent reports one.
+    boot_id: Option<String>,
 }
 
 impl FakeAgent {
@@ -240,6 +242,7 @@ impl FakeAgent {
                 })
                 .collect(),
             mem_available_bytes: self.mem_available_bytes,
+            boot_id: self.boot_id.clone(),
         }
     }
 
@@ -281,6 +284,7 @@ fn unreachable_observation(now_ms: u64) -> Observation {
         load_quantile: None,
         instances: BTreeMap::new(),
         mem_available_bytes: None,
+        boot_id: None,
     }
 }
 
@@ -335,6 +339,7 @@ fn report(
         run_id: run_id.to_string(),
         started_at_ms: at_ms,
         finished_at_ms: at_ms,
+        boot_id: None,
         actions: actions
             .iter()
             .map(|a| ActionReport {
@@ -510,6 +515,7 @@ impl FakeAgent {
             starts_healthy: true,
             mem_available_bytes: None,
             rss_bytes: None,
+            boot_id: None,
         }
     }
 }
@@ -2596,6 +2602,47 @@ mod scenarios {
         assert_eq!(h.phase("s1"), Some(Phase::Verifying));
         h.agent("s1").instances.clear();
         h.observe("s1");
+        assert_eq!(outcome_name(h.last_finished("s1").unwrap()), "completed");
+    }
+
+    #[test]
+    fn after_restart_host_verify_waits_for_a_new_boot_identity() {
+        let mut h = drive_to(&Spec::active_standby(), Some(Phase::Rejuvenating));
+        h.agent("s1").boot_id = Some("boot-1".into());
+        h.observe("s1");
+        let cmd = h.pending_rejuvenate();
+        let CommandKind::Rejuvenate { run_id, .. } = &cmd.kind else {
+            unreachable!()
+        };
+        let now = h.now_ms;
+        let mut r = report(
+            run_id,
+            &[Action::StopInstances, Action::RestartHost],
+            now,
+            None,
+        );
+        r.boot_id = Some("boot-1".into());
+        assert!(r.restarted_host());
+        let a = h.agent("s1");
+        a.instances.clear();
+        a.running_since_ms = now;
+        h.done(cmd.id, CommandResult::Rejuvenated { report: r });
+        assert_eq!(h.phase("s1"), Some(Phase::Verifying));
+        // The agent answers fresh, from the same boot: the host did not restart.
+        let out = h.observe("s1");
+        assert!(events_of(&out, "host-restart").is_empty());
+        assert_eq!(h.phase("s1"), Some(Phase::Verifying));
+        // Away, then back from another boot: a host restart, seen and verified.
+        h.observe_down("s1");
+        h.agent("s1").boot_id = Some("boot-2".into());
+        let out = h.observe("s1");
+        let seen = events_of(&out, "host-restart");
+        assert_eq!(seen.len(), 1, "{out:?}");
+        assert!(
+            seen[0].message.contains("boot-1 -> boot-2"),
+            "{}",
+            seen[0].message
+        );
         assert_eq!(outcome_name(h.last_finished("s1").unwrap()), "completed");
     }
 

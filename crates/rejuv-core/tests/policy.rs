@@ -112,6 +112,7 @@ impl Sim {
                             run_id: run_id.clone(),
                             started_at_ms: self.t,
                             finished_at_ms: self.t,
+                            boot_id: None,
                             actions: actions
                                 .iter()
                                 .map(|a| ActionReport {
@@ -163,6 +164,7 @@ impl Sim {
                 load_quantile: self.load_quantile,
                 instances,
                 mem_available_bytes: None,
+                boot_id: None,
             };
             self.apply(Event::Observed {
                 server: server.into(),

@@ -132,6 +132,7 @@ fn state(server: &str, ms: u64, mem: f64, instances: &[(&str, u16)]) -> AgentSta
         crashes_total: 0,
         last_rejuvenation: None,
         version: "test".into(),
+        boot_id: String::new(),
     }
 }
 

@@ -132,6 +132,7 @@ Examples:
   rejuv demo --mode active-active --duration 90s --summary-json summary.json
   rejuv demo --no-rejuvenation --duration 60s      # control run: the service crashes
   rejuv demo --lb haproxy                           # a real HAProxy from PATH in front
+  rejuv demo --hosts docker --duration 120s         # each server a container host of its own
   rejuv demo --store etcd --controllers 2 --chaos   # leader killed at random (--features etcd)")]
     Demo(crate::demo::DemoArgs),
     /// An HTTP service that ages on purpose (for demos and tests).

@@ -74,15 +74,37 @@ pub async fn build_scratch_image(
     binary: &Path,
     entrypoint_args: &[String],
 ) -> Result<(), DockerError> {
-    let libraries = shared_libraries(binary).await?;
+    build_scratch_image_with(docker, tag, binary, &[], entrypoint_args).await
+}
+
+/// [`build_scratch_image`] with more host binaries in the image: each `(host path, path
+/// inside)` with its own shared libraries (e.g. `kill` for a container host's restart
+/// command).
+pub async fn build_scratch_image_with(
+    docker: &Docker,
+    tag: &str,
+    binary: &Path,
+    tools: &[(PathBuf, String)],
+    entrypoint_args: &[String],
+) -> Result<(), DockerError> {
+    let mut libraries = shared_libraries(binary).await?;
+    for (tool, _) in tools {
+        for l in shared_libraries(tool).await? {
+            if !libraries.contains(&l) {
+                libraries.push(l);
+            }
+        }
+    }
     let binary = binary.to_path_buf();
     let args = entrypoint_args.to_vec();
-    let context = tokio::task::spawn_blocking(move || build_context(&binary, &libraries, &args))
-        .await
-        .map_err(|e| DockerError::Build {
-            tag: tag.to_string(),
-            message: format!("the build context task failed: {e}"),
-        })??;
+    let tools = tools.to_vec();
+    let context =
+        tokio::task::spawn_blocking(move || build_context(&binary, &tools, &libraries, &args))
+            .await
+            .map_err(|e| DockerError::Build {
+                tag: tag.to_string(),
+                message: format!("the build context task failed: {e}"),
+            })??;
 
     let options = BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
@@ -190,6 +212,7 @@ fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, String> {
 /// The build context: a Dockerfile and `rootfs/` with the binary and its libraries.
 fn build_context(
     binary: &Path,
+    tools: &[(PathBuf, String)],
     libraries: &[PathBuf],
     args: &[String],
 ) -> Result<Vec<u8>, DockerError> {
@@ -217,6 +240,7 @@ fn build_context(
     // Services write temporary files; a scratch image has no /tmp of its own.
     append_dir(&mut tar, "rootfs/tmp", 0o1777).map_err(io(binary))?;
     let mut files = vec![(binary.to_path_buf(), inside)];
+    files.extend(tools.iter().cloned());
     files.extend(
         libraries
             .iter()

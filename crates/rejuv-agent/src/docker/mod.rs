@@ -27,7 +27,7 @@ pub mod spec;
 
 pub use cgroup::cgroup_dir;
 pub use container::{Container, ContainerState, ContainerSummary, ExitReason};
-pub use image::{build_scratch_image, scratch_image_tag};
+pub use image::{build_scratch_image, build_scratch_image_with, scratch_image_tag};
 pub use spec::{BindMount, ContainerSpec, Network, PublishedPort};
 
 use std::path::{Path, PathBuf};

@@ -174,6 +174,27 @@ async fn a_run_id_is_carried_out_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_reports_carry_the_hosts_boot_identity() {
+    let h = Harness::new();
+    let agent = h.start(h.config()).await;
+    let boot = agent.state().await.boot_id;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(
+        boot.starts_with(kernel.trim()),
+        "{boot} is not of this boot"
+    );
+    let r = report(&agent.rejuvenate("b1", &["stop-instances"], 1).await);
+    assert_eq!(r.boot_id.as_deref(), Some(boot.as_str()));
+    agent.shut_down().await;
+    // The same host: the running time is not started again by an agent restart.
+    let agent = h.start(h.config()).await;
+    let st = agent.state().await;
+    assert_eq!(st.boot_id, boot);
+    assert_eq!(st.running_since_ms, r.finished_at_ms);
+    agent.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_actions_run_only_where_enabled_and_keep_stderr() {
     let h = Harness::new();
     let agent = h.start(h.config()).await;

@@ -30,6 +30,9 @@ pub struct Observation {
     /// second copy fits in place.
     #[serde(default)]
     pub mem_available_bytes: Option<u64>,
+    /// The host's boot identity, where the agent reports one: a new one is a host restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +107,7 @@ impl Observation {
             load_quantile: None,
             mem_available_bytes: (state.sample.mem_total_bytes > 0)
                 .then_some(state.sample.mem_available_bytes),
+            boot_id: (!state.boot_id.is_empty()).then(|| state.boot_id.clone()),
             instances: state
                 .instances
                 .iter()

@@ -48,6 +48,27 @@ impl Cluster {
                 level: None,
             });
         }
+        // The old observation keeps its boot identity while the agent is away: a new one on
+        // its return is a host restart (the instances it ran are gone with it).
+        let restarted = match (
+            s.observation.as_ref().and_then(|o| o.boot_id.as_deref()),
+            obs.boot_id.as_deref(),
+        ) {
+            (Some(before), Some(after)) if obs.reachable && before != after => {
+                Some(format!("host restarted (boot id {before} -> {after})"))
+            }
+            _ => None,
+        };
+        if let Some(message) = restarted {
+            out.events.push(LogEvent {
+                at_ms: now.wall_ms,
+                kind: EventKind::HostRestart,
+                server: Some(server.to_string()),
+                workflow: None,
+                message,
+                level: None,
+            });
+        }
         self.record_observation(server, obs);
         self.restart_lost_instances(server, now, out);
         self.stop_strangers(cfg, server, now, out);

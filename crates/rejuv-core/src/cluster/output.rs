@@ -107,6 +107,8 @@ named! {
         ClusterCreated => "cluster-created",
         /// An agent stopped or started answering.
         Agent => "agent",
+        /// A server's agent came back with a new boot identity: its host restarted.
+        HostRestart => "host-restart",
         InstanceLost => "instance-lost",
         /// The detector's judgement of a server changed (see [`LogEvent::level`]).
         Judgement => "judgement",

@@ -102,6 +102,7 @@ impl Readings {
             load_quantile: None,
             instances: BTreeMap::new(),
             mem_available_bytes: None,
+            boot_id: None,
         }
     }
 

@@ -388,6 +388,7 @@ impl Agent {
             crashes_total: 0,
             last_rejuvenation: None,
             version: "sim".into(),
+            boot_id: String::new(),
         }
     }
 
@@ -476,6 +477,7 @@ impl Agent {
             run_id: run_id.to_string(),
             started_at_ms: started,
             finished_at_ms: started + 50,
+            boot_id: None,
             actions: reports,
         };
         self.reports.insert(run_id.to_string(), r.clone());

@@ -382,6 +382,7 @@ impl<'a> World<'a> {
             crashes_total: a.crashes,
             last_rejuvenation: None,
             version: "whatif".into(),
+            boot_id: String::new(),
         }
     }
 
@@ -466,6 +467,7 @@ impl<'a> World<'a> {
             run_id: run_id.to_string(),
             started_at_ms: started,
             finished_at_ms: started + REJUVENATE_MS,
+            boot_id: None,
             actions: actions
                 .iter()
                 .map(|x| ActionReport {

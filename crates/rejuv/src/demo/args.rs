@@ -29,6 +29,16 @@ pub enum DemoBackend {
     Docker,
 }
 
+/// Where the demo's servers run.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum DemoHosts {
+    /// On this machine, each server's agent on its own loopback address.
+    Local,
+    /// Each server a container of its own on a private Docker network (needs a Docker
+    /// Engine): its own address, memory limit and restarts.
+    Docker,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum StoreKind {
     /// One controller with a SQLite file in the state directory.
@@ -70,6 +80,10 @@ pub struct DemoArgs {
     /// How instances run: processes, or containers (needs a Docker Engine).
     #[arg(long, value_enum, default_value_t = DemoBackend::Process)]
     pub backend: DemoBackend,
+    /// Where the servers run: on this machine, or each a container host of its own on a
+    /// private Docker network (its agent inside, its instances as processes beside it).
+    #[arg(long, value_enum, default_value_t = DemoHosts::Local)]
+    pub hosts: DemoHosts,
     /// Instances of the sample service on each primary (at most 4, a server's capacity).
     #[arg(long, default_value_t = 1)]
     pub instances: u32,
@@ -117,6 +131,11 @@ pub fn check_args(args: &DemoArgs) -> anyhow::Result<()> {
         "--aging {} is more than --instances {}",
         args.aging.unwrap_or(0),
         args.instances
+    );
+    anyhow::ensure!(
+        !(args.hosts == DemoHosts::Docker && args.backend == DemoBackend::Docker),
+        "--hosts docker --backend docker: a host container runs its instances as processes; \
+         containers inside the host containers are not supported (use one or the other)"
     );
     anyhow::ensure!(args.controllers >= 1, "--controllers must be at least 1");
     anyhow::ensure!(args.controllers <= 9, "--controllers: at most 9 in a demo");

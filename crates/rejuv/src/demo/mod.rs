@@ -17,19 +17,23 @@
 //! drops no client connection. Every run has an invariant watcher outside the controllers;
 //! its count is in the summary.
 //!
+//! With `--hosts docker` every server is a container host of its own on a private network (see
+//! [`hosts`]); the controllers and the front end stay on this machine.
+//!
 //! On one machine every agent sees the same host, so the demo judges each server by its own
 //! instances' RSS against a per-server memory budget (`instance-rss`), as a per-service policy
 //! would on a real fleet.
 
 pub mod args;
 pub mod fleet;
+pub mod hosts;
 pub mod live;
 pub mod plan;
 pub mod summary;
 
 pub use args::DemoArgs;
 
-use crate::demo::args::{check_args, DemoBackend, DemoMode, Lb, StoreKind};
+use crate::demo::args::{check_args, DemoBackend, DemoHosts, DemoMode, Lb, StoreKind};
 use crate::demo::fleet::{leader_within, start_agents, start_front, wait_http};
 use crate::demo::live::Sources;
 use crate::demo::plan::write_config;
@@ -96,12 +100,19 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         DemoBackend::Process => None,
         DemoBackend::Docker => Some(docker_image(&mut p).await?),
     };
+    // Host containers and their network: removed when the demo ends (declared before the
+    // processes, so dropped after them).
+    let mut hosts = match args.hosts {
+        DemoHosts::Local => None,
+        DemoHosts::Docker => Some(hosts::Hosts::prepare(&mut p, &dir).await?),
+    };
     let plan = write_config(
         &args,
         &dir,
         mode,
         etcd.as_ref().map(|e| e.endpoint.as_str()),
         image.as_deref(),
+        hosts.as_ref().map(|h| h.layout()),
     )?;
     // Whatever happens below, no container of this demo outlives it.
     let _containers = image.as_ref().map(|_| ContainerSweep::of(&plan));
@@ -113,7 +124,18 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     ));
 
     // Processes, dropped (and so stopped) in reverse order: controller, proxy, agents.
-    let mut agents = start_agents(&http, &exe, &plan, &dir).await?;
+    let mut agents = match hosts.as_mut() {
+        None => start_agents(&http, &exe, &plan, &dir).await?,
+        Some(h) => {
+            h.start(&http, &plan).await?;
+            p.line(&format!(
+                "{} host containers up on {} (agents listed in fleet.json)",
+                plan.servers.len(),
+                h.layout().network
+            ));
+            Vec::new()
+        }
+    };
     let mut proxy = start_front(&http, &exe, &plan, &args, &dir).await?;
     let controllers = crate::chaos::Controllers::start(
         &exe,
@@ -268,6 +290,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         .await?;
     let actual = counter_total(&http, &status).await;
     let crashes = crashes_total(&http, &plan.servers, &plan.token).await;
+    let host_restarts = hosts::host_restarts(&http, controller, &plan.token).await;
 
     background.cancel();
     let watched = watcher.await.context("invariant watcher task")?;
@@ -318,12 +341,20 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         controller_exits: supervised.as_ref().map(|r| r.controller_exits),
         handover_ms: supervised.as_ref().map(|r| r.handover_ms.clone()),
         chaos_seed,
+        hosts: match args.hosts {
+            DemoHosts::Local => "local".into(),
+            DemoHosts::Docker => "docker".into(),
+        },
+        host_restarts,
     };
 
     controllers.stop(Duration::from_secs(10));
     proxy.stop(Duration::from_secs(10));
     for a in agents.iter_mut() {
         a.stop(Duration::from_secs(15));
+    }
+    if let Some(h) = hosts.as_mut() {
+        h.stop();
     }
     drop(etcd);
 

@@ -43,6 +43,7 @@ pub fn write_config(
     mode: Mode,
     etcd: Option<&str>,
     image: Option<&str>,
+    hosts: Option<&crate::demo::hosts::Layout>,
 ) -> anyhow::Result<Plan> {
     let exe = std::env::current_exe().context("finding the rejuv executable")?;
     let token: String = (0..32)
@@ -74,7 +75,8 @@ pub fn write_config(
     anyhow::ensure!(primaries >= 1, "--servers must be at least 1");
 
     anyhow::ensure!(primaries + spares <= 200, "at most 200 servers in a demo");
-    let host_actions = nix::unistd::geteuid().is_root();
+    // Host containers run their agents as root, with host actions their own to take.
+    let host_actions = hosts.is_some() || nix::unistd::geteuid().is_root();
     let mut toml = format!(
         r#"# Written by `rejuv demo`.
 [cluster]
@@ -127,11 +129,11 @@ failed_target_cooldown = "30s"
 # Instance-scope rejuvenations that do not hold take the whole server next; scaled, as the
 # trend windows are, for services that age within a minute.
 instance_escalation_window = "10s"
-
+{escalation}
 [agent]
 host_actions = {host_actions}
 sample_interval = "500ms"
-
+{restart_command}
 {traffic}
 
 {store}
@@ -192,10 +194,14 @@ stop_grace = "3s"
             None => format!("[store]\npath = \"{}\"\n", dir.join("rejuv.db").display()),
         },
         // In a container the image's entrypoint is this binary.
-        run = match image {
-            Some(tag) => format!("backend = \"docker\"\nimage = \"{tag}\"\nnetwork = \"host\""),
-            None => format!("command = \"{}\"", exe.display()),
+        run = match (image, hosts) {
+            (Some(tag), _) => format!("backend = \"docker\"\nimage = \"{tag}\"\nnetwork = \"host\""),
+            // In a host container the binary is the image's.
+            (None, Some(h)) => format!("command = \"{}\"", h.binary),
+            (None, None) => format!("command = \"{}\"", exe.display()),
         },
+        escalation = hosts.map_or(String::new(), |h| h.escalation()),
+        restart_command = hosts.map_or(String::new(), |h| h.restart_command()),
         lpr = args.leak_per_request,
         lps = args.leak_per_second,
         limit = args.leak_limit,
@@ -203,9 +209,14 @@ stop_grace = "3s"
     let mut servers = Vec::new();
     for i in 0..primaries + spares {
         let id = format!("s{}", i + 1);
-        let ip: IpAddr = format!("127.0.0.{}", 2 + i).parse()?;
-        let agent = SocketAddr::new(ip, free_port(ip)?);
-        let range = free_range(ip, 16)?;
+        // A host container has an address and ports of its own; here, a loopback address.
+        let (ip, agent, range) = match hosts {
+            Some(h) => h.server(i as usize)?,
+            None => {
+                let ip: IpAddr = format!("127.0.0.{}", 2 + i).parse()?;
+                (ip, SocketAddr::new(ip, free_port(ip)?), free_range(ip, 16)?)
+            }
+        };
         let role = if i < primaries { "primary" } else { "spare" };
         // With three primaries or more, the last one runs the plateauing cache instead of the
         // aging web service: a server rejuv should leave alone.

@@ -47,6 +47,10 @@ pub struct Summary {
     pub handover_ms: Option<Vec<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chaos_seed: Option<u64>,
+    /// Where the servers ran: `local` (this machine) or `docker` (host containers).
+    pub hosts: String,
+    /// Host restarts the controller saw (a server back with a new boot identity).
+    pub host_restarts: u64,
 }
 
 #[derive(Serialize, Debug)]
@@ -132,10 +136,10 @@ pub fn summary_line(summary: &Summary) -> String {
         );
     }
     format!(
-        "summary: mode={} requests_total={} requests_failed={} rejuvenations_completed={} rejuvenations_aborted={} crashes={} latency_ms p50={:.1} p99={:.1} max={:.1} counter expected={} actual={} invariant_violations={} leader_changes={}{ha}",
+        "summary: mode={} requests_total={} requests_failed={} rejuvenations_completed={} rejuvenations_aborted={} crashes={} latency_ms p50={:.1} p99={:.1} max={:.1} counter expected={} actual={} invariant_violations={} leader_changes={} host_restarts={}{ha}",
         summary.mode, summary.requests_total, summary.requests_failed, summary.rejuvenations_completed,
         summary.rejuvenations_aborted, summary.crashes, summary.latency_ms.p50, summary.latency_ms.p99,
         summary.latency_ms.max, summary.counter.expected, summary.counter.actual,
-        summary.invariant_violations, summary.leader_changes
+        summary.invariant_violations, summary.leader_changes, summary.host_restarts
     )
 }

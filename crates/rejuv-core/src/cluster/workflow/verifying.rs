@@ -2,8 +2,12 @@
 //! time restarted after the run began, the old instances gone) within
 //! `rejuvenation.verify_timeout`, and pass the `rejoin` veto hooks; then it rejoins.
 //! Otherwise the workflow fails and the server stays out. An instance-scope workflow verifies
-//! that the old instance is gone and its copy serves healthy.
+//! that the old instance is gone and its copy serves healthy. After a `restart-host` that was
+//! done, the host must also answer with another boot identity than the run began on: the
+//! agent alone coming back is not a restarted host.
 
+use crate::api::RejuvenationReport;
+use crate::cluster::event::Observation;
 use crate::cluster::hooks::VetoGate;
 use crate::cluster::output::Output;
 use crate::cluster::state::{Cluster, Scope};
@@ -35,9 +39,9 @@ impl Cluster {
                 }
                 Scope::Server => {
                     o.reachable
-                        && w.report
-                            .as_ref()
-                            .is_some_and(|r| o.running_since_ms >= r.started_at_ms)
+                        && w.report.as_ref().is_some_and(|r| {
+                            o.running_since_ms >= r.started_at_ms && host_is_fresh(r, o)
+                        })
                         && old_gone
                 }
             }
@@ -59,5 +63,15 @@ impl Cluster {
                 out,
             );
         }
+    }
+}
+
+/// After a run that restarted its host, the server answers from another boot than the run
+/// began on. A report without a boot identity (an agent that does not say) is taken at its
+/// word, as before.
+fn host_is_fresh(report: &RejuvenationReport, o: &Observation) -> bool {
+    match (&report.boot_id, report.restarted_host()) {
+        (Some(before), true) => o.boot_id.as_ref().is_some_and(|now| now != before),
+        _ => true,
     }
 }
