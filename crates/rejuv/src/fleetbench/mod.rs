@@ -239,7 +239,9 @@ health = {{ path = "/healthz" }}
         timeout = humantime::format_duration(timeout),
         hold = humantime::format_duration(args.interval * 2),
         concurrent = l.aged.len().max(1),
-        verify = humantime::format_duration(args.interval * 6),
+        // Six polls, and never less than 30 s: copies turn healthy in a second, but the
+        // controller learns it from the next poll of their server.
+        verify = humantime::format_duration((args.interval * 6).max(Duration::from_secs(30))),
     );
     for i in 0..l.primaries + l.spares {
         let ip = agent_ip(i);

@@ -100,6 +100,8 @@ struct AgentSim {
 
 struct AgentInner {
     agent_started_at_ms: u64,
+    /// When the simulated host last booted (its boot id changes with it).
+    booted_at_ms: u64,
     running_since_ms: u64,
     epoch: u64,
     /// Leak accumulated before the last reset is dropped: the leak counts from here.
@@ -219,6 +221,10 @@ impl AgentSim {
     }
 }
 
+fn boot_id(server: &str, booted_at_ms: u64) -> String {
+    format!("swarm-{server}-{booted_at_ms}")
+}
+
 type Ctx = (Arc<AgentSim>, Arc<Shared>);
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
@@ -256,6 +262,7 @@ async fn state(State((a, s)): State<Ctx>, headers: HeaderMap) -> Response {
         running_since_ms: inner.running_since_ms,
         epoch: inner.epoch,
         sample,
+        boot_id: boot_id(&a.server, inner.booted_at_ms),
         instances: inner.instances.values().map(|i| i.status.clone()).collect(),
         crashes_total: 0,
         last_rejuvenation: inner.last_rejuvenation.clone(),
@@ -411,6 +418,12 @@ async fn rejuvenate(
                 inner.agent_started_at_ms = now;
                 "agent restarted".to_string()
             }
+            Action::RestartHost => {
+                inner.agent_started_at_ms = now;
+                inner.booted_at_ms = now;
+                inner.instances.clear();
+                "host restarted (simulated: a new boot id)".to_string()
+            }
             other => format!("{other} (simulated)"),
         };
         actions.push(ActionReport {
@@ -420,6 +433,7 @@ async fn rejuvenate(
         });
     }
     let report = RejuvenationReport {
+        boot_id: Some(boot_id(&a.server, inner.booted_at_ms)),
         run_id: req.run_id.clone(),
         started_at_ms: now,
         finished_at_ms: wall_ms(),
@@ -528,6 +542,7 @@ pub fn run(args: SwarmArgs) -> anyhow::Result<i32> {
                 seed: mix((args.from + i) as u64 + 1),
                 inner: Mutex::new(AgentInner {
                     agent_started_at_ms: origin_ms,
+                    booted_at_ms: origin_ms,
                     running_since_ms: origin_ms,
                     epoch: 0,
                     leak_from_ms: None,
