@@ -14,7 +14,10 @@
 
 use crate::store_codec::{decode_state, encode_checksum, outcome_name, stored_message};
 pub use crate::store_codec::{StoreError, STATE_VERSION};
-use rejuv_core::cluster::{Cluster, EventKind, LogEvent, Workflow};
+use rejuv_core::api::RouteTable;
+use rejuv_core::cluster::{Cluster, EventKind, Instance, LogEvent, Server, WithoutFleet, Workflow};
+use rejuv_core::shell::durable::server_same_but_readings;
+use std::collections::BTreeMap;
 use rejuv_core::detector::Level;
 pub use rejuv_core::wire::StoredEvent;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -133,8 +136,25 @@ pub struct SqliteStore {
     conn: Connection,
     events_kept: u32,
     workflows_kept: u32,
-    last_json: Option<String>,
+    /// What the file holds, as last written or read: a commit writes the parts that differ.
+    last: Option<Written>,
 }
+
+/// The state as the SQLite file holds it, in parts (format [`SPLIT_VERSION`]): the rest of
+/// the cluster in `cluster`, each server in `servers` (without its readings), each instance in
+/// `instances`, the route table in `routes`. A step writes the parts it changed, so what a
+/// commit writes grows with the change, not with the fleet.
+#[derive(Default)]
+struct Written {
+    rest: String,
+    servers: BTreeMap<String, Server>,
+    instances: BTreeMap<String, Instance>,
+    routes: Option<RouteTable>,
+}
+
+/// The `cluster.version` of a state stored in parts; [`STATE_VERSION`] is the whole state in
+/// one row (what stores written before hold; read, then rewritten in parts at the next commit).
+pub const SPLIT_VERSION: i64 = 2;
 
 impl SqliteStore {
     pub fn open(path: &Path, events_kept: u32, workflows_kept: u32) -> Result<Self, StoreError> {
@@ -153,14 +173,20 @@ impl SqliteStore {
                  at_ms INTEGER NOT NULL, kind TEXT NOT NULL, server TEXT, workflow INTEGER,
                  message TEXT NOT NULL, level TEXT);
              CREATE TABLE IF NOT EXISTS workflows (id INTEGER PRIMARY KEY, server TEXT NOT NULL,
-                 outcome TEXT NOT NULL, json TEXT NOT NULL);",
+                 outcome TEXT NOT NULL, json TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS servers (id TEXT PRIMARY KEY, checksum TEXT NOT NULL,
+                 json TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, checksum TEXT NOT NULL,
+                 json TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS routes (id INTEGER PRIMARY KEY CHECK (id = 1),
+                 checksum TEXT NOT NULL, json TEXT NOT NULL);",
         )?;
         add_level_column(&conn)?;
         Ok(Self {
             conn,
             events_kept,
             workflows_kept,
-            last_json: None,
+            last: None,
         })
     }
 
@@ -200,33 +226,163 @@ impl SqliteStore {
         let Some((version, sum, json)) = row else {
             return Ok(None);
         };
-        let cluster = decode_state(version, &sum, &json)?;
-        self.last_json = Some(json);
+        if version != SPLIT_VERSION {
+            // A whole state in one row: read as it is; the next commit writes it in parts.
+            let cluster = decode_state(version, &sum, &json)?;
+            self.last = None;
+            return Ok(Some(cluster));
+        }
+        let mut cluster = decode_state(STATE_VERSION, &sum, &json)?;
+        let mut written = Written {
+            rest: json,
+            ..Written::default()
+        };
+        for (id, part) in self.parts::<Server>("servers")? {
+            cluster.servers.insert(id.clone(), part.clone());
+            written.servers.insert(id, part);
+        }
+        for (id, part) in self.parts::<Instance>("instances")? {
+            cluster.instances.insert(id.clone(), part.clone());
+            written.instances.insert(id, part);
+        }
+        if let Some((_, routes)) = self.parts::<RouteTable>("routes")?.into_iter().next() {
+            cluster.routes = routes.clone();
+            written.routes = Some(routes);
+        }
+        self.last = Some(written);
         Ok(Some(cluster))
     }
 
-    /// Commits the state, its events and newly finished workflows in one transaction.
-    /// A state equal to the last one committed, with nothing else to write, is skipped.
+    /// Every row of a parts table, each checked against its checksum.
+    fn parts<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT id, checksum, json FROM {table} ORDER BY id"))?;
+        let rows = stmt.query_map([], |r| {
+            let id: rusqlite::types::Value = r.get(0)?;
+            let id = match id {
+                rusqlite::types::Value::Text(t) => t,
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                _ => String::new(),
+            };
+            Ok((id, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sum, json) = row?;
+            if encode_checksum(&json) != sum {
+                return Err(StoreError::Corrupt(format!(
+                    "checksum mismatch in {table} row {id:?}"
+                )));
+            }
+            let part = serde_json::from_str(&json).map_err(|e| {
+                StoreError::Corrupt(format!("{table} row {id:?}: {e}"))
+            })?;
+            out.push((id, part));
+        }
+        Ok(out)
+    }
+
+    /// Commits the state, its events and newly finished workflows in one transaction: the
+    /// parts of the state that differ from what the file holds (servers compared without
+    /// their readings), the events, the workflows. A state whose parts are all as stored, with
+    /// nothing else to write, is skipped.
     pub fn commit(
         &mut self,
         cluster: &Cluster,
         events: &[LogEvent],
         finished: &[Workflow],
     ) -> Result<(), StoreError> {
-        let json = serde_json::to_string(cluster)?;
+        let rest = serde_json::to_string(&WithoutFleet(cluster))?;
+        let fresh = self.last.is_none();
+        let empty = Written::default();
+        let last = self.last.as_ref().unwrap_or(&empty);
+        let servers: Vec<&Server> = cluster
+            .servers
+            .values()
+            .filter(|s| {
+                last.servers
+                    .get(&s.id)
+                    .is_none_or(|l| !server_same_but_readings(l, s))
+            })
+            .collect();
+        let servers_gone: Vec<&String> = last
+            .servers
+            .keys()
+            .filter(|k| !cluster.servers.contains_key(*k))
+            .collect();
+        let instances: Vec<&Instance> = cluster
+            .instances
+            .values()
+            .filter(|i| last.instances.get(&i.id) != Some(*i))
+            .collect();
+        let instances_gone: Vec<&String> = last
+            .instances
+            .keys()
+            .filter(|k| !cluster.instances.contains_key(*k))
+            .collect();
+        let routes_changed = last.routes.as_ref() != Some(&cluster.routes);
+        let rest_changed = fresh || last.rest != rest;
         if events.is_empty()
             && finished.is_empty()
-            && self.last_json.as_deref() == Some(json.as_str())
+            && !rest_changed
+            && !routes_changed
+            && servers.is_empty()
+            && servers_gone.is_empty()
+            && instances.is_empty()
+            && instances_gone.is_empty()
         {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO cluster (id, version, checksum, json) VALUES (1, ?1, ?2, ?3)
-             ON CONFLICT(id) DO UPDATE SET version = excluded.version,
-                 checksum = excluded.checksum, json = excluded.json",
-            params![STATE_VERSION, encode_checksum(&json), json],
-        )?;
+        if fresh {
+            // Whatever parts an earlier run left are replaced as a whole.
+            tx.execute_batch("DELETE FROM servers; DELETE FROM instances; DELETE FROM routes;")?;
+        }
+        if rest_changed {
+            tx.execute(
+                "INSERT INTO cluster (id, version, checksum, json) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET version = excluded.version,
+                     checksum = excluded.checksum, json = excluded.json",
+                params![SPLIT_VERSION, encode_checksum(&rest), rest],
+            )?;
+        }
+        let mut stored_servers = Vec::with_capacity(servers.len());
+        for s in &servers {
+            let part = s.without_readings();
+            let json = serde_json::to_string(&part)?;
+            tx.execute(
+                "INSERT INTO servers (id, checksum, json) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET checksum = excluded.checksum, json = excluded.json",
+                params![s.id, encode_checksum(&json), json],
+            )?;
+            stored_servers.push(part);
+        }
+        for id in &servers_gone {
+            tx.execute("DELETE FROM servers WHERE id = ?1", params![id])?;
+        }
+        for i in &instances {
+            let json = serde_json::to_string(i)?;
+            tx.execute(
+                "INSERT INTO instances (id, checksum, json) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET checksum = excluded.checksum, json = excluded.json",
+                params![i.id, encode_checksum(&json), json],
+            )?;
+        }
+        for id in &instances_gone {
+            tx.execute("DELETE FROM instances WHERE id = ?1", params![id])?;
+        }
+        if routes_changed {
+            let json = serde_json::to_string(&cluster.routes)?;
+            tx.execute(
+                "INSERT INTO routes (id, checksum, json) VALUES (1, ?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET checksum = excluded.checksum, json = excluded.json",
+                params![encode_checksum(&json), json],
+            )?;
+        }
         for e in events {
             tx.execute(
                 "INSERT INTO events (at_ms, kind, server, workflow, message, level) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -260,7 +416,26 @@ impl SqliteStore {
             )?;
         }
         tx.commit()?;
-        self.last_json = Some(json);
+        let servers_gone: Vec<String> = servers_gone.into_iter().cloned().collect();
+        let instances: Vec<Instance> = instances.into_iter().cloned().collect();
+        let instances_gone: Vec<String> = instances_gone.into_iter().cloned().collect();
+        let last = self.last.get_or_insert_with(Written::default);
+        last.rest = rest;
+        for part in stored_servers {
+            last.servers.insert(part.id.clone(), part);
+        }
+        for id in servers_gone {
+            last.servers.remove(&id);
+        }
+        for i in instances {
+            last.instances.insert(i.id.clone(), i);
+        }
+        for id in instances_gone {
+            last.instances.remove(&id);
+        }
+        if routes_changed {
+            last.routes = Some(cluster.routes.clone());
+        }
         Ok(())
     }
 

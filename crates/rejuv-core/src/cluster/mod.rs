@@ -65,6 +65,7 @@ mod reconfig;
 mod results;
 mod routes;
 mod state;
+mod stored;
 mod workflow;
 
 pub use adopt::Found;
@@ -73,6 +74,7 @@ pub use event::{CommandResult, Event, Observation, ObservedInstance, OperatorCom
 pub use operator::Refusal;
 pub use output::{Command, CommandKind, EventKind, LogEvent, Output};
 pub use reconfig::Changes;
+pub use stored::WithoutFleet;
 pub use state::{
     Cluster, Instance, Outcome, Pair, Phase, Placement, Scope, Server, ServerState, Step, StepTime,
     Traffic, Workflow,

@@ -62,7 +62,8 @@ pub fn same_but_readings(a: &Cluster, b: &Cluster) -> bool {
         && *history == b.history
 }
 
-fn server_same_but_readings(a: &Server, b: &Server) -> bool {
+/// Whether two states of a server differ at most in their readings.
+pub fn server_same_but_readings(a: &Server, b: &Server) -> bool {
     let Server {
         id,
         role,
