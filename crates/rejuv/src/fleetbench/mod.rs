@@ -485,7 +485,8 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
         let _proxy = Proc::spawn("proxy", cmd)?;
         let (out, err) = log_file(&dir, "controller")?;
         let mut cmd = Command::new(&exe);
-        cmd.args(["controller", "--config"])
+        // The swarm's servers run their instances already: the new controller adopts them.
+        cmd.args(["controller", "--adopt-agents", "--config"])
             .arg(&cfg_path)
             .env("REJUV_LOG", "warn")
             .stdout(out)

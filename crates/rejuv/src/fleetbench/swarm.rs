@@ -534,6 +534,33 @@ pub fn run(args: SwarmArgs) -> anyhow::Result<i32> {
         .iter()
         .enumerate()
         .map(|(i, s)| {
+            // A fleet that runs already: each server runs its configured instances when the
+            // controller first looks (it adopts them), rather than a fleet started from
+            // nothing, whose first minutes would be spent starting every instance.
+            let mut next_port = s.port_range[0];
+            let instances = s
+                .instances
+                .iter()
+                .enumerate()
+                .map(|(n, service)| {
+                    let id = format!("{service}-{}-swarm-{}", s.id, n + 1);
+                    let status = InstanceStatus {
+                        id: id.clone(),
+                        service: service.clone(),
+                        addr: Some(SocketAddr::new(s.address, next_port)),
+                        pid: Some(1),
+                        state: InstanceState::Running,
+                        healthy: true,
+                        started_at_ms: Some(origin_ms),
+                        crashes: 0,
+                        last_exit: None,
+                        last_output: Vec::new(),
+                    };
+                    next_port = next_port.saturating_add(1).min(s.port_range[1]);
+                    let started = std::time::Instant::now();
+                    (id, Inst { status, started })
+                })
+                .collect();
             Arc::new(AgentSim {
                 server: s.id.clone(),
                 address: s.address,
@@ -546,10 +573,10 @@ pub fn run(args: SwarmArgs) -> anyhow::Result<i32> {
                     running_since_ms: origin_ms,
                     epoch: 0,
                     leak_from_ms: None,
-                    instances: BTreeMap::new(),
+                    instances,
                     reports: BTreeMap::new(),
                     last_rejuvenation: None,
-                    next_port: s.port_range[0],
+                    next_port,
                     readings: 0,
                 }),
             })
