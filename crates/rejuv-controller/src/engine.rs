@@ -141,6 +141,9 @@ pub struct Engine {
     last_publish: Instant,
 }
 
+/// Most samples taken in one step.
+const MAX_SAMPLE_BATCH: usize = 512;
+
 /// How often new readings alone are published (`/v1/status`, `/metrics`, the dashboard).
 const PUBLISH_READINGS_EVERY: Duration = Duration::from_millis(250);
 
@@ -309,12 +312,74 @@ impl Engine {
                 }
                 msg = rx.recv() => match msg {
                     None => break,
+                    Some(first @ Msg::Sample { .. }) => {
+                        // Samples that queued meanwhile go in one step with this one (a
+                        // large fleet's first polls, or any backlog, cost one commit and one
+                        // copy per batch instead of one per sample).
+                        let mut batch = vec![first];
+                        let mut next = None;
+                        while batch.len() < MAX_SAMPLE_BATCH {
+                            match rx.try_recv() {
+                                Ok(m @ Msg::Sample { .. }) => batch.push(m),
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.on_samples(batch);
+                        if let Some(m) = next {
+                            self.after_step();
+                            self.on_msg(m);
+                        }
+                    }
                     Some(m) => self.on_msg(m),
                 },
             }
             self.after_step();
         }
         info!("engine stopped");
+    }
+
+    /// Agents' answers, in one step.
+    fn on_samples(&mut self, batch: Vec<Msg>) {
+        let now = self.world.now();
+        let mut replies: Vec<(String, u64, Result<AgentState, ()>)> =
+            Vec::with_capacity(batch.len());
+        for m in batch {
+            let Msg::Sample {
+                server,
+                sent_at_ms,
+                result,
+            } = m
+            else {
+                continue;
+            };
+            let result = result.map_err(|e| {
+                tracing::debug!(server, error = %e, "agent poll failed");
+            });
+            replies.push((server, sent_at_ms, result));
+        }
+        let refs: Vec<(&str, u64, Result<&AgentState, ()>)> = replies
+            .iter()
+            .map(|(s, t, r)| (s.as_str(), *t, r.as_ref().map_err(|_| ())))
+            .collect();
+        self.shell.samples(&refs, now, &mut self.world);
+        drop(refs);
+        let done = wall_ms();
+        for (server, _, result) in replies {
+            if let Ok(state) = result {
+                let lag_ms = done.saturating_sub(state.sample.taken_at_ms);
+                self.world
+                    .stats
+                    .judge_latency
+                    .observe(lag_ms as f64 / 1000.0);
+                self.world
+                    .record_history(&server, std::slice::from_ref(&state.sample));
+                Arc::make_mut(&mut self.world.samples).insert(server, state);
+            }
+        }
     }
 
     fn on_msg(&mut self, msg: Msg) {

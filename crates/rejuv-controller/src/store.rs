@@ -16,11 +16,11 @@ use crate::store_codec::{decode_state, encode_checksum, outcome_name, stored_mes
 pub use crate::store_codec::{StoreError, STATE_VERSION};
 use rejuv_core::api::RouteTable;
 use rejuv_core::cluster::{Cluster, EventKind, Instance, LogEvent, Server, WithoutFleet, Workflow};
-use rejuv_core::shell::durable::server_same_but_readings;
-use std::collections::BTreeMap;
 use rejuv_core::detector::Level;
+use rejuv_core::shell::durable::server_same_but_readings;
 pub use rejuv_core::wire::StoredEvent;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The store backend. Every method blocks the calling thread for the duration of one
@@ -152,6 +152,40 @@ struct Written {
     routes: Option<RouteTable>,
 }
 
+/// What differs between what is stored (`old`) and the state (`new`): the values of `new` not
+/// in `old` or not `same` as there, and the keys of `old` gone from `new`. One pass over both
+/// maps in key order: no lookups, so a fleet's worth of keys costs one comparison each.
+fn diff<'a, V, W>(
+    old: &BTreeMap<String, W>,
+    new: &'a BTreeMap<String, V>,
+    same: impl Fn(&W, &V) -> bool,
+) -> (Vec<&'a V>, Vec<String>) {
+    let mut changed = Vec::new();
+    let mut gone = Vec::new();
+    let mut o = old.iter().peekable();
+    for (k, v) in new {
+        while let Some((ok, _)) = o.peek() {
+            if ok.as_str() < k.as_str() {
+                gone.push((*ok).clone());
+                o.next();
+            } else {
+                break;
+            }
+        }
+        match o.peek() {
+            Some((ok, ov)) if *ok == k => {
+                if !same(ov, v) {
+                    changed.push(v);
+                }
+                o.next();
+            }
+            _ => changed.push(v),
+        }
+    }
+    gone.extend(o.map(|(k, _)| k.clone()));
+    (changed, gone)
+}
+
 /// The `cluster.version` of a state stored in parts; [`STATE_VERSION`] is the whole state in
 /// one row (what stores written before hold; read, then rewritten in parts at the next commit).
 pub const SPLIT_VERSION: i64 = 2;
@@ -258,9 +292,9 @@ impl SqliteStore {
         &self,
         table: &str,
     ) -> Result<Vec<(String, T)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT id, checksum, json FROM {table} ORDER BY id"))?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id, checksum, json FROM {table} ORDER BY id"
+        ))?;
         let rows = stmt.query_map([], |r| {
             let id: rusqlite::types::Value = r.get(0)?;
             let id = match id {
@@ -278,9 +312,8 @@ impl SqliteStore {
                     "checksum mismatch in {table} row {id:?}"
                 )));
             }
-            let part = serde_json::from_str(&json).map_err(|e| {
-                StoreError::Corrupt(format!("{table} row {id:?}: {e}"))
-            })?;
+            let part = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("{table} row {id:?}: {e}")))?;
             out.push((id, part));
         }
         Ok(out)
@@ -300,30 +333,9 @@ impl SqliteStore {
         let fresh = self.last.is_none();
         let empty = Written::default();
         let last = self.last.as_ref().unwrap_or(&empty);
-        let servers: Vec<&Server> = cluster
-            .servers
-            .values()
-            .filter(|s| {
-                last.servers
-                    .get(&s.id)
-                    .is_none_or(|l| !server_same_but_readings(l, s))
-            })
-            .collect();
-        let servers_gone: Vec<&String> = last
-            .servers
-            .keys()
-            .filter(|k| !cluster.servers.contains_key(*k))
-            .collect();
-        let instances: Vec<&Instance> = cluster
-            .instances
-            .values()
-            .filter(|i| last.instances.get(&i.id) != Some(*i))
-            .collect();
-        let instances_gone: Vec<&String> = last
-            .instances
-            .keys()
-            .filter(|k| !cluster.instances.contains_key(*k))
-            .collect();
+        let (servers, servers_gone) =
+            diff(&last.servers, &cluster.servers, server_same_but_readings);
+        let (instances, instances_gone) = diff(&last.instances, &cluster.instances, |a, b| a == b);
         let routes_changed = last.routes.as_ref() != Some(&cluster.routes);
         let rest_changed = fresh || last.rest != rest;
         if events.is_empty()
@@ -416,9 +428,7 @@ impl SqliteStore {
             )?;
         }
         tx.commit()?;
-        let servers_gone: Vec<String> = servers_gone.into_iter().cloned().collect();
         let instances: Vec<Instance> = instances.into_iter().cloned().collect();
-        let instances_gone: Vec<String> = instances_gone.into_iter().cloned().collect();
         let last = self.last.get_or_insert_with(Written::default);
         last.rest = rest;
         for part in stored_servers {

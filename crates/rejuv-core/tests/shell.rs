@@ -322,3 +322,38 @@ fn manual(server: &str) -> rejuv_core::cluster::OperatorCommand {
         force: true,
     }
 }
+
+#[test]
+fn samples_that_queued_together_take_one_step_and_lose_nothing() {
+    let (mut shell, mut w) = shell();
+    let instance = bring_up(&mut shell, &mut w);
+    let steps = w.steps.len();
+    // s2's first answer (news: it was never seen) and s1's, its memory near the limit: one
+    // step applies both, and what each says lands.
+    let s1 = state("s1", 1_200, 0.99, &[(&instance, 20_000)]);
+    let s2 = state("s2", 1_200, 0.2, &[]);
+    let batch = [("s1", T0 + 1_200, Ok(&s1)), ("s2", T0 + 1_200, Ok(&s2))];
+    shell.samples(&batch, now(1_200), &mut w);
+    assert_eq!(w.steps.len() - steps, 1, "one step for the batch");
+    let c = shell.fresh().clone();
+    assert_eq!(
+        c.servers["s2"].observation.as_ref().map(|o| o.at_ms),
+        Some(T0 + 1_200)
+    );
+    assert_eq!(
+        c.servers["s1"].observation.as_ref().map(|o| o.at_ms),
+        Some(T0 + 1_200)
+    );
+    // A batch of routine samples takes no step at all.
+    let steps = w.steps.len();
+    let s2 = state("s2", 2_200, 0.2, &[]);
+    shell.samples(&[("s2", T0 + 2_200, Ok(&s2))], now(2_200), &mut w);
+    assert_eq!(w.steps.len(), steps);
+    assert_eq!(
+        shell.fresh().servers["s2"]
+            .observation
+            .as_ref()
+            .map(|o| o.at_ms),
+        Some(T0 + 2_200)
+    );
+}

@@ -124,6 +124,41 @@ impl Cluster {
         }
     }
 
+    /// Applies agents' observations and judgements that arrived together (`events`: only
+    /// [`Event::Observed`] and [`Event::Judged`]; anything else is applied on its own, as
+    /// [`Cluster::apply`] does) and then moves and plans once, as if they had arrived at the
+    /// same instant. A large fleet's batch of samples then costs one pass over the fleet, not
+    /// one per sample.
+    pub fn apply_observations(&mut self, cfg: &Config, events: Vec<Event>, now: Now) -> Output {
+        let mut out = Output::default();
+        let mut others = Vec::new();
+        for event in events {
+            match event {
+                Event::Observed {
+                    server,
+                    observation,
+                } => self.on_observed(cfg, &server, observation, now, &mut out),
+                Event::Judged { server, judgement } => {
+                    self.on_judged(&server, judgement, now, &mut out)
+                }
+                other => others.push(other),
+            }
+        }
+        self.settle(cfg, now, &mut out);
+        self.forget_removed(now, &mut out);
+        self.refresh_routes(cfg);
+        self.fire_hooks(cfg, &mut out);
+        if self.advisory {
+            self.say_instead_of_doing(now, &mut out);
+        }
+        for event in others {
+            let o = self.apply(cfg, event, now);
+            out.commands.extend(o.commands);
+            out.events.extend(o.events);
+        }
+        out
+    }
+
     /// Applies one event. See the module docs for the phases.
     pub fn apply(&mut self, cfg: &Config, event: Event, now: Now) -> Output {
         let mut out = Output::default();

@@ -74,8 +74,8 @@ pub use event::{CommandResult, Event, Observation, ObservedInstance, OperatorCom
 pub use operator::Refusal;
 pub use output::{Command, CommandKind, EventKind, LogEvent, Output};
 pub use reconfig::Changes;
-pub use stored::WithoutFleet;
 pub use state::{
     Cluster, Instance, Outcome, Pair, Phase, Placement, Scope, Server, ServerState, Step, StepTime,
     Traffic, Workflow,
 };
+pub use stored::WithoutFleet;

@@ -169,19 +169,48 @@ impl Shell {
         now: Now,
         fx: &mut dyn Effects,
     ) {
+        let events = self.sample_events(server, sent_at_ms, reply, now);
+        if !events.is_empty() {
+            self.step(events, now, fx);
+        }
+    }
+
+    /// Several agents' answers at once (those that queued while a step ran), in one step:
+    /// what a step costs beyond its events (the durable check, the commit, the copy it
+    /// publishes) is paid once for the batch. Routine samples ([`Shell::routine`]) take no
+    /// step at all.
+    pub fn samples(
+        &mut self,
+        batch: &[(&str, u64, Result<&AgentState, ()>)],
+        now: Now,
+        fx: &mut dyn Effects,
+    ) {
+        let mut events = Vec::new();
+        for (server, sent_at_ms, reply) in batch {
+            events.extend(self.sample_events(server, *sent_at_ms, *reply, now));
+        }
+        if !events.is_empty() {
+            self.step(events, now, fx);
+        }
+    }
+
+    /// The events a sample brings, or none when it is routine (its readings are taken here).
+    fn sample_events(
+        &mut self,
+        server: &str,
+        sent_at_ms: u64,
+        reply: Result<&AgentState, ()>,
+        now: Now,
+    ) -> Vec<Event> {
         let state = match reply {
             Ok(s) => s,
             Err(()) => {
                 let observation = Readings::unreachable(now.wall_ms);
                 let server = server.to_string();
-                return self.step(
-                    vec![Event::Observed {
-                        server,
-                        observation,
-                    }],
-                    now,
-                    fx,
-                );
+                return vec![Event::Observed {
+                    server,
+                    observation,
+                }];
             }
         };
         let gating = self
@@ -190,10 +219,6 @@ impl Shell {
             .values()
             .any(|w| w.server == server && w.phase == Phase::Gating);
         let observation = self.readings.observe(server, state, sent_at_ms, gating);
-        let mut events = vec![Event::Observed {
-            server: server.to_string(),
-            observation,
-        }];
         let judged = self.readings.judge(server, &state.sample);
         let judgement = match judged {
             Some(Judged::Fresh(j)) => Some(j),
@@ -204,20 +229,19 @@ impl Shell {
             }
             Some(Judged::Seen) | None => None,
         };
-        if let Event::Observed { observation, .. } = &events[0] {
-            if self.routine(server, observation, judgement.as_ref()) {
-                let Some(Event::Observed { observation, .. }) = events.pop() else {
-                    unreachable!("the observation was just matched")
-                };
-                self.take_readings(server, observation, judgement);
-                return;
-            }
+        if self.routine(server, &observation, judgement.as_ref()) {
+            self.take_readings(server, observation, judgement);
+            return Vec::new();
         }
+        let mut events = vec![Event::Observed {
+            server: server.to_string(),
+            observation,
+        }];
         if let Some(judgement) = judgement {
             let server = server.to_string();
             events.push(Event::Judged { server, judgement });
         }
-        self.step(events, now, fx);
+        events
     }
 
     /// The samples an agent kept (fetched when this shell starts leading): replayed into the
@@ -294,7 +318,30 @@ impl Shell {
         let finished_before = self.finished_total();
         let mut applied = Vec::with_capacity(events.len());
         let mut out = Output::default();
-        let mut todo: std::collections::VecDeque<Event> = events.into();
+        let batch = events.len() > 2
+            && events
+                .iter()
+                .all(|e| matches!(e, Event::Observed { .. } | Event::Judged { .. }));
+        let mut todo: std::collections::VecDeque<Event> = if batch {
+            // Samples that came together: applied together, one planning pass for all.
+            applied.extend(events.iter().cloned());
+            let o = self.cluster.apply_observations(&self.cfg, events, now);
+            let mut todo = std::collections::VecDeque::new();
+            for c in &o.commands {
+                if let CommandKind::ResetDetector { server } = &c.kind {
+                    self.readings.reset(server);
+                    todo.push_back(Event::CommandDone {
+                        id: c.id,
+                        result: CommandResult::Done,
+                    });
+                }
+            }
+            out.commands.extend(o.commands);
+            out.events.extend(o.events);
+            todo
+        } else {
+            events.into()
+        };
         while let Some(event) = todo.pop_front() {
             let o = self.cluster.apply(&self.cfg, event.clone(), now);
             applied.push(event);
