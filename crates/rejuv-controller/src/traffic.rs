@@ -20,6 +20,7 @@ use rejuv_core::api::{ProxyStatus, RouteTable};
 use rejuv_core::cluster::Event;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +51,7 @@ pub struct BuiltinProxy {
     admin: SocketAddr,
     token: String,
     guard: LeaderGuard,
+    scheme: &'static str,
 }
 
 impl BuiltinProxy {
@@ -63,7 +65,23 @@ impl BuiltinProxy {
             admin,
             token,
             guard: LeaderGuard::always(),
+            scheme: "http",
         }
+    }
+
+    /// Talks HTTPS with `tls`: the admin API must show the proxy's certificate of the fleet.
+    pub fn with_tls(mut self, tls: &Arc<rejuv_net::tls::Tls>) -> Self {
+        let check = rejuv_net::tls::PeerCheck {
+            role: rejuv_net::tls::Role::Proxy,
+            name: None,
+        };
+        self.http = tls
+            .reqwest_builder(check)
+            .timeout(Duration::from_secs(3))
+            .build()
+            .expect("http client");
+        self.scheme = "https";
+        self
     }
 
     /// Writes only while `guard` says this controller leads.
@@ -79,7 +97,7 @@ impl BuiltinProxy {
         }
         let resp = self
             .http
-            .put(format!("http://{addr}/v1/routes"))
+            .put(format!("{}://{addr}/v1/routes", self.scheme))
             .bearer_auth(&self.token)
             .json(table)
             .send()

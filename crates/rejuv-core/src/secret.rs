@@ -1,5 +1,5 @@
-//! Secrets on disk and in memory: files that hold a key or a token must be the owner's alone,
-//! and tokens are compared in constant time.
+//! Secrets on disk: files that hold a key or a token must be the owner's alone. (Tokens are
+//! compared in constant time by [`crate::digest::constant_time_eq`].)
 
 use std::path::Path;
 
@@ -19,12 +19,6 @@ pub fn check_private(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether two tokens are equal, in time that depends on their lengths only.
-pub fn token_eq(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    a.as_bytes().ct_eq(b.as_bytes()).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,13 +34,5 @@ mod tests {
         assert!(e.contains("t.token") && e.contains("0644"), "{e}");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         check_private(&p).unwrap();
-    }
-
-    #[test]
-    fn tokens_compare_equal_only_when_equal() {
-        assert!(token_eq("abc", "abc"));
-        assert!(!token_eq("abc", "abd"));
-        assert!(!token_eq("abc", "abcd"));
-        assert!(!token_eq("", "a"));
     }
 }

@@ -200,6 +200,8 @@ pub struct Tls {
     /// logged again).
     checked: Mutex<(Instant, Option<Stamp>)>,
     changed: tokio::sync::watch::Sender<u64>,
+    /// The expiry of each peer certificate seen in a handshake, by `ROLE/NAME`.
+    peers: Mutex<std::collections::BTreeMap<String, i64>>,
 }
 
 impl fmt::Debug for Tls {
@@ -247,6 +249,7 @@ impl Tls {
             loaded: RwLock::new(Arc::new(loaded)),
             checked: Mutex::new((Instant::now(), None)),
             changed,
+            peers: Mutex::new(Default::default()),
         }))
     }
 
@@ -325,44 +328,58 @@ impl Tls {
     /// Seconds until this part's certificate and the CA's expire (negative: expired).
     pub fn expiry_seconds(&self) -> (i64, i64) {
         let l = self.current();
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = unix_now();
         (l.own.not_after - now, l.ca_not_after - now)
     }
 
-    /// The `rejuv_tls_cert_expiry_seconds` gauge in the text format, one sample for this
-    /// part's certificate (`cert="own"`) and one for the CA (`cert="ca"`).
-    pub fn metrics_text(&self) -> String {
+    /// Every certificate this part knows of and the seconds until it expires: its own
+    /// (`own`), the CA (`ca`), and the peers it met in handshakes (`ROLE/NAME`).
+    pub fn expiries(&self) -> Vec<(String, i64)> {
         let (own, ca) = self.expiry_seconds();
-        format!(
-            "# HELP rejuv_tls_cert_expiry_seconds Seconds until a TLS certificate of this part expires (negative: expired).\n\
-             # TYPE rejuv_tls_cert_expiry_seconds gauge\n\
-             rejuv_tls_cert_expiry_seconds{{cert=\"own\"}} {own}\n\
-             rejuv_tls_cert_expiry_seconds{{cert=\"ca\"}} {ca}\n"
-        )
+        let now = unix_now();
+        let mut out = vec![("own".to_string(), own), ("ca".to_string(), ca)];
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        out.extend(peers.iter().map(|(k, v)| (k.clone(), v - now)));
+        out
+    }
+
+    /// The `rejuv_tls_cert_expiry_seconds` gauge in the text format, by `cert` (see
+    /// [`Tls::expiries`]).
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::from(
+            "# HELP rejuv_tls_cert_expiry_seconds Seconds until a TLS certificate expires (negative: expired): this part's (own), the CA's (ca), and peers' met in handshakes (ROLE/NAME).\n\
+             # TYPE rejuv_tls_cert_expiry_seconds gauge\n",
+        );
+        for (cert, left) in self.expiries() {
+            out.push_str(&format!(
+                "rejuv_tls_cert_expiry_seconds{{cert=\"{cert}\"}} {left}\n"
+            ));
+        }
+        out
     }
 
     /// What expires within `within`, as a sentence for an alert or a log line.
     pub fn expiring(&self, within: Duration) -> Option<String> {
-        let (own, ca) = self.expiry_seconds();
         let limit = within.as_secs() as i64;
-        let days = |s: i64| s as f64 / 86400.0;
-        let own_name = self.own();
-        match (own < limit, ca < limit) {
-            (false, false) => None,
-            (true, _) if own <= 0 => Some(format!("the TLS certificate {own_name} has expired")),
-            (_, true) if ca <= 0 => Some("the fleet's TLS CA has expired".to_string()),
-            (true, _) => Some(format!(
-                "the TLS certificate {own_name} expires in {:.1} days",
-                days(own)
-            )),
-            (_, true) => Some(format!(
-                "the fleet's TLS CA expires in {:.1} days",
-                days(ca)
-            )),
-        }
+        let own = self.own();
+        let soon: Vec<String> = self
+            .expiries()
+            .into_iter()
+            .filter(|(_, left)| *left < limit)
+            .map(|(cert, left)| {
+                let what = match cert.as_str() {
+                    "own" => format!("this part's certificate ({own})"),
+                    "ca" => "the fleet's CA".to_string(),
+                    peer => format!("the certificate of {peer}"),
+                };
+                if left <= 0 {
+                    format!("{what} has expired")
+                } else {
+                    format!("{what} expires in {:.1} days", left as f64 / 86400.0)
+                }
+            })
+            .collect();
+        (!soon.is_empty()).then(|| format!("TLS: {}", soon.join("; ")))
     }
 
     /// Whether a connection made with `peer`'s certificate may go on under the current
@@ -437,8 +454,19 @@ impl Tls {
         if self.current().revoked.refuses(&id) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(format!("{}/{}", id.role, id.name), id.not_after);
         Ok(id)
     }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn other(msg: String) -> rustls::Error {
@@ -702,6 +730,17 @@ impl ServerCertVerifier for ServerVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// `text` (a part's metrics in the OpenMetrics text format) with `tls`'s expiry gauge
+/// added before its `# EOF`.
+pub fn with_metrics(mut text: String, tls: &Tls) -> String {
+    let extra = tls.metrics_text();
+    match text.rfind("# EOF") {
+        Some(at) => text.insert_str(at, &extra),
+        None => text.push_str(&extra),
+    }
+    text
 }
 
 /// A client of an HTTPS server of the fleet that offers no certificate of its own (the CLI
