@@ -132,7 +132,7 @@ impl AgentClient {
             .cloned()
             .ok_or(ClientError::UnknownAgent { addr })?;
         let check = PeerCheck {
-            role: Role::Agent,
+            role: Some(Role::Agent),
             name: Some(name),
         };
         let client = t

@@ -72,7 +72,7 @@ impl BuiltinProxy {
     /// Talks HTTPS with `tls`: the admin API must show the proxy's certificate of the fleet.
     pub fn with_tls(mut self, tls: &Arc<rejuv_net::tls::Tls>) -> Self {
         let check = rejuv_net::tls::PeerCheck {
-            role: rejuv_net::tls::Role::Proxy,
+            role: Some(rejuv_net::tls::Role::Proxy),
             name: None,
         };
         self.http = tls

@@ -478,6 +478,7 @@ pub async fn watch_invariants(
     cfg: Config,
     controllers: Vec<SocketAddr>,
     proxy_admin: Option<SocketAddr>,
+    parts: crate::demo::plan::Parts,
     token: String,
     proxy_token: String,
     lines: Lines,
@@ -502,7 +503,8 @@ pub async fn watch_invariants(
         }
         let proxy = match proxy_admin {
             Some(a) => {
-                get_json::<ProxyStatus>(&http, format!("http://{a}/v1/status"), &proxy_token).await
+                get_json::<ProxyStatus>(&parts.http, parts.url(a, "/v1/status"), &proxy_token)
+                    .await
             }
             None => None,
         };

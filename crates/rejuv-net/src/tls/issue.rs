@@ -225,7 +225,7 @@ mod tests {
         assert!((9 * 86400..=10 * 86400).contains(&own), "{own}");
         assert!(ca_left > 29 * 86400, "{ca_left}");
         let _ = tls.client_config(PeerCheck {
-            role: Role::Controller,
+            role: Some(Role::Controller),
             name: None,
         });
     }

@@ -113,8 +113,8 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     ));
 
     // Processes, dropped (and so stopped) in reverse order: controller, proxy, agents.
-    let mut agents = start_agents(&http, &exe, &plan, &dir).await?;
-    let mut proxy = start_front(&http, &exe, &plan, &args, &dir).await?;
+    let mut agents = start_agents(&exe, &plan, &dir).await?;
+    let mut proxy = start_front(&exe, &plan, &args, &dir).await?;
     let controllers = crate::chaos::Controllers::start(
         &exe,
         &plan.config_path,
@@ -162,6 +162,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         plan.config.clone(),
         plan.controllers.clone(),
         (args.lb == Lb::Builtin).then_some(plan.admin),
+        plan.parts.clone(),
         plan.token.clone(),
         plan.proxy_token.clone(),
         lines_tx.clone(),
@@ -267,7 +268,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         .json()
         .await?;
     let actual = counter_total(&http, &status).await;
-    let crashes = crashes_total(&http, &plan.servers, &plan.token).await;
+    let crashes = crashes_total(&plan.parts, &plan.servers, &plan.token).await;
 
     background.cancel();
     let watched = watcher.await.context("invariant watcher task")?;
