@@ -71,6 +71,32 @@ struct AgentTls {
     /// The clients, made for one load of the TLS files (its generation): a new load (a
     /// renewed certificate, a revocation) drops them and their connections.
     clients: Mutex<(u64, HashMap<SocketAddr, reqwest::Client>)>,
+    /// When a failed handshake with each address was last logged.
+    warned: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+}
+
+/// At most one log line about an agent's refused certificate this often.
+const TLS_WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl AgentTls {
+    /// Logs (at most once a [`TLS_WARN_EVERY`] per agent) a handshake that failed on the
+    /// certificate: an agent of another fleet, of another server, or revoked.
+    fn warn_refused(&self, addr: SocketAddr, e: &reqwest::Error) {
+        let chain = rejuv_core::error_chain(e);
+        if !chain.contains("certificate") {
+            return;
+        }
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if warned
+            .get(&addr)
+            .is_some_and(|at| now.duration_since(*at) < TLS_WARN_EVERY)
+        {
+            return;
+        }
+        warned.insert(addr, now);
+        tracing::warn!(agent = %addr, error = %chain, "refusing the agent's TLS certificate");
+    }
 }
 
 fn builder() -> reqwest::ClientBuilder {
@@ -96,6 +122,7 @@ impl AgentClient {
             tls,
             names: RwLock::new(HashMap::new()),
             clients: Mutex::new((0, HashMap::new())),
+            warned: Mutex::new(HashMap::new()),
         };
         self.tls = Some(Arc::new(t));
         self.name_agents(config);
@@ -166,7 +193,12 @@ impl AgentClient {
                 }
             }
         };
-        let resp = sent.map_err(|source| ClientError::Transport { addr, source })?;
+        let resp = sent.map_err(|source| {
+            if let Some(t) = &self.tls {
+                t.warn_refused(addr, &source);
+            }
+            ClientError::Transport { addr, source }
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
