@@ -196,6 +196,8 @@ pub(crate) async fn start_leading(
 
     let mut operators = Vec::new();
     for o in &cfg.auth.operators {
+        rejuv_core::secret::check_private(&o.token_file)
+            .map_err(|e| anyhow::anyhow!("the token file of operator {}: {e}", o.name))?;
         let token = std::fs::read_to_string(&o.token_file)
             .with_context(|| {
                 format!(
