@@ -157,6 +157,8 @@ impl Revoked {
             text.lines()
                 .map(|l| l.split('#').next().unwrap_or("").trim())
                 .filter(|l| !l.is_empty())
+                // As `openssl x509 -serial` prints it.
+                .map(|l| l.strip_prefix("serial=").unwrap_or(l))
                 .map(|l| {
                     if l.contains('/') {
                         l.to_string()
@@ -764,7 +766,7 @@ mod tests {
 
     #[test]
     fn revocation_entries_match_by_name_role_name_or_serial() {
-        let r = Revoked::parse("s2 # retired\n\nagent/s3\n0A:1B:2C:3D:4E:5F:60:71\n");
+        let r = Revoked::parse("s2 # retired\n\nagent/s3\n0A:1B:2C:3D:4E:5F:60:71\nserial=0A1B2C3D4E5F6099\n");
         let id = |name: &str, serial: &str| Identity {
             role: Role::Agent,
             name: name.into(),
@@ -774,6 +776,7 @@ mod tests {
         assert!(r.refuses(&id("s2", "00")));
         assert!(r.refuses(&id("s3", "00")));
         assert!(r.refuses(&id("s9", "0a1b2c3d4e5f6071")));
+        assert!(r.refuses(&id("s9", "0a1b2c3d4e5f6099")));
         assert!(!r.refuses(&id("s1", "0a1b2c3d4e5f6072")));
     }
 }
