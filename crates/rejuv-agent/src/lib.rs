@@ -142,9 +142,9 @@ async fn run_inner(
     check_catalog(&config)?;
     // The certificate is checked before anything starts: a bad one stops the agent here.
     let tls = match config.tls_files(&server_id) {
-        Some(files) => Some(
-            rejuv_net::tls::Tls::load(files).map_err(|e| anyhow::anyhow!("[tls]: {e}"))?,
-        ),
+        Some(files) => {
+            Some(rejuv_net::tls::Tls::load(files).map_err(|e| anyhow::anyhow!("[tls]: {e}"))?)
+        }
         None => {
             if !config.tls.as_ref().is_some_and(|t| t.insecure) {
                 tracing::warn!("no [tls] in the config: the agent API is plain HTTP, its token readable on the network path (set [tls] insecure = true if that is on purpose)");

@@ -30,7 +30,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
@@ -42,6 +44,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
+
+/// The series [`Tls::metrics_text`] writes.
+pub const METRIC_NAMES: &[&str] = &["rejuv_tls_cert_expiry_seconds"];
 
 /// How often the files are looked at (at most, on handshakes; at least, by [`Tls::watch`]).
 pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -118,10 +123,13 @@ pub fn identity(der: &[u8]) -> Result<Identity, String> {
     let san = cert
         .subject_alternative_name()
         .map_err(|e| format!("bad subject alternative names: {e}"))?;
-    let uri = san.into_iter().flat_map(|s| &s.value.general_names).find_map(|n| match n {
-        GeneralName::URI(u) => u.strip_prefix(URI_PREFIX),
-        _ => None,
-    });
+    let uri = san
+        .into_iter()
+        .flat_map(|s| &s.value.general_names)
+        .find_map(|n| match n {
+            GeneralName::URI(u) => u.strip_prefix(URI_PREFIX),
+            _ => None,
+        });
     let Some(rest) = uri else {
         return Err(format!(
             "certificate (serial {serial}) names no part: no {URI_PREFIX}ROLE/NAME name"
@@ -162,7 +170,8 @@ impl Revoked {
                 .map(|l| {
                     if l.contains('/') {
                         l.to_string()
-                    } else if l.chars().all(|c| c.is_ascii_hexdigit() || c == ':') && l.len() >= 16 {
+                    } else if l.chars().all(|c| c.is_ascii_hexdigit() || c == ':') && l.len() >= 16
+                    {
                         l.replace(':', "").to_ascii_lowercase()
                     } else {
                         l.to_string()
@@ -299,7 +308,11 @@ impl Tls {
     /// The loaded files, loaded anew first when they changed (looked at once a second at most
     /// unless `now`).
     fn refresh(&self, now: bool) -> Arc<Loaded> {
-        let cur = self.loaded.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let cur = self
+            .loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         {
             let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
             if !now && checked.0.elapsed() < RELOAD_CHECK {
@@ -766,7 +779,9 @@ mod tests {
 
     #[test]
     fn revocation_entries_match_by_name_role_name_or_serial() {
-        let r = Revoked::parse("s2 # retired\n\nagent/s3\n0A:1B:2C:3D:4E:5F:60:71\nserial=0A1B2C3D4E5F6099\n");
+        let r = Revoked::parse(
+            "s2 # retired\n\nagent/s3\n0A:1B:2C:3D:4E:5F:60:71\nserial=0A1B2C3D4E5F6099\n",
+        );
         let id = |name: &str, serial: &str| Identity {
             role: Role::Agent,
             name: name.into(),

@@ -503,8 +503,7 @@ pub async fn watch_invariants(
         }
         let proxy = match proxy_admin {
             Some(a) => {
-                get_json::<ProxyStatus>(&parts.http, parts.url(a, "/v1/status"), &proxy_token)
-                    .await
+                get_json::<ProxyStatus>(&parts.http, parts.url(a, "/v1/status"), &proxy_token).await
             }
             None => None,
         };

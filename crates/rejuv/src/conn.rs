@@ -278,8 +278,7 @@ impl Client {
 /// Reads a token file: its content without surrounding whitespace, never empty. A file its
 /// group or others can read is refused (naming the file and its mode).
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    rejuv_core::secret::check_private(path)
-        .map_err(|e| anyhow::anyhow!("token file {e}"))?;
+    rejuv_core::secret::check_private(path).map_err(|e| anyhow::anyhow!("token file {e}"))?;
     let t = std::fs::read_to_string(path)
         .with_context(|| format!("reading token file {}", path.display()))?;
     let t = t.trim().to_string();

@@ -81,7 +81,10 @@ impl Drop for Fleet {
 impl Fleet {
     /// One primary (s1) and one spare (s2), the builtin proxy, TLS on.
     fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("rejuv-tls-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("rejuv-tls-")
+            .tempdir()
+            .unwrap();
         let tls = dir.path().join("tls");
         let ca = dir.path().join("ca");
         ok(&["tls", "init", ca.to_str().unwrap()]);
@@ -89,7 +92,9 @@ impl Fleet {
         let controller = SocketAddr::new(lo, free_port(lo));
         let admin = SocketAddr::new(lo, free_port(lo));
         let front = SocketAddr::new(lo, free_port(lo));
-        let token: String = (0..16).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let token: String = (0..16)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
         let token_path = dir.path().join("token");
         write_secret(&token_path, &token);
         let mut agents = Vec::new();
@@ -99,8 +104,20 @@ impl Fleet {
         }
         let issue = |role: &str, name: &str, san: &str| {
             ok(&[
-                "tls", "issue", "--ca", ca.to_str().unwrap(), "--role", role, "--name", name,
-                "--san", san, "--san", "127.0.0.1", "--out", tls.to_str().unwrap(),
+                "tls",
+                "issue",
+                "--ca",
+                ca.to_str().unwrap(),
+                "--role",
+                role,
+                "--name",
+                name,
+                "--san",
+                san,
+                "--san",
+                "127.0.0.1",
+                "--out",
+                tls.to_str().unwrap(),
             ])
         };
         issue("controller", "controller", "localhost");
@@ -227,10 +244,19 @@ data_dir = "{data}"
 
     /// A client with the certificate `cert` (of `ca`, the fleet's unless given), checking
     /// the server by `check`.
-    fn client_as(&self, ca: Option<&Path>, cert: &str, check: PeerCheck) -> reqwest::blocking::Client {
+    fn client_as(
+        &self,
+        ca: Option<&Path>,
+        cert: &str,
+        check: PeerCheck,
+    ) -> reqwest::blocking::Client {
         let ca = ca.map_or_else(|| self.ca_dir().join("ca.pem"), |c| c.join("ca.pem"));
         let dir = ca.parent().unwrap().to_path_buf();
-        let certs = if dir == self.ca_dir() { self.tls.clone() } else { dir.join("out") };
+        let certs = if dir == self.ca_dir() {
+            self.tls.clone()
+        } else {
+            dir.join("out")
+        };
         let tls = Tls::load(TlsFiles {
             ca,
             cert: certs.join(format!("{cert}.pem")),
@@ -278,7 +304,11 @@ data_dir = "{data}"
 }
 
 /// The agent's own certificate's days left, from its `/metrics`.
-fn own_days_left(client: &reqwest::blocking::Client, agent: SocketAddr, token: &str) -> Option<f64> {
+fn own_days_left(
+    client: &reqwest::blocking::Client,
+    agent: SocketAddr,
+    token: &str,
+) -> Option<f64> {
     let text = client
         .get(format!("https://{agent}/metrics"))
         .bearer_auth(token)
@@ -299,10 +329,17 @@ fn an_agent_serves_only_a_controller_of_its_fleet_and_takes_a_new_certificate_wi
     f.start_agent("s1");
     let s1 = f.agent("s1");
     let controller = f.controller_client("s1");
-    wait_for("agent s1 answers a controller of its fleet", Duration::from_secs(30), || {
-        let r = controller.get(format!("https://{s1}/healthz")).send().ok()?;
-        r.status().is_success().then_some(())
-    });
+    wait_for(
+        "agent s1 answers a controller of its fleet",
+        Duration::from_secs(30),
+        || {
+            let r = controller
+                .get(format!("https://{s1}/healthz"))
+                .send()
+                .ok()?;
+            r.status().is_success().then_some(())
+        },
+    );
 
     // Plain HTTP: no answer.
     let plain = reqwest::blocking::Client::builder()
@@ -329,8 +366,16 @@ fn an_agent_serves_only_a_controller_of_its_fleet_and_takes_a_new_certificate_wi
     let other = f.dir.path().join("other");
     ok(&["tls", "init", other.to_str().unwrap()]);
     ok(&[
-        "tls", "issue", "--ca", other.to_str().unwrap(), "--role", "controller", "--name",
-        "controller", "--out", other.join("out").to_str().unwrap(),
+        "tls",
+        "issue",
+        "--ca",
+        other.to_str().unwrap(),
+        "--role",
+        "controller",
+        "--name",
+        "controller",
+        "--out",
+        other.join("out").to_str().unwrap(),
     ]);
     let foreign = f.client_as(
         Some(&other),
@@ -351,11 +396,17 @@ fn an_agent_serves_only_a_controller_of_its_fleet_and_takes_a_new_certificate_wi
             name: None,
         },
     );
-    assert!(peer_agent.get(format!("https://{s1}/healthz")).send().is_err());
+    assert!(peer_agent
+        .get(format!("https://{s1}/healthz"))
+        .send()
+        .is_err());
 
     // The client side: expecting server s2 at s1's address, the controller refuses it.
     let wrong = f.controller_client("s2");
-    let e = wrong.get(format!("https://{s1}/healthz")).send().unwrap_err();
+    let e = wrong
+        .get(format!("https://{s1}/healthz"))
+        .send()
+        .unwrap_err();
     let chain = rejuv_core::error_chain(&e);
     assert!(chain.contains("not s2"), "{chain}");
 
@@ -367,13 +418,27 @@ fn an_agent_serves_only_a_controller_of_its_fleet_and_takes_a_new_certificate_wi
     let pem = f.tls.join("s1.pem");
     let before = std::fs::read(&pem).unwrap();
     ok(&[
-        "tls", "issue", "--ca", f.ca_dir().to_str().unwrap(), "--role", "agent", "--name", "s1",
-        "--san", "127.0.0.2", "--days", "5", "--out", f.tls.to_str().unwrap(),
+        "tls",
+        "issue",
+        "--ca",
+        f.ca_dir().to_str().unwrap(),
+        "--role",
+        "agent",
+        "--name",
+        "s1",
+        "--san",
+        "127.0.0.2",
+        "--days",
+        "5",
+        "--out",
+        f.tls.to_str().unwrap(),
     ]);
     assert_ne!(before, std::fs::read(&pem).unwrap());
-    let days = wait_for("the agent takes its new certificate", Duration::from_secs(15), || {
-        own_days_left(&controller, s1, &f.token).filter(|d| *d < 6.0)
-    });
+    let days = wait_for(
+        "the agent takes its new certificate",
+        Duration::from_secs(15),
+        || own_days_left(&controller, s1, &f.token).filter(|d| *d < 6.0),
+    );
     assert!((4.9..=5.1).contains(&days), "{days}");
     assert!(f.still_running("agent-s1"), "taken without a restart");
     let log = std::fs::read_to_string(f.log("agent-s1")).unwrap();
@@ -387,8 +452,18 @@ fn the_controller_refuses_an_agent_naming_another_server_and_a_revoked_one() {
     // s2's address shows a certificate of this fleet that names s1.
     let imposter = f.dir.path().join("imposter");
     ok(&[
-        "tls", "issue", "--ca", f.ca_dir().to_str().unwrap(), "--role", "agent", "--name", "s1",
-        "--san", "127.0.0.3", "--out", imposter.to_str().unwrap(),
+        "tls",
+        "issue",
+        "--ca",
+        f.ca_dir().to_str().unwrap(),
+        "--role",
+        "agent",
+        "--name",
+        "s1",
+        "--san",
+        "127.0.0.3",
+        "--out",
+        imposter.to_str().unwrap(),
     ]);
     std::fs::copy(imposter.join("s1.pem"), f.tls.join("s2.pem")).unwrap();
     std::fs::copy(imposter.join("s1.key"), f.tls.join("s2.key")).unwrap();
@@ -400,20 +475,30 @@ fn the_controller_refuses_an_agent_naming_another_server_and_a_revoked_one() {
         f.reachable("s1").filter(|r| *r)
     });
     // The controller tried s2 and refused its certificate: the log says why.
-    let log = wait_for("the refusal of s2's certificate is logged", Duration::from_secs(20), || {
-        let log = std::fs::read_to_string(f.log("controller")).ok()?;
-        log.contains("refusing the agent's TLS certificate").then_some(log)
-    });
-    assert!(log.contains("names agent s1") && log.contains("not s2"), "{log}");
+    let log = wait_for(
+        "the refusal of s2's certificate is logged",
+        Duration::from_secs(20),
+        || {
+            let log = std::fs::read_to_string(f.log("controller")).ok()?;
+            log.contains("refusing the agent's TLS certificate")
+                .then_some(log)
+        },
+    );
+    assert!(
+        log.contains("names agent s1") && log.contains("not s2"),
+        "{log}"
+    );
     assert_eq!(f.reachable("s2"), Some(false), "s2 is never reached");
     // Both agents run: it is the controller that refuses.
     assert!(f.still_running("agent-s2"));
 
     // Revoking s1 by name: the controller drops it without a restart.
     std::fs::write(f.tls.join("revoked.txt"), "# retired\ns1\n").unwrap();
-    wait_for("the revoked s1 is no longer reached", Duration::from_secs(20), || {
-        f.reachable("s1").filter(|r| !*r)
-    });
+    wait_for(
+        "the revoked s1 is no longer reached",
+        Duration::from_secs(20),
+        || f.reachable("s1").filter(|r| !*r),
+    );
     assert!(f.still_running("controller"));
     let metrics = reqwest::blocking::Client::new()
         .get(format!("http://{}/metrics", f.controller))
@@ -474,4 +559,60 @@ fn config_check_warns_about_plain_http_unless_it_is_on_purpose() {
     let out = rejuv(&["config", "check", f.config.to_str().unwrap()]);
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("tls"));
+}
+
+#[test]
+fn the_operator_api_is_https_without_a_client_certificate_when_asked() {
+    let mut f = Fleet::new();
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(&f.config, text.replace("api = false", "api = true")).unwrap();
+    f.spawn("controller", &["controller"]);
+    let ca = f.ca_dir().join("ca.pem");
+    let https = reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(rejuv_net::tls::api_client_config(&ca).unwrap())
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let url = format!("https://{}/v1/status", f.controller);
+    let status = wait_for(
+        "the controller API answers over HTTPS",
+        Duration::from_secs(30),
+        || {
+            let r = https.get(&url).bearer_auth(&f.token).send().ok()?;
+            Some(r.status())
+        },
+    );
+    assert_eq!(
+        status, 200,
+        "no client certificate needed, the token decides"
+    );
+    let r = https.get(&url).send().unwrap();
+    assert_eq!(r.status(), 401, "still a token");
+    assert!(reqwest::blocking::get(format!("http://{}/v1/status", f.controller)).is_err());
+
+    // The CLI takes https:// and the CA from the config.
+    let out = rejuv(&[
+        "status",
+        "--config",
+        f.config.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "active-standby");
+    // Without the CA, an https:// controller is refused with a clear message.
+    let out = rejuv(&[
+        "status",
+        "--controller",
+        &format!("https://{}", f.controller),
+        "--token-file",
+        f.dir.path().join("token").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cacert"));
 }

@@ -409,7 +409,10 @@ health = { path = "/healthz" }
     #[test]
     fn a_handoff_hold_shorter_than_a_leader_handover_is_warned_about() {
         let plain = Config::from_toml(EXAMPLE).unwrap().warnings();
-        assert_eq!(plain[0].field, "tls", "no [tls]: plain HTTP is warned about");
+        assert_eq!(
+            plain[0].field, "tls",
+            "no [tls]: plain HTTP is warned about"
+        );
         let example = format!("{EXAMPLE}\n[tls]\ninsecure = true\n");
         let bare = Config::from_toml(&example).unwrap().warnings();
         assert_eq!(bare.len(), 1, "{bare:?}");

@@ -128,10 +128,9 @@ mod tests {
 
     #[test]
     fn the_name_is_filled_in_and_insecure_turns_it_off() {
-        let t: TlsConfig = toml::from_str(
-            "ca = \"/t/ca.pem\"\ncert = \"/t/{name}.pem\"\nkey = \"/t/{name}.key\"",
-        )
-        .unwrap();
+        let t: TlsConfig =
+            toml::from_str("ca = \"/t/ca.pem\"\ncert = \"/t/{name}.pem\"\nkey = \"/t/{name}.key\"")
+                .unwrap();
         let f = t.files("s1").unwrap();
         assert_eq!(f.cert, PathBuf::from("/t/s1.pem"));
         assert_eq!(f.key, PathBuf::from("/t/s1.key"));

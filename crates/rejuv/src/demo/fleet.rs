@@ -33,11 +33,7 @@ pub async fn wait_http(
 }
 
 /// Starts one agent per server of `plan` and waits until each answers.
-pub async fn start_agents(
-    exe: &Path,
-    plan: &Plan,
-    dir: &Path,
-) -> anyhow::Result<Vec<Proc>> {
+pub async fn start_agents(exe: &Path, plan: &Plan, dir: &Path) -> anyhow::Result<Vec<Proc>> {
     let mut agents = Vec::new();
     for (id, _) in &plan.servers {
         let (out, err) = log_file(dir, &format!("agent-{id}"))?;

@@ -297,7 +297,8 @@ data_dir = "{data}"
         ));
         servers.push((id, agent));
     }
-    let agents: Vec<(String, IpAddr)> = servers.iter().map(|(id, a)| (id.clone(), a.ip())).collect();
+    let agents: Vec<(String, IpAddr)> =
+        servers.iter().map(|(id, a)| (id.clone(), a.ip())).collect();
     toml.push('\n');
     toml.push_str(&issue_certificates(dir, &agents)?);
     let config_path = dir.join("rejuv.toml");
