@@ -161,8 +161,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     let watcher = tokio::spawn(crate::chaos::watch_invariants(
         plan.config.clone(),
         plan.controllers.clone(),
-        (args.lb == Lb::Builtin).then_some(plan.admin),
-        plan.parts.clone(),
+        (args.lb == Lb::Builtin).then(|| (plan.admin, plan.parts.clone())),
         plan.token.clone(),
         plan.proxy_token.clone(),
         lines_tx.clone(),
