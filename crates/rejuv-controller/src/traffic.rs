@@ -52,6 +52,37 @@ pub struct BuiltinProxy {
     token: String,
     guard: LeaderGuard,
     scheme: &'static str,
+    /// With TLS: the client, made anew on each new load of the TLS files (a renewed
+    /// certificate, a revocation), so that no pooled connection outlives its check.
+    tls: Option<Arc<ProxyTls>>,
+}
+
+struct ProxyTls {
+    tls: Arc<rejuv_net::tls::Tls>,
+    client: std::sync::Mutex<(u64, reqwest::Client)>,
+}
+
+impl ProxyTls {
+    fn client(&self) -> reqwest::Client {
+        let generation = self.tls.generation();
+        let mut c = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if c.0 != generation {
+            *c = (generation, proxy_client(&self.tls));
+        }
+        c.1.clone()
+    }
+}
+
+/// An HTTPS client that reaches only a proxy of the fleet.
+fn proxy_client(tls: &Arc<rejuv_net::tls::Tls>) -> reqwest::Client {
+    let check = rejuv_net::tls::PeerCheck {
+        role: Some(rejuv_net::tls::Role::Proxy),
+        name: None,
+    };
+    tls.reqwest_builder(check)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("http client")
 }
 
 impl BuiltinProxy {
@@ -66,20 +97,16 @@ impl BuiltinProxy {
             token,
             guard: LeaderGuard::always(),
             scheme: "http",
+            tls: None,
         }
     }
 
     /// Talks HTTPS with `tls`: the admin API must show the proxy's certificate of the fleet.
     pub fn with_tls(mut self, tls: &Arc<rejuv_net::tls::Tls>) -> Self {
-        let check = rejuv_net::tls::PeerCheck {
-            role: Some(rejuv_net::tls::Role::Proxy),
-            name: None,
-        };
-        self.http = tls
-            .reqwest_builder(check)
-            .timeout(Duration::from_secs(3))
-            .build()
-            .expect("http client");
+        self.tls = Some(Arc::new(ProxyTls {
+            tls: tls.clone(),
+            client: std::sync::Mutex::new((tls.generation(), proxy_client(tls))),
+        }));
         self.scheme = "https";
         self
     }
@@ -95,8 +122,11 @@ impl BuiltinProxy {
         if !self.guard.still_leader() {
             return Err(TrafficError::NotLeader);
         }
-        let resp = self
-            .http
+        let http = match &self.tls {
+            Some(t) => t.client(),
+            None => self.http.clone(),
+        };
+        let resp = http
             .put(format!("{}://{addr}/v1/routes", self.scheme))
             .bearer_auth(&self.token)
             .json(table)

@@ -64,6 +64,7 @@ struct Fleet {
     tls: PathBuf,
     token: String,
     controller: SocketAddr,
+    admin: SocketAddr,
     agents: Vec<(String, SocketAddr)>,
     procs: Vec<(String, Child)>,
 }
@@ -202,6 +203,7 @@ data_dir = "{data}"
             tls,
             token,
             controller,
+            admin,
             agents,
             procs: Vec::new(),
         }
@@ -489,6 +491,39 @@ fn the_controller_refuses_an_agent_naming_another_server_and_a_revoked_one() {
         "{log}"
     );
     assert_eq!(f.reachable("s2"), Some(false), "s2 is never reached");
+
+    // The proxy's admin API serves the controller only; its certificate is a proxy's.
+    let to_proxy = |cert: &str| {
+        f.client_as(
+            None,
+            cert,
+            PeerCheck {
+                role: Some(Role::Proxy),
+                name: None,
+            },
+        )
+    };
+    let admin = f.admin;
+    let metrics = to_proxy("controller")
+        .get(format!("https://{admin}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("rejuv_tls_cert_expiry_seconds{cert=\"own\"}"),
+        "{metrics}"
+    );
+    assert!(to_proxy("s1")
+        .get(format!("https://{admin}/healthz"))
+        .send()
+        .is_err());
+    // An agent's address is not where a proxy is: the controller's check refuses it.
+    let s1 = f.agent("s1");
+    assert!(to_proxy("controller")
+        .get(format!("https://{s1}/healthz"))
+        .send()
+        .is_err());
     // Both agents run: it is the controller that refuses.
     assert!(f.still_running("agent-s2"));
 

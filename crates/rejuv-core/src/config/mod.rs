@@ -251,7 +251,8 @@ impl Config {
     /// at start and `rejuv config check` prints them.
     pub fn warnings(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
-        if !self.tls.as_ref().is_some_and(|t| t.enabled() || t.insecure) {
+        // A Prometheus source alone talks to no agent or proxy.
+        if !self.tls.as_ref().is_some_and(|t| t.enabled() || t.insecure) && !self.advisory_only() {
             out.push(FieldError {
                 field: "tls".into(),
                 reason: "not set: controller, agents and proxy talk plain HTTP, so anyone on the network path reads their tokens and commands; add [tls] (see `rejuv tls init`) or set [tls] insecure = true to say it is on purpose".into(),
