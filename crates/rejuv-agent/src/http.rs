@@ -342,7 +342,10 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        agent.metrics.encode(),
+        match &agent.tls {
+            Some(tls) => rejuv_net::tls::with_metrics(agent.metrics.encode(), tls),
+            None => agent.metrics.encode(),
+        },
     )
         .into_response()
 }

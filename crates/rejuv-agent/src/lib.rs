@@ -142,6 +142,18 @@ async fn run_inner(
         return Err(StartError::EmptyToken.into());
     }
     check_catalog(&config)?;
+    // The certificate is checked before anything starts: a bad one stops the agent here.
+    let tls = match config.tls_files(&server_id) {
+        Some(files) => {
+            Some(rejuv_net::tls::Tls::load(files).map_err(|e| anyhow::anyhow!("[tls]: {e}"))?)
+        }
+        None => {
+            if !config.tls.as_ref().is_some_and(|t| t.insecure) {
+                tracing::warn!("no [tls] in the config: the agent API is plain HTTP, its token readable on the network path (set [tls] insecure = true if that is on purpose)");
+            }
+            None
+        }
+    };
     let logs_dir = data_dir.join("logs");
     std::fs::create_dir_all(&logs_dir).map_err(|source| StartError::DataDir {
         path: logs_dir.clone(),
@@ -252,6 +264,7 @@ async fn run_inner(
         rejuvenation_lock: tokio::sync::Mutex::new(()),
         restart_requested: AtomicBool::new(false),
         stop_serving: CancellationToken::new(),
+        tls: tls.clone(),
     });
 
     let adoption = sup.adopt(handed_over).await;
@@ -281,10 +294,15 @@ async fn run_inner(
             }
         }
     };
-    let server =
+    let mut server =
         rejuv_net::Server::new(listener, "agent API", agent.config.agent.listener_limits())
-            .with_stats(metrics.api_connections.clone())
-            .serve_router(http::router(agent.clone()), signal);
+            .with_stats(metrics.api_connections.clone());
+    if let Some(tls) = &tls {
+        tls.watch(background.clone());
+        tracing::info!(cert = %tls.own(), "agent API on HTTPS: only a controller of the fleet is served");
+        server = server.with_tls(tls.clone(), Some(rejuv_net::tls::Role::Controller));
+    }
+    let server = server.serve_router(http::router(agent.clone()), signal);
     let forced = async {
         tokio::select! {
             _ = shutdown.cancelled() => {}

@@ -28,6 +28,8 @@ pub struct Agent {
     pub(crate) restart_requested: AtomicBool,
     /// Ends the HTTP server (in-flight answers are still written in full).
     pub(crate) stop_serving: CancellationToken,
+    /// The agent API's TLS (`[tls]`), for the expiry metric.
+    pub(crate) tls: Option<Arc<rejuv_net::tls::Tls>>,
 }
 
 pub(crate) fn wall_ms() -> u64 {

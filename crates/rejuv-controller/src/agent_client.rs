@@ -14,7 +14,10 @@ use rejuv_core::api::{
 use rejuv_core::config::Action;
 use rejuv_core::reply::{sanitize_instance, sanitize_report, sanitize_state};
 use rejuv_core::text::{clean, clean_bytes, MAX_REMOTE_TEXT};
+use rejuv_net::tls::{PeerCheck, Role, Tls};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,8 @@ pub enum ClientError {
     },
     #[error("agent {addr} sent a reply that is not what the API says: {message}")]
     BadReply { addr: SocketAddr, message: String },
+    #[error("agent {addr}: no server of the config has this address, so no certificate can be checked for it")]
+    UnknownAgent { addr: SocketAddr },
 }
 
 impl ClientError {
@@ -55,16 +60,117 @@ pub const MAX_EXPORTED_STATE: usize = 256 << 20;
 pub struct AgentClient {
     http: reqwest::Client,
     token: String,
+    tls: Option<Arc<AgentTls>>,
+}
+
+/// HTTPS to the agents: each address has its own client, which accepts only the certificate
+/// of the server the config gives that address.
+struct AgentTls {
+    tls: Arc<Tls>,
+    names: RwLock<HashMap<SocketAddr, String>>,
+    /// The clients, made for one load of the TLS files (its generation): a new load (a
+    /// renewed certificate, a revocation) drops them and their connections.
+    clients: Mutex<(u64, HashMap<SocketAddr, reqwest::Client>)>,
+    /// When a failed handshake with each address was last logged.
+    warned: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+}
+
+/// At most one log line about an agent's refused certificate this often.
+const TLS_WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl AgentTls {
+    /// Logs (at most once a [`TLS_WARN_EVERY`] per agent) a handshake that failed on the
+    /// certificate: an agent of another fleet, of another server, or revoked.
+    fn warn_refused(&self, addr: SocketAddr, e: &reqwest::Error) {
+        let chain = rejuv_core::error_chain(e);
+        if !chain.contains("certificate") {
+            return;
+        }
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if warned
+            .get(&addr)
+            .is_some_and(|at| now.duration_since(*at) < TLS_WARN_EVERY)
+        {
+            return;
+        }
+        warned.insert(addr, now);
+        tracing::warn!(agent = %addr, error = %chain, "refusing the agent's TLS certificate");
+    }
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(30))
 }
 
 impl AgentClient {
     pub fn new(token: String) -> Self {
-        let http = reqwest::Client::builder()
+        let http = builder().build().expect("http client");
+        Self {
+            http,
+            token,
+            tls: None,
+        }
+    }
+
+    /// Talks HTTPS with `tls`: an agent must show a certificate of the fleet naming the server
+    /// that `config` places at its address.
+    pub fn with_tls(mut self, tls: Arc<Tls>, config: &rejuv_core::config::Config) -> Self {
+        let t = AgentTls {
+            tls,
+            names: RwLock::new(HashMap::new()),
+            clients: Mutex::new((0, HashMap::new())),
+            warned: Mutex::new(HashMap::new()),
+        };
+        self.tls = Some(Arc::new(t));
+        self.name_agents(config);
+        self
+    }
+
+    /// Learns the server ids of the agents' addresses in `config` (a reload adds to them:
+    /// servers gone from the config are kept until the cluster forgets them).
+    pub fn name_agents(&self, config: &rejuv_core::config::Config) {
+        if let Some(t) = &self.tls {
+            let mut names = t.names.write().unwrap_or_else(|p| p.into_inner());
+            for s in &config.servers {
+                names.insert(s.agent, s.id.clone());
+            }
+        }
+    }
+
+    /// The client that reaches `addr`: plain, or HTTPS checking the server it must be.
+    fn client_for(&self, addr: SocketAddr) -> Result<Option<reqwest::Client>, ClientError> {
+        let Some(t) = &self.tls else { return Ok(None) };
+        let generation = t.tls.generation();
+        let mut clients = t.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.0 != generation {
+            *clients = (generation, HashMap::new());
+        }
+        if let Some(c) = clients.1.get(&addr) {
+            return Ok(Some(c.clone()));
+        }
+        let name = t
+            .names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .cloned()
+            .ok_or(ClientError::UnknownAgent { addr })?;
+        let check = PeerCheck {
+            role: Some(Role::Agent),
+            name: Some(name),
+        };
+        let client = t
+            .tls
+            .reqwest_builder(check)
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
-            .expect("http client");
-        Self { http, token }
+            .map_err(|source| ClientError::Transport { addr, source })?;
+        clients.1.insert(addr, client.clone());
+        Ok(Some(client))
     }
 
     async fn send(
@@ -72,11 +178,27 @@ impl AgentClient {
         addr: SocketAddr,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport { addr, source })?;
+        let req = req.bearer_auth(&self.token);
+        let sent = match self.client_for(addr)? {
+            None => req.send().await,
+            Some(client) => {
+                let (_, request) = req.build_split();
+                match request {
+                    Ok(mut request) => {
+                        // The paths are written as http://; the same request goes by TLS.
+                        let _ = request.url_mut().set_scheme("https");
+                        client.execute(request).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let resp = sent.map_err(|source| {
+            if let Some(t) = &self.tls {
+                t.warn_refused(addr, &source);
+            }
+            ClientError::Transport { addr, source }
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

@@ -63,7 +63,9 @@ impl AlertSink {
     pub fn new(cfg: &AlertsConfig, cluster: &str) -> Result<Self, AlertError> {
         let token = match &cfg.webhook_token_file {
             Some(p) => Some(
-                std::fs::read_to_string(p)
+                rejuv_core::secret::check_private(p)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))
+                    .and_then(|()| std::fs::read_to_string(p))
                     .map_err(|source| AlertError::Token {
                         path: p.display().to_string(),
                         source,

@@ -48,6 +48,8 @@ pub struct ApiState {
     pub session_code_file: Option<std::path::PathBuf>,
     /// The API listener's connections, for `/metrics`.
     pub connections: Arc<rejuv_net::ConnectionStats>,
+    /// The controller's TLS, for the certificates' expiry on `/metrics`.
+    pub tls: Option<Arc<rejuv_net::tls::Tls>>,
 }
 
 /// Largest request body (bytes): the only body, maintenance's `{"on": true}`, is a few bytes.
@@ -660,7 +662,10 @@ async fn ui() -> Response {
 async fn metrics(State(s): State<ApiState>, h: HeaderMap) -> Response {
     guard!(s, h);
     let p = s.published.borrow().clone();
-    let body = crate::metrics::render(&p, &s.connections);
+    let mut body = crate::metrics::render(&p, &s.connections);
+    if let Some(tls) = &s.tls {
+        body = rejuv_net::tls::with_metrics(body, tls);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -448,6 +448,7 @@ impl Engine {
         for s in &cfg.servers {
             self.world.agents.insert(s.id.clone(), s.agent);
         }
+        self.world.client.name_agents(&cfg);
         self.world.cfg = cfg;
         let mut said = changes.lines();
         said.append(&mut lines);

@@ -205,8 +205,7 @@ pub async fn run(
     let leader_app = Arc::new(OnceLock::new());
     let lease_guard = Arc::new(OnceLock::new());
     let local = shutdown.child_token();
-    let server =
-        rejuv_net::Server::new(listener, "controller API", cfg.controller.listener_limits());
+    let server = crate::leading::api_server(listener, &cfg, opts.tls.as_ref());
     let connections = server.stats();
     let app = router(HaState {
         role: role_rx,

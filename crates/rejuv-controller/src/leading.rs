@@ -30,6 +30,35 @@ pub struct ControllerOptions {
     pub session_code_file: Option<PathBuf>,
     /// The config file, read again on `SIGHUP` and `POST /v1/reload`.
     pub config_path: Option<PathBuf>,
+    /// The controller's TLS (`[tls]`, see [`load_tls`]): HTTPS to agents and the builtin
+    /// proxy, and to operators when `tls.api`; none: plain HTTP.
+    pub tls: Option<Arc<rejuv_net::tls::Tls>>,
+}
+
+/// Loads the controller's certificate when the config has `[tls]` (its `{name}` is
+/// `controller`).
+pub fn load_tls(cfg: &Config) -> anyhow::Result<Option<Arc<rejuv_net::tls::Tls>>> {
+    match cfg.tls_files("controller") {
+        Some(files) => Ok(Some(
+            rejuv_net::tls::Tls::load(files).map_err(|e| anyhow::anyhow!("[tls]: {e}"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The controller API's listener: HTTPS with the controller's certificate when `tls.api`,
+/// asking operators for no certificate.
+pub(crate) fn api_server(
+    listener: tokio::net::TcpListener,
+    cfg: &Config,
+    tls: Option<&Arc<rejuv_net::tls::Tls>>,
+) -> rejuv_net::Server {
+    let server =
+        rejuv_net::Server::new(listener, "controller API", cfg.controller.listener_limits());
+    match tls {
+        Some(t) if cfg.api_tls() => server.with_tls(t.clone(), None),
+        _ => server,
+    }
 }
 
 /// What a leading controller runs: its API and its tasks (engine, pollers, traffic adapter).
@@ -57,7 +86,10 @@ pub(crate) async fn start_leading(
     local: CancellationToken,
     connections: Arc<rejuv_net::ConnectionStats>,
 ) -> anyhow::Result<Leading> {
-    let client = agent_client::AgentClient::new(opts.agent_token.clone());
+    let mut client = agent_client::AgentClient::new(opts.agent_token.clone());
+    if let Some(tls) = &opts.tls {
+        client = client.with_tls(tls.clone(), &cfg);
+    }
     let recovery = recover::check_store(&cfg, &mut store, &client, opts.adopt_agents).await?;
     let alerts = alerts::AlertSink::new(&cfg.alerts, &cfg.cluster.name).context("[alerts]")?;
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
@@ -68,7 +100,7 @@ pub(crate) async fn start_leading(
         tx.clone(),
         opts.paused,
         opts.dry_run,
-        alerts,
+        alerts.clone(),
         recovery,
     )?;
     let published = engine.published.subscribe();
@@ -84,8 +116,11 @@ pub(crate) async fn start_leading(
                 .admin
                 .context("traffic.admin is required for the builtin proxy")?;
             if !opts.dry_run {
-                let proxy = traffic::BuiltinProxy::new(admin, opts.proxy_token.clone())
+                let mut proxy = traffic::BuiltinProxy::new(admin, opts.proxy_token.clone())
                     .with_leader_guard(guard.clone());
+                if let Some(tls) = &opts.tls {
+                    proxy = proxy.with_tls(tls);
+                }
                 tasks.spawn(traffic::reconcile_builtin(
                     proxy,
                     engine.epoch(),
@@ -149,9 +184,20 @@ pub(crate) async fn start_leading(
     if let Some(path) = opts.config_path.clone() {
         tasks.spawn(reload_on_hangup(path, tx.clone(), local.clone()));
     }
+    if let (Some(tls), Some(t)) = (&opts.tls, &cfg.tls) {
+        tls.watch(local.clone());
+        tasks.spawn(watch_expiry(
+            tls.clone(),
+            t.expiry_warning,
+            alerts.clone(),
+            local.clone(),
+        ));
+    }
 
     let mut operators = Vec::new();
     for o in &cfg.auth.operators {
+        rejuv_core::secret::check_private(&o.token_file)
+            .map_err(|e| anyhow::anyhow!("the token file of operator {}: {e}", o.name))?;
         let token = std::fs::read_to_string(&o.token_file)
             .with_context(|| {
                 format!(
@@ -182,11 +228,50 @@ pub(crate) async fn start_leading(
         config_path: opts.config_path.clone(),
         agents: client.clone(),
         connections,
+        tls: opts.tls.clone(),
     };
     Ok(Leading {
         app: api::router(state),
         tasks,
     })
+}
+
+/// How often certificates are looked at for an expiry alert.
+const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Alerts (and logs) when a certificate — the controller's, the CA, or an agent's or the
+/// proxy's met in a handshake — expires within `within`: at start and every
+/// [`EXPIRY_CHECK`] while it does.
+async fn watch_expiry(
+    tls: Arc<rejuv_net::tls::Tls>,
+    within: std::time::Duration,
+    alerts: alerts::AlertSink,
+    local: CancellationToken,
+) {
+    // A first look once the pollers have met the agents.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + std::time::Duration::from_secs(10),
+        EXPIRY_CHECK,
+    );
+    loop {
+        tokio::select! {
+            () = local.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(summary) = tls.expiring(within) else {
+            continue;
+        };
+        tracing::warn!("{summary}");
+        let alert = alerts::Alert {
+            name: "RejuvTlsCertExpiring",
+            server: None,
+            summary: &summary,
+            at_ms: alerts::now_ms(),
+        };
+        if let Err(e) = alerts.send(&alert).await {
+            tracing::warn!(error = %rejuv_core::error_chain(&e), "sending the certificate expiry alert");
+        }
+    }
 }
 
 /// Reads the config file again on every `SIGHUP` and hands it to the engine; what it changed,

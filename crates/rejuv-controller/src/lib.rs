@@ -47,7 +47,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use leading::start_leading;
-pub use leading::ControllerOptions;
+pub use leading::{load_tls, ControllerOptions};
 
 /// Runs the controller until `shutdown` is cancelled.
 ///
@@ -95,8 +95,7 @@ async fn run_sqlite(
     )
     .context("opening the controller store for reading")?;
     let local = shutdown.child_token();
-    let server =
-        rejuv_net::Server::new(listener, "controller API", cfg.controller.listener_limits());
+    let server = leading::api_server(listener, &cfg, opts.tls.as_ref());
     let mut leading = start_leading(
         &opts,
         cfg,

@@ -20,6 +20,7 @@ use rejuv_core::api::{ProxyStatus, RouteTable};
 use rejuv_core::cluster::Event;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +51,38 @@ pub struct BuiltinProxy {
     admin: SocketAddr,
     token: String,
     guard: LeaderGuard,
+    scheme: &'static str,
+    /// With TLS: the client, made anew on each new load of the TLS files (a renewed
+    /// certificate, a revocation), so that no pooled connection outlives its check.
+    tls: Option<Arc<ProxyTls>>,
+}
+
+struct ProxyTls {
+    tls: Arc<rejuv_net::tls::Tls>,
+    client: std::sync::Mutex<(u64, reqwest::Client)>,
+}
+
+impl ProxyTls {
+    fn client(&self) -> reqwest::Client {
+        let generation = self.tls.generation();
+        let mut c = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if c.0 != generation {
+            *c = (generation, proxy_client(&self.tls));
+        }
+        c.1.clone()
+    }
+}
+
+/// An HTTPS client that reaches only a proxy of the fleet.
+fn proxy_client(tls: &Arc<rejuv_net::tls::Tls>) -> reqwest::Client {
+    let check = rejuv_net::tls::PeerCheck {
+        role: Some(rejuv_net::tls::Role::Proxy),
+        name: None,
+    };
+    tls.reqwest_builder(check)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("http client")
 }
 
 impl BuiltinProxy {
@@ -63,7 +96,19 @@ impl BuiltinProxy {
             admin,
             token,
             guard: LeaderGuard::always(),
+            scheme: "http",
+            tls: None,
         }
+    }
+
+    /// Talks HTTPS with `tls`: the admin API must show the proxy's certificate of the fleet.
+    pub fn with_tls(mut self, tls: &Arc<rejuv_net::tls::Tls>) -> Self {
+        self.tls = Some(Arc::new(ProxyTls {
+            tls: tls.clone(),
+            client: std::sync::Mutex::new((tls.generation(), proxy_client(tls))),
+        }));
+        self.scheme = "https";
+        self
     }
 
     /// Writes only while `guard` says this controller leads.
@@ -77,9 +122,12 @@ impl BuiltinProxy {
         if !self.guard.still_leader() {
             return Err(TrafficError::NotLeader);
         }
-        let resp = self
-            .http
-            .put(format!("http://{addr}/v1/routes"))
+        let http = match &self.tls {
+            Some(t) => t.client(),
+            None => self.http.clone(),
+        };
+        let resp = http
+            .put(format!("{}://{addr}/v1/routes", self.scheme))
             .bearer_auth(&self.token)
             .json(table)
             .send()

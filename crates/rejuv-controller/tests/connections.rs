@@ -79,6 +79,7 @@ impl TestController {
             adopt_agents: false,
             session_code_file: None,
             config_path: None,
+            tls: None,
         };
         let task = tokio::spawn(rejuv_controller::run(listener, opts, shutdown.clone()));
         let controller = Self {

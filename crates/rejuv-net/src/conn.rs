@@ -41,7 +41,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +72,8 @@ pub(crate) struct Setting {
     pub stop: CancellationToken,
     pub name: String,
     pub peer: SocketAddr,
+    /// A TLS connection's client certificate, closed when the files say it is revoked.
+    pub tls: Option<(Arc<crate::tls::Tls>, crate::tls::Identity)>,
 }
 
 /// Which timeout a deadline is.
@@ -227,8 +228,9 @@ fn far_future() -> Instant {
 }
 
 /// Serves one connection until it ends, a deadline passes, or shutdown closes it.
-pub(crate) async fn serve<S, B>(stream: TcpStream, service: S, setting: Setting, admitted: Admitted)
+pub(crate) async fn serve<I, S, B>(stream: I, service: S, setting: Setting, admitted: Admitted)
 where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<RequestBody>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -237,7 +239,6 @@ where
     B::Error: Into<BoxError>,
 {
     let _admitted = admitted;
-    let _ = stream.set_nodelay(true);
     let clock = Arc::new(Clock::new(Instant::now()));
     let io = TokioIo::new(TrackedIo {
         stream,
@@ -260,7 +261,9 @@ where
         stop,
         name,
         peer,
+        tls,
     } = setting;
+    let mut changes = tls.as_ref().map(|(t, _)| t.subscribe());
     let mut draining = false;
     loop {
         let deadline = clock.deadline(&limits);
@@ -281,6 +284,16 @@ where
                 conn.as_mut().graceful_shutdown();
             }
             () = clock.changed.notified() => {}
+            changed = async { changes.as_mut().expect("only with TLS").changed().await }, if changes.is_some() => {
+                match (changed, &tls) {
+                    (Ok(()), Some((t, id))) if !t.still_trusted(id) => {
+                        tracing::info!(listener = %name, %peer, cert = %id, "closing a connection whose client certificate was revoked");
+                        return;
+                    }
+                    (Ok(()), _) => {}
+                    (Err(_), _) => changes = None,
+                }
+            }
             () = tokio::time::sleep_until(wake_at), if deadline.is_some() => {
                 // The clock may have moved since the deadline was read (a request began).
                 let Some((at, timeout)) = clock.deadline(&limits) else { continue };
@@ -299,12 +312,12 @@ where
 }
 
 /// The connection's socket, telling the clock about reads and blocked writes.
-struct TrackedIo {
-    stream: TcpStream,
+struct TrackedIo<I> {
+    stream: I,
     clock: Arc<Clock>,
 }
 
-impl AsyncRead for TrackedIo {
+impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -319,14 +332,14 @@ impl AsyncRead for TrackedIo {
     }
 }
 
-impl TrackedIo {
+impl<I> TrackedIo<I> {
     fn wrote<T>(&self, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         self.clock.write_blocked(polled.is_pending());
         polled
     }
 }
 
-impl AsyncWrite for TrackedIo {
+impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

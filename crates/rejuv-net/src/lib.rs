@@ -30,6 +30,7 @@ mod budget;
 mod conn;
 pub mod probe;
 mod stats;
+pub mod tls;
 
 pub use budget::FdBudget;
 pub use conn::RequestBody;
@@ -64,6 +65,15 @@ pub struct Server {
     stats: Arc<ConnectionStats>,
     budget: Arc<FdBudget>,
     fds_per_connection: usize,
+    tls: Option<ServerTls>,
+}
+
+/// A listener's TLS: the acceptor and the checks of open connections.
+#[derive(Clone)]
+struct ServerTls {
+    tls: Arc<tls::Tls>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    client: Option<tls::Role>,
 }
 
 impl Server {
@@ -78,7 +88,21 @@ impl Server {
             stats: Arc::new(ConnectionStats::default()),
             budget: FdBudget::process(),
             fds_per_connection: 1,
+            tls: None,
         }
+    }
+
+    /// Serves HTTPS with `tls`'s certificate; with `client`, only to clients with a
+    /// certificate of the fleet of that role (the handshake fails for others), and a
+    /// connection whose certificate is revoked later is closed.
+    pub fn with_tls(mut self, tls: Arc<tls::Tls>, client: Option<tls::Role>) -> Self {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config(client));
+        self.tls = Some(ServerTls {
+            tls,
+            acceptor,
+            client,
+        });
+        self
     }
 
     /// Counts into `stats` (shared with whoever reports them) instead of a new one.
@@ -171,18 +195,23 @@ impl Server {
                 continue;
             };
             let service = make_service(peer);
-            conns.spawn(conn::serve(
-                stream,
-                service,
-                conn::Setting {
-                    limits: self.limits,
-                    stats: self.stats.clone(),
-                    stop: stop.clone(),
-                    name: self.name.clone(),
-                    peer,
-                },
-                admitted,
-            ));
+            let setting = conn::Setting {
+                limits: self.limits,
+                stats: self.stats.clone(),
+                stop: stop.clone(),
+                name: self.name.clone(),
+                peer,
+                tls: None,
+            };
+            let _ = stream.set_nodelay(true);
+            match self.tls.clone() {
+                None => {
+                    conns.spawn(conn::serve(stream, service, setting, admitted));
+                }
+                Some(t) => {
+                    conns.spawn(serve_tls(t, stream, service, setting, admitted));
+                }
+            }
         }
         drop(self.listener);
         tracing::debug!(listener = %self.name, open = conns.len(), "stopped accepting; finishing the connections in progress");
@@ -202,6 +231,53 @@ impl Server {
         let fds = self.budget.take(self.fds_per_connection)?;
         Some(conn::Admitted::new(self.stats.clone(), fds))
     }
+}
+
+/// The TLS handshake (bounded by the header-read timeout and shutdown), then the connection.
+async fn serve_tls<S, B>(
+    t: ServerTls,
+    stream: TcpStream,
+    service: S,
+    mut setting: conn::Setting,
+    admitted: conn::Admitted,
+) where
+    S: hyper::service::Service<Request<RequestBody>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let handshake = tokio::time::timeout(
+        setting.limits.header_read_timeout,
+        t.acceptor.accept(stream),
+    );
+    let stream = tokio::select! {
+        () = setting.stop.cancelled() => return,
+        done = handshake => match done {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(listener = %setting.name, peer = %setting.peer, error = %e, "TLS handshake failed");
+                setting.stats.count_tls_refused();
+                return;
+            }
+            Err(_) => {
+                setting.stats.count_header_timeout();
+                return;
+            }
+        }
+    };
+    if t.client.is_some() {
+        let peer = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| tls::identity(c).ok());
+        let Some(peer) = peer else { return };
+        setting.tls = Some((t.tls.clone(), peer));
+    }
+    conn::serve(stream, service, setting, admitted).await;
 }
 
 /// Closes a refused connection at once. Nothing was read from it, so the close is a plain

@@ -22,6 +22,7 @@ pub struct ConnectionStats {
     refused: AtomicU64,
     header_timeouts: AtomicU64,
     idle_timeouts: AtomicU64,
+    tls_refused: AtomicU64,
 }
 
 impl ConnectionStats {
@@ -43,6 +44,12 @@ impl ConnectionStats {
     /// Connections closed because their client was silent too long.
     pub fn idle_timeouts(&self) -> u64 {
         self.idle_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because their TLS handshake failed (no certificate of the fleet,
+    /// the wrong role, revoked, or not TLS at all).
+    pub fn tls_refused(&self) -> u64 {
+        self.tls_refused.load(Ordering::Relaxed)
     }
 
     /// All of them, as the proxy's status reports them.
@@ -69,6 +76,10 @@ impl ConnectionStats {
 
     pub(crate) fn count_header_timeout(&self) {
         self.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_tls_refused(&self) {
+        self.tls_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_idle_timeout(&self) {

@@ -24,6 +24,30 @@ pub fn router(shared: Arc<Shared>, token: String) -> Router {
         .with_state(shared)
 }
 
+/// `GET /metrics`: the expiry of the admin API's certificates (`rejuv_tls_cert_expiry_seconds`),
+/// without a token (it tells no secret); empty without TLS.
+pub fn metrics_router(tls: Option<Arc<rejuv_net::tls::Tls>>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let tls = tls.clone();
+            async move {
+                let text = match &tls {
+                    Some(t) => rejuv_net::tls::with_metrics("# EOF\n".to_string(), t),
+                    None => "# EOF\n".to_string(),
+                };
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    )
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,

@@ -48,6 +48,8 @@ pub struct ProxyOptions {
     pub front_end_limits: ListenerLimits,
     /// Bounds of the admin API's listener.
     pub admin_limits: ListenerLimits,
+    /// The admin API's TLS (`[tls]`): HTTPS, only for a controller of the fleet.
+    pub tls: Option<Arc<rejuv_net::tls::Tls>>,
 }
 
 /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests finish
@@ -96,12 +98,17 @@ pub async fn run(opts: ProxyOptions, shutdown: CancellationToken) -> anyhow::Res
     }
 
     tracing::info!(addr = %admin_addr, "proxy admin API listening");
-    let admin = Server::new(opts.admin, "proxy admin API", opts.admin_limits)
-        .with_stats(shared.admin_connections.clone())
-        .serve_router(
-            admin::router(shared.clone(), opts.token),
-            shutdown.clone().cancelled_owned(),
-        );
+    let mut admin = Server::new(opts.admin, "proxy admin API", opts.admin_limits)
+        .with_stats(shared.admin_connections.clone());
+    if let Some(tls) = &opts.tls {
+        tls.watch(shutdown.clone());
+        tracing::info!(cert = %tls.own(), "proxy admin API on HTTPS: only a controller of the fleet is served");
+        admin = admin.with_tls(tls.clone(), Some(rejuv_net::tls::Role::Controller));
+    }
+    let admin = admin.serve_router(
+        admin::router(shared.clone(), opts.token).merge(admin::metrics_router(opts.tls)),
+        shutdown.clone().cancelled_owned(),
+    );
     let mut admin = tokio::spawn(admin);
 
     let sweeper = {

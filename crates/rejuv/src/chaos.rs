@@ -477,7 +477,8 @@ async fn get_json<T: DeserializeOwned>(
 pub async fn watch_invariants(
     cfg: Config,
     controllers: Vec<SocketAddr>,
-    proxy_admin: Option<SocketAddr>,
+    // The proxy's admin API and how to reach it (TLS with the demo's certificate).
+    proxy_admin: Option<(SocketAddr, crate::demo::plan::Parts)>,
     token: String,
     proxy_token: String,
     lines: Lines,
@@ -500,9 +501,10 @@ pub async fn watch_invariants(
                 break;
             }
         }
-        let proxy = match proxy_admin {
-            Some(a) => {
-                get_json::<ProxyStatus>(&http, format!("http://{a}/v1/status"), &proxy_token).await
+        let proxy = match &proxy_admin {
+            Some((a, parts)) => {
+                get_json::<ProxyStatus>(&parts.http, parts.url(*a, "/v1/status"), &proxy_token)
+                    .await
             }
             None => None,
         };

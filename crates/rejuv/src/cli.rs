@@ -207,6 +207,15 @@ Examples:
         #[command(subcommand)]
         command: crate::export::ExportCmd,
     },
+    /// Mutual TLS between the parts: the fleet's CA and certificates (docs/tls.md).
+    #[command(after_help = "\
+Examples:
+  rejuv tls init /etc/rejuv/ca
+  rejuv tls issue --ca /etc/rejuv/ca --role agent --name s1 --san 10.0.0.11 --out /etc/rejuv/tls")]
+    Tls {
+        #[command(subcommand)]
+        command: crate::tlscmd::TlsCmd,
+    },
     /// Work with config files.
     #[command(after_help = "\
 Examples:
@@ -568,6 +577,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 Some(p) => read_token(p)?,
                 None => api_token.clone(),
             };
+            let tls = rejuv_controller::load_tls(&cfg)?;
             let listen = listen.unwrap_or(cfg.controller.listen);
             let store_path = store.unwrap_or(cfg.store.path.clone());
             let rt = runtime()?;
@@ -587,6 +597,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     adopt_agents,
                     session_code_file,
                     config_path,
+                    tls,
                 };
                 rejuv_controller::run(listener, opts, shutdown).await
             })?;
@@ -606,6 +617,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     .context("auth.proxy_token_file (or api_token_file) is required")?,
             )?;
             let admin = cfg.traffic.admin.context("traffic.admin is required")?;
+            let tls = match cfg.tls_files("proxy") {
+                Some(files) => Some(
+                    rejuv_net::tls::Tls::load(files).map_err(|e| anyhow::anyhow!("[tls]: {e}"))?,
+                ),
+                None => None,
+            };
             let rt = runtime()?;
             rt.block_on(async {
                 let mut services = std::collections::BTreeMap::new();
@@ -626,6 +643,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         token,
                         front_end_limits: cfg.traffic.listener_limits(),
                         admin_limits: rejuv_core::config::ListenerLimits::api(),
+                        tls,
                     },
                     shutdown,
                 )
@@ -699,6 +717,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             crate::fleetbench::run(command)
         }
         Cmd::Export { command } => crate::export::run(command),
+        Cmd::Tls { command } => crate::tlscmd::run(command),
         Cmd::Demo(args) => {
             // The demo reports progress itself; its load generator's own start and end lines
             // would only cut through the live view.

@@ -41,6 +41,10 @@ pub struct Conn {
     /// token file (`auth.api_token_file`) come from it unless given.
     #[arg(long, env = "REJUV_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// CA certificate to verify an https:// controller with (default: from --config, else
+    /// the system's roots are not used: an https:// controller needs it).
+    #[arg(long, env = "REJUV_CACERT", value_name = "PATH")]
+    pub cacert: Option<PathBuf>,
     /// Your name in the controller's events for the actions you take (default: $USER).
     #[arg(long, env = "REJUV_ACTOR", value_name = "NAME")]
     pub actor: Option<String>,
@@ -73,7 +77,11 @@ impl Conn {
             if at.ip().is_unspecified() {
                 at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            c.controller = Some(format!("http://{at}"));
+            let scheme = if cfg.api_tls() { "https" } else { "http" };
+            c.controller = Some(format!("{scheme}://{at}"));
+        }
+        if c.cacert.is_none() && cfg.api_tls() {
+            c.cacert = cfg.tls.as_ref().and_then(|t| t.ca.clone());
         }
         if c.token_file.is_none() {
             // Taken as written: a relative path is read from the working directory, as the
@@ -165,7 +173,19 @@ impl Client {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if base.scheme() == "https" {
+            let ca = conn.cacert.as_deref().ok_or_else(|| {
+                Fail::new(
+                    EXIT_USAGE,
+                    "an https:// controller needs the fleet's CA: pass --cacert PATH (or --config)",
+                )
+            })?;
+            let tls = rejuv_net::tls::api_client_config(ca)
+                .map_err(|e| Fail::new(EXIT_USAGE, format!("--cacert: {e}")))?;
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let http = builder
             .timeout(conn.timeout)
             .connect_timeout(conn.timeout.min(Duration::from_secs(5)))
             .build()
@@ -255,8 +275,10 @@ impl Client {
     }
 }
 
-/// Reads a token file: its content without surrounding whitespace, never empty.
+/// Reads a token file: its content without surrounding whitespace, never empty. A file its
+/// group or others can read is refused (naming the file and its mode).
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    rejuv_core::secret::check_private(path).map_err(|e| anyhow::anyhow!("token file {e}"))?;
     let t = std::fs::read_to_string(path)
         .with_context(|| format!("reading token file {}", path.display()))?;
     let t = t.trim().to_string();

@@ -16,6 +16,7 @@ mod procs;
 mod table;
 #[cfg(test)]
 mod testdata;
+mod tlscmd;
 mod view;
 mod whatif;
 

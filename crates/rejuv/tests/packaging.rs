@@ -131,6 +131,7 @@ fn declared() -> BTreeSet<String> {
     rejuv_controller::metrics::NAMES
         .iter()
         .chain(rejuv_agent::metrics::NAMES)
+        .chain(rejuv_net::tls::METRIC_NAMES)
         .map(|s| s.to_string())
         .collect()
 }

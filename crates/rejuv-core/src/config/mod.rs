@@ -34,6 +34,7 @@ mod servers;
 mod services;
 mod source;
 mod store;
+mod tls;
 mod traffic;
 
 pub use agent::{check_scratch_dir, AgentDefaults};
@@ -58,6 +59,7 @@ pub use servers::ServerConfig;
 pub use services::{Backend, HandoffConfig, HealthCheck, HealthConfig, ServiceConfig};
 pub use source::{needs_capacity, Capacity, SourceConfig, SourceKind};
 pub use store::{StoreConfig, StoreKind};
+pub use tls::{TlsConfig, TlsFiles, NAME_PLACEHOLDER};
 pub use traffic::{HaproxyCheck, HaproxyTrafficConfig, TrafficAdapter, TrafficConfig};
 
 use crate::types::ServiceName;
@@ -115,6 +117,9 @@ pub struct Config {
     /// alerts, as kured's `--prometheus-url` does).
     #[serde(default)]
     pub alert_block: Option<AlertBlockConfig>,
+    /// Mutual TLS between the parts; none: plain HTTP (a warning unless `insecure = true`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[alert_block]`: a Prometheus query that must be empty for a planned workflow to start.
@@ -192,6 +197,9 @@ impl Config {
         self.controller.validate(&mut errs);
         self.alerts.validate(&mut errs);
         self.auth.validate(&mut errs);
+        if let Some(t) = &self.tls {
+            t.validate(&mut errs);
+        }
         hooks::validate(&self.hooks, &mut errs);
         freeze::validate(&self.freeze, &mut errs);
         freeze::validate_as("allow", &self.allow, &mut errs);
@@ -219,6 +227,16 @@ impl Config {
         self.servers.iter().find(|s| s.id == id)
     }
 
+    /// The TLS files of the part named `name` (see [`NAME_PLACEHOLDER`]), when TLS is on.
+    pub fn tls_files(&self, name: &str) -> Option<TlsFiles> {
+        self.tls.as_ref().and_then(|t| t.files(name))
+    }
+
+    /// Whether the controller's operator API is HTTPS.
+    pub fn api_tls(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.enabled() && t.api)
+    }
+
     /// The freeze window `wall_ms` falls in, if any.
     pub fn frozen_by(&self, wall_ms: u64) -> Option<&FreezeWindow> {
         self.freeze.iter().find(|w| w.contains(wall_ms))
@@ -233,6 +251,13 @@ impl Config {
     /// at start and `rejuv config check` prints them.
     pub fn warnings(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
+        // A Prometheus source alone talks to no agent or proxy.
+        if !self.tls.as_ref().is_some_and(|t| t.enabled() || t.insecure) && !self.advisory_only() {
+            out.push(FieldError {
+                field: "tls".into(),
+                reason: "not set: controller, agents and proxy talk plain HTTP, so anyone on the network path reads their tokens and commands; add [tls] (see `rejuv tls init`) or set [tls] insecure = true to say it is on purpose".into(),
+            });
+        }
         if self.traffic.adapter == TrafficAdapter::Builtin
             && self.auth.proxy_token_file.is_none()
             && !self.advisory_only()
@@ -384,13 +409,19 @@ health = { path = "/healthz" }
 
     #[test]
     fn a_handoff_hold_shorter_than_a_leader_handover_is_warned_about() {
-        let bare = Config::from_toml(EXAMPLE).unwrap().warnings();
+        let plain = Config::from_toml(EXAMPLE).unwrap().warnings();
+        assert_eq!(
+            plain[0].field, "tls",
+            "no [tls]: plain HTTP is warned about"
+        );
+        let example = format!("{EXAMPLE}\n[tls]\ninsecure = true\n");
+        let bare = Config::from_toml(&example).unwrap().warnings();
         assert_eq!(bare.len(), 1, "{bare:?}");
         assert_eq!(
             bare[0].field, "auth.proxy_token_file",
             "the proxy shares the API token"
         );
-        let held = EXAMPLE
+        let held = example
             .replace(
                 "health = { path = \"/healthz\" }",
                 "health = { path = \"/healthz\" }\nhandoff = { export = \"/e\", import = \"/i\", hold = \"3s\" }",

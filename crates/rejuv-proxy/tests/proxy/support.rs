@@ -115,6 +115,7 @@ impl TestProxy {
                 token: TOKEN.to_string(),
                 front_end_limits,
                 admin_limits,
+                tls: None,
             },
             shutdown.clone(),
         ));

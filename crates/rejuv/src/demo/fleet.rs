@@ -33,12 +33,7 @@ pub async fn wait_http(
 }
 
 /// Starts one agent per server of `plan` and waits until each answers.
-pub async fn start_agents(
-    http: &reqwest::Client,
-    exe: &Path,
-    plan: &Plan,
-    dir: &Path,
-) -> anyhow::Result<Vec<Proc>> {
+pub async fn start_agents(exe: &Path, plan: &Plan, dir: &Path) -> anyhow::Result<Vec<Proc>> {
     let mut agents = Vec::new();
     for (id, _) in &plan.servers {
         let (out, err) = log_file(dir, &format!("agent-{id}"))?;
@@ -51,8 +46,8 @@ pub async fn start_agents(
     }
     for (id, addr) in &plan.servers {
         wait_http(
-            http,
-            &format!("http://{addr}/healthz"),
+            &plan.parts.http,
+            &plan.parts.url(*addr, "/healthz"),
             &format!("agent {id}"),
             Duration::from_secs(30),
         )
@@ -64,7 +59,6 @@ pub async fn start_agents(
 /// Starts the load balancer in front (the builtin proxy, or HAProxy from PATH) and waits
 /// until it answers.
 pub async fn start_front(
-    http: &reqwest::Client,
     exe: &Path,
     plan: &Plan,
     args: &DemoArgs,
@@ -78,8 +72,8 @@ pub async fn start_front(
             cmd.stdout(out).stderr(err).stdin(Stdio::null());
             let p = Proc::spawn("proxy", cmd)?;
             wait_http(
-                http,
-                &format!("http://{}/healthz", plan.admin),
+                &plan.parts.http,
+                &plan.parts.url(plan.admin, "/healthz"),
                 "proxy",
                 Duration::from_secs(30),
             )

@@ -125,7 +125,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
 
     // Processes, dropped (and so stopped) in reverse order: controller, proxy, agents.
     let mut agents = match hosts.as_mut() {
-        None => start_agents(&http, &exe, &plan, &dir).await?,
+        None => start_agents(&exe, &plan, &dir).await?,
         Some(h) => {
             h.start(&http, &plan).await?;
             p.line(&format!(
@@ -136,7 +136,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             Vec::new()
         }
     };
-    let mut proxy = start_front(&http, &exe, &plan, &args, &dir).await?;
+    let mut proxy = start_front(&exe, &plan, &args, &dir).await?;
     let controllers = crate::chaos::Controllers::start(
         &exe,
         &plan.config_path,
@@ -183,7 +183,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     let watcher = tokio::spawn(crate::chaos::watch_invariants(
         plan.config.clone(),
         plan.controllers.clone(),
-        (args.lb == Lb::Builtin).then_some(plan.admin),
+        (args.lb == Lb::Builtin).then(|| (plan.admin, plan.parts.clone())),
         plan.token.clone(),
         plan.proxy_token.clone(),
         lines_tx.clone(),
@@ -289,7 +289,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         .json()
         .await?;
     let actual = counter_total(&http, &status).await;
-    let crashes = crashes_total(&http, &plan.servers, &plan.token).await;
+    let crashes = crashes_total(&plan.parts, &plan.servers, &plan.token).await;
     let host_restarts = hosts::host_restarts(&http, controller, &plan.token).await;
 
     background.cancel();

@@ -19,8 +19,65 @@ fn free_range(ip: IpAddr, n: u16) -> anyhow::Result<[u16; 2]> {
     anyhow::bail!("no free range of {n} ports on {ip}")
 }
 
+/// How the demo itself reaches its agents and its proxy's admin API: over mutual TLS with
+/// the controller's certificate, as the controller does.
+#[derive(Clone)]
+pub struct Parts {
+    pub http: reqwest::Client,
+    scheme: &'static str,
+}
+
+impl Parts {
+    /// The URL of `path` on a part at `addr`.
+    pub fn url(&self, addr: SocketAddr, path: &str) -> String {
+        format!("{}://{addr}{path}", self.scheme)
+    }
+}
+
+/// The demo's fleet CA and certificates, in `dir/tls`: a CA (kept from an earlier run in the
+/// same state directory), and a certificate for the controllers, the proxy and each agent
+/// (named by its server id, for its loopback address). Gives the `[tls]` section.
+fn issue_certificates(dir: &Path, agents: &[(String, IpAddr)]) -> anyhow::Result<String> {
+    use rejuv_net::tls::issue::{init_ca, issue, IssueRequest, CA_CERT};
+    use rejuv_net::tls::Role;
+    let tls = dir.join("tls");
+    if !tls.join(CA_CERT).exists() {
+        init_ca(&tls, 30).context("making the demo's CA")?;
+    }
+    let lo = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let mut parts = vec![
+        (Role::Controller, "controller".to_string(), lo.clone()),
+        (Role::Proxy, "proxy".to_string(), lo.clone()),
+    ];
+    for (id, ip) in agents {
+        let mut sans = lo.clone();
+        sans.push(ip.to_string());
+        parts.push((Role::Agent, id.clone(), sans));
+    }
+    for (role, name, sans) in &parts {
+        issue(&IssueRequest {
+            ca_dir: &tls,
+            role: *role,
+            name,
+            sans,
+            days: 30,
+            out_dir: &tls,
+        })
+        .with_context(|| format!("issuing the demo's certificate of {role} {name}"))?;
+    }
+    Ok(format!(
+        "# The parts talk mutual TLS with the demo's CA; the operator API (dashboard, /v1,\n\
+         # /metrics) stays plain HTTP on loopback.\n\
+         [tls]\nca = \"{ca}\"\ncert = \"{dir}/{{name}}.pem\"\nkey = \"{dir}/{{name}}.key\"\napi = false\n",
+        ca = tls.join(CA_CERT).display(),
+        dir = tls.display(),
+    ))
+}
+
 /// What [`write_config`] wrote and chose.
 pub struct Plan {
+    /// How the demo reaches agents and the proxy's admin API.
+    pub parts: Parts,
     pub config_path: PathBuf,
     pub token_path: PathBuf,
     pub config: rejuv_core::config::Config,
@@ -251,11 +308,33 @@ data_dir = "{data}"
         ));
         servers.push((id, agent));
     }
+    let agents: Vec<(String, IpAddr)> =
+        servers.iter().map(|(id, a)| (id.clone(), a.ip())).collect();
+    toml.push('\n');
+    toml.push_str(&issue_certificates(dir, &agents)?);
     let config_path = dir.join("rejuv.toml");
     std::fs::write(&config_path, &toml)?;
     let config = rejuv_core::config::Config::from_toml(&toml)
         .context("the demo wrote a config it cannot read")?;
+    let files = config
+        .tls_files("controller")
+        .context("the demo's config has no [tls]")?;
+    let tls = rejuv_net::tls::Tls::load(files).context("loading the demo's certificates")?;
+    // Agents and the proxy: any part of the demo's fleet.
+    let check = rejuv_net::tls::PeerCheck {
+        role: None,
+        name: None,
+    };
+    let parts = Parts {
+        http: reqwest::Client::builder()
+            .use_preconfigured_tls(tls.client_config(check))
+            .timeout(std::time::Duration::from_secs(2))
+            .build()
+            .context("the demo's HTTPS client")?,
+        scheme: "https",
+    };
     Ok(Plan {
+        parts,
         config_path,
         token_path,
         config,

@@ -112,14 +112,14 @@ pub async fn counter_total(http: &reqwest::Client, status: &Status) -> u64 {
 
 /// Unasked instance exits, as the agents count them.
 pub async fn crashes_total(
-    http: &reqwest::Client,
+    parts: &crate::demo::plan::Parts,
     agents: &[(String, SocketAddr)],
     token: &str,
 ) -> u64 {
     let mut crashes = 0u64;
     for (_, addr) in agents {
-        let url = format!("http://{addr}/v1/state");
-        if let Some(state) = get::<AgentState>(http, url, token).await {
+        let url = parts.url(*addr, "/v1/state");
+        if let Some(state) = get::<AgentState>(&parts.http, url, token).await {
             crashes += state.crashes_total;
         }
     }

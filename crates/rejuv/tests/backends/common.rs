@@ -100,6 +100,12 @@ impl World {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+        // Token files are the owner's alone, or the parts refuse them.
+        std::fs::set_permissions(
+            dir.path().join("token"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         Self {
             tag: format!("bk-{pid}-{n}"),
             address,

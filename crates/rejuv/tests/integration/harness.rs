@@ -99,6 +99,14 @@ fn free_range(ip: IpAddr, n: u16) -> [u16; 2] {
     panic!("no free port range on {ip}");
 }
 
+/// Writes a token file as an operator must: readable by its owner only (the parts refuse
+/// others).
+pub fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// The file whose presence makes the instances on `address` crash (see `Spec::crash_address`).
 pub fn crash_marker(dir: &Path, address: &str) -> PathBuf {
     dir.join(format!("crash-{address}"))
@@ -163,12 +171,12 @@ impl Harness {
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
         let token_path = dir.path().join("token");
-        std::fs::write(&token_path, &token).unwrap();
+        write_secret(&token_path, &token);
         let proxy_token: String = (0..16)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
         let proxy_token_path = dir.path().join("proxy.token");
-        std::fs::write(&proxy_token_path, &proxy_token).unwrap();
+        write_secret(&proxy_token_path, &proxy_token);
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let controller_addr = SocketAddr::new(lo, free_port(lo));
         let admin = SocketAddr::new(lo, free_port(lo));

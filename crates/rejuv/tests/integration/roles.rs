@@ -2,7 +2,7 @@
 //! the role); every request that changes something is an `audit` event with who, from where,
 //! what and the answer.
 
-use crate::harness::{wait_for, Harness, Spec};
+use crate::harness::{wait_for, write_secret, Harness, Spec};
 use std::time::Duration;
 
 #[test]
@@ -10,7 +10,7 @@ fn a_read_token_reads_and_is_refused_changes_and_every_change_is_audited() {
     let dir = tempfile::tempdir().unwrap();
     let read_token = "read-token-0123456789abcdef";
     let path = dir.path().join("viewer.token");
-    std::fs::write(&path, read_token).unwrap();
+    write_secret(&path, read_token);
     let spec = Spec {
         extra_toml: format!(
             "\n[[auth.operators]]\nname = \"viewer\"\ntoken_file = \"{}\"\nrole = \"read\"\n",
