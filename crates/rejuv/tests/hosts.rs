@@ -280,6 +280,10 @@ fn hosts_demo_restarts_a_host_and_leaves_nothing_behind() {
     };
     let ctx = format!("summary: {s:#}\noutput:\n{}", tail(&demo.out));
     assert_eq!(s["hosts"], "docker", "{ctx}");
+    assert_eq!(
+        s["tls"], true,
+        "the parts talk mutual TLS across the hosts; {ctx}"
+    );
     assert!(n("requests_total") > 1000, "too little load ran; {ctx}");
     assert_eq!(n("requests_failed"), 0, "requests failed; {ctx}");
     assert_eq!(n("invariant_violations"), 0, "{ctx}");

@@ -223,10 +223,11 @@ impl Hosts {
         for r in runs {
             r.await?.context("starting a host container")?;
         }
+        let _ = http;
         for (id, addr) in &plan.servers {
             wait_http(
-                http,
-                &format!("http://{addr}/healthz"),
+                &plan.parts.http,
+                &plan.parts.url(*addr, "/healthz"),
                 &format!("host {id}'s agent"),
                 HOSTS_UP,
             )
@@ -267,7 +268,7 @@ impl Hosts {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        for (from, to, mode) in mounts(plan, data) {
+        for (from, to, mode) in mounts(plan, id, data) {
             a.push("--volume".into());
             a.push(format!("{}:{}:{mode}", from.display(), to.display()));
         }
@@ -340,15 +341,26 @@ impl Drop for Hosts {
 
 /// What a host container mounts from this machine, each at the same path inside: the config
 /// and the agent token read-only, the agent's data directory (its disk) read-write.
-fn mounts(plan: &Plan, data: &Path) -> Vec<(PathBuf, PathBuf, &'static str)> {
-    let m = vec![
+fn mounts(plan: &Plan, id: &str, data: &Path) -> Vec<(PathBuf, PathBuf, &'static str)> {
+    let mut m = vec![
         (plan.config_path.clone(), plan.config_path.clone(), "ro"),
         (plan.token_path.clone(), plan.token_path.clone(), "ro"),
         (data.to_path_buf(), data.to_path_buf(), "rw"),
     ];
-    // TLS (issue 14, item 4): once the config has a `[tls]` section, the host's own
-    // certificate and key and the fleet's CA are mounted here, read-only, at the paths the
-    // config names (each host gets only its own key).
+    // The parts talk mutual TLS: the fleet's CA and this host's own certificate and key, at
+    // the paths the config names (each host gets only its own key).
+    if let Some(tls) = &plan.config.tls {
+        let own = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| PathBuf::from(p.display().to_string().replace("{name}", id)))
+        };
+        for path in [tls.ca.clone(), own(&tls.cert), own(&tls.key)]
+            .into_iter()
+            .flatten()
+        {
+            m.push((path.clone(), path, "ro"));
+        }
+    }
     m
 }
 

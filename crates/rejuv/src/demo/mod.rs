@@ -346,6 +346,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
             DemoHosts::Docker => "docker".into(),
         },
         host_restarts,
+        tls: plan.config.tls.as_ref().is_some_and(|t| !t.insecure),
     };
 
     controllers.stop(Duration::from_secs(10));

@@ -51,6 +51,8 @@ pub struct Summary {
     pub hosts: String,
     /// Host restarts the controller saw (a server back with a new boot identity).
     pub host_restarts: u64,
+    /// Whether the parts (controller, agents, proxy admin) talked mutual TLS among themselves.
+    pub tls: bool,
 }
 
 #[derive(Serialize, Debug)]
