@@ -137,7 +137,7 @@ pub struct SqliteStore {
     events_kept: u32,
     workflows_kept: u32,
     /// What the file holds, as last written or read: a commit writes the parts that differ.
-    last: Option<Written>,
+    last: Option<Box<Written>>,
 }
 
 /// The state as the SQLite file holds it, in parts (format [`SPLIT_VERSION`]): the rest of
@@ -283,7 +283,7 @@ impl SqliteStore {
             cluster.routes = routes.clone();
             written.routes = Some(routes);
         }
-        self.last = Some(written);
+        self.last = Some(Box::new(written));
         Ok(Some(cluster))
     }
 
@@ -332,7 +332,7 @@ impl SqliteStore {
         let rest = serde_json::to_string(&WithoutFleet(cluster))?;
         let fresh = self.last.is_none();
         let empty = Written::default();
-        let last = self.last.as_ref().unwrap_or(&empty);
+        let last = self.last.as_deref().unwrap_or(&empty);
         let (servers, servers_gone) =
             diff(&last.servers, &cluster.servers, server_same_but_readings);
         let (instances, instances_gone) = diff(&last.instances, &cluster.instances, |a, b| a == b);
@@ -429,7 +429,7 @@ impl SqliteStore {
         }
         tx.commit()?;
         let instances: Vec<Instance> = instances.into_iter().cloned().collect();
-        let last = self.last.get_or_insert_with(Written::default);
+        let last = self.last.get_or_insert_with(Box::default);
         last.rest = rest;
         for part in stored_servers {
             last.servers.insert(part.id.clone(), part);

@@ -50,6 +50,13 @@ pub struct Etcd {
     pub endpoint: String,
 }
 
+impl Etcd {
+    /// The etcd process's id.
+    pub fn pid(&self) -> i32 {
+        self._proc.pid()
+    }
+}
+
 /// Starts etcd from PATH with its data under `dir/etcd` and its log in `dir/logs/etcd.log`,
 /// and waits (up to 30 s) until it answers `/health`.
 ///

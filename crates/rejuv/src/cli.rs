@@ -195,6 +195,9 @@ A fleet directory holds fleet.csv (server,capacity[,role][,units]) and one SERVE
 (t_seconds,value) per server. See docs/whatif.md for the defaults and the reset model.")]
     Whatif(crate::whatif::WhatifArgs),
     /// Benchmarks that run real parts: `rejuv bench fleet` (the controller against a swarm).
+    #[command(after_help = "\
+Examples:
+  rejuv bench fleet --servers 10000 --interval 10s --duration 180s --summary-json fleet.json")]
     Bench {
         #[command(subcommand)]
         command: crate::fleetbench::BenchCmd,

@@ -93,7 +93,8 @@ pub struct FleetSummary {
     pub controller_rss_mb: f64,
     /// From a reading's time on the agent to the controller's judgement of it.
     pub judge_latency_ms: Quantiles,
-    /// Bytes the controller wrote to storage per second (its store and log), after the warm-up.
+    /// Bytes written to storage per second for the controller (its SQLite store and log, or
+    /// with etcd the etcd process's writes too), after the warm-up.
     pub store_bytes_per_s: f64,
     /// Store commits per second, after the warm-up.
     pub commits_per_s: f64,
@@ -149,6 +150,12 @@ fn write_bytes(pid: i32) -> Option<f64> {
     s.lines()
         .find_map(|l| l.strip_prefix("write_bytes:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Bytes written to storage for the controller's state: the controller's own (its SQLite
+/// store and log) and, with `--store etcd`, the etcd process's.
+fn store_written(controller: i32, etcd: Option<i32>) -> f64 {
+    write_bytes(controller).unwrap_or(0.0) + etcd.and_then(write_bytes).unwrap_or(0.0)
 }
 
 /// Raises this process's open-file limit to its hard limit (the children inherit it).
@@ -494,6 +501,7 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
             .stdin(Stdio::null());
         let mut controller = Proc::spawn("controller", cmd)?;
         let ctl_pid = controller.pid();
+        let etcd_pid = etcd.as_ref().map(|e| e.pid());
         let api = format!("http://{}", cfg.controller.listen);
         let started = Instant::now();
 
@@ -516,7 +524,7 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
                 at_warm = Some((
                     Instant::now(),
                     cpu_seconds(ctl_pid).unwrap_or(0.0),
-                    write_bytes(ctl_pid).unwrap_or(0.0),
+                    store_written(ctl_pid, etcd_pid),
                     swarm_cpu(&swarms),
                     figures(&text),
                 ));
@@ -533,7 +541,7 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
             );
             if tty {
                 eprint!("\r{line}\x1b[K");
-            } else if t.as_secs() % 10 == 0 {
+            } else if t.as_secs().is_multiple_of(10) {
                 eprintln!("{line}");
             }
             if t >= args.duration {
@@ -547,7 +555,7 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
         let text = get_text(&http, &format!("{api}/metrics"), &token).await.unwrap_or_default();
         let fig_end = figures(&text);
         let cpu_end = cpu_seconds(ctl_pid).unwrap_or(0.0);
-        let wb_end = write_bytes(ctl_pid).unwrap_or(0.0);
+        let wb_end = store_written(ctl_pid, etcd_pid);
         let swarm_end = swarm_cpu(&swarms);
         let peak_kb = status_kb(ctl_pid, "VmHWM:").unwrap_or(0.0);
         let status: serde_json::Value =
