@@ -238,12 +238,41 @@ fn hosts_demo_restarts_a_host_and_leaves_nothing_behind() {
     let running = docker_out(&["ps", "-q", "--filter", &format!("label=rejuv.host={run}")]);
     assert_eq!(running.lines().count(), 4, "host containers: {running:?}");
     let token = std::fs::read_to_string(state.join("token")).expect("the demo's token");
+    // The agents talk mutual TLS: this test calls them as the controller does, with the
+    // demo's controller certificate; a client without a certificate of the fleet gets no
+    // answer.
+    let tls_dir = state.join("tls");
+    let tls = rejuv_net::tls::Tls::load(rejuv_core::config::TlsFiles {
+        ca: tls_dir.join("ca.pem"),
+        cert: tls_dir.join("controller.pem"),
+        key: tls_dir.join("controller.key"),
+        revoked: None,
+    })
+    .expect("the demo's controller certificate");
     let http = reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(tls.client_config(rejuv_net::tls::PeerCheck {
+            role: Some(rejuv_net::tls::Role::Agent),
+            name: None,
+        }))
         .timeout(Duration::from_secs(5))
         .build()
         .expect("http client");
+    let anonymous = reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(
+            rejuv_net::tls::api_client_config(&tls_dir.join("ca.pem")).expect("the demo's CA"),
+        )
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    assert!(
+        anonymous
+            .get(format!("https://{}/healthz", agents[0]))
+            .send()
+            .is_err(),
+        "an agent answered a client without a certificate of the fleet"
+    );
     let st: Value = http
-        .get(format!("http://{}/v1/state", agents[0]))
+        .get(format!("https://{}/v1/state", agents[0]))
         .bearer_auth(token.trim())
         .send()
         .and_then(|r| r.json())
