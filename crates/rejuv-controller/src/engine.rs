@@ -392,23 +392,7 @@ impl Engine {
             Msg::Event(other) => {
                 warn!(event = ?other, "the engine takes no such event from outside")
             }
-            Msg::Sample {
-                server,
-                sent_at_ms,
-                result,
-            } => match result {
-                Ok(state) => {
-                    shell.sample(&server, sent_at_ms, Ok(&state), now, world);
-                    let lag_ms = wall_ms().saturating_sub(state.sample.taken_at_ms);
-                    world.stats.judge_latency.observe(lag_ms as f64 / 1000.0);
-                    world.record_history(&server, std::slice::from_ref(&state.sample));
-                    Arc::make_mut(&mut world.samples).insert(server, state);
-                }
-                Err(e) => {
-                    tracing::debug!(server, error = %e, "agent poll failed");
-                    shell.sample(&server, sent_at_ms, Err(()), now, world);
-                }
-            },
+            sample @ Msg::Sample { .. } => self.on_samples(vec![sample]),
             Msg::History { server, samples } => {
                 world.record_history(&server, &samples);
                 shell.history(&server, samples, now, world)

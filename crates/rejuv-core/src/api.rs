@@ -104,6 +104,24 @@ pub struct InstanceStatus {
     pub last_output: Vec<String>,
 }
 
+impl InstanceStatus {
+    /// What an agent says of an id it does not know: already stopped.
+    pub fn absent(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            service: String::new(),
+            addr: None,
+            pid: None,
+            state: InstanceState::Absent,
+            healthy: false,
+            started_at_ms: None,
+            crashes: 0,
+            last_exit: None,
+            last_output: Vec::new(),
+        }
+    }
+}
+
 /// A piece of an instance's output (`GET /v1/instances/{id}/logs` of the agent and of the
 /// controller): the bytes from `offset` to `next`; `size` is the log's length now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -108,10 +108,6 @@ struct Slot {
     starts: u64,
 }
 
-/// The file in the state directory that holds the dashboard link's one-time code; each
-/// controller is started with it and removes it when the code is used.
-pub const SESSION_CODE_FILE: &str = "dashboard.code";
-
 /// The demo's controllers, each on its own API port.
 pub struct Controllers {
     slots: Vec<Slot>,
@@ -167,7 +163,7 @@ impl Controllers {
             .arg("--listen")
             .arg(self.slots[i].addr.to_string())
             .arg("--session-code-file")
-            .arg(self.dir.join(SESSION_CODE_FILE));
+            .arg(self.dir.join(crate::demo::plan::SESSION_CODE_FILE));
         if self.paused {
             cmd.arg("--paused");
         }

@@ -1,12 +1,13 @@
 //! Command-line interface: every subcommand, its flags, and the glue to the libraries.
 
+use crate::config_file::{config_text, load_config, ConfigText};
 use crate::conn::read_token;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rejuv_core::config::Config;
 use rejuv_core::detect::analyze;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The crate version.
@@ -370,50 +371,6 @@ pub enum ConfigCmd {
 Examples:
   rejuv config check rejuv.toml && echo valid")]
     Check { file: PathBuf },
-}
-
-/// Largest config file read (a fleet of 10,000 servers is about 2 MB of TOML).
-const MAX_CONFIG_BYTES: u64 = 16 << 20;
-
-/// Why a config file's text could not be had: `Io` (exit 1) or `NotText` (bad input, exit 2).
-enum ConfigText {
-    Io(anyhow::Error),
-    NotText(String),
-}
-
-/// The text of a config file: refused if it is too big or not UTF-8, without reading it all.
-fn config_text(path: &Path) -> Result<String, ConfigText> {
-    use std::io::Read;
-    let f = std::fs::File::open(path)
-        .with_context(|| format!("reading config {}", path.display()))
-        .map_err(ConfigText::Io)?;
-    let mut bytes = Vec::new();
-    f.take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading config {}", path.display()))
-        .map_err(ConfigText::Io)?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(ConfigText::NotText(format!(
-            "larger than {} MiB: not a rejuv config",
-            MAX_CONFIG_BYTES >> 20
-        )));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        ConfigText::NotText(format!(
-            "not a text file (invalid UTF-8 at byte {})",
-            e.utf8_error().valid_up_to()
-        ))
-    })
-}
-
-pub fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let text = config_text(path).map_err(|e| match e {
-        ConfigText::Io(e) => e,
-        ConfigText::NotText(why) => anyhow::anyhow!("config {}: {why}", path.display()),
-    })?;
-    Config::from_toml(&text)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("in {}", path.display()))
 }
 
 fn init_tracing() {

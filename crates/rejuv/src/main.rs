@@ -7,6 +7,7 @@
 mod advise;
 mod chaos;
 mod cli;
+mod config_file;
 mod conn;
 mod demo;
 mod export;

@@ -23,18 +23,7 @@ impl Supervisor {
     /// Stops an instance's whole tree. Unknown ids are already stopped (`Absent`).
     pub async fn stop(&self, id: &str) -> Result<InstanceStatus, SupervisorError> {
         let Some(inst) = self.get(id) else {
-            return Ok(InstanceStatus {
-                id: id.into(),
-                service: String::new(),
-                addr: None,
-                pid: None,
-                state: InstanceState::Absent,
-                healthy: false,
-                started_at_ms: None,
-                crashes: 0,
-                last_exit: None,
-                last_output: Vec::new(),
-            });
+            return Ok(InstanceStatus::absent(id));
         };
         let (tx, rx) = oneshot::channel();
         if inst.cmds.send(Cmd::Stop { reply: tx }).await.is_ok() {

@@ -20,6 +20,7 @@
 //!   ...]}`, the agents' API addresses.
 
 use crate::demo::fleet::wait_http;
+use crate::demo::host_layout::{Layout, KILL};
 use crate::demo::plan::Plan;
 use anyhow::Context;
 use rejuv_core::cluster::EventKind;
@@ -33,59 +34,8 @@ use std::time::Duration;
 pub const LABEL: &str = "rejuv.host";
 /// Memory limit of each host container: the host's memory, as its agent reads it.
 pub const HOST_MEMORY: u64 = 640 * 1024 * 1024;
-/// The agent's API port on every host (each host has its own network stack).
-const AGENT_PORT: u16 = 7070;
-/// The instances' ports on every host.
-const PORT_RANGE: [u16; 2] = [20_000, 20_015];
-/// Where `kill` is inside the image: the hosts' restart command.
-const KILL: &str = "/bin/kill";
 /// How long the hosts get to answer after their containers start.
 const HOSTS_UP: Duration = Duration::from_secs(90);
-
-/// What the config needs to know of the hosts before they run: their addresses and the
-/// binary inside the image.
-pub struct Layout {
-    /// This run's value of [`LABEL`].
-    pub run: String,
-    pub network: String,
-    pub image: String,
-    /// The `rejuv` binary inside the image.
-    pub binary: String,
-    /// The private network's `/24`: the gateway (this machine) is `.1`, hosts from `.2`.
-    subnet: Ipv4Addr,
-}
-
-impl Layout {
-    /// The address, agent API address and port range of server number `i` (from 0).
-    pub fn server(&self, i: usize) -> anyhow::Result<(IpAddr, SocketAddr, [u16; 2])> {
-        anyhow::ensure!(
-            i < 250,
-            "--hosts docker: at most 250 servers on one network"
-        );
-        let [a, b, c, _] = self.subnet.octets();
-        let ip = IpAddr::V4(Ipv4Addr::new(a, b, c, 2 + i as u8));
-        Ok((ip, SocketAddr::new(ip, AGENT_PORT), PORT_RANGE))
-    }
-
-    /// `[rejuvenation]` lines: a server that ages again within five minutes of its last
-    /// rejuvenation gets its host restarted.
-    pub fn escalation(&self) -> String {
-        "# Host containers: a server that ages again within five minutes of its last\n\
-         # rejuvenation has its host restarted (drop-caches and compact-memory report skipped\n\
-         # in a container without privileges).\n\
-         escalation = [[\"stop-instances\", \"drop-caches\", \"compact-memory\", \"restart-host\"]]\n\
-         escalation_window = \"5m\"\n"
-            .to_string()
-    }
-
-    /// `[agent]` lines: the host restart command of a container host.
-    pub fn restart_command(&self) -> String {
-        format!(
-            "# In a host container: PID 1 ends, the container's restart policy starts it again.\n\
-             restart_command = [\"{KILL}\", \"-TERM\", \"1\"]\n"
-        )
-    }
-}
 
 /// The demo's host containers and their network; removed when stopped or dropped.
 pub struct Hosts {
@@ -198,7 +148,7 @@ impl Hosts {
 
     /// Starts one host container per server of `plan`, waits until every agent answers from
     /// this machine, and writes `fleet.json`.
-    pub async fn start(&mut self, http: &reqwest::Client, plan: &Plan) -> anyhow::Result<()> {
+    pub async fn start(&mut self, plan: &Plan) -> anyhow::Result<()> {
         let mut runs = Vec::new();
         for (id, _) in &plan.servers {
             let server = plan
@@ -223,7 +173,6 @@ impl Hosts {
         for r in runs {
             r.await?.context("starting a host container")?;
         }
-        let _ = http;
         for (id, addr) in &plan.servers {
             wait_http(
                 &plan.parts.http,
@@ -424,6 +373,7 @@ pub async fn host_restarts(http: &reqwest::Client, controller: SocketAddr, token
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::demo::host_layout::PORT_RANGE;
 
     #[test]
     fn subnets_that_a_route_holds_are_skipped() {

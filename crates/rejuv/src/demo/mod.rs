@@ -26,6 +26,7 @@
 
 pub mod args;
 pub mod fleet;
+pub mod host_layout;
 pub mod hosts;
 pub mod live;
 pub mod plan;
@@ -127,7 +128,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     let mut agents = match hosts.as_mut() {
         None => start_agents(&exe, &plan, &dir).await?,
         Some(h) => {
-            h.start(&http, &plan).await?;
+            h.start(&plan).await?;
             p.line(&format!(
                 "{} host containers up on {} (agents listed in fleet.json)",
                 plan.servers.len(),

@@ -19,6 +19,10 @@ fn free_range(ip: IpAddr, n: u16) -> anyhow::Result<[u16; 2]> {
     anyhow::bail!("no free range of {n} ports on {ip}")
 }
 
+/// The file in the state directory that holds the dashboard link's one-time code; each
+/// controller is started with it and removes it when the code is used.
+pub const SESSION_CODE_FILE: &str = "dashboard.code";
+
 /// How the demo itself reaches its agents and its proxy's admin API: over mutual TLS with
 /// the controller's certificate, as the controller does.
 #[derive(Clone)]
@@ -89,7 +93,7 @@ pub struct Plan {
     /// The builtin proxy's admin token.
     pub proxy_token: String,
     /// The dashboard link's one-time code (`/ui#code=...`), in
-    /// [`crate::chaos::SESSION_CODE_FILE`].
+    /// [`SESSION_CODE_FILE`].
     pub session_code: String,
 }
 
@@ -100,7 +104,7 @@ pub fn write_config(
     mode: Mode,
     etcd: Option<&str>,
     image: Option<&str>,
-    hosts: Option<&crate::demo::hosts::Layout>,
+    hosts: Option<&crate::demo::host_layout::Layout>,
 ) -> anyhow::Result<Plan> {
     let exe = std::env::current_exe().context("finding the rejuv executable")?;
     let token: String = (0..32)
@@ -117,7 +121,7 @@ pub fn write_config(
     let session_code: String = (0..16)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect();
-    write_secret(&dir.join(crate::chaos::SESSION_CODE_FILE), &session_code)?;
+    write_secret(&dir.join(SESSION_CODE_FILE), &session_code)?;
     let lo: IpAddr = "127.0.0.1".parse()?;
     let mut controllers = Vec::new();
     for _ in 0..args.controllers {

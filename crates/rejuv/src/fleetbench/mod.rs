@@ -12,6 +12,7 @@ pub mod swarm;
 
 use crate::procs::{free_port, log_file, Proc};
 use anyhow::Context;
+use rejuv_core::config::Config;
 use serde::Serialize;
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -193,7 +194,7 @@ fn write_config(
     args: &FleetArgs,
     l: &Layout,
     etcd: Option<&str>,
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<(PathBuf, Config)> {
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let ctl = SocketAddr::new(lo, free_port(lo)?);
     let admin = SocketAddr::new(lo, free_port(lo)?);
@@ -264,9 +265,9 @@ health = {{ path = "/healthz" }}
     }
     let path = dir.join("rejuv.toml");
     std::fs::write(&path, t)?;
-    // Check it as the controller will read it.
-    crate::cli::load_config(&path)?;
-    Ok(path)
+    // Read back as the controller will read it: a mistake here fails the benchmark at once.
+    let cfg = crate::config_file::load_config(&path)?;
+    Ok((path, cfg))
 }
 
 fn write_token(dir: &Path) -> anyhow::Result<()> {
@@ -427,8 +428,7 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
             StoreKind::Etcd => Some(crate::chaos::start_etcd(&dir, &http).await?),
             StoreKind::Sqlite => None,
         };
-        let cfg_path = write_config(&dir, &args, &layout, etcd.as_ref().map(|e| e.endpoint.as_str()))?;
-        let cfg = crate::cli::load_config(&cfg_path)?;
+        let (cfg_path, cfg) = write_config(&dir, &args, &layout, etcd.as_ref().map(|e| e.endpoint.as_str()))?;
         let exe = std::env::current_exe()?;
         eprintln!(
             "fleet: {} servers ({primaries} primaries, {spares} spares, {} aged), poll every {}, fd limit {limit}; state in {}",

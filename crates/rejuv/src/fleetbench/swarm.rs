@@ -266,7 +266,7 @@ async fn state(State((a, s)): State<Ctx>, headers: HeaderMap) -> Response {
         instances: inner.instances.values().map(|i| i.status.clone()).collect(),
         crashes_total: 0,
         last_rejuvenation: inner.last_rejuvenation.clone(),
-        version: crate::cli::VERSION.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
     };
     drop(inner);
     Json(body).into_response()
@@ -359,18 +359,7 @@ async fn stop_instance(
             i.status.healthy = false;
             i.status
         }
-        None => InstanceStatus {
-            id,
-            service: String::new(),
-            addr: None,
-            pid: None,
-            state: InstanceState::Absent,
-            healthy: false,
-            started_at_ms: None,
-            crashes: 0,
-            last_exit: None,
-            last_output: Vec::new(),
-        },
+        None => InstanceStatus::absent(&id),
     };
     Json(status).into_response()
 }
@@ -498,7 +487,7 @@ fn counts(shared: &Shared, agents: &[Arc<AgentSim>]) -> SwarmCounts {
 
 /// Runs the swarm until SIGTERM or SIGINT.
 pub fn run(args: SwarmArgs) -> anyhow::Result<i32> {
-    let cfg: Config = crate::cli::load_config(&args.config)?;
+    let cfg: Config = crate::config_file::load_config(&args.config)?;
     let token = crate::conn::read_token(&args.token_file)?;
     let to = args.to.unwrap_or(cfg.servers.len()).min(cfg.servers.len());
     anyhow::ensure!(
