@@ -139,6 +139,20 @@ fn operator_commands_show_act_and_name_who_asked() {
     });
     h.start_controller(&[]);
     h.wait_serving();
+    // Two reads of the status are compared below: both after every instance is healthy and
+    // read (the front end serves as soon as one is).
+    wait_for(
+        "every instance healthy with a reading",
+        Duration::from_secs(30),
+        || {
+            h.status()["servers"]
+                .as_array()?
+                .iter()
+                .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
+                .all(|i| i["healthy"] == true && i["rss_bytes"].is_u64())
+                .then_some(())
+        },
+    );
 
     // status --output json: an object whose `servers` lists every server with role and state.
     let st = ok_json(&cli(&h, &["status", "--output", "json"]), "status");
