@@ -17,6 +17,7 @@
 //! Leader identity is (controller slot, start number): a controller killed and restarted that
 //! wins again is a new term, so it counts as a change. The first election is not a change.
 
+use crate::demo::plan::Parts;
 use crate::procs::Proc;
 use rand::{Rng, SeedableRng};
 use rejuv_core::api::{BackendState, ProxyStatus};
@@ -112,19 +113,21 @@ struct Slot {
 pub struct Controllers {
     slots: Vec<Slot>,
     exe: PathBuf,
-    config: PathBuf,
+    /// Each controller's config (one for all, or one per controller).
+    configs: Vec<PathBuf>,
     dir: PathBuf,
     paused: bool,
 }
 
 impl Controllers {
-    /// Starts one controller per address.
+    /// Starts one controller per address, each with its own config of `configs` (or all
+    /// with the one config given).
     ///
     /// # Errors
     /// A process cannot be started.
     pub fn start(
         exe: &Path,
-        config: &Path,
+        configs: &[PathBuf],
         dir: &Path,
         addrs: &[SocketAddr],
         paused: bool,
@@ -139,7 +142,7 @@ impl Controllers {
                 })
                 .collect(),
             exe: exe.to_path_buf(),
-            config: config.to_path_buf(),
+            configs: configs.to_vec(),
             dir: dir.to_path_buf(),
             paused,
         };
@@ -158,8 +161,9 @@ impl Controllers {
         };
         let (out, err) = crate::procs::log_file(&self.dir, &log)?;
         let mut cmd = Command::new(&self.exe);
+        let config = self.configs.get(i).or(self.configs.first());
         cmd.args(["controller", "--config"])
-            .arg(&self.config)
+            .arg(config.ok_or_else(|| anyhow::anyhow!("a controller without a config"))?)
             .arg("--listen")
             .arg(self.slots[i].addr.to_string())
             .arg("--session-code-file")
@@ -211,9 +215,10 @@ pub struct SuperviseReport {
 /// Progress lines the supervisor wants printed.
 pub type Lines = tokio::sync::mpsc::UnboundedSender<String>;
 
-async fn role(http: &reqwest::Client, addr: SocketAddr) -> Option<String> {
-    let r = http
-        .get(format!("http://{addr}/healthz"))
+async fn role(api: &Parts, addr: SocketAddr) -> Option<String> {
+    let r = api
+        .http
+        .get(api.url(addr, "/healthz"))
         .timeout(Duration::from_millis(500))
         .send()
         .await
@@ -236,16 +241,14 @@ fn restart(ctl: &mut Controllers, i: usize, lines: &Lines) {
 /// (still running, for the caller to stop) and the report.
 pub async fn supervise(
     mut ctl: Controllers,
+    // How to reach the controllers' API.
+    api: Parts,
     chaos: Option<u64>,
     chaos_off: CancellationToken,
     leader: watch::Sender<Option<SocketAddr>>,
     lines: Lines,
     stop: CancellationToken,
 ) -> (Controllers, SuperviseReport) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .expect("an HTTP client");
     let mut rng = rand::rngs::StdRng::seed_from_u64(chaos.unwrap_or(0));
     let next_kill = |rng: &mut rand::rngs::StdRng| {
         Instant::now() + Duration::from_secs(rng.gen_range(KILL_EVERY_S.0..=KILL_EVERY_S.1))
@@ -280,7 +283,7 @@ pub async fn supervise(
             if ctl.slots[i].proc.is_none() {
                 continue;
             }
-            if role(&http, ctl.slots[i].addr).await.as_deref() == Some("leader") {
+            if role(&api, ctl.slots[i].addr).await.as_deref() == Some("leader") {
                 let id = (i, ctl.slots[i].starts);
                 if now_leader.is_none() || last == now_leader {
                     now_leader = Some(id);
@@ -467,7 +470,13 @@ async fn get_json<T: DeserializeOwned>(
     url: String,
     token: &str,
 ) -> Option<T> {
-    let r = http.get(url).bearer_auth(token).send().await.ok()?;
+    let r = http
+        .get(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?;
     if !r.status().is_success() {
         return None;
     }
@@ -479,26 +488,21 @@ async fn get_json<T: DeserializeOwned>(
 /// catch the proxy between a table change and its push, or two reads of moving state.
 pub async fn watch_invariants(
     cfg: Config,
-    controllers: Vec<SocketAddr>,
-    // The proxy's admin API and how to reach it (TLS with the demo's certificate).
-    proxy_admin: Option<(SocketAddr, crate::demo::plan::Parts)>,
-    token: String,
+    // The controllers' API addresses, how to reach them, and the API token.
+    (controllers, api, token): (Vec<SocketAddr>, Parts, String),
+    // The proxy's admin API, how to reach it (TLS with the demo's certificate), its token.
+    proxy_admin: Option<(SocketAddr, Parts)>,
     proxy_token: String,
     lines: Lines,
     stop: CancellationToken,
 ) -> WatchReport {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .expect("an HTTP client");
     let mut report = WatchReport::default();
     let mut previous: BTreeSet<String> = BTreeSet::new();
     let mut counted: BTreeSet<String> = BTreeSet::new();
     while !stop.is_cancelled() {
         let mut status = None;
         for c in &controllers {
-            if let Some(v) =
-                get_json::<Status>(&http, format!("http://{c}/v1/status"), &token).await
+            if let Some(v) = get_json::<Status>(&api.http, api.url(*c, "/v1/status"), &token).await
             {
                 status = Some(v);
                 break;

@@ -146,6 +146,11 @@ impl Hosts {
         &self.layout
     }
 
+    /// (server id, container name) of every host started.
+    pub fn containers(&self) -> Vec<(String, String)> {
+        self.containers.clone()
+    }
+
     /// Starts one host container per server of `plan`, waits until every agent answers from
     /// this machine, and writes `fleet.json`.
     pub async fn start(&mut self, plan: &Plan) -> anyhow::Result<()> {
@@ -350,12 +355,16 @@ async fn host_image(p: &mut crate::view::Progress) -> anyhow::Result<String> {
 }
 
 /// Host restarts the controller saw: its `host-restart` events.
-pub async fn host_restarts(http: &reqwest::Client, controller: SocketAddr, token: &str) -> u64 {
+pub async fn host_restarts(
+    api: &crate::demo::plan::Parts,
+    controller: SocketAddr,
+    token: &str,
+) -> u64 {
     let mut after = 0i64;
     let mut count = 0;
     loop {
-        let url = format!("http://{controller}/v1/events?after={after}&limit=1000");
-        let Some(events) = crate::demo::live::get::<Vec<StoredEvent>>(http, url, token).await
+        let url = api.url(controller, &format!("/v1/events?after={after}&limit=1000"));
+        let Some(events) = crate::demo::live::get::<Vec<StoredEvent>>(&api.http, url, token).await
         else {
             return count;
         };

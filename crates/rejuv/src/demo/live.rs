@@ -31,7 +31,8 @@ pub async fn get<T: serde::de::DeserializeOwned>(
 
 /// What the progress loop reads from.
 pub struct Sources<'a> {
-    pub http: &'a reqwest::Client,
+    /// The controllers' operator API.
+    pub api: &'a crate::demo::plan::Parts,
     pub token: &'a str,
     /// The leading controller, as the supervisor sees it.
     pub leader: &'a watch::Receiver<Option<SocketAddr>>,
@@ -65,8 +66,11 @@ pub async fn follow<T>(
         let Some(controller) = *src.leader.borrow() else {
             continue;
         };
-        let url = format!("http://{controller}/v1/events?after={last_seq}&limit=200");
-        if let Some(events) = get::<Vec<StoredEvent>>(src.http, url, src.token).await {
+        let url = src.api.url(
+            controller,
+            &format!("/v1/events?after={last_seq}&limit=200"),
+        );
+        if let Some(events) = get::<Vec<StoredEvent>>(&src.api.http, url, src.token).await {
             for e in &events {
                 last_seq = e.seq;
                 if !worth_a_line(e) {
@@ -82,8 +86,8 @@ pub async fn follow<T>(
         }
         if last_status.is_none_or(|t| t.elapsed() >= Duration::from_millis(900)) {
             last_status = Some(Instant::now());
-            let url = format!("http://{controller}/v1/status");
-            if let Some(status) = get::<Status>(src.http, url, src.token).await {
+            let url = src.api.url(controller, "/v1/status");
+            if let Some(status) = get::<Status>(&src.api.http, url, src.token).await {
                 let totals = Totals {
                     load: src.stats.snapshot(),
                     elapsed: load_started.elapsed(),

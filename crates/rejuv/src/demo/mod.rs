@@ -25,6 +25,7 @@
 //! would on a real fleet.
 
 pub mod args;
+pub mod faults;
 pub mod fleet;
 pub mod host_layout;
 pub mod hosts;
@@ -57,6 +58,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
 
 async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     check_args(&args)?;
+    // Faults across hosts (with `--chaos`) need tools of this machine: checked first.
+    let host_chaos = args.chaos && args.hosts == DemoHosts::Docker;
+    if host_chaos {
+        faults::check_tools()?;
+    }
     let shutdown = crate::procs::shutdown_on_signal();
     let mode = match args.mode {
         DemoMode::ActiveStandby => Mode::ActiveStandby,
@@ -124,6 +130,32 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         plan.config_path.display()
     ));
 
+    // With faults across hosts each controller reaches etcd through a relay of its own, that
+    // chaos can cut: its own config names its relay as the etcd endpoint.
+    let relay_stop = CancellationToken::new();
+    let _relays_end = relay_stop.clone().drop_guard();
+    let mut relays = Vec::new();
+    let mut configs = vec![plan.config_path.clone()];
+    if let (true, Some(e)) = (host_chaos, etcd.as_ref()) {
+        let to: std::net::SocketAddr = e
+            .endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .context("etcd's endpoint")?;
+        let text = std::fs::read_to_string(&plan.config_path)?;
+        configs.clear();
+        for (i, c) in plan.controllers.iter().enumerate() {
+            let relay = faults::Relay::start(to, relay_stop.clone()).await?;
+            let path = dir.join(format!("rejuv-controller-{}.toml", i + 1));
+            std::fs::write(
+                &path,
+                text.replace(&e.endpoint, &format!("http://{}", relay.addr)),
+            )?;
+            configs.push(path);
+            relays.push((*c, relay));
+        }
+    }
+
     // Processes, dropped (and so stopped) in reverse order: controller, proxy, agents.
     let mut agents = match hosts.as_mut() {
         None => start_agents(&exe, &plan, &dir).await?,
@@ -140,15 +172,15 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     let mut proxy = start_front(&exe, &plan, &args, &dir).await?;
     let controllers = crate::chaos::Controllers::start(
         &exe,
-        &plan.config_path,
+        &configs,
         &dir,
         &plan.controllers,
         args.no_rejuvenation,
     )?;
     for c in &plan.controllers {
         wait_http(
-            &http,
-            &format!("http://{c}/healthz"),
+            &plan.api.http,
+            &plan.api.url(*c, "/healthz"),
             "controller",
             Duration::from_secs(30),
         )
@@ -170,6 +202,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     let supervisor = match args.store {
         StoreKind::Etcd => Some(tokio::spawn(crate::chaos::supervise(
             controllers,
+            plan.api.clone(),
             chaos_seed,
             chaos_stop.clone(),
             leader_tx,
@@ -183,13 +216,31 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     };
     let watcher = tokio::spawn(crate::chaos::watch_invariants(
         plan.config.clone(),
-        plan.controllers.clone(),
+        (
+            plan.controllers.clone(),
+            plan.api.clone(),
+            plan.token.clone(),
+        ),
         (args.lb == Lb::Builtin).then(|| (plan.admin, plan.parts.clone())),
-        plan.token.clone(),
         plan.proxy_token.clone(),
         lines_tx.clone(),
         background.clone(),
     ));
+    let host_faults = match (host_chaos, chaos_seed, hosts.as_ref()) {
+        (true, Some(seed), Some(h)) => Some(tokio::spawn(faults::inject(
+            faults::Targets {
+                hosts: h.containers(),
+                relays,
+                api: plan.api.clone(),
+                token: plan.token.clone(),
+            },
+            seed,
+            leader_rx.clone(),
+            lines_tx.clone(),
+            chaos_stop.clone(),
+        ))),
+        _ => None,
+    };
     drop(lines_tx);
     let first_leader = leader_within(&leader_rx, Duration::from_secs(30))
         .await
@@ -207,8 +258,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     .await?;
 
     p.raw(&format!(
-        "dashboard: http://{}/ui#code={}",
-        first_leader, plan.session_code
+        "dashboard: {}",
+        plan.api
+            .url(first_leader, &format!("/ui#code={}", plan.session_code))
     ));
     if plan.controllers.len() > 1 {
         let others: Vec<String> = plan
@@ -228,6 +280,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         p.line(&format!(
             "chaos on (seed {seed}): the leader is SIGKILLed every 12-25 s and restarted"
         ));
+        if host_faults.is_some() {
+            p.line(&format!(
+                "faults across hosts: {} in turn, one every 6-12 s",
+                faults::KINDS.join(", ")
+            ));
+        }
     }
     p.line(&format!(
         "front end serving; load {} req/s for {:?}{}",
@@ -257,7 +315,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     ));
 
     let sources = Sources {
-        http: &http,
+        api: &plan.api,
         token: &plan.token,
         leader: &leader_rx,
         lines: &mut lines_rx,
@@ -266,6 +324,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     let load_started = std::time::Instant::now();
     live::follow(&mut p, sources, &args, &load, &shutdown, &load_stop).await;
     chaos_stop.cancel();
+    // The fault under way, if any, is healed before anything is counted.
+    let injected = match host_faults {
+        Some(t) => t.await.context("fault injection task")?,
+        None => Default::default(),
+    };
     p.finish();
     let report = load.await.context("load generator task")??;
     p.line(&format!(
@@ -280,10 +343,12 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     // Let running workflows finish before counting, so no state is mid-move.
     if !args.no_rejuvenation {
         p.line("pausing new workflows; letting running ones finish (up to 40s) before counting");
-        settle(&http, controller, &plan.token, &shutdown).await;
+        settle(&plan.api, controller, &plan.token, &shutdown).await;
     }
-    let status: Status = http
-        .get(format!("http://{controller}/v1/status"))
+    let status: Status = plan
+        .api
+        .http
+        .get(plan.api.url(controller, "/v1/status"))
         .bearer_auth(&plan.token)
         .send()
         .await?
@@ -291,7 +356,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         .await?;
     let actual = counter_total(&http, &status).await;
     let crashes = crashes_total(&plan.parts, &plan.servers, &plan.token).await;
-    let host_restarts = hosts::host_restarts(&http, controller, &plan.token).await;
+    let host_restarts = hosts::host_restarts(&plan.api, controller, &plan.token).await;
 
     background.cancel();
     let watched = watcher.await.context("invariant watcher task")?;
@@ -342,6 +407,14 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         controller_exits: supervised.as_ref().map(|r| r.controller_exits),
         handover_ms: supervised.as_ref().map(|r| r.handover_ms.clone()),
         chaos_seed,
+        faults_injected: chaos_seed.map(|_| {
+            let mut m = injected.clone();
+            m.insert(
+                "controller-kill".into(),
+                supervised.as_ref().map_or(0, |r| r.controller_kills),
+            );
+            m
+        }),
         hosts: match args.hosts {
             DemoHosts::Local => "local".into(),
             DemoHosts::Docker => "docker".into(),

@@ -23,8 +23,9 @@ fn free_range(ip: IpAddr, n: u16) -> anyhow::Result<[u16; 2]> {
 /// controller is started with it and removes it when the code is used.
 pub const SESSION_CODE_FILE: &str = "dashboard.code";
 
-/// How the demo itself reaches its agents and its proxy's admin API: over mutual TLS with
-/// the controller's certificate, as the controller does.
+/// How the demo itself reaches a kind of part: its agents and its proxy's admin API over
+/// mutual TLS with the controller's certificate, as the controller does; the controllers'
+/// operator API over plain HTTP on loopback, or over HTTPS verified with the demo's CA.
 #[derive(Clone)]
 pub struct Parts {
     pub http: reqwest::Client,
@@ -41,7 +42,11 @@ impl Parts {
 /// The demo's fleet CA and certificates, in `dir/tls`: a CA (kept from an earlier run in the
 /// same state directory), and a certificate for the controllers, the proxy and each agent
 /// (named by its server id, for its loopback address). Gives the `[tls]` section.
-fn issue_certificates(dir: &Path, agents: &[(String, IpAddr)]) -> anyhow::Result<String> {
+fn issue_certificates(
+    dir: &Path,
+    agents: &[(String, IpAddr)],
+    api: bool,
+) -> anyhow::Result<String> {
     use rejuv_net::tls::issue::{init_ca, issue, IssueRequest, CA_CERT};
     use rejuv_net::tls::Role;
     let tls = dir.join("tls");
@@ -71,8 +76,13 @@ fn issue_certificates(dir: &Path, agents: &[(String, IpAddr)]) -> anyhow::Result
     }
     Ok(format!(
         "# The parts talk mutual TLS with the demo's CA; the operator API (dashboard, /v1,\n\
-         # /metrics) stays plain HTTP on loopback.\n\
-         [tls]\nca = \"{ca}\"\ncert = \"{dir}/{{name}}.pem\"\nkey = \"{dir}/{{name}}.key\"\napi = false\n",
+         # /metrics) {api_line}.\n\
+         [tls]\nca = \"{ca}\"\ncert = \"{dir}/{{name}}.pem\"\nkey = \"{dir}/{{name}}.key\"\napi = {api}\n",
+        api_line = if api {
+            "is HTTPS with the controller's certificate (verify it with this CA)"
+        } else {
+            "stays plain HTTP on loopback"
+        },
         ca = tls.join(CA_CERT).display(),
         dir = tls.display(),
     ))
@@ -82,6 +92,8 @@ fn issue_certificates(dir: &Path, agents: &[(String, IpAddr)]) -> anyhow::Result
 pub struct Plan {
     /// How the demo reaches agents and the proxy's admin API.
     pub parts: Parts,
+    /// How the demo reaches the controllers' operator API (HTTPS with `--hosts docker`).
+    pub api: Parts,
     pub config_path: PathBuf,
     pub token_path: PathBuf,
     pub config: rejuv_core::config::Config,
@@ -107,17 +119,20 @@ pub fn write_config(
     hosts: Option<&crate::demo::host_layout::Layout>,
 ) -> anyhow::Result<Plan> {
     let exe = std::env::current_exe().context("finding the rejuv executable")?;
-    let token: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
+    let token = new_secret();
     let token_path = dir.join("token");
     write_secret(&token_path, &token)?;
     // The proxy's admin API has a token of its own: the operators' cannot move traffic.
     let proxy_token_path = dir.join("proxy.token");
-    let proxy_token: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
+    let proxy_token = new_secret();
     write_secret(&proxy_token_path, &proxy_token)?;
+    // Tokens for people and scripts, one per role: `tokens/read.token` reads (status, events,
+    // metrics, dashboard), `tokens/operate.token` also acts.
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    for role in ["read", "operate"] {
+        write_secret(&tokens.join(format!("{role}.token")), &new_secret())?;
+    }
     let session_code: String = (0..16)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect();
@@ -148,6 +163,10 @@ mode = "{mode}"
 agent_token_file = "{token}"
 api_token_file = "{token}"
 proxy_token_file = "{proxy_token}"
+operators = [
+  {{ name = "read", token_file = "{tokens}/read.token", role = "read" }},
+  {{ name = "operate", token_file = "{tokens}/operate.token", role = "operate" }},
+]
 
 [controller]
 listen = "{controller}"
@@ -234,6 +253,7 @@ stop_grace = "3s"
         cache_cap = args.memory_budget * 2 / 5,
         token = token_path.display(),
         proxy_token = proxy_token_path.display(),
+        tokens = tokens.display(),
         traffic = match args.lb {
             Lb::Builtin => format!(
                 "[traffic]\nadapter = \"builtin\"\nadmin = \"{admin}\"\nlisten = {{ web = \"{}\" }}\n",
@@ -315,7 +335,9 @@ data_dir = "{data}"
     let agents: Vec<(String, IpAddr)> =
         servers.iter().map(|(id, a)| (id.clone(), a.ip())).collect();
     toml.push('\n');
-    toml.push_str(&issue_certificates(dir, &agents)?);
+    // With host containers the operator API leaves loopback's trust: HTTPS, as in a fleet.
+    let api_tls = hosts.is_some();
+    toml.push_str(&issue_certificates(dir, &agents, api_tls)?);
     let config_path = dir.join("rejuv.toml");
     std::fs::write(&config_path, &toml)?;
     let config = rejuv_core::config::Config::from_toml(&toml)
@@ -337,8 +359,31 @@ data_dir = "{data}"
             .context("the demo's HTTPS client")?,
         scheme: "https",
     };
+    let api = Parts {
+        http: {
+            let b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5));
+            if api_tls {
+                let ca = dir.join("tls").join(rejuv_net::tls::issue::CA_CERT);
+                b.use_preconfigured_tls(
+                    rejuv_net::tls::api_client_config(&ca)
+                        .context("the demo's client of the operator API")?,
+                )
+            } else {
+                b
+            }
+        }
+        .build()
+        .context("the demo's client of the operator API")?,
+        scheme: if api_tls { "https" } else { "http" },
+    };
+    // Where operators and scripts find the (first) controller's API: one line, no slash.
+    std::fs::write(
+        dir.join("controller.url"),
+        format!("{}\n", api.url(controller, "")),
+    )?;
     Ok(Plan {
         parts,
+        api,
         config_path,
         token_path,
         config,
@@ -381,6 +426,13 @@ backend be_web
 "#,
         sock = dir.join("haproxy.sock").display()
     )
+}
+
+/// A new token: 32 random bytes in hex.
+fn new_secret() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 /// Writes a secret readable by its owner alone: a new file is made 0600, and an old one

@@ -47,6 +47,10 @@ pub struct Summary {
     pub handover_ms: Option<Vec<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chaos_seed: Option<u64>,
+    /// Chaos runs: faults injected, by kind (`controller-kill`, and with `--hosts docker`
+    /// `host-kill`, `host-pause`, `host-partition`, `etcd-partition`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults_injected: Option<std::collections::BTreeMap<String, u64>>,
     /// Where the servers ran: `local` (this machine) or `docker` (host containers).
     pub hosts: String,
     /// Host restarts the controller saw (a server back with a new boot identity).
@@ -71,20 +75,21 @@ pub struct Counter {
 /// Pauses new workflows and waits (up to 40 s, or `shutdown`) until none runs, so no state is
 /// mid-move when the demo counts.
 pub async fn settle(
-    http: &reqwest::Client,
+    api: &crate::demo::plan::Parts,
     controller: SocketAddr,
     token: &str,
     shutdown: &CancellationToken,
 ) {
-    let _ = http
-        .post(format!("http://{controller}/v1/pause"))
+    let _ = api
+        .http
+        .post(api.url(controller, "/v1/pause"))
         .bearer_auth(token)
         .send()
         .await;
     let until = Instant::now() + Duration::from_secs(40);
     while Instant::now() < until && !shutdown.is_cancelled() {
-        let url = format!("http://{controller}/v1/status");
-        let busy = get::<Status>(http, url, token)
+        let url = api.url(controller, "/v1/status");
+        let busy = get::<Status>(&api.http, url, token)
             .await
             .is_none_or(|s| !s.workflows.is_empty());
         if !busy {
