@@ -38,6 +38,21 @@ fn a_small_fleet_rejuvenates_its_aged_servers_and_no_other() {
         serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     assert_eq!(s["servers"], 40);
     assert_eq!(s["servers_aged"], 2, "{s}");
+    // By default the controller and the simulated agents talk mutual TLS, one certificate
+    // per agent, as production does; the polls below went over it.
+    assert_eq!(s["tls"], true, "{s}");
+    let certs = std::fs::read_dir(dir.path().join("state/tls"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".pem"))
+        })
+        .count();
+    assert_eq!(
+        certs,
+        40 + 3,
+        "the CA, the controller, the proxy and one per agent"
+    );
     assert_eq!(
         s["aged_rejuvenated"], 2,
         "every aged server rejuvenated: {s}"

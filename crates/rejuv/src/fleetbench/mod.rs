@@ -75,6 +75,11 @@ pub struct FleetArgs {
     /// Write the summary as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
+    /// Plain HTTP between the controller and the simulated agents (`[tls] insecure = true`).
+    /// By default they talk mutual TLS as production does: a fleet CA made for the run and
+    /// one certificate per simulated agent, naming its server id and address.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Agents a swarm process answers for: each is a listening socket and a connection from the
@@ -109,6 +114,8 @@ pub struct FleetSummary {
     /// The swarm's processes together, in % of one core, after the warm-up.
     pub swarm_cpu_pct: f64,
     pub swarm_processes: usize,
+    /// Whether the controller and the agents talked mutual TLS (`false` with `--insecure`).
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -237,12 +244,18 @@ admin = "{admin}"
 listen = {{ web = "{front}" }}
 [store]
 {store}
+{tls}
 [services.web]
 command = "/bin/true"
 drain = "1s"
 health = {{ path = "/healthz" }}
 "#,
         tok = dir.join("token").display(),
+        tls = if args.insecure {
+            "[tls]\ninsecure = true\n".to_string()
+        } else {
+            issue_certificates(dir, l)?
+        },
         interval = humantime::format_duration(args.interval),
         timeout = humantime::format_duration(timeout),
         hold = humantime::format_duration(args.interval * 2),
@@ -268,6 +281,48 @@ health = {{ path = "/healthz" }}
     // Read back as the controller will read it: a mistake here fails the benchmark at once.
     let cfg = crate::config_file::load_config(&path)?;
     Ok((path, cfg))
+}
+
+/// The run's fleet CA in `dir/tls` and a certificate for the controller, the proxy and every
+/// simulated agent (named by its server id, for its address); gives the `[tls]` section. The
+/// operator API stays plain HTTP (`api = false`): the benchmark measures the agents' traffic.
+fn issue_certificates(dir: &Path, l: &Layout) -> anyhow::Result<String> {
+    use rejuv_net::tls::issue::{init_ca, issue, IssueRequest, CA_CERT};
+    use rejuv_net::tls::Role;
+    let tls = dir.join("tls");
+    if !tls.join(CA_CERT).exists() {
+        init_ca(&tls, 2).context("making the run's CA")?;
+    }
+    let started = std::time::Instant::now();
+    let lo = vec!["127.0.0.1".to_string()];
+    let mut parts = vec![
+        (Role::Controller, "controller".to_string(), lo.clone()),
+        (Role::Proxy, "proxy".to_string(), lo),
+    ];
+    for i in 0..l.primaries + l.spares {
+        parts.push((Role::Agent, format!("s{i}"), vec![agent_ip(i).to_string()]));
+    }
+    for (role, name, sans) in &parts {
+        issue(&IssueRequest {
+            ca_dir: &tls,
+            role: *role,
+            name,
+            sans,
+            days: 2,
+            out_dir: &tls,
+        })
+        .with_context(|| format!("issuing the certificate of {role} {name}"))?;
+    }
+    eprintln!(
+        "fleet: {} certificates issued in {:.1}s (mutual TLS; --insecure for plain HTTP)",
+        parts.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(format!(
+        "[tls]\nca = \"{ca}\"\ncert = \"{d}/{{name}}.pem\"\nkey = \"{d}/{{name}}.key\"\napi = false\n",
+        ca = tls.join(CA_CERT).display(),
+        d = tls.display()
+    ))
 }
 
 fn write_token(dir: &Path) -> anyhow::Result<()> {
@@ -617,6 +672,7 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
             judged_unstable_wrongly: wrong.len(),
             swarm_cpu_pct: 100.0 * (swarm_end - swarm0) / secs,
             swarm_processes: swarms.len(),
+            tls: !args.insecure,
         };
         drop(etcd);
         print_summary(&summary);

@@ -572,6 +572,20 @@ pub fn run(args: SwarmArgs) -> anyhow::Result<i32> {
         })
         .collect();
     let addrs: Vec<SocketAddr> = cfg.servers[args.from..to].iter().map(|s| s.agent).collect();
+    // With `[tls]` each simulated agent serves HTTPS with its own certificate and, as a real
+    // agent does, only to a controller of the fleet.
+    let tls: Vec<Option<Arc<rejuv_net::tls::Tls>>> = cfg.servers[args.from..to]
+        .iter()
+        .map(|s| {
+            cfg.tls_files(s.id.as_str())
+                .map(|f| {
+                    rejuv_net::tls::Tls::load(f)
+                        .with_context(|| format!("the certificate of simulated agent {}", s.id))
+                })
+                .transpose()
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let limits = cfg.agent.listener_limits();
     // One worker: the swarm's share of the machine is measured, and the controller gets the
     // other core.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -587,14 +601,14 @@ pub fn run(args: SwarmArgs) -> anyhow::Result<i32> {
                 .with_context(|| format!("binding a simulated agent on {addr}"))?;
             listeners.push(l);
         }
-        for (l, a) in listeners.into_iter().zip(&agents) {
+        for ((l, a), tls) in listeners.into_iter().zip(&agents).zip(tls) {
             let app = router((a.clone(), shared.clone()));
             let stop = shutdown.clone();
-            tokio::spawn(async move {
-                let _ = axum::serve(l, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-            });
+            let mut server = rejuv_net::Server::new(l, "simulated agent", limits);
+            if let Some(tls) = tls {
+                server = server.with_tls(tls, Some(rejuv_net::tls::Role::Controller));
+            }
+            tokio::spawn(server.serve_router(app, stop.cancelled_owned()));
         }
         let line = |c: &SwarmCounts| serde_json::to_string(c).unwrap_or_default();
         println!("{}", line(&counts(&shared, &agents)));
