@@ -4,7 +4,8 @@
 //! `rejuv server remove` takes it off and forgets it.
 
 use crate::harness::{
-    free_port, free_range, spawn, wait_for, write_secret, Harness, Server, Spec, EXE,
+    free_port, free_range, hold_at_gate, spawn, wait_for, write_secret, Harness, Load, Server,
+    Spec, EXE,
 };
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
@@ -263,18 +264,20 @@ fn an_approved_server_joins_survives_a_restart_and_is_removed() {
 }
 
 #[test]
-fn an_auto_approved_spare_joins_at_once_and_takes_a_primarys_instances() {
+fn an_auto_approved_spare_joins_at_once_takes_a_primarys_instances_and_is_evacuated() {
     let keys = tempfile::tempdir().unwrap();
     let spec = Spec {
         primaries: 1,
         spares: 0,
         in_place: false,
-        extra_toml: join_toml(keys.path(), true),
+        // Workflows wait 3 s at the gate: long enough to ask for a removal meanwhile.
+        extra_toml: join_toml(keys.path(), true) + &hold_at_gate(3),
         ..Spec::default()
     };
     let mut h = Harness::new(&spec);
     h.start_controller(&[]);
     h.wait_serving();
+    let operate = h.dir.path().join("token");
     start_joining_agent(&mut h, keys.path(), "s2", "127.0.0.3", "spare");
     let s2 = wait_polled(&h, "s2");
     assert_eq!(s2["role"], "spare");
@@ -290,6 +293,19 @@ fn an_auto_approved_spare_joins_at_once_and_takes_a_primarys_instances() {
             .status(),
         202
     );
+    wait_for("s1's workflow at the gate", Duration::from_secs(20), || {
+        let st = h.try_status()?;
+        let w = st["workflows"].as_array()?.first()?.clone();
+        (w["phase"] == "gating").then_some(())
+    });
+    // Not while a workflow runs on it.
+    let o = cli(&h, &operate, &["server", "remove", "s2"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("runs on s2"),
+        "{}",
+        text(&o)
+    );
     let done = wait_for(
         "the rejuvenation of s1 to complete",
         Duration::from_secs(60),
@@ -304,4 +320,21 @@ fn an_auto_approved_spare_joins_at_once_and_takes_a_primarys_instances() {
     let s2 = server(&done, "s2").unwrap();
     assert_eq!(s2["role"], "primary");
     assert_eq!(s2["instances"].as_array().unwrap().len(), 1, "{s2:#}");
+
+    // Removed while it serves: its instance moves back to s1 (now the spare), without a
+    // failed request, and then it is forgotten.
+    let load = Load::start(h.front, 20, Duration::from_secs(60));
+    let o = cli(&h, &operate, &["server", "remove", "s2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    wait_for(
+        "s2 evacuated and forgotten",
+        Duration::from_secs(60),
+        || server(&h.try_status()?, "s2").is_none().then_some(()),
+    );
+    let report = load.finish();
+    assert!(report.requests_total > 0);
+    assert_eq!(report.requests_failed, 0, "{report:?}");
+    let st = h.status();
+    let s1 = server(&st, "s1").unwrap();
+    assert_eq!(s1["instances"].as_array().unwrap().len(), 1, "{st:#}");
 }
