@@ -18,6 +18,7 @@
 //! - [`actions`]: rejuvenation runs.
 //! - [`persist`]: the durable state file.
 //! - [`http`]: the API; [`metrics`]: `/metrics`.
+//! - [`join`]: asking a controller to let this server join (`rejuv agent --join`).
 //!
 //! The binary calls [`run`] with a bound listener, so tests start agents on port 0.
 
@@ -28,6 +29,7 @@ pub mod docker;
 pub mod handover;
 pub mod host;
 pub mod http;
+pub mod join;
 pub mod metrics;
 pub mod persist;
 pub mod procfs;

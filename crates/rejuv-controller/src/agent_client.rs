@@ -140,6 +140,14 @@ impl AgentClient {
         }
     }
 
+    /// Learns that the agent at `addr` is server `id` (its certificate must name `id`).
+    pub fn name_agent(&self, addr: SocketAddr, id: &str) {
+        if let Some(t) = &self.tls {
+            let mut names = t.names.write().unwrap_or_else(|p| p.into_inner());
+            names.insert(addr, id.to_string());
+        }
+    }
+
     /// The client that reaches `addr`: plain, or HTTPS checking the server it must be.
     fn client_for(&self, addr: SocketAddr) -> Result<Option<reqwest::Client>, ClientError> {
         let Some(t) = &self.tls else { return Ok(None) };

@@ -50,9 +50,12 @@ pub struct ApiState {
     pub connections: Arc<rejuv_net::ConnectionStats>,
     /// The controller's TLS, for the certificates' expiry on `/metrics`.
     pub tls: Option<Arc<rejuv_net::tls::Tls>>,
+    /// The join token (`join.token_file`) that `POST /v1/join` requires; none: joining is off.
+    pub join_token: Option<Arc<String>>,
 }
 
-/// Largest request body (bytes): the only body, maintenance's `{"on": true}`, is a few bytes.
+/// Largest request body (bytes): maintenance's `{"on": true}` is a few bytes, a join request
+/// a few hundred.
 pub const MAX_BODY: usize = 4096;
 
 /// Longest `x-rejuv-actor` name.
@@ -67,6 +70,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/servers/{id}/history", get(history))
         .route("/v1/servers/{id}/rejuvenate", post(rejuvenate))
         .route("/v1/servers/{id}/maintenance", post(maintenance))
+        .route("/v1/servers/pending", get(pending_joins))
+        .route("/v1/servers/{id}/approve", post(approve))
+        .route("/v1/servers/{id}/remove", post(remove))
         .route("/v1/pause", post(pause))
         .route("/v1/reload", post(reload))
         .route("/v1/instances/{id}/logs", get(instance_logs))
@@ -78,6 +84,8 @@ pub fn router(state: ApiState) -> Router {
         // The dashboard page itself carries no data; its calls to the API carry the token.
         .route("/ui", get(ui))
         .route("/v1/session", post(session))
+        // Agents that join carry the join token, not an operator's.
+        .route("/v1/join", post(join))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -601,6 +609,170 @@ pub async fn reload_config(
         Ok(Ok(changes)) => Ok(changes),
         Ok(Err(r)) => Err(ReloadError::Refused(r)),
         Err(_) => Err(ReloadError::Gone),
+    }
+}
+
+/// `POST /v1/join`: an agent asks to join with the join token (never an operator's token,
+/// which is refused here as any other wrong one). `202` pending, `200` joined; `400` facts
+/// that are wrong, each named; `409` an id or address taken; `404` joining is off.
+async fn join(
+    State(s): State<ApiState>,
+    h: HeaderMap,
+    extensions: axum::http::Extensions,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    use crate::engine::JoinError;
+    use rejuv_core::config::JoinRefused;
+    let Some(token) = s.join_token.as_ref() else {
+        return err(
+            StatusCode::NOT_FOUND,
+            "joining is off: the controller's config has no [join] section",
+        );
+    };
+    if !rejuv_core::digest::bearer_matches(bearer(&h), token) {
+        let mut r = err(StatusCode::UNAUTHORIZED, "missing or wrong join token");
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return err(
+                e.status(),
+                format!("body: {} (at most {MAX_BODY} bytes)", e.body_text()),
+            )
+        }
+    };
+    let request: rejuv_core::wire::JoinRequest =
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v @ serde_json::Value::Object(_)) => match serde_json::from_value(v) {
+                Ok(r) => r,
+                Err(e) => return err(StatusCode::BAD_REQUEST, format!("join request: {e}")),
+            },
+            Ok(_) => return err(StatusCode::BAD_REQUEST, "join request: not a JSON object"),
+            Err(e) => return err(StatusCode::BAD_REQUEST, format!("join request: {e}")),
+        };
+    let from = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "?".to_string(), |c| c.0.to_string());
+    let (reply, rx) = oneshot::channel();
+    let msg = Msg::Join {
+        request,
+        from,
+        reply,
+    };
+    if s.tx.send(msg).await.is_err() {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok(answer)) => {
+            let status = match answer.state {
+                rejuv_core::wire::JoinState::Pending => StatusCode::ACCEPTED,
+                rejuv_core::wire::JoinState::Joined => StatusCode::OK,
+            };
+            (status, Json(answer)).into_response()
+        }
+        Ok(Err(JoinError::Facts(e @ JoinRefused::Invalid(_)))) => {
+            err(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Ok(Err(JoinError::Facts(e @ JoinRefused::Conflict(_)))) => {
+            err(StatusCode::CONFLICT, e.to_string())
+        }
+        Ok(Err(JoinError::Refused(r))) => err(StatusCode::CONFLICT, r.to_string()),
+        Ok(Err(JoinError::Full)) => err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} join requests wait already: approve or remove some first",
+                rejuv_core::config::MAX_PENDING
+            ),
+        ),
+        Err(_) => err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        ),
+    }
+}
+
+/// `GET /v1/servers/pending`: the join requests waiting for an operator, by server id.
+async fn pending_joins(State(s): State<ApiState>, h: HeaderMap) -> Response {
+    guard!(s, h);
+    let (reply, rx) = oneshot::channel();
+    if s.tx.send(Msg::PendingJoins { reply }).await.is_err() {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(list) => Json(list).into_response(),
+        Err(_) => err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        ),
+    }
+}
+
+/// `POST /v1/servers/{id}/approve`: lets a waiting server in (`operate` role).
+async fn approve(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    guard!(s, h);
+    let (reply, rx) = oneshot::channel();
+    let by = actor(&h, &s);
+    servers_changed(
+        &s,
+        Msg::Approve {
+            server: id,
+            by,
+            reply,
+        },
+        rx,
+    )
+    .await
+}
+
+/// `POST /v1/servers/{id}/remove`: drops a waiting join request, or takes a joined server
+/// off the list, evacuates and forgets it (`operate` role).
+async fn remove(State(s): State<ApiState>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    guard!(s, h);
+    let (reply, rx) = oneshot::channel();
+    let by = actor(&h, &s);
+    servers_changed(
+        &s,
+        Msg::Remove {
+            server: id,
+            by,
+            reply,
+        },
+        rx,
+    )
+    .await
+}
+
+async fn servers_changed(
+    s: &ApiState,
+    msg: Msg,
+    rx: oneshot::Receiver<Result<Vec<String>, crate::engine::ServerError>>,
+) -> Response {
+    use crate::engine::ServerError;
+    if s.tx.send(msg).await.is_err() {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok(changes)) => Json(rejuv_core::wire::ServersChanged { changes }).into_response(),
+        Ok(Err(ServerError::NotFound(why))) => err(StatusCode::NOT_FOUND, why),
+        Ok(Err(ServerError::Refused(why))) => err(StatusCode::CONFLICT, why),
+        Err(_) => err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller is shutting down",
+        ),
     }
 }
 

@@ -15,9 +15,10 @@ use rejuv_core::cluster::{
     Cluster, Command, CommandKind, CommandResult, Event, LogEvent, OperatorCommand, Refusal,
     Workflow,
 };
-use rejuv_core::config::Config;
+use rejuv_core::config::{check_join, Config, JoinRefused, JoinRequest, MAX_PENDING};
 use rejuv_core::shell::{Attempt, Effects, Note, Shell, Step};
 use rejuv_core::time::Now;
+use rejuv_core::wire::{JoinAnswer, JoinState, PendingJoin};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,6 +84,49 @@ pub enum Msg {
         server: String,
         judgement: rejuv_core::detect::detector::Judgement,
     },
+    /// An agent asks to join (`POST /v1/join`, its join token checked), from `from`.
+    Join {
+        request: JoinRequest,
+        from: String,
+        reply: oneshot::Sender<Result<JoinAnswer, JoinError>>,
+    },
+    /// The join requests waiting for an operator.
+    PendingJoins {
+        reply: oneshot::Sender<Vec<PendingJoin>>,
+    },
+    /// An operator approves the waiting join request of `server`.
+    Approve {
+        server: String,
+        by: String,
+        reply: oneshot::Sender<Result<Vec<String>, ServerError>>,
+    },
+    /// An operator removes a joined server (evacuated, then forgotten) or drops its waiting
+    /// join request.
+    Remove {
+        server: String,
+        by: String,
+        reply: oneshot::Sender<Result<Vec<String>, ServerError>>,
+    },
+}
+
+/// Why a join request is not taken.
+#[derive(Debug)]
+pub enum JoinError {
+    /// Its facts are wrong or clash with the cluster's.
+    Facts(JoinRefused),
+    /// [`MAX_PENDING`] requests wait already.
+    Full,
+    /// The running cluster cannot take the server (auto-approved).
+    Refused(Refusal),
+}
+
+/// Why approving or removing a server did nothing.
+#[derive(Debug)]
+pub enum ServerError {
+    /// No such request or joined server.
+    NotFound(String),
+    /// It does not fit the current state, with the reason.
+    Refused(String),
 }
 
 /// Whether the load balancer holds this controller's route table.
@@ -139,6 +183,9 @@ pub struct Engine {
     local: Option<CancellationToken>,
     /// When the state was last published.
     last_publish: Instant,
+    /// Join requests waiting for an operator, by server id. Kept in memory only: a joining
+    /// agent asks again until it is in, so a restarted controller hears them again.
+    joins: BTreeMap<String, PendingJoin>,
 }
 
 /// Most samples taken in one step.
@@ -213,6 +260,26 @@ impl Engine {
             cluster.advisory = dry_run;
             store.commit(&cluster, &[], &[])?;
         }
+        // The servers that joined are part of the config of every start; those being removed
+        // keep their agent's address until they are forgotten.
+        let cfg = Arc::new(
+            cfg.with_joined(
+                cluster
+                    .joined
+                    .values()
+                    .filter(|s| !cluster.servers.get(&s.id).is_some_and(|x| x.removing)),
+            ),
+        );
+        client.name_agents(&cfg);
+        let leaving: Vec<(String, SocketAddr)> = cluster
+            .joined
+            .values()
+            .filter(|s| cfg.server(&s.id).is_none())
+            .map(|s| (s.id.clone(), s.agent))
+            .collect();
+        for (id, addr) in &leaving {
+            client.name_agent(*addr, id);
+        }
         // A stored state meets the config of this start: what changed is carried out once
         // the engine runs; what cannot be taken stops the start here, with the reason.
         let at_start = cluster
@@ -234,6 +301,7 @@ impl Engine {
             .servers
             .iter()
             .map(|s| (s.id.clone(), s.agent))
+            .chain(leaving)
             .collect();
         let world = World {
             cfg: cfg.clone(),
@@ -262,6 +330,7 @@ impl Engine {
             pollers: BTreeMap::new(),
             local: None,
             last_publish: Instant::now(),
+            joins: BTreeMap::new(),
         };
         if paused && !engine.shell.cluster().paused {
             let by = "controller --paused".to_string();
@@ -415,12 +484,207 @@ impl Engine {
             Msg::SourceJudged { server, judgement } => {
                 shell.source_judged(&server, judgement, now, world)
             }
+            Msg::Join {
+                request,
+                from,
+                reply,
+            } => {
+                let _ = reply.send(self.join(request, from, now));
+            }
+            Msg::PendingJoins { reply } => {
+                let _ = reply.send(self.joins.values().cloned().collect());
+            }
+            Msg::Approve { server, by, reply } => {
+                let _ = reply.send(self.approve(&server, by, now));
+            }
+            Msg::Remove { server, by, reply } => {
+                let _ = reply.send(self.remove(&server, by, now));
+            }
         }
     }
 
-    /// Takes a reloaded config: the core's part (servers, capacities) in one step, then the
-    /// agents' addresses and the pollers.
+    /// A join request: refused by its facts, taken at once with `join.auto_approve`, or kept
+    /// for an operator (said once per request, not on every time the agent asks again).
+    fn join(
+        &mut self,
+        request: JoinRequest,
+        from: String,
+        now: Now,
+    ) -> Result<JoinAnswer, JoinError> {
+        let cfg = self.shell.config().clone();
+        let server = check_join(&cfg, &request).map_err(JoinError::Facts)?;
+        let id = server.id.clone();
+        if cfg.server(&id).is_some() {
+            // The same facts as when it joined (check_join refuses others): an agent that
+            // restarted, or asked again before it heard the answer.
+            self.joins.remove(&id);
+            return Ok(JoinAnswer {
+                state: JoinState::Joined,
+                message: format!("{id} is in the cluster"),
+            });
+        }
+        if self.shell.cluster().servers.contains_key(&id) {
+            return Err(JoinError::Facts(JoinRefused::Conflict(format!(
+                "server '{id}' is being removed: ask again once it is forgotten"
+            ))));
+        }
+        if cfg.join.as_ref().is_some_and(|j| j.auto_approve) {
+            let what = describe(&request);
+            let by = format!("join.auto_approve ({id} from {from})");
+            let changes = self
+                .add_joined(server, by, now)
+                .map_err(JoinError::Refused)?;
+            self.joins.remove(&id);
+            self.join_event(
+                &id,
+                now,
+                format!("{id} joined by join.auto_approve: {what}, asked from {from}"),
+            );
+            info!(server = %id, ?changes, "a server joined (auto_approve)");
+            return Ok(JoinAnswer {
+                state: JoinState::Joined,
+                message: format!("{id} is in the cluster"),
+            });
+        }
+        let waiting = PendingJoin {
+            request,
+            from,
+            requested_at_ms: now.wall_ms,
+            last_asked_at_ms: now.wall_ms,
+        };
+        match self.joins.get_mut(&id) {
+            Some(p) if p.request == waiting.request => p.last_asked_at_ms = now.wall_ms,
+            known => {
+                if known.is_none() && self.joins.len() >= MAX_PENDING {
+                    return Err(JoinError::Full);
+                }
+                let message = format!(
+                    "{id} asks to join: {}, from {}; `rejuv server approve {id}` lets it in",
+                    describe(&waiting.request),
+                    waiting.from
+                );
+                self.joins.insert(id.clone(), waiting);
+                info!(server = %id, "{message}");
+                self.join_event(&id, now, message);
+            }
+        }
+        Ok(JoinAnswer {
+            state: JoinState::Pending,
+            message: format!("{id} waits for an operator: `rejuv server approve {id}`"),
+        })
+    }
+
+    /// An operator lets the waiting server in, if its facts still fit the cluster.
+    fn approve(&mut self, id: &str, by: String, now: Now) -> Result<Vec<String>, ServerError> {
+        let Some(waiting) = self.joins.get(id).cloned() else {
+            return Err(ServerError::NotFound(format!(
+                "no join request of '{id}' is waiting (`rejuv server pending` lists them)"
+            )));
+        };
+        let server = check_join(self.shell.config(), &waiting.request)
+            .map_err(|e| ServerError::Refused(format!("{id}: {e}")))?;
+        let changes = self
+            .add_joined(server, by.clone(), now)
+            .map_err(|r| ServerError::Refused(r.to_string()))?;
+        self.joins.remove(id);
+        self.join_event(
+            id,
+            now,
+            format!("{id} approved by {by}: {}", describe(&waiting.request)),
+        );
+        Ok(changes)
+    }
+
+    /// An operator drops a waiting request, or removes a joined server: it leaves the list
+    /// and is evacuated like a server taken out of the config, then forgotten. A server a
+    /// workflow runs on is not removed until the workflow ended.
+    fn remove(&mut self, id: &str, by: String, now: Now) -> Result<Vec<String>, ServerError> {
+        if self.joins.remove(id).is_some() {
+            self.join_event(
+                id,
+                now,
+                format!("the join request of {id} was dropped by {by}"),
+            );
+            return Ok(vec![format!("the join request of {id} is dropped")]);
+        }
+        let cfg = self.shell.config().clone();
+        let cluster = self.shell.cluster().clone();
+        match cfg.server(id) {
+            None if cluster.servers.get(id).is_some_and(|s| s.removing) => {
+                return Err(ServerError::Refused(format!("{id} is being removed already")))
+            }
+            None => {
+                return Err(ServerError::NotFound(format!(
+                    "no server or join request named '{id}'"
+                )))
+            }
+            Some(s) if !s.joined => {
+                return Err(ServerError::Refused(format!(
+                    "{id} is listed in the config's [[servers]]: take it out of the file and `rejuv reload`"
+                )))
+            }
+            Some(_) => {}
+        }
+        if let Some(w) = cluster
+            .workflows
+            .values()
+            .find(|w| w.server == id || w.target == id)
+        {
+            return Err(ServerError::Refused(format!(
+                "workflow {} runs on {id}: remove it once the workflow ended (or `rejuv cancel {}`)",
+                w.id, w.id
+            )));
+        }
+        let mut next = (*cfg).clone();
+        next.servers.retain(|s| s.id != id);
+        let changes = self
+            .apply_config(by.clone(), next, now)
+            .map_err(|r| ServerError::Refused(r.to_string()))?;
+        self.join_event(
+            id,
+            now,
+            format!("{id} removed by {by}: it leaves the list, its instances move off it, then it is forgotten"),
+        );
+        Ok(changes)
+    }
+
+    /// The config in force with `server` joined, taken as a reload is.
+    fn add_joined(
+        &mut self,
+        server: rejuv_core::config::ServerConfig,
+        by: String,
+        now: Now,
+    ) -> Result<Vec<String>, Refusal> {
+        let mut next = (**self.shell.config()).clone();
+        next.servers.push(server);
+        self.apply_config(by, next, now)
+    }
+
+    fn join_event(&mut self, server: &str, now: Now, message: String) {
+        self.log_event(LogEvent {
+            at_ms: now.wall_ms,
+            kind: rejuv_core::cluster::EventKind::Join,
+            server: Some(server.to_string()),
+            workflow: None,
+            message,
+            level: None,
+        });
+    }
+
+    /// Takes a reloaded config file, with the joined servers added to it.
     fn reload(&mut self, by: String, config: Config, now: Now) -> Result<Vec<String>, Refusal> {
+        let merged = config.with_joined(self.shell.config().joined_servers());
+        self.apply_config(by, merged, now)
+    }
+
+    /// Takes a new config in force: the core's part (servers, capacities) in one step, then
+    /// the agents' addresses and the pollers.
+    fn apply_config(
+        &mut self,
+        by: String,
+        config: Config,
+        now: Now,
+    ) -> Result<Vec<String>, Refusal> {
         let cfg = Arc::new(config);
         let mut lines = restart_only(self.shell.config(), &cfg);
         let changes = self
@@ -884,6 +1148,14 @@ pub async fn poll_agent(
     }
 }
 
+/// A join request's facts, for people.
+fn describe(r: &JoinRequest) -> String {
+    format!(
+        "{} with {} units, agent {}, ports {}-{}",
+        r.role, r.capacity, r.agent, r.port_range[0], r.port_range[1]
+    )
+}
+
 /// Sections a reload does not change in a running controller (they are read at start): a
 /// line for each that differs, so the operator knows a restart is still due.
 fn restart_only(old: &Config, new: &Config) -> Vec<String> {
@@ -901,6 +1173,11 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
         ("[traffic]", json(&old.traffic) != json(&new.traffic)),
         ("[alerts]", json(&old.alerts) != json(&new.alerts)),
         ("[retention]", json(&old.retention) != json(&new.retention)),
+        (
+            "join.token_file",
+            json(&old.join.as_ref().map(|j| &j.token_file))
+                != json(&new.join.as_ref().map(|j| &j.token_file)),
+        ),
     ];
     for (name, changed) in sections {
         if changed {

@@ -216,6 +216,10 @@ pub(crate) async fn start_leading(
         );
         operators.push((o.name.clone(), token, o.role));
     }
+    let join_token = match &cfg.join {
+        Some(j) => Some(Arc::new(read_secret(&j.token_file, "join.token_file")?)),
+        None => None,
+    };
     let state = api::ApiState {
         cfg: cfg.clone(),
         token: Arc::new(opts.api_token.clone()),
@@ -229,11 +233,23 @@ pub(crate) async fn start_leading(
         agents: client.clone(),
         connections,
         tls: opts.tls.clone(),
+        join_token,
     };
     Ok(Leading {
         app: api::router(state),
         tasks,
     })
+}
+
+/// A token file's one line: refused when its group or others can read it, or when empty.
+fn read_secret(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    rejuv_core::secret::check_private(path).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("{what}: reading {}", path.display()))?
+        .trim()
+        .to_string();
+    anyhow::ensure!(!token.is_empty(), "{what}: {} is empty", path.display());
+    Ok(token)
 }
 
 /// How often certificates are looked at for an expiry alert.

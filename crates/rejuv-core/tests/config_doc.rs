@@ -62,6 +62,10 @@ veto = true
 name = "peak"
 start = "18:00"
 duration = "6h"
+
+[join]
+token_file = "/etc/rejuv/join.token"
+auto_approve = true
 "#;
     Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -56,13 +56,18 @@ pub enum Cmd {
 Examples:
   rejuv agent --config /etc/rejuv/rejuv.toml --server s1
   rejuv agent --config rejuv.toml --server s1 --data-dir /var/lib/rejuv --token-file agent.token
-  rejuv agent --config /etc/rejuv/rejuv.toml --server s1 --keep-instances   # upgradable in place")]
+  rejuv agent --config /etc/rejuv/rejuv.toml --server s1 --keep-instances   # upgradable in place
+  rejuv agent --config rejuv.toml --server-id s7 --join https://10.0.0.10:7070 \
+      --join-token-file /etc/rejuv/join.token --role spare --capacity 8 \
+      --address 10.0.0.17:7001 --data-dir /var/lib/rejuv/agent   # joins instead of a [[servers]] entry")]
     Agent {
         #[arg(long)]
         config: PathBuf,
-        /// This server's id in the config.
-        #[arg(long)]
+        /// This server's id in the config (with --join: the id it joins as).
+        #[arg(long, alias = "server-id")]
         server: String,
+        #[command(flatten)]
+        join: JoinArgs,
         /// File holding the agent token (default: auth.agent_token_file of the config).
         #[arg(long)]
         token_file: Option<PathBuf>,
@@ -346,6 +351,16 @@ Examples:
   rejuv reload --config /etc/rejuv/rejuv.toml
   kill -HUP \"$(pidof rejuv)\"   # as rejuv reload does, on the controller's host")]
     Reload(crate::conn::Conn),
+    /// Servers that join by asking: the waiting requests, approving one, removing a server.
+    #[command(after_help = "\
+Examples:
+  rejuv server pending
+  rejuv server approve s7
+  rejuv server remove s7")]
+    Server {
+        #[command(subcommand)]
+        command: ServerCmd,
+    },
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -355,6 +370,151 @@ Examples:
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+/// `rejuv agent --join`: the server's facts, announced to the controller instead of a
+/// `[[servers]]` entry.
+#[derive(clap::Args, Clone, Debug)]
+pub struct JoinArgs {
+    /// Join the cluster of the controller at URL (not listed in [[servers]]): announce this
+    /// server's facts and wait for an operator's `rejuv server approve` (or the controller's
+    /// join.auto_approve).
+    #[arg(long, value_name = "URL")]
+    pub join: Option<String>,
+    /// File holding the join token (the controller's join.token_file).
+    #[arg(long, value_name = "PATH", requires = "join")]
+    pub join_token_file: Option<PathBuf>,
+    /// The server's role when it joins.
+    #[arg(long, requires = "join", value_parser = ["primary", "spare"])]
+    pub role: Option<String>,
+    /// Capacity in units.
+    #[arg(long, requires = "join", default_value_t = 4)]
+    pub capacity: u32,
+    /// Services this agent's catalog runs, comma-separated (default: every service of its
+    /// config's [services]; the controller wants all of its own).
+    #[arg(long, requires = "join", value_delimiter = ',')]
+    pub services: Vec<String>,
+    /// The agent API's address: bound here and announced to the controller, which polls it;
+    /// instances listen on its IP.
+    #[arg(long, requires = "join", value_name = "IP:PORT")]
+    pub address: Option<SocketAddr>,
+    /// Ports the agent gives instances, inclusive.
+    #[arg(long, requires = "join", value_name = "LOW-HIGH", default_value = "20000-20999", value_parser = parse_port_range)]
+    pub port_range: [u16; 2],
+    /// Memory the server's instances may use together (bytes), as
+    /// servers[].memory_budget_bytes.
+    #[arg(long, requires = "join", value_name = "BYTES")]
+    pub memory_budget_bytes: Option<u64>,
+}
+
+fn parse_port_range(s: &str) -> Result<[u16; 2], String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| "must be LOW-HIGH, e.g. 20000-20999".to_string())?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("'{p}' is not a port"))
+    };
+    Ok([port(lo)?, port(hi)?])
+}
+
+impl JoinArgs {
+    /// The request the agent announces, and the server entry it runs with.
+    fn request(
+        &self,
+        cfg: &Config,
+        id: &str,
+    ) -> anyhow::Result<
+        Option<(
+            rejuv_agent::join::JoinOptions,
+            rejuv_core::config::ServerConfig,
+        )>,
+    > {
+        let Some(url) = &self.join else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            cfg.server(id).is_none(),
+            "server '{id}' is listed in [[servers]] of the config: it needs no --join"
+        );
+        let controller = reqwest::Url::parse(url)
+            .map_err(|e| anyhow::anyhow!("--join {url:?} is not a URL: {e}"))?;
+        let token_file = self
+            .join_token_file
+            .as_deref()
+            .context("--join needs --join-token-file")?;
+        let token = read_token(token_file)?;
+        let role = self
+            .role
+            .clone()
+            .context("--join needs --role primary|spare")?;
+        let address = self
+            .address
+            .context("--join needs --address IP:PORT (the agent API's)")?;
+        let services = if self.services.is_empty() {
+            cfg.services.keys().cloned().collect()
+        } else {
+            self.services.clone()
+        };
+        let request = rejuv_core::config::JoinRequest {
+            id: id.to_string(),
+            role,
+            capacity: i64::from(self.capacity),
+            services,
+            agent: address,
+            address: None,
+            port_range: self.port_range,
+            memory_budget_bytes: self.memory_budget_bytes,
+        };
+        // The facts are checked here as the controller checks them, so a typo stops the
+        // agent at once rather than in the controller's answer.
+        let entry = rejuv_core::config::check_join(cfg, &request)
+            .map_err(|e| anyhow::anyhow!("--join: {e}"))?;
+        let ca = if controller.scheme() == "https" {
+            cfg.tls.as_ref().and_then(|t| t.ca.clone())
+        } else {
+            None
+        };
+        let opts = rejuv_agent::join::JoinOptions {
+            controller,
+            token,
+            ca,
+            request,
+        };
+        Ok(Some((opts, entry)))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ServerCmd {
+    /// Join requests waiting for an operator: each server's id, role, capacity, agent.
+    #[command(after_help = "\
+Examples:
+  rejuv server pending
+  rejuv server pending --output json | jq -r '.[].request.id'")]
+    Pending(crate::conn::Conn),
+    /// Let a waiting server in: it joins the cluster as its request says (operate role).
+    #[command(after_help = "\
+Examples:
+  rejuv server approve s7
+  rejuv server approve s7 --controller https://10.0.0.10:7070 --token-file ~/.rejuv/alice.token")]
+    Approve {
+        server: String,
+        #[command(flatten)]
+        conn: crate::conn::Conn,
+    },
+    /// Remove a joined server: off the list, its instances moved off it (a workflow running
+    /// on it must end first), then forgotten. Drops a waiting join request too.
+    #[command(after_help = "\
+Examples:
+  rejuv server remove s7
+  rejuv server remove s7 && rejuv events --follow   # watch it leave")]
+    Remove {
+        server: String,
+        #[command(flatten)]
+        conn: crate::conn::Conn,
     },
 }
 
@@ -442,6 +602,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Agent {
             config,
             server,
+            join,
             token_file,
             data_dir,
             keep_instances,
@@ -449,9 +610,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             init_tracing();
             let mut cfg = load_config(&config)?;
             cfg.agent.keep_instances_on_exit |= keep_instances;
+            let joining = join.request(&cfg, &server)?;
+            if let Some((_, entry)) = &joining {
+                rejuv_agent::join::check_certificate(&cfg, &server)?;
+                cfg.servers.push(entry.clone());
+            }
             let entry = cfg
                 .server(&server)
-                .with_context(|| format!("server '{server}' is not in {}", config.display()))?
+                .with_context(|| {
+                    format!(
+                        "server '{server}' is not in {} (pass --join URL to join instead)",
+                        config.display()
+                    )
+                })?
                 .clone();
             let token_file = token_file
                 .or(cfg.auth.agent_token_file.clone())
@@ -468,6 +639,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     .await
                     .with_context(|| format!("binding the agent API on {}", entry.agent))?;
                 let shutdown = crate::procs::shutdown_on_signal();
+                if let Some((opts, _)) = joining {
+                    let joiner = rejuv_agent::join::Joiner::new(opts)?;
+                    tokio::spawn(joiner.run(shutdown.child_token()));
+                }
                 let opts = rejuv_agent::AgentOptions {
                     config: cfg,
                     server_id: server,
@@ -532,6 +707,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             for o in &cfg.auth.operators {
                 read_token(&o.token_file)
                     .with_context(|| format!("auth.operators: the token of {}", o.name))?;
+            }
+            if let Some(j) = &cfg.join {
+                read_token(&j.token_file).context("join.token_file")?;
             }
             let proxy_token = match &cfg.auth.proxy_token_file {
                 Some(p) => read_token(p)?,
@@ -723,6 +901,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             conn,
         } => crate::ops::logs(&conn, &instance, tail, follow, interval),
         Cmd::Reload(conn) => crate::ops::reload(&conn),
+        Cmd::Server { command } => match command {
+            ServerCmd::Pending(conn) => crate::ops::pending(&conn),
+            ServerCmd::Approve { server, conn } => crate::ops::approve(&conn, &server),
+            ServerCmd::Remove { server, conn } => crate::ops::remove(&conn, &server),
+        },
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "rejuv", &mut std::io::stdout());

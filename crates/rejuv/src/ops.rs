@@ -1,5 +1,5 @@
 //! Operator commands against a running controller: `status`, `events`, `workflows`, `explain`,
-//! `rejuvenate`, `maintenance`, `pause`, `resume`.
+//! `rejuvenate`, `maintenance`, `pause`, `resume`, `reload`, `server pending|approve|remove`.
 //!
 //! Tables for people, `--output json` for scripts: in JSON mode stdout carries the JSON alone
 //! (one document, or one object per line for `events`) and every message goes to stderr. Each
@@ -11,7 +11,8 @@ use crate::conn::{report, Client, Conn, Fail, Output, EXIT_RUNTIME};
 use crate::table::{bytes, clip, now_ms, render, secs, table, wall, Table};
 use rejuv_core::cluster::Outcome;
 use rejuv_core::wire::{
-    Accepted, Explain, MaintenanceRequest, Status, StoredEvent, Workflow, Workflows,
+    Accepted, Explain, MaintenanceRequest, PendingJoin, ServersChanged, Status, StoredEvent,
+    Workflow, Workflows,
 };
 use serde::Serialize;
 use std::io::Write;
@@ -618,6 +619,60 @@ pub fn reload(conn: &Conn) -> anyhow::Result<i32> {
     })
 }
 
+/// `rejuv server pending`: the join requests waiting for an operator.
+pub fn pending(conn: &Conn) -> anyhow::Result<i32> {
+    with_client(conn, |c| async move {
+        let list: Vec<PendingJoin> = c.get(&["v1", "servers", "pending"], "").await?;
+        Ok(show(conn, &list, |l| render_pending(l, now_ms())))
+    })
+}
+
+fn render_pending(list: &[PendingJoin], now: u64) -> String {
+    if list.is_empty() {
+        return "no join request is waiting\n".into();
+    }
+    let mut t = table(&[
+        "SERVER", "ROLE", "CAPACITY", "AGENT", "PORTS", "FROM", "WAITING",
+    ]);
+    for p in list {
+        let r = &p.request;
+        t.add_row(vec![
+            clip(&r.id, 64),
+            clip(&r.role, 16),
+            r.capacity.to_string(),
+            r.agent.to_string(),
+            format!("{}-{}", r.port_range[0], r.port_range[1]),
+            p.from.clone(),
+            secs(now.saturating_sub(p.requested_at_ms) as f64 / 1000.0),
+        ]);
+    }
+    render(&t)
+}
+
+/// `rejuv server approve ID`.
+pub fn approve(conn: &Conn, server: &str) -> anyhow::Result<i32> {
+    servers_changed(conn, server, "approve")
+}
+
+/// `rejuv server remove ID`.
+pub fn remove(conn: &Conn, server: &str) -> anyhow::Result<i32> {
+    servers_changed(conn, server, "remove")
+}
+
+fn servers_changed(conn: &Conn, server: &str, action: &'static str) -> anyhow::Result<i32> {
+    with_client(conn, |c| async move {
+        let url = c.url(&["v1", "servers", server, action], "");
+        let answer: ServersChanged = c.call(reqwest::Method::POST, url, None::<&()>).await?;
+        Ok(show(conn, &answer, |a| {
+            let mut t = format!("{action} {server}:\n");
+            for line in &a.changes {
+                t += &format!("  {line}\n");
+            }
+            t
+        }))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,5 +727,23 @@ mod tests {
         assert!(t.contains("rule:     trend on instance-rss"), "{t}");
         assert!(t.contains("forecast: exhausted in about 2m05s"), "{t}");
         assert!(t.contains("confidence 99%"), "{t}");
+    }
+
+    #[test]
+    fn pending_requests_print_one_row_each() {
+        let p: Vec<PendingJoin> = serde_json::from_value(json!([{
+            "request": {"id": "s7", "role": "spare", "capacity": 8, "services": ["web"],
+                        "agent": "10.0.0.17:7001", "port_range": [20000, 20999]},
+            "from": "10.0.0.17:50312", "requested_at_ms": 1_000, "last_asked_at_ms": 61_000
+        }]))
+        .unwrap();
+        let text = render_pending(&p, 91_000);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("SERVER"), "{text}");
+        for cell in ["s7", "spare", "8", "10.0.0.17:7001", "20000-20999", "1m30s"] {
+            assert!(lines[1].contains(cell), "{cell} missing: {text}");
+        }
+        assert_eq!(render_pending(&[], 0), "no join request is waiting\n");
     }
 }

@@ -651,3 +651,90 @@ fn the_operator_api_is_https_without_a_client_certificate_when_asked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cacert"));
 }
+
+#[test]
+fn a_joining_agent_needs_a_certificate_naming_the_id_it_claims() {
+    let mut f = Fleet::new();
+    let join = f.dir.path().join("join.token");
+    write_secret(&join, "join-token-0123456789abcdef");
+    let mut text = std::fs::read_to_string(&f.config).unwrap();
+    text.push_str(&format!(
+        "\n[join]\ntoken_file = \"{}\"\nauto_approve = true\n",
+        join.display()
+    ));
+    std::fs::write(&f.config, text).unwrap();
+    let issue = |name: &str, san: &str, out: &Path| {
+        ok(&[
+            "tls",
+            "issue",
+            "--ca",
+            f.ca_dir().to_str().unwrap(),
+            "--role",
+            "agent",
+            "--name",
+            name,
+            "--san",
+            san,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    // s3 holds a certificate for s3; s4 holds one of this fleet that names s1.
+    issue("s3", "127.0.0.4", &f.tls);
+    let imposter = f.dir.path().join("imposter");
+    issue("s1", "127.0.0.5", &imposter);
+    std::fs::copy(imposter.join("s1.pem"), f.tls.join("s4.pem")).unwrap();
+    std::fs::copy(imposter.join("s1.key"), f.tls.join("s4.key")).unwrap();
+    f.start_agent("s1");
+    f.start_agent("s2");
+    f.spawn("proxy", &["proxy"]);
+    f.spawn("controller", &["controller"]);
+    wait_for("the controller reaches s1", Duration::from_secs(60), || {
+        f.reachable("s1").filter(|r| *r)
+    });
+    let controller = format!("http://{}", f.controller);
+    let join_as = |f: &mut Fleet, id: &str, ip: &str| {
+        let ip: IpAddr = ip.parse().unwrap();
+        let addr = SocketAddr::new(ip, free_port(ip));
+        let port = 21000 + (rand::random::<u16>() % 30000);
+        let data = f.dir.path().join("agents").join(id);
+        f.spawn(
+            &format!("agent-{id}"),
+            &[
+                "agent",
+                "--server-id",
+                id,
+                "--join",
+                &controller,
+                "--join-token-file",
+                join.to_str().unwrap(),
+                "--role",
+                "spare",
+                "--address",
+                &addr.to_string(),
+                "--port-range",
+                &format!("{port}-{}", port + 7),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+        );
+    };
+    join_as(&mut f, "s4", "127.0.0.5");
+    let name = "agent-s4".to_string();
+    let status = wait_for("the agent of s4 exits", Duration::from_secs(20), || {
+        let (_, c) = f.procs.iter_mut().find(|(n, _)| *n == name).unwrap();
+        c.try_wait().unwrap()
+    });
+    assert!(!status.success());
+    let log = std::fs::read_to_string(f.log("agent-s4")).unwrap();
+    assert!(
+        log.contains("names agent/s1") && log.contains("joins as server 's4'"),
+        "{log}"
+    );
+    // With a certificate that names it, s3 joins and the controller reaches it over TLS.
+    join_as(&mut f, "s3", "127.0.0.4");
+    wait_for("the controller reaches s3", Duration::from_secs(30), || {
+        f.reachable("s3").filter(|r| *r)
+    });
+    assert_eq!(f.reachable("s4"), None, "s4 never joined");
+}

@@ -49,6 +49,10 @@ impl Cluster {
             last_completed_at_ms: None,
             incarnation: super::state::incarnation(&cfg.cluster.name, now.wall_ms),
             alerts_blocking: None,
+            joined: cfg
+                .joined_servers()
+                .map(|s| (s.id.clone(), s.clone()))
+                .collect(),
         };
         let mut out = Output::default();
         for s in &cfg.servers {

@@ -149,6 +149,8 @@ named! {
         AlertBlock => "alert-block",
         /// A request that changes something reached the API: who, from where, what, the answer.
         Audit => "audit",
+        /// A server asked to join (`POST /v1/join`), was approved, or its removal was asked.
+        Join => "join",
     }
 }
 

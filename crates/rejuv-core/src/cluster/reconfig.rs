@@ -257,6 +257,7 @@ impl Cluster {
         for (id, message) in said {
             self.log(out, now, EventKind::Config, Some(&id), None, message);
         }
+        self.note_joined(cfg);
         if ch.is_empty() {
             self.log(
                 out,
@@ -267,6 +268,22 @@ impl Cluster {
                 format!("config reloaded by {by}: no change to the servers"),
             );
         }
+    }
+
+    /// Keeps the joined servers of `cfg`, and those joined ones that are being removed (their
+    /// agent's address is needed until they are forgotten).
+    fn note_joined(&mut self, cfg: &Config) {
+        let mut joined: std::collections::BTreeMap<_, _> = cfg
+            .joined_servers()
+            .map(|s| (s.id.clone(), s.clone()))
+            .collect();
+        for (id, s) in std::mem::take(&mut self.joined) {
+            let leaving = self.servers.get(&id).is_some_and(|x| x.removing);
+            if leaving && cfg.server(&id).is_none() {
+                joined.entry(id).or_insert(s);
+            }
+        }
+        self.joined = joined;
     }
 
     /// Forgets removed servers once nothing runs on them and no workflow needs them.
@@ -286,6 +303,7 @@ impl Cluster {
             .collect();
         for id in done {
             self.servers.remove(&id);
+            self.joined.remove(&id);
             self.log(
                 out,
                 now,
@@ -297,5 +315,57 @@ impl Cluster {
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cluster::{step, Cluster, Event};
+    use crate::config::{check_join, Config, JoinRequest};
+    use crate::time::Now;
+
+    /// A joined server is kept in the state (what a restarted controller adds to its config)
+    /// from the reload that adds it until it is forgotten, and a removed one meanwhile.
+    #[test]
+    fn joined_servers_are_kept_until_forgotten() {
+        let cfg = Config::from_toml(crate::config::tests::EXAMPLE).unwrap();
+        let (c, _) = Cluster::new(&cfg, Now::new(0, 1_000));
+        assert!(c.joined.is_empty());
+        let s3 = check_join(
+            &cfg,
+            &JoinRequest {
+                id: "s3".into(),
+                role: "spare".into(),
+                capacity: 2,
+                services: vec!["web".into()],
+                agent: "127.0.0.4:7001".parse().unwrap(),
+                address: None,
+                port_range: [20000, 20010],
+                memory_budget_bytes: None,
+            },
+        )
+        .unwrap();
+        let with = cfg.with_joined([&s3]);
+        let ev = || Event::Reconfigured { by: "test".into() };
+        let (c, out) = step(c, &with, ev(), Now::new(10, 1_010));
+        assert_eq!(c.joined.keys().collect::<Vec<_>>(), ["s3"]);
+        assert!(c.servers.contains_key("s3"));
+        assert!(out.events.iter().any(|e| e.message.starts_with("s3 joins")));
+        // A reload of the file alone (s3 not merged in) would remove it: the engine merges;
+        // here the removal itself: s3 stays in `joined` while it is removed, then goes.
+        let (c, _) = step(c, &cfg, ev(), Now::new(20, 1_020));
+        assert!(
+            !c.servers.contains_key("s3"),
+            "an idle spare is forgotten at once"
+        );
+        assert!(c.joined.is_empty());
+        // Listed in the file under the same id: the list wins, nothing is kept as joined.
+        let (c, _) = step(c, &with, ev(), Now::new(30, 1_030));
+        let mut listed = s3.clone();
+        listed.joined = false;
+        let mut file = cfg.clone();
+        file.servers.push(listed);
+        let (c, _) = step(c, &file, ev(), Now::new(40, 1_040));
+        assert!(c.servers.contains_key("s3") && c.joined.is_empty());
     }
 }

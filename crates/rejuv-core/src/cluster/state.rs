@@ -385,6 +385,11 @@ pub struct Cluster {
     /// starts meanwhile).
     #[serde(default)]
     pub alerts_blocking: Option<String>,
+    /// The servers that joined (`POST /v1/join`) rather than being listed in `[[servers]]`,
+    /// as they asked: the controller adds them to the config of every start and reload. One
+    /// being removed stays here until it is forgotten.
+    #[serde(default)]
+    pub joined: BTreeMap<ServerId, crate::config::ServerConfig>,
 }
 
 /// The incarnation mark of a cluster named `name` created at `wall_ms`: five base-36 digits

@@ -41,6 +41,7 @@ impl Serialize for WithoutFleet<'_> {
             unknown_reported,
             incarnation,
             alerts_blocking,
+            joined,
         } = self.0;
         #[derive(Serialize)]
         struct View<'a> {
@@ -65,6 +66,7 @@ impl Serialize for WithoutFleet<'_> {
             unknown_reported: &'a BTreeSet<InstanceId>,
             incarnation: &'a String,
             alerts_blocking: &'a Option<String>,
+            joined: &'a BTreeMap<String, crate::config::ServerConfig>,
         }
         View {
             mode,
@@ -92,6 +94,7 @@ impl Serialize for WithoutFleet<'_> {
             unknown_reported,
             incarnation,
             alerts_blocking,
+            joined,
         }
         .serialize(s)
     }

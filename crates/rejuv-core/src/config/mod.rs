@@ -26,6 +26,7 @@ mod field;
 mod freeze;
 mod gate;
 mod hooks;
+mod join;
 mod listener;
 mod policy;
 mod rejuvenation;
@@ -47,6 +48,7 @@ pub use field::{bytes, ConfigError, FieldError};
 pub use freeze::FreezeWindow;
 pub use gate::GateConfig;
 pub use hooks::{HookConfig, HookWhen, HOOK_STEPS};
+pub use join::{check_join, JoinConfig, JoinRefused, JoinRequest, MAX_PENDING};
 pub use listener::{
     ListenerLimits, API_MAX_CONNECTIONS, FRONT_END_MAX_CONNECTIONS, HEADER_READ_TIMEOUT,
     IDLE_TIMEOUT, MAX_CONNECTIONS_LIMIT, MAX_TIMEOUT,
@@ -120,6 +122,9 @@ pub struct Config {
     /// Mutual TLS between the parts; none: plain HTTP (a warning unless `insecure = true`).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Servers that join by asking (`rejuv agent --join`); none: only `[[servers]]`.
+    #[serde(default)]
+    pub join: Option<JoinConfig>,
 }
 
 /// `[alert_block]`: a Prometheus query that must be empty for a planned workflow to start.
@@ -169,6 +174,7 @@ impl Config {
                 self.cluster.mode,
                 &self.services,
                 self.rejuvenation.in_place,
+                self.join.is_some(),
                 &mut errs,
             );
         }
@@ -220,7 +226,7 @@ impl Config {
 
     /// A Prometheus source and no agents: the controller can only advise (`--dry-run`).
     pub fn advisory_only(&self) -> bool {
-        self.servers.is_empty() && self.source.is_prometheus()
+        self.servers.is_empty() && self.join.is_none() && self.source.is_prometheus()
     }
 
     pub fn server(&self, id: &str) -> Option<&ServerConfig> {

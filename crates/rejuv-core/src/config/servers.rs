@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub id: ServerId,
@@ -31,6 +31,10 @@ pub struct ServerConfig {
     pub instances: Vec<ServiceName>,
     /// Agent data directory (logs, persisted epoch, running-time origin).
     pub data_dir: Option<PathBuf>,
+    /// Joined through `POST /v1/join` (see [`super::join`]) rather than listed in the file;
+    /// never read from nor written to a config file.
+    #[serde(skip)]
+    pub joined: bool,
 }
 
 fn default_capacity() -> u32 {
@@ -39,7 +43,7 @@ fn default_capacity() -> u32 {
 
 impl ServerConfig {
     /// This server's own fields, as `servers[i]`, against the mode and the catalog.
-    fn validate(
+    pub(super) fn validate(
         &self,
         i: usize,
         mode: Mode,
@@ -90,15 +94,20 @@ impl ServerConfig {
 
 /// Every server, and what they must not share: ids, agent addresses, overlapping port ranges
 /// on one address; an active-standby cluster needs a spare unless it may duplex in place.
+/// With `joining` (a `[join]` section) the list may be empty and the spare may join later.
 pub(crate) fn validate(
     servers: &[ServerConfig],
     mode: Mode,
     services: &BTreeMap<ServiceName, ServiceConfig>,
     in_place: bool,
+    joining: bool,
     errs: &mut Errors,
 ) {
-    if servers.is_empty() {
-        errs.add("servers", "at least one server is required");
+    if servers.is_empty() && !joining {
+        errs.add(
+            "servers",
+            "at least one server is required (or a [join] section, for servers that join)",
+        );
     }
     let mut ids = BTreeSet::new();
     let mut agents = BTreeSet::new();
@@ -121,7 +130,11 @@ pub(crate) fn validate(
     validate_port_ranges(servers, errs);
     // Without a spare, an active-standby cluster can still rejuvenate in place (the copies
     // start on the same server); with in-place duplexing off it could do nothing.
-    if mode == Mode::ActiveStandby && !in_place && !servers.iter().any(|s| s.role == Role::Spare) {
+    if mode == Mode::ActiveStandby
+        && !in_place
+        && !joining
+        && !servers.iter().any(|s| s.role == Role::Spare)
+    {
         errs.add(
             "servers",
             "active-standby needs at least one server with role = \"spare\" (or rejuvenation.in_place = true)",

@@ -32,6 +32,7 @@ pub fn same_but_readings(a: &Cluster, b: &Cluster) -> bool {
         unknown_reported,
         incarnation,
         alerts_blocking,
+        joined,
         ..
     } = a;
     *mode == b.mode
@@ -49,6 +50,7 @@ pub fn same_but_readings(a: &Cluster, b: &Cluster) -> bool {
         && *unknown_reported == b.unknown_reported
         && *incarnation == b.incarnation
         && *alerts_blocking == b.alerts_blocking
+        && *joined == b.joined
         && *pending == b.pending
         && *instances == b.instances
         && *workflows == b.workflows

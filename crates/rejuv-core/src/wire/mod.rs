@@ -16,6 +16,9 @@
 //! | POST | `/v1/servers/{id}/rejuvenate` | [`RejuvenateQuery`] | `202` [`Accepted`]; `409` refused |
 //! | POST | `/v1/servers/{id}/maintenance` | [`MaintenanceRequest`] | `202` [`Accepted`]; `409` refused |
 //! | POST | `/v1/pause`, `/v1/resume` | | `202` [`Accepted`] |
+//! | POST | `/v1/join` | [`JoinRequest`] (join token, not the API token) | `202`/`200` [`JoinAnswer`]; `400` wrong facts; `409` taken id or address |
+//! | GET | `/v1/servers/pending` | | [`PendingJoin`] array |
+//! | POST | `/v1/servers/{id}/approve`, `/v1/servers/{id}/remove` | | [`ServersChanged`]; `404` unknown; `409` refused |
 //! | GET | `/metrics` | | OpenMetrics text |
 //!
 //! [`Workflows`] is what `rejuv workflows --output json` prints: the running workflows of the
@@ -28,6 +31,7 @@
 mod events;
 mod explain;
 mod history;
+mod join;
 mod operator;
 mod status;
 
@@ -36,5 +40,6 @@ pub use crate::cluster::Workflow;
 pub use events::{EventsQuery, StoredEvent, Workflows};
 pub use explain::Explain;
 pub use history::{History, HistoryPoint, HISTORY_POINTS, HISTORY_SPACING_MS, HISTORY_SPAN_MS};
+pub use join::{JoinAnswer, JoinRequest, JoinState, PendingJoin, ServersChanged};
 pub use operator::{Accepted, MaintenanceRequest, RejuvenateQuery};
 pub use status::{InstanceView, ServerView, Status, StoreHealth};

@@ -81,7 +81,7 @@ pub struct Harness {
     http: reqwest::blocking::Client,
 }
 
-fn free_port(ip: IpAddr) -> u16 {
+pub fn free_port(ip: IpAddr) -> u16 {
     std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
@@ -89,7 +89,7 @@ fn free_port(ip: IpAddr) -> u16 {
         .port()
 }
 
-fn free_range(ip: IpAddr, n: u16) -> [u16; 2] {
+pub fn free_range(ip: IpAddr, n: u16) -> [u16; 2] {
     for _ in 0..500 {
         let base = 20_000 + (rand::random::<u16>() % 40_000);
         if (base..base + n).all(|p| std::net::TcpListener::bind((ip, p)).is_ok()) {
@@ -112,7 +112,7 @@ pub fn crash_marker(dir: &Path, address: &str) -> PathBuf {
     dir.join(format!("crash-{address}"))
 }
 
-fn spawn(cmd: &mut Command, log: &Path) -> Child {
+pub fn spawn(cmd: &mut Command, log: &Path) -> Child {
     use std::os::unix::process::CommandExt;
     let f = std::fs::OpenOptions::new()
         .create(true)

@@ -12,6 +12,7 @@ mod failover;
 mod failures;
 mod hijack;
 mod hostile_agent;
+mod join;
 mod lost_store;
 mod operator;
 mod reload;
