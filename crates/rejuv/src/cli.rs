@@ -395,6 +395,11 @@ pub struct JoinArgs {
     /// config's [services]; the controller wants all of its own).
     #[arg(long, requires = "join", value_delimiter = ',')]
     pub services: Vec<String>,
+    /// The instances the server starts with once it is in, comma-separated service names
+    /// (default: a primary one of each of its services, a spare none; `--instances none` for
+    /// none).
+    #[arg(long, requires = "join", value_delimiter = ',')]
+    pub instances: Vec<String>,
     /// The agent API's address: bound here and announced to the controller, which polls it;
     /// instances listen on its IP.
     #[arg(long, requires = "join", value_name = "IP:PORT")]
@@ -458,6 +463,12 @@ impl JoinArgs {
         } else {
             self.services.clone()
         };
+        let instances = match self.instances.as_slice() {
+            [] if role == "primary" => services.clone(),
+            [] => Vec::new(),
+            [none] if none == "none" => Vec::new(),
+            given => given.to_vec(),
+        };
         let request = rejuv_core::config::JoinRequest {
             id: id.to_string(),
             role,
@@ -467,6 +478,7 @@ impl JoinArgs {
             address: None,
             port_range: self.port_range,
             memory_budget_bytes: self.memory_budget_bytes,
+            instances,
         };
         // The facts are checked here as the controller checks them, so a typo stops the
         // agent at once rather than in the controller's answer.

@@ -342,6 +342,7 @@ mod tests {
                 address: None,
                 port_range: [20000, 20010],
                 memory_budget_bytes: None,
+                instances: Vec::new(),
             },
         )
         .unwrap();

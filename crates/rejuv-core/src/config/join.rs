@@ -55,6 +55,10 @@ pub struct JoinRequest {
     /// As `servers[].memory_budget_bytes`.
     #[serde(default)]
     pub memory_budget_bytes: Option<u64>,
+    /// The instances it starts with once it is in, as `servers[].instances` (services by
+    /// name; a spare none).
+    #[serde(default)]
+    pub instances: Vec<String>,
 }
 
 /// Why a join request is not taken.
@@ -146,7 +150,7 @@ pub fn check_join(cfg: &Config, req: &JoinRequest) -> Result<ServerConfig, JoinR
         capacity,
         port_range: req.port_range,
         memory_budget_bytes: req.memory_budget_bytes,
-        instances: Vec::new(),
+        instances: req.instances.clone(),
         data_dir: None,
         joined: true,
     };
@@ -246,6 +250,7 @@ mod tests {
             address: None,
             port_range: [20000, 20010],
             memory_budget_bytes: None,
+            instances: Vec::new(),
         }
     }
 
@@ -267,6 +272,28 @@ mod tests {
         let with = c.with_joined([&s]);
         assert_eq!(with.joined_servers().count(), 1);
         assert_eq!(check_join(&with, &request()).unwrap(), s);
+    }
+
+    #[test]
+    fn a_joining_primary_starts_with_its_instances_and_a_spare_with_none() {
+        let c = cfg();
+        let primary = JoinRequest {
+            role: "primary".into(),
+            instances: vec!["web".into()],
+            ..request()
+        };
+        assert_eq!(check_join(&c, &primary).unwrap().instances, ["web"]);
+        let spare_with = JoinRequest {
+            instances: vec!["web".into()],
+            ..request()
+        };
+        assert_eq!(fields(check_join(&c, &spare_with)), ["instances"]);
+        let unknown = JoinRequest {
+            role: "primary".into(),
+            instances: vec!["db".into()],
+            ..request()
+        };
+        assert_eq!(fields(check_join(&c, &unknown)), ["instances[0]"]);
     }
 
     #[test]

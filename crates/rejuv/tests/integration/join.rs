@@ -338,3 +338,34 @@ fn an_auto_approved_spare_joins_at_once_takes_a_primarys_instances_and_is_evacua
     let s1 = server(&st, "s1").unwrap();
     assert_eq!(s1["instances"].as_array().unwrap().len(), 1, "{st:#}");
 }
+
+#[test]
+fn a_joined_primary_starts_with_an_instance_of_each_of_its_services() {
+    let keys = tempfile::tempdir().unwrap();
+    let spec = Spec {
+        primaries: 1,
+        spares: 1,
+        extra_toml: join_toml(keys.path(), true),
+        ..Spec::default()
+    };
+    let mut h = Harness::new(&spec);
+    h.start_controller(&[]);
+    h.wait_serving();
+    start_joining_agent(&mut h, keys.path(), "s9", "127.0.0.9", "primary");
+    wait_polled(&h, "s9");
+    // Not given --instances: a primary runs one instance of each service it announced.
+    let instances = wait_for(
+        "a healthy web instance on the joined primary",
+        Duration::from_secs(30),
+        || {
+            let st = h.try_status()?;
+            let s = server(&st, "s9")?;
+            let all = s["instances"].as_array()?.clone();
+            all.iter()
+                .any(|i| i["service"] == "web" && i["healthy"] == true)
+                .then_some(all)
+        },
+    );
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(server(&h.status(), "s9").unwrap()["role"], "primary");
+}
