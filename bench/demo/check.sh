@@ -17,6 +17,7 @@ mode=${1:-active-standby}
 duration=${DURATION:-90s}
 port=${PORT:-18080}
 out=${OUT:-$(mktemp -d /tmp/rejuv-demo-check-XXXX)}
+mkdir -p "$out"
 bin=./target/release/rejuv
 extra=(--lb "${LB:-builtin}")
 # More demo flags, word-split on purpose (e.g. "--hosts docker").
