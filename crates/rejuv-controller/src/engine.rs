@@ -1103,6 +1103,13 @@ pub async fn poll_agent(
     tx: mpsc::Sender<Msg>,
     shutdown: CancellationToken,
 ) {
+    // The fleet's first polls spread over one interval, each agent at its own offset: a
+    // controller that starts or takes over does not open every agent's connection (a TLS
+    // handshake each) in the same instant.
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = tokio::time::sleep(every.mul_f64(first_poll_offset(&server))) => {}
+    }
     // First the samples the agent kept, for the detector (best effort: an agent that is down
     // now, or too old to keep samples, is judged from live samples only).
     let history = tokio::select! {
@@ -1148,6 +1155,15 @@ pub async fn poll_agent(
     }
 }
 
+/// Where in the first interval server `id` is first polled, as a share of it in [0, 1): fixed
+/// per id (FNV-1a), spread evenly over a fleet.
+fn first_poll_offset(id: &str) -> f64 {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % 10_000) as f64 / 10_000.0
+}
+
 /// A join request's facts, for people.
 fn describe(r: &JoinRequest) -> String {
     format!(
@@ -1187,4 +1203,26 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_poll_offset;
+
+    #[test]
+    fn first_polls_spread_over_the_interval_each_at_a_fixed_offset() {
+        let offsets: Vec<f64> = (0..1000)
+            .map(|i| first_poll_offset(&format!("s{i}")))
+            .collect();
+        assert!(offsets.iter().all(|o| (0.0..1.0).contains(o)));
+        assert_eq!(first_poll_offset("s7"), first_poll_offset("s7"));
+        let mut tenths = [0usize; 10];
+        for o in &offsets {
+            tenths[(o * 10.0) as usize] += 1;
+        }
+        assert!(
+            tenths.iter().all(|&n| (50..=150).contains(&n)),
+            "1,000 ids by tenth of the interval: {tenths:?}"
+        );
+    }
 }

@@ -206,7 +206,10 @@ fn write_config(
     let ctl = SocketAddr::new(lo, free_port(lo)?);
     let admin = SocketAddr::new(lo, free_port(lo)?);
     let front = SocketAddr::new(lo, free_port(lo)?);
-    let timeout = args.interval.min(Duration::from_secs(5));
+    // Five seconds whatever the interval: polls of one agent never overlap, and a fleet's
+    // first connections (a TLS handshake each, all within the first interval) need more than
+    // a one-second interval on two shared cores.
+    let timeout = Duration::from_secs(5);
     let store = match etcd {
         Some(ep) => format!("kind = \"etcd\"\nendpoints = [\"{ep}\"]\n"),
         None => format!("path = \"{}\"\n", dir.join("rejuv.db").display()),
