@@ -78,6 +78,12 @@ pub enum Msg {
         config: Box<Config>,
         reply: oneshot::Sender<Result<Vec<String>, Refusal>>,
     },
+    /// A shard's slots of the fleet's budget: planned workflows are held to that many at once
+    /// (never below those running); the reply is the bound in force.
+    BudgetSlots {
+        slots: u32,
+        reply: oneshot::Sender<u32>,
+    },
     /// From a Prometheus `[source]` beside the agents: its latest judgement of a server.
     SourceJudged {
         server: String,
@@ -414,6 +420,10 @@ impl Engine {
             }
             Msg::SourceJudged { server, judgement } => {
                 shell.source_judged(&server, judgement, now, world)
+            }
+            Msg::BudgetSlots { slots, reply } => {
+                let bound = shell.limit_concurrent(slots);
+                let _ = reply.send(bound);
             }
         }
     }

@@ -31,6 +31,10 @@ pub struct ServerConfig {
     pub instances: Vec<ServiceName>,
     /// Agent data directory (logs, persisted epoch, running-time origin).
     pub data_dir: Option<PathBuf>,
+    /// The shard this server belongs to when `store.shards` > 1 (default: a stable function
+    /// of its id for a primary, spares dealt round-robin; see [`super::Config::shard_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
 }
 
 fn default_capacity() -> u32 {
