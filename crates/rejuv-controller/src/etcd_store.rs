@@ -840,25 +840,36 @@ pub async fn read_budget(
     }
 }
 
-/// Sets the slots shard `shard` holds to as close to `want` as the fleet's `max` allows
-/// (more only out of the slots no shard holds), in one compare-and-swap transaction on the
-/// budget key fenced by the shard's leader key (`fence`: its create revision). Returns the
-/// slots held after. A lost race with another shard is tried again; a lost fence is
-/// [`EtcdError::Fenced`].
+/// One shard's place in the fleet's budget: its keys, number and fence.
+pub struct ShardBudget<'a> {
+    pub client: &'a Client,
+    /// The shard's keys (its leader key fences the writes).
+    pub keys: &'a Keys,
+    /// `<prefix>/budget`.
+    pub budget_key: &'a str,
+    pub shard: u32,
+    /// The shard's leader key's create revision of this term.
+    pub fence: i64,
+    pub ttl: Duration,
+}
+
+/// Sets the slots the shard holds to as close to `want` as the fleet's `max` allows (more
+/// only out of the slots no shard holds), in one compare-and-swap transaction on the budget
+/// key fenced by the shard's leader key. Returns the slots held after. A lost race with
+/// another shard is tried again; a lost fence is [`EtcdError::Fenced`].
 ///
 /// # Errors
 /// etcd does not answer, the budget key is malformed, or this controller no longer owns the
 /// shard.
-pub async fn set_budget_slots(
-    client: &Client,
-    keys: &Keys,
-    budget_key: &str,
-    shard: u32,
-    fence: i64,
-    want: u32,
-    max: u32,
-    ttl: Duration,
-) -> Result<u32, StoreError> {
+pub async fn set_budget_slots(b: &ShardBudget<'_>, want: u32, max: u32) -> Result<u32, StoreError> {
+    let ShardBudget {
+        client,
+        keys,
+        budget_key,
+        shard,
+        fence,
+        ttl,
+    } = *b;
     let mut kv = client.kv_client();
     loop {
         let (mut map, rev) = read_budget(client, budget_key, ttl).await?;

@@ -134,6 +134,31 @@ fn shard_param(req: &Request) -> Result<Option<u32>, String> {
     Ok(None)
 }
 
+/// `req` without its `shard` parameter (the shard's own API reads its query strictly).
+fn without_shard_param(mut req: Request) -> Request {
+    let uri = req.uri().clone();
+    let Some(q) = uri.query() else {
+        return req;
+    };
+    let rest: Vec<&str> = q
+        .split('&')
+        .filter(|p| !p.starts_with("shard=") && !p.is_empty())
+        .collect();
+    let path_and_query = if rest.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), rest.join("&"))
+    };
+    let mut parts = uri.into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(u) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
+    }
+    req
+}
+
 fn router(state: ShardsState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -206,7 +231,7 @@ async fn metrics(State(s): State<ShardsState>, req: Request) -> Response {
     };
     let shard = shard.or_else(|| s.owned().first().copied());
     if let Some(app) = shard.and_then(|k| s.app(k)) {
-        return match app.oneshot(req).await {
+        return match app.oneshot(without_shard_param(req)).await {
             Ok(r) => r,
             Err(never) => match never {},
         };
@@ -267,7 +292,7 @@ async fn forward(State(s): State<ShardsState>, req: Request) -> Response {
         }
         return resp;
     };
-    let resp = match app.oneshot(req).await {
+    let resp = match app.oneshot(without_shard_param(req)).await {
         Ok(r) => r,
         Err(never) => match never {},
     };
@@ -771,17 +796,16 @@ impl Budget {
     }
 
     async fn set(&self, want: u32) -> Result<u32, StoreError> {
-        etcd_store::set_budget_slots(
-            &self.ctx.client,
-            &self.keys,
-            &self.ctx.budget_key(),
-            self.shard,
-            self.fence,
-            want,
-            self.max,
-            self.ctx.ttl,
-        )
-        .await
+        let key = self.ctx.budget_key();
+        let b = etcd_store::ShardBudget {
+            client: &self.ctx.client,
+            keys: &self.keys,
+            budget_key: &key,
+            shard: self.shard,
+            fence: self.fence,
+            ttl: self.ctx.ttl,
+        };
+        etcd_store::set_budget_slots(&b, want, self.max).await
     }
 }
 
@@ -802,5 +826,9 @@ mod tests {
         assert_eq!(shard_param(&req("/v1/events?after=3&shard=1")), Ok(Some(1)));
         assert!(shard_param(&req("/v1/status?shard=x")).is_err());
         assert_eq!(owned_header(&[0, 2]), "0,2");
+        let stripped = without_shard_param(req("/v1/instances/i/logs?shard=1&tail=10"));
+        assert_eq!(stripped.uri().to_string(), "/v1/instances/i/logs?tail=10");
+        let stripped = without_shard_param(req("/v1/status?shard=1"));
+        assert_eq!(stripped.uri().to_string(), "/v1/status");
     }
 }

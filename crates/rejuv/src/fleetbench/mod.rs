@@ -309,6 +309,18 @@ fn write_token(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What is read when the warm-up ends: figures are differences from it.
+struct AtWarm {
+    at: Instant,
+    /// CPU seconds of each controller.
+    cpu: Vec<f64>,
+    /// Bytes each controller has written.
+    written: Vec<f64>,
+    etcd_written: f64,
+    swarm_cpu: f64,
+    figures: CtlFigures,
+}
+
 /// The controller's own figures, read from its `/metrics`.
 #[derive(Debug, Clone, Default)]
 struct CtlFigures {
@@ -706,7 +718,7 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
         let swarm_cpu = |swarms: &Vec<Proc>| swarms.iter().filter_map(|p| cpu_seconds(p.pid())).sum::<f64>();
         let ctl_cpu = |pids: &[i32]| pids.iter().map(|p| cpu_seconds(*p).unwrap_or(0.0)).collect::<Vec<f64>>();
         let written = |pids: &[i32]| pids.iter().map(|p| write_bytes(*p).unwrap_or(0.0)).collect::<Vec<f64>>();
-        let mut at_warm: Option<(Instant, Vec<f64>, Vec<f64>, f64, f64, CtlFigures)> = None;
+        let mut at_warm: Option<AtWarm> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let mut interrupted = false;
@@ -753,14 +765,14 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
                 } else {
                     figures(&get_text(&http, &format!("{}/metrics", apis[0]), &token).await.unwrap_or_default())
                 };
-                at_warm = Some((
-                    Instant::now(),
-                    ctl_cpu(&pids),
-                    written(&pids),
-                    etcd_pid.and_then(write_bytes).unwrap_or(0.0),
-                    swarm_cpu(&swarms),
-                    fig,
-                ));
+                at_warm = Some(AtWarm {
+                    at: Instant::now(),
+                    cpu: ctl_cpu(&pids),
+                    written: written(&pids),
+                    etcd_written: etcd_pid.and_then(write_bytes).unwrap_or(0.0),
+                    swarm_cpu: swarm_cpu(&swarms),
+                    figures: fig,
+                });
             }
             let c = total(&counts.lock().unwrap());
             let rss: f64 = pids.iter().filter_map(|p| status_kb(*p, "VmRSS:")).sum();
@@ -822,8 +834,14 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
             eprintln!("fleet: interrupted before the warm-up ended; no figures");
             return Ok(130);
         }
-        let (t0, cpu0, wb0, etcd_wb0, swarm0, fig0) =
-            at_warm.context("the run ended before its warm-up")?;
+        let AtWarm {
+            at: t0,
+            cpu: cpu0,
+            written: wb0,
+            etcd_written: etcd_wb0,
+            swarm_cpu: swarm0,
+            figures: fig0,
+        } = at_warm.context("the run ended before its warm-up")?;
         let secs = end.duration_since(t0).as_secs_f64().max(1e-3);
         // A controller killed after the warm-up has no figures at the end: its part is left out.
         let alive_end = |i: usize| cpu_end[i] > 0.0 || wb_end[i] > 0.0;
