@@ -538,9 +538,24 @@ impl EtcdStore {
         Ok(resp.take_kvs())
     }
 
-    /// The epoch stored, if any; a value that is not a decimal number is an error.
+    /// The epoch stored, if any; a value that is not a decimal number is an error. A shard's
+    /// epoch key is the fleet's: it counts as this shard's only once the shard has a state of
+    /// its own (a new shard of a running fleet is a new cluster, or a lost one, to
+    /// [`crate::recover`], whatever the other shards took).
     pub fn stored_epoch(&mut self) -> Result<Option<u64>, StoreError> {
         self.block(async {
+            if self.keys.epoch.is_some() {
+                let state = self
+                    .get(
+                        "reading the state",
+                        self.keys.state(),
+                        Some(GetOptions::new().with_keys_only()),
+                    )
+                    .await?;
+                if state.is_empty() {
+                    return Ok(None);
+                }
+            }
             let key = self.keys.epoch();
             let kvs = self.get("reading the epoch", key.clone(), None).await?;
             kvs.first()
