@@ -108,6 +108,10 @@ fn three_controllers_share_the_fleet_and_one_killed_mid_workflow_loses_nothing()
         s["shard_moves"].as_u64().unwrap() >= 1,
         "the killed controller's shards moved: {ctx}"
     );
+    assert!(
+        s["shard_handover_ms"].as_u64().is_some(),
+        "the killed controller's shards were seen owned again: {ctx}"
+    );
     assert_eq!(s["workflows_doubled"], 0, "{ctx}");
     assert_eq!(s["max_concurrent"], 2, "{ctx}");
     let seen = s["budget_max_seen"].as_u64().unwrap();

@@ -136,6 +136,9 @@ pub struct FleetSummary {
     pub budget_max_seen: u32,
     /// `budget.max_concurrent` of the run's config.
     pub max_concurrent: u32,
+    /// From the kill to the moment every shard of the killed controller was seen owned by
+    /// another (read every second, so within about a second).
+    pub shard_handover_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -723,6 +726,9 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let mut interrupted = false;
         let mut kills = 0u32;
+        // The kill's instant and the shards the killed controller owned, until they moved.
+        let mut orphaned: Option<(Instant, Vec<u32>, String)> = None;
+        let mut handover_ms = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -745,6 +751,13 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
                     .map(|(a, _)| a.as_str())
                     .collect();
                 shards.observe(&http, &live, &token).await;
+                if let Some((at, ks, api)) = &orphaned {
+                    if ks.iter().all(|k| shards.owner.get(k).is_some_and(|o| o != api)) {
+                        handover_ms = Some(at.elapsed().as_millis() as u64);
+                        eprintln!("\nfleet: shard(s) {ks:?} owned again after {} ms", at.elapsed().as_millis());
+                        orphaned = None;
+                    }
+                }
                 // Kill the owner of a shard that runs a workflow, once, mid-run.
                 if args.kill && kills == 0 && t >= args.warmup / 2 {
                     if let Some(api) = shards.owner_running_a_workflow() {
@@ -752,6 +765,7 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
                             if let Some(mut p) = controllers[i].take() {
                                 eprintln!("\nfleet: SIGKILL the controller at {api}: it runs a workflow of shard(s) {:?}", shards.owned_by(&api));
                                 let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(p.pid()), nix::sys::signal::Signal::SIGKILL);
+                                orphaned = Some((Instant::now(), shards.owned_by(&api), api.clone()));
                                 let _ = p.child.wait();
                                 kills += 1;
                             }
@@ -902,6 +916,7 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
             workflows_doubled: shards.doubled + c.rejuvenated_early.len() as u32,
             budget_max_seen: shards.budget_max_seen,
             max_concurrent: cfg.budget.max_concurrent,
+            shard_handover_ms: handover_ms,
         };
         drop(etcd);
         print_summary(&summary);
