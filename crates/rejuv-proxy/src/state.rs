@@ -674,4 +674,46 @@ mod tests {
         assert_eq!(status.version, 6);
         assert_eq!(status.services["web"].backends[0].id, "a");
     }
+
+    #[test]
+    fn each_shard_has_its_own_table_and_the_data_path_routes_to_all_of_them() {
+        let shared = Shared::new(listen());
+        let mut t0 = table(9, &[("a", 1, BackendState::Serving)]);
+        t0.epoch = 4;
+        let mut t1 = table(2, &[("b", 2, BackendState::Serving)]);
+        t1.epoch = 5;
+        shared.apply_shard(0, &t0).unwrap();
+        let st = shared.apply_shard(1, &t1).unwrap();
+        assert_eq!(
+            (st.epoch, st.version, st.digest.clone()),
+            (5, 2, t1.digest())
+        );
+        let ids = |shared: &Shared| -> Vec<String> {
+            shared.subscribe().borrow().services["web"]
+                .backends
+                .iter()
+                .map(|b| b.id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&shared), ["a", "b"]);
+        // Shard 1's older table is ignored; shard 0's is untouched by it.
+        let mut old = table(1, &[]);
+        old.epoch = 5;
+        let st = shared.apply_shard(1, &old).unwrap();
+        assert_eq!((st.epoch, st.version), (5, 2));
+        assert_eq!(ids(&shared), ["a", "b"]);
+        let st0 = shared.status_of(0);
+        assert_eq!((st0.epoch, st0.version, st0.digest), (4, 9, t0.digest()));
+        // A newer table of shard 1 with no backends drains only shard 1's.
+        let mut empty = table(3, &[]);
+        empty.epoch = 5;
+        shared.apply_shard(1, &empty).unwrap();
+        assert_eq!(ids(&shared), ["a"]);
+        // A hold in any shard's table holds the service.
+        let mut held = table(4, &[]);
+        held.epoch = 5;
+        held.services.get_mut("web").unwrap().hold = true;
+        shared.apply_shard(1, &held).unwrap();
+        assert!(shared.services["web"].hold.load(Ordering::SeqCst));
+    }
 }
