@@ -718,17 +718,7 @@ struct Budget {
 fn demand(p: &Published) -> u32 {
     let c = &p.cluster;
     let running = c.workflows.values().filter(|w| !w.forced).count() as u32;
-    let waiting = c
-        .servers
-        .values()
-        .filter(|s| {
-            s.blocked_reason
-                .as_deref()
-                .is_some_and(|r| r.contains(", budget "))
-                && !c.workflows.values().any(|w| w.server == s.id)
-        })
-        .count() as u32;
-    running + waiting
+    running + c.waiting_for_budget()
 }
 
 impl Budget {
