@@ -79,6 +79,12 @@ pub enum Msg {
         config: Box<Config>,
         reply: oneshot::Sender<Result<Vec<String>, Refusal>>,
     },
+    /// A shard's slots of the fleet's budget: planned workflows are held to that many at once
+    /// (never below those running); the reply is the bound in force.
+    BudgetSlots {
+        slots: u32,
+        reply: oneshot::Sender<u32>,
+    },
     /// From a Prometheus `[source]` beside the agents: its latest judgement of a server.
     SourceJudged {
         server: String,
@@ -499,6 +505,10 @@ impl Engine {
             }
             Msg::Remove { server, by, reply } => {
                 let _ = reply.send(self.remove(&server, by, now));
+            }
+            Msg::BudgetSlots { slots, reply } => {
+                let bound = shell.limit_concurrent(slots);
+                let _ = reply.send(bound);
             }
         }
     }

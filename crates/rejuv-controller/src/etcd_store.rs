@@ -66,19 +66,35 @@ use tracing::{info, warn};
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    /// The epoch key when it is not under `prefix` (a shard's: the fleet's one epoch).
+    epoch: Option<String>,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.trim_end_matches('/').to_string(),
+            epoch: None,
+        }
+    }
+    /// The keys of shard `k` of the fleet under `prefix` (see [`crate::shards`]): its own
+    /// leader key, state, events and workflows under `<prefix>/shards/<k>`, and the fleet's
+    /// one epoch key `<prefix>/epoch`, so that every term of every shard has an epoch of its
+    /// own and an agent never sees one go back, whichever shard it is in.
+    pub fn shard(prefix: &str, k: u32) -> Self {
+        let prefix = prefix.trim_end_matches('/');
+        Self {
+            prefix: format!("{prefix}/shards/{k}"),
+            epoch: Some(format!("{prefix}/epoch")),
         }
     }
     pub fn leader(&self) -> String {
         format!("{}/leader", self.prefix)
     }
     pub fn epoch(&self) -> String {
-        format!("{}/epoch", self.prefix)
+        self.epoch
+            .clone()
+            .unwrap_or_else(|| format!("{}/epoch", self.prefix))
     }
     pub fn state(&self) -> String {
         format!("{}/state", self.prefix)
@@ -267,6 +283,44 @@ impl Session {
             }
             follower(serde_json::from_slice(holder.value()).ok());
             self.wait_deleted(&key, rev).await;
+        }
+    }
+
+    /// One attempt at the leader key: `Some(fence)` when this session holds it now (won, or
+    /// held already), `None` when another does.
+    ///
+    /// # Errors
+    /// The lease lapsed, or etcd did not answer.
+    pub async fn try_campaign(&self, me: &LeaderInfo) -> Result<Option<i64>, EtcdError> {
+        if !self.guard.lease_alive() {
+            return Err(EtcdError::LeaseLost);
+        }
+        let value = serde_json::to_string(me).expect("leader info encodes");
+        let key = self.keys.leader();
+        let mut kv = self.client.kv_client();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(self.lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = timed("campaigning", op_timeout(self.ttl), kv.txn(txn)).await?;
+        if resp.succeeded() {
+            self.guard.set_leading();
+            return Ok(Some(resp.header().map_or(0, |h| h.revision())));
+        }
+        let holder = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        match holder {
+            Some(h) if h.lease() == self.lease => {
+                self.guard.set_leading();
+                Ok(Some(h.create_revision()))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -484,9 +538,24 @@ impl EtcdStore {
         Ok(resp.take_kvs())
     }
 
-    /// The epoch stored, if any; a value that is not a decimal number is an error.
+    /// The epoch stored, if any; a value that is not a decimal number is an error. A shard's
+    /// epoch key is the fleet's: it counts as this shard's only once the shard has a state of
+    /// its own (a new shard of a running fleet is a new cluster, or a lost one, to
+    /// [`crate::recover`], whatever the other shards took).
     pub fn stored_epoch(&mut self) -> Result<Option<u64>, StoreError> {
         self.block(async {
+            if self.keys.epoch.is_some() {
+                let state = self
+                    .get(
+                        "reading the state",
+                        self.keys.state(),
+                        Some(GetOptions::new().with_keys_only()),
+                    )
+                    .await?;
+                if state.is_empty() {
+                    return Ok(None);
+                }
+            }
             let key = self.keys.epoch();
             let kvs = self.get("reading the epoch", key.clone(), None).await?;
             kvs.first()
@@ -757,6 +826,104 @@ pub async fn compact_history(
             }
         }
         seen = now;
+    }
+}
+
+/// The slots of the fleet's budget each shard holds: `<prefix>/budget`, JSON
+/// `{"<shard>": slots}`, and the key's mod revision (0: absent). See [`crate::shards`].
+///
+/// # Errors
+/// etcd does not answer, or the value is not such a map.
+pub async fn read_budget(
+    client: &Client,
+    key: &str,
+    ttl: Duration,
+) -> Result<(std::collections::BTreeMap<u32, u32>, i64), StoreError> {
+    let mut kv = client.kv_client();
+    let resp = timed("reading the budget", op_timeout(ttl), kv.get(key, None)).await?;
+    match resp.kvs().first() {
+        None => Ok((std::collections::BTreeMap::new(), 0)),
+        Some(kv) => {
+            let map = serde_json::from_slice(kv.value()).map_err(|e| {
+                StoreError::from(EtcdError::Malformed {
+                    key: key.to_string(),
+                    reason: format!("not a map of shard to slots: {e}"),
+                })
+            })?;
+            Ok((map, kv.mod_revision()))
+        }
+    }
+}
+
+/// One shard's place in the fleet's budget: its keys, number and fence.
+pub struct ShardBudget<'a> {
+    pub client: &'a Client,
+    /// The shard's keys (its leader key fences the writes).
+    pub keys: &'a Keys,
+    /// `<prefix>/budget`.
+    pub budget_key: &'a str,
+    pub shard: u32,
+    /// The shard's leader key's create revision of this term.
+    pub fence: i64,
+    pub ttl: Duration,
+}
+
+/// Sets the slots the shard holds to as close to `want` as the fleet's `max` allows (more
+/// only out of the slots no shard holds), in one compare-and-swap transaction on the budget
+/// key fenced by the shard's leader key. Returns the slots held after. A lost race with
+/// another shard is tried again; a lost fence is [`EtcdError::Fenced`].
+///
+/// # Errors
+/// etcd does not answer, the budget key is malformed, or this controller no longer owns the
+/// shard.
+pub async fn set_budget_slots(b: &ShardBudget<'_>, want: u32, max: u32) -> Result<u32, StoreError> {
+    let ShardBudget {
+        client,
+        keys,
+        budget_key,
+        shard,
+        fence,
+        ttl,
+    } = *b;
+    let mut kv = client.kv_client();
+    loop {
+        let (mut map, rev) = read_budget(client, budget_key, ttl).await?;
+        let mine = map.get(&shard).copied().unwrap_or(0);
+        let others: u32 = map
+            .iter()
+            .filter(|(k, _)| **k != shard)
+            .map(|(_, v)| *v)
+            .sum();
+        let free = max.saturating_sub(others);
+        let new = if want > mine {
+            want.min(free).max(mine)
+        } else {
+            want
+        };
+        if new == mine && map.contains_key(&shard) {
+            return Ok(mine);
+        }
+        map.insert(shard, new);
+        let value = serde_json::to_vec(&map)?;
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(keys.leader(), CompareOp::Equal, fence),
+                Compare::mod_revision(budget_key, CompareOp::Equal, rev),
+            ])
+            .and_then([TxnOp::put(budget_key, value, None)])
+            .or_else([TxnOp::get(keys.leader(), None)]);
+        let resp = timed("taking budget slots", op_timeout(ttl), kv.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(new);
+        }
+        let holder = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        if holder.map(|h| h.create_revision()) != Some(fence) {
+            return Err(EtcdError::Fenced.into());
+        }
+        // Another shard changed the budget in between: read it again.
     }
 }
 

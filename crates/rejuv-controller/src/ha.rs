@@ -126,7 +126,7 @@ async fn metrics(State(s): State<HaState>, req: Request) -> Response {
 }
 
 /// `rejuv_leader 0` and the API listener's connections.
-fn follower_metrics(connections: &Arc<rejuv_net::ConnectionStats>) -> String {
+pub(crate) fn follower_metrics(connections: &Arc<rejuv_net::ConnectionStats>) -> String {
     use prometheus_client::metrics::gauge::Gauge;
     let mut reg = prometheus_client::registry::Registry::with_prefix("rejuv");
     reg.register(
@@ -287,6 +287,7 @@ pub async fn run(
         guard.clone(),
         local.clone(),
         connections,
+        None,
     )
     .await;
     let mut leading = match started {
@@ -334,7 +335,7 @@ pub async fn run(
 
 /// Waits for a stop (`None`) or for leadership to be lost (`Some(reason)`), checking the
 /// guard's monotonic deadline often so that a stuck keep-alive cannot hide a lapsed lease.
-async fn watch_lease(guard: &LeaderGuard, stop: &CancellationToken) -> Option<String> {
+pub(crate) async fn watch_lease(guard: &LeaderGuard, stop: &CancellationToken) -> Option<String> {
     let lost = guard.lost();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {

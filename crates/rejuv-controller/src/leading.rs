@@ -65,6 +65,10 @@ pub(crate) fn api_server(
 pub(crate) struct Leading {
     pub app: axum::Router,
     pub tasks: tokio::task::JoinSet<()>,
+    /// The engine's inbox.
+    pub tx: tokio::sync::mpsc::Sender<engine::Msg>,
+    /// What the engine publishes after every step.
+    pub published: tokio::sync::watch::Receiver<engine::Published>,
 }
 
 impl Leading {
@@ -77,6 +81,11 @@ impl Leading {
 /// Loads (or creates) the state through `store`, resends its outbox and starts every task
 /// of a leader under `local`. Nothing touches the load balancer unless `guard` says this
 /// controller still leads.
+///
+/// `shard`: the shard of a sharded fleet this engine runs (`cfg` is then that shard's): its
+/// route table goes to the builtin proxy as that shard's, and the config is not reloaded
+/// while it runs (every shard's engine reads it at its start).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn start_leading(
     opts: &ControllerOptions,
     cfg: Arc<Config>,
@@ -85,6 +94,7 @@ pub(crate) async fn start_leading(
     guard: LeaderGuard,
     local: CancellationToken,
     connections: Arc<rejuv_net::ConnectionStats>,
+    shard: Option<u32>,
 ) -> anyhow::Result<Leading> {
     let mut client = agent_client::AgentClient::new(opts.agent_token.clone());
     if let Some(tls) = &opts.tls {
@@ -104,6 +114,8 @@ pub(crate) async fn start_leading(
         recovery,
     )?;
     let published = engine.published.subscribe();
+    let state_published = engine.published.subscribe();
+    let state_tx = tx.clone();
     let routes = engine.routes.subscribe();
     let history = engine.history();
 
@@ -118,6 +130,9 @@ pub(crate) async fn start_leading(
             if !opts.dry_run {
                 let mut proxy = traffic::BuiltinProxy::new(admin, opts.proxy_token.clone())
                     .with_leader_guard(guard.clone());
+                if let Some(k) = shard {
+                    proxy = proxy.with_shard(k);
+                }
                 if let Some(tls) = &opts.tls {
                     proxy = proxy.with_tls(tls);
                 }
@@ -132,6 +147,10 @@ pub(crate) async fn start_leading(
             }
         }
         TrafficAdapter::Haproxy => {
+            anyhow::ensure!(
+                shard.is_none(),
+                "store.shards > 1 needs traffic.adapter = \"builtin\": HAProxy holds one table, and each shard's controller sends its own"
+            );
             let h = cfg
                 .traffic
                 .haproxy
@@ -181,7 +200,8 @@ pub(crate) async fn start_leading(
     if let Some(block) = cfg.alert_block.clone() {
         tasks.spawn(crate::alert_block::watch(block, tx.clone(), local.clone()));
     }
-    if let Some(path) = opts.config_path.clone() {
+    let config_path = opts.config_path.clone().filter(|_| shard.is_none());
+    if let Some(path) = config_path.clone() {
         tasks.spawn(reload_on_hangup(path, tx.clone(), local.clone()));
     }
     if let (Some(tls), Some(t)) = (&opts.tls, &cfg.tls) {
@@ -229,7 +249,7 @@ pub(crate) async fn start_leading(
         tx,
         store: Arc::new(Mutex::new(reader)),
         session_code_file: opts.session_code_file.clone(),
-        config_path: opts.config_path.clone(),
+        config_path,
         agents: client.clone(),
         connections,
         tls: opts.tls.clone(),
@@ -238,6 +258,8 @@ pub(crate) async fn start_leading(
     Ok(Leading {
         app: api::router(state),
         tasks,
+        tx: state_tx,
+        published: state_published,
     })
 }
 

@@ -3,7 +3,7 @@
 //!
 //! - [`engine`]: the single owner of the cluster state; applies events, commits, acts.
 //! - [`store`]: SQLite (embedded default), or etcd ([`etcd_store`], feature `etcd`) for several
-//!   controllers with one leader ([`ha`]); [`leader`]: the leadership guard every
+//!   controllers with one leader ([`ha`]) or with the fleet in shards ([`shards`]); [`leader`]: the leadership guard every
 //!   load-balancer write checks; [`store_codec`]: the state's encoding and the errors both
 //!   backends share.
 //! - [`agent_client`]: the agent API client.
@@ -34,6 +34,8 @@ pub mod leader;
 pub mod leading;
 pub mod metrics;
 pub mod recover;
+#[cfg(feature = "etcd")]
+pub mod shards;
 pub mod source;
 pub mod stats;
 pub mod store;
@@ -67,6 +69,8 @@ pub async fn run(
     }
     match opts.config.store.kind {
         StoreKind::Sqlite => run_sqlite(listener, opts, shutdown).await,
+        #[cfg(feature = "etcd")]
+        StoreKind::Etcd if opts.config.shards() > 1 => shards::run(listener, opts, shutdown).await,
         #[cfg(feature = "etcd")]
         StoreKind::Etcd => ha::run(listener, opts, shutdown).await,
         #[cfg(not(feature = "etcd"))]
@@ -104,6 +108,7 @@ async fn run_sqlite(
         LeaderGuard::always(),
         local.clone(),
         server.stats(),
+        None,
     )
     .await?;
     server

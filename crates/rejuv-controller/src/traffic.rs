@@ -52,6 +52,8 @@ pub struct BuiltinProxy {
     token: String,
     guard: LeaderGuard,
     scheme: &'static str,
+    /// The shard whose table this controller sends (`?shard=K`), in a sharded fleet.
+    shard: Option<u32>,
     /// With TLS: the client, made anew on each new load of the TLS files (a renewed
     /// certificate, a revocation), so that no pooled connection outlives its check.
     tls: Option<Arc<ProxyTls>>,
@@ -97,8 +99,16 @@ impl BuiltinProxy {
             token,
             guard: LeaderGuard::always(),
             scheme: "http",
+            shard: None,
             tls: None,
         }
+    }
+
+    /// Sends the table of shard `shard` of a sharded fleet: the proxy keeps one table per
+    /// shard and routes to all of their backends.
+    pub fn with_shard(mut self, shard: u32) -> Self {
+        self.shard = Some(shard);
+        self
     }
 
     /// Talks HTTPS with `tls`: the admin API must show the proxy's certificate of the fleet.
@@ -126,8 +136,12 @@ impl BuiltinProxy {
             Some(t) => t.client(),
             None => self.http.clone(),
         };
+        let query = self
+            .shard
+            .map(|k| format!("?shard={k}"))
+            .unwrap_or_default();
         let resp = http
-            .put(format!("{}://{addr}/v1/routes", self.scheme))
+            .put(format!("{}://{addr}/v1/routes{query}", self.scheme))
             .bearer_auth(&self.token)
             .json(table)
             .send()

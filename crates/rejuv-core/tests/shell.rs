@@ -357,3 +357,41 @@ fn samples_that_queued_together_take_one_step_and_lose_nothing() {
         Some(T0 + 2_200)
     );
 }
+
+#[test]
+fn a_shards_slots_hold_planned_workflows_and_never_bind_below_those_running() {
+    let (mut shell, mut w) = shell();
+    let instance = bring_up(&mut shell, &mut w);
+    assert_eq!(shell.limit_concurrent(0), 0, "no workflow runs: bound at 0");
+    let age = |shell: &mut Shell, w: &mut World, from: u64| {
+        for k in 0..=4u64 {
+            let ms = from + k * 1_000;
+            let spare = state("s2", ms, 0.2, &[]);
+            shell.sample("s2", T0 + ms, Ok(&spare), now(ms), w);
+            let s1 = state("s1", ms, 0.95, &[(&instance, 20_000)]);
+            shell.sample("s1", T0 + ms, Ok(&s1), now(ms), w);
+        }
+    };
+    age(&mut shell, &mut w, 1_000);
+    assert_eq!(shell.cluster().servers["s1"].judgement, Level::Unstable);
+    assert!(
+        shell.cluster().workflows.is_empty(),
+        "no slot: the workflow waits"
+    );
+    assert_eq!(
+        shell.cluster().waiting_for_budget(),
+        1,
+        "it waits for the budget: {:?}",
+        shell.cluster().servers["s1"].blocked_reason
+    );
+    assert_eq!(shell.limit_concurrent(1), 1);
+    shell.tick(now(7_000), &mut w);
+    assert_eq!(shell.cluster().workflows.len(), 1, "a slot: it starts");
+    assert_eq!(shell.cluster().waiting_for_budget(), 0);
+    assert_eq!(
+        shell.limit_concurrent(0),
+        1,
+        "the bound never goes below the workflows running"
+    );
+    assert_eq!(shell.config().budget.max_concurrent, 1);
+}

@@ -4,7 +4,7 @@
 
 use crate::state::Shared;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -81,12 +81,23 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     rejuv_core::digest::bearer_matches(header, token)
 }
 
-async fn put_routes(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+/// `?shard=K`: the table (or status) of shard K of a sharded fleet (default 0).
+#[derive(serde::Deserialize)]
+struct ShardQuery {
+    #[serde(default)]
+    shard: u32,
+}
+
+async fn put_routes(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<ShardQuery>,
+    body: Bytes,
+) -> Response {
     let table: RouteTable = match serde_json::from_slice(&body) {
         Ok(table) => table,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("route table: {e}")),
     };
-    match shared.apply(&table) {
+    match shared.apply_shard(q.shard, &table) {
         Ok(status) => Json(status).into_response(),
         Err(e) => {
             tracing::warn!(version = table.version, error = %e, "rejected a route table");
@@ -95,8 +106,8 @@ async fn put_routes(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
     }
 }
 
-async fn get_status(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.status()).into_response()
+async fn get_status(State(shared): State<Arc<Shared>>, Query(q): Query<ShardQuery>) -> Response {
+    Json(shared.status_of(q.shard)).into_response()
 }
 
 #[cfg(test)]

@@ -18,8 +18,7 @@
 
 use crate::pool::{Pool, UpstreamSender};
 use rejuv_core::api::{
-    BackendState, BackendStatus, ProxyStatus, RouteTable, ServiceRoutes, ServiceStatus, MAX_EPOCH,
-    MAX_EPOCH_STEP,
+    BackendState, BackendStatus, ProxyStatus, RouteTable, ServiceStatus, MAX_EPOCH, MAX_EPOCH_STEP,
 };
 use rejuv_net::ConnectionStats;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -247,12 +246,25 @@ pub struct Snapshot {
     pub services: HashMap<String, ServiceRoutesView>,
 }
 
+/// The tables in force, one per shard of the fleet (a fleet with one controller, or one leader,
+/// sends shard 0 only): each shard's controller owns its own table, ordered by its own
+/// `(epoch, version)`; the data path routes to the union of their backends.
+#[derive(Default)]
 struct Registry {
+    shards: BTreeMap<u32, ShardTable>,
+    /// Counts tables put in force: the snapshot's version once several shards send tables.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct ShardTable {
     epoch: u64,
     version: u64,
     digest: String,
     /// Per service: the table's backends in table order, then retired ones still in flight.
     backends: BTreeMap<String, Vec<Arc<BackendRuntime>>>,
+    /// Per service the table names: its backends (table order), hold and longest hold.
+    views: BTreeMap<String, (Vec<Arc<BackendRuntime>>, bool, u64)>,
 }
 
 /// State shared by the admin API and every front-end connection.
@@ -283,15 +295,7 @@ impl Shared {
                 (name.clone(), Arc::new(rt))
             })
             .collect();
-        let registry = Registry {
-            epoch: 0,
-            version: 0,
-            digest: String::new(),
-            backends: listen
-                .keys()
-                .map(|name| (name.clone(), Vec::new()))
-                .collect(),
-        };
+        let registry = Registry::default();
         let (routes, _) = watch::channel(Arc::new(Snapshot {
             version: 0,
             services: HashMap::new(),
@@ -326,49 +330,55 @@ impl Shared {
     /// [`InvalidTable`] if the table names an unknown service, repeats a backend id, or asks
     /// for too long a hold; nothing changes then.
     pub fn apply(&self, table: &RouteTable) -> Result<ProxyStatus, InvalidTable> {
+        self.apply_shard(0, table)
+    }
+
+    /// [`Shared::apply`] for the table of shard `shard` (`PUT /v1/routes?shard=K`): each shard's
+    /// table is ordered by its own `(epoch, version)` and replaces only that shard's backends.
+    ///
+    /// # Errors
+    ///
+    /// As [`Shared::apply`].
+    pub fn apply_shard(&self, shard: u32, table: &RouteTable) -> Result<ProxyStatus, InvalidTable> {
         validate(table, &self.listen)?;
-        let mut registry = self.lock();
+        let mut guard = self.lock();
+        let registry = &mut *guard;
+        let mine = registry.shards.entry(shard).or_default();
         let mut implausible = Vec::new();
         for (field, value) in [("epoch", table.epoch), ("version", table.version)] {
             if value > MAX_EPOCH {
                 implausible.push(TableError::Implausible { field, value });
             }
         }
-        if table.epoch <= MAX_EPOCH
-            && !rejuv_core::api::epoch_is_plausible(table.epoch, registry.epoch)
+        if table.epoch <= MAX_EPOCH && !rejuv_core::api::epoch_is_plausible(table.epoch, mine.epoch)
         {
             implausible.push(TableError::EpochJump {
                 value: table.epoch,
-                in_force: registry.epoch,
+                in_force: mine.epoch,
             });
         }
         if !implausible.is_empty() {
             return Err(InvalidTable(implausible));
         }
-        if (table.epoch, table.version) < (registry.epoch, registry.version) {
+        if (table.epoch, table.version) < (mine.epoch, mine.version) {
             tracing::info!(
+                shard,
                 stale_epoch = table.epoch,
                 stale = table.version,
-                in_force_epoch = registry.epoch,
-                in_force = registry.version,
+                in_force_epoch = mine.epoch,
+                in_force = mine.version,
                 "ignoring an older route table"
             );
-            return Ok(self.status_locked(&mut registry));
+            return Ok(self.status_locked(registry, shard));
         }
         let digest = table.digest();
-        let changed = digest != registry.digest;
-        let empty = ServiceRoutes {
-            backends: Vec::new(),
-            hold: false,
-            max_hold_ms: 0,
-        };
-        let mut views = HashMap::new();
-        for (name, service) in &self.services {
+        let changed = digest != mine.digest;
+        for name in self.services.keys() {
             let routes = table.services.get(name);
-            let wanted = routes.unwrap_or(&empty);
-            let old = registry.backends.remove(name).unwrap_or_default();
-            let mut current = Vec::with_capacity(wanted.backends.len());
-            for backend in &wanted.backends {
+            let old = mine.backends.remove(name).unwrap_or_default();
+            let wanted = routes.map_or(&[][..], |r| &r.backends[..]);
+            let mut current = Vec::with_capacity(wanted.len());
+            for backend in wanted {
                 let kept = old
                     .iter()
                     .find(|b| b.id == backend.id && b.addr == backend.addr)
@@ -396,56 +406,95 @@ impl Shared {
                     all.push(rt);
                 }
             }
-            service.hold.store(wanted.hold, Ordering::SeqCst);
-            registry.backends.insert(name.clone(), all);
-            if routes.is_some() {
-                views.insert(
-                    name.clone(),
-                    ServiceRoutesView {
-                        backends: current,
-                        max_hold: Duration::from_millis(wanted.max_hold_ms),
-                    },
-                );
+            mine.backends.insert(name.clone(), all);
+            match routes {
+                Some(r) => {
+                    mine.views
+                        .insert(name.clone(), (current, r.hold, r.max_hold_ms));
+                }
+                None => {
+                    mine.views.remove(name);
+                }
             }
         }
-        registry.epoch = table.epoch;
-        registry.version = table.version;
-        registry.digest = digest;
+        mine.epoch = table.epoch;
+        mine.version = table.version;
+        mine.digest = digest;
         if changed {
             tracing::info!(
+                shard,
                 epoch = table.epoch,
                 version = table.version,
                 "route table in force"
             );
         } else {
             tracing::debug!(
+                shard,
                 epoch = table.epoch,
                 version = table.version,
                 "route table unchanged"
             );
         }
+        // The data path's view: every shard's backends, held while any shard holds.
+        let mut views = HashMap::new();
+        for (name, service) in &self.services {
+            let mut hold = false;
+            let mut view: Option<ServiceRoutesView> = None;
+            for t in registry.shards.values() {
+                if let Some((backends, h, max_hold_ms)) = t.views.get(name) {
+                    hold |= *h;
+                    let v = view.get_or_insert_with(|| ServiceRoutesView {
+                        backends: Vec::new(),
+                        max_hold: Duration::ZERO,
+                    });
+                    v.backends.extend(backends.iter().cloned());
+                    v.max_hold = v.max_hold.max(Duration::from_millis(*max_hold_ms));
+                }
+            }
+            service.hold.store(hold, Ordering::SeqCst);
+            if let Some(v) = view {
+                views.insert(name.clone(), v);
+            }
+        }
+        registry.generation += 1;
+        let version = if registry.shards.len() == 1 {
+            table.version
+        } else {
+            registry.generation
+        };
         self.routes.send_replace(Arc::new(Snapshot {
-            version: table.version,
+            version,
             services: views,
         }));
-        Ok(self.status_locked(&mut registry))
+        Ok(self.status_locked(registry, shard))
     }
 
+    /// The status as shard 0's controller sees it.
     pub fn status(&self) -> ProxyStatus {
-        let mut registry = self.lock();
-        self.status_locked(&mut registry)
+        self.status_of(0)
     }
 
-    fn status_locked(&self, registry: &mut Registry) -> ProxyStatus {
+    /// The status as shard `shard`'s controller sees it: that shard's table (epoch, version,
+    /// digest), and every backend of every shard with its in-flight requests.
+    pub fn status_of(&self, shard: u32) -> ProxyStatus {
+        let mut registry = self.lock();
+        self.status_locked(&mut registry, shard)
+    }
+
+    fn status_locked(&self, registry: &mut Registry, shard: u32) -> ProxyStatus {
         let mut services = BTreeMap::new();
         for (name, service) in &self.services {
-            let backends = registry.backends.entry(name.clone()).or_default();
-            backends.retain(|b| !b.forgettable());
+            let mut backends = Vec::new();
+            for t in registry.shards.values_mut() {
+                let list = t.backends.entry(name.clone()).or_default();
+                list.retain(|b| !b.forgettable());
+                backends.extend(list.iter().map(|b| b.status()));
+            }
             services.insert(
                 name.clone(),
                 ServiceStatus {
                     listen: service.listen,
-                    backends: backends.iter().map(|b| b.status()).collect(),
+                    backends,
                     held: service.held.load(Ordering::SeqCst),
                     requests_total: service.requests_total.load(Ordering::Relaxed),
                     failed_total: service.failed_total.load(Ordering::Relaxed),
@@ -453,10 +502,16 @@ impl Shared {
                 },
             );
         }
+        let (epoch, version, digest) = registry
+            .shards
+            .get(&shard)
+            .map_or((0, 0, String::new()), |t| {
+                (t.epoch, t.version, t.digest.clone())
+            });
         ProxyStatus {
-            epoch: registry.epoch,
-            version: registry.version,
-            digest: registry.digest.clone(),
+            epoch,
+            version,
+            digest,
             services,
             admin_connections: self.admin_connections.counts(),
         }
@@ -465,8 +520,10 @@ impl Shared {
     /// Closes pooled connections that have been idle too long.
     pub fn sweep_pools(&self) {
         let registry = self.lock();
-        for backend in registry.backends.values().flatten() {
-            backend.pool.sweep();
+        for t in registry.shards.values() {
+            for backend in t.backends.values().flatten() {
+                backend.pool.sweep();
+            }
         }
     }
 }
@@ -474,7 +531,7 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rejuv_core::api::Backend;
+    use rejuv_core::api::{Backend, ServiceRoutes};
 
     fn listen() -> BTreeMap<String, SocketAddr> {
         BTreeMap::from([("web".to_string(), "127.0.0.1:8000".parse().unwrap())])
@@ -616,5 +673,47 @@ mod tests {
             .unwrap();
         assert_eq!(status.version, 6);
         assert_eq!(status.services["web"].backends[0].id, "a");
+    }
+
+    #[test]
+    fn each_shard_has_its_own_table_and_the_data_path_routes_to_all_of_them() {
+        let shared = Shared::new(listen());
+        let mut t0 = table(9, &[("a", 1, BackendState::Serving)]);
+        t0.epoch = 4;
+        let mut t1 = table(2, &[("b", 2, BackendState::Serving)]);
+        t1.epoch = 5;
+        shared.apply_shard(0, &t0).unwrap();
+        let st = shared.apply_shard(1, &t1).unwrap();
+        assert_eq!(
+            (st.epoch, st.version, st.digest.clone()),
+            (5, 2, t1.digest())
+        );
+        let ids = |shared: &Shared| -> Vec<String> {
+            shared.subscribe().borrow().services["web"]
+                .backends
+                .iter()
+                .map(|b| b.id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&shared), ["a", "b"]);
+        // Shard 1's older table is ignored; shard 0's is untouched by it.
+        let mut old = table(1, &[]);
+        old.epoch = 5;
+        let st = shared.apply_shard(1, &old).unwrap();
+        assert_eq!((st.epoch, st.version), (5, 2));
+        assert_eq!(ids(&shared), ["a", "b"]);
+        let st0 = shared.status_of(0);
+        assert_eq!((st0.epoch, st0.version, st0.digest), (4, 9, t0.digest()));
+        // A newer table of shard 1 with no backends drains only shard 1's.
+        let mut empty = table(3, &[]);
+        empty.epoch = 5;
+        shared.apply_shard(1, &empty).unwrap();
+        assert_eq!(ids(&shared), ["a"]);
+        // A hold in any shard's table holds the service.
+        let mut held = table(4, &[]);
+        held.epoch = 5;
+        held.services.get_mut("web").unwrap().hold = true;
+        shared.apply_shard(1, &held).unwrap();
+        assert!(shared.services["web"].hold.load(Ordering::SeqCst));
     }
 }

@@ -12,7 +12,24 @@ use crate::time::Now;
 use crate::types::{Role, ServerId};
 use std::collections::BTreeSet;
 
+/// What a server's `blocked_reason` says while it waits for a slot of the budget.
+const BUDGET_WAIT: &str = "workflow(s) running, budget";
+
 impl Cluster {
+    /// Servers that need a workflow and wait for a slot of `budget.max_concurrent` (nothing
+    /// else holds them back): with shards, the slots a shard asks the fleet for.
+    pub fn waiting_for_budget(&self) -> u32 {
+        self.servers
+            .values()
+            .filter(|s| {
+                s.blocked_reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains(BUDGET_WAIT))
+                    && !self.workflows.values().any(|w| w.server == s.id)
+            })
+            .count() as u32
+    }
+
     /// Capacity units of primaries on the list whose agents answer, counting the sources of
     /// running whole-server workflows that move elsewhere as off (a server rejuvenated in
     /// place, or one of whose instances moves, keeps serving).
@@ -131,7 +148,7 @@ impl Cluster {
         }
         if !forced && self.workflows.len() as u32 >= cfg.budget.max_concurrent {
             return Some(format!(
-                "waiting: {} workflow(s) running, budget {}",
+                "waiting: {} {BUDGET_WAIT} {}",
                 self.workflows.len(),
                 cfg.budget.max_concurrent
             ));

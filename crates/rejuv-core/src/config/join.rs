@@ -153,6 +153,7 @@ pub fn check_join(cfg: &Config, req: &JoinRequest) -> Result<ServerConfig, JoinR
         instances: req.instances.clone(),
         data_dir: None,
         joined: true,
+        shard: None,
     };
     // The checks `[[servers]]` makes of one server, renamed to the request's fields.
     let mut own = Errors::default();

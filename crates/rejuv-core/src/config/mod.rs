@@ -33,6 +33,7 @@ mod rejuvenation;
 mod retention;
 mod servers;
 mod services;
+mod shards;
 mod source;
 mod store;
 mod tls;
@@ -180,6 +181,7 @@ impl Config {
         }
         self.source.validate(&mut errs);
         self.store.validate(&mut errs);
+        self.validate_shards(&mut errs);
         if !advisory_only {
             services::validate(&self.services, &mut errs);
         }

@@ -35,6 +35,10 @@ pub struct ServerConfig {
     /// never read from nor written to a config file.
     #[serde(skip)]
     pub joined: bool,
+    /// The shard this server belongs to when `store.shards` > 1 (default: a stable function
+    /// of its id for a primary, spares dealt round-robin; see [`super::Config::shard_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
 }
 
 fn default_capacity() -> u32 {

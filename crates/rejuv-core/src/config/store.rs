@@ -36,6 +36,10 @@ pub struct StoreConfig {
     /// rewritten on every step, so an etcd that nobody compacts fills its quota.
     #[serde(with = "humantime_serde", default = "default_compact_every")]
     pub compact_every: Duration,
+    /// Shards of the fleet (`kind = "etcd"`): each is owned by one controller through a lease
+    /// of its own; `1` (the default) is one leader for the whole fleet.
+    #[serde(default = "default_shards")]
+    pub shards: u32,
 }
 
 fn default_store_kind() -> StoreKind {
@@ -50,9 +54,15 @@ fn default_etcd_endpoints() -> Vec<String> {
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(5)
 }
+fn default_shards() -> u32 {
+    1
+}
 fn default_compact_every() -> Duration {
     Duration::from_secs(300)
 }
+
+/// Most shards a fleet may be split into.
+pub const MAX_SHARDS: u32 = 256;
 
 impl StoreConfig {
     /// The etcd key prefix for `cluster`: `prefix`, or `/rejuv/<cluster>`.
@@ -64,7 +74,19 @@ impl StoreConfig {
 
     /// The etcd settings, when the store is etcd.
     pub(crate) fn validate(&self, errs: &mut Errors) {
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            errs.add(
+                "store.shards",
+                format!("must be between 1 and {MAX_SHARDS}"),
+            );
+        }
         if self.kind != StoreKind::Etcd {
+            if self.shards > 1 {
+                errs.add(
+                    "store.shards",
+                    "more than one shard needs kind = \"etcd\" (shards are owned through etcd leases)",
+                );
+            }
             return;
         }
         if self.endpoints.is_empty() {
@@ -105,6 +127,7 @@ impl Default for StoreConfig {
             prefix: None,
             lease_ttl: default_lease_ttl(),
             compact_every: default_compact_every(),
+            shards: default_shards(),
         }
     }
 }

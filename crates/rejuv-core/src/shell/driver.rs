@@ -59,6 +59,9 @@ pub struct Shell {
     notes: Vec<Note>,
     /// The published state's readings lag the working state's (see [`Shell::fresh`]).
     stale: bool,
+    /// A bound on `budget.max_concurrent` below the config's (a shard's slots of the fleet's
+    /// budget, see [`Shell::limit_concurrent`]).
+    limit: Option<u32>,
 }
 
 impl Shell {
@@ -77,6 +80,35 @@ impl Shell {
             health: StoreHealth::default(),
             notes: Vec::new(),
             stale: false,
+            limit: None,
+        }
+    }
+
+    /// Holds planned workflows to `slots` at once, below `budget.max_concurrent` (a shard
+    /// holds that many slots of the fleet's budget), but never below the workflows running
+    /// now: returns the bound in force. Takes no step; the next planning pass reads it.
+    pub fn limit_concurrent(&mut self, slots: u32) -> u32 {
+        let running = self
+            .cluster
+            .workflows
+            .values()
+            .filter(|w| !w.forced)
+            .count() as u32;
+        let bound = slots.max(running);
+        self.limit = Some(bound);
+        self.cfg = self.limited(self.cfg.clone());
+        bound
+    }
+
+    /// `cfg` with the bound of [`Shell::limit_concurrent`] applied.
+    fn limited(&self, cfg: Arc<Config>) -> Arc<Config> {
+        match self.limit {
+            Some(n) if n != cfg.budget.max_concurrent => {
+                let mut c = (*cfg).clone();
+                c.budget.max_concurrent = n;
+                Arc::new(c)
+            }
+            _ => cfg,
         }
     }
 
@@ -154,7 +186,7 @@ impl Shell {
     ) -> Result<Changes, Refusal> {
         let changes = self.cluster.check_reload(&cfg)?;
         self.readings.reconfigure(&cfg);
-        self.cfg = cfg;
+        self.cfg = self.limited(cfg);
         self.step(vec![Event::Reconfigured { by }], now, fx);
         Ok(changes)
     }

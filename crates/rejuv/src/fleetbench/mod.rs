@@ -14,6 +14,7 @@ use crate::procs::{free_port, log_file, Proc};
 use anyhow::Context;
 use rejuv_core::config::Config;
 use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ Examples:
   rejuv bench fleet --servers 1000 --interval 1s --duration 180s --summary-json fleet.json
   rejuv bench fleet --servers 10000 --interval 10s --duration 180s --summary-json fleet.json
   rejuv bench fleet --servers 1000 --interval 10s --store etcd     # etcd from PATH
+  rejuv bench fleet --servers 1000 --interval 1s --controllers 3 --store etcd   # one killed mid-workflow
 
 The agents' addresses are 127.20.0.1 and up (one per server); the swarm answers for at most
 5,000 of them per process. The summary's figures are described in docs/bench-fleet.md.")]
@@ -80,6 +82,17 @@ pub struct FleetArgs {
     /// one certificate per simulated agent, naming its server id and address.
     #[arg(long)]
     pub insecure: bool,
+    /// Controllers (more than one needs `--store etcd`): the fleet is split into as many
+    /// shards (`store.shards`), each owned by one controller at a time.
+    #[arg(long, default_value_t = 1)]
+    pub controllers: u32,
+    /// With several controllers, SIGKILL the owner of the first shard seen running a workflow
+    /// (once, after half the warm-up), and go on with the others.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub kill: bool,
+    /// `budget.max_concurrent` (default: the number of aged servers).
+    #[arg(long)]
+    pub max_concurrent: Option<u32>,
 }
 
 /// Agents a swarm process answers for: each is a listening socket and a connection from the
@@ -116,6 +129,23 @@ pub struct FleetSummary {
     pub swarm_processes: usize,
     /// Whether the controller and the agents talked mutual TLS (`false` with `--insecure`).
     pub tls: bool,
+    /// Controllers started.
+    pub controllers: u32,
+    /// Controllers SIGKILLed during the run.
+    pub controller_kills: u32,
+    /// Times a shard's owner changed to another controller (after every shard first had one).
+    pub shard_moves: u32,
+    /// Workflows run twice: a server in the workflows of two shards at once, a shard claimed by
+    /// two controllers at once, or a rejuvenation of an aged server not past the memory rule
+    /// (a second run for one aging episode), as the swarm saw it.
+    pub workflows_doubled: u32,
+    /// Most unforced workflows seen running at once, over every shard (read every second).
+    pub budget_max_seen: u32,
+    /// `budget.max_concurrent` of the run's config.
+    pub max_concurrent: u32,
+    /// From the kill to the moment every shard of the killed controller was seen owned by
+    /// another (read every second, so within about a second).
+    pub shard_handover_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -158,12 +188,6 @@ fn write_bytes(pid: i32) -> Option<f64> {
     s.lines()
         .find_map(|l| l.strip_prefix("write_bytes:"))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// Bytes written to storage for the controller's state: the controller's own (its SQLite
-/// store and log) and, with `--store etcd`, the etcd process's.
-fn store_written(controller: i32, etcd: Option<i32>) -> f64 {
-    write_bytes(controller).unwrap_or(0.0) + etcd.and_then(write_bytes).unwrap_or(0.0)
 }
 
 /// Raises this process's open-file limit to its hard limit (the children inherit it).
@@ -211,7 +235,10 @@ fn write_config(
     // a one-second interval on two shared cores.
     let timeout = Duration::from_secs(5);
     let store = match etcd {
-        Some(ep) => format!("kind = \"etcd\"\nendpoints = [\"{ep}\"]\n"),
+        Some(ep) => format!(
+            "kind = \"etcd\"\nendpoints = [\"{ep}\"]\nshards = {}\n",
+            args.controllers.max(1)
+        ),
         None => format!("path = \"{}\"\n", dir.join("rejuv.db").display()),
     };
     let mut t = format!(
@@ -262,7 +289,7 @@ health = {{ path = "/healthz" }}
         interval = humantime::format_duration(args.interval),
         timeout = humantime::format_duration(timeout),
         hold = humantime::format_duration(args.interval * 2),
-        concurrent = l.aged.len().max(1),
+        concurrent = args.max_concurrent.unwrap_or(l.aged.len() as u32).max(1),
         // Six polls, and never less than 30 s: copies turn healthy in a second, but the
         // controller learns it from the next poll of their server.
         verify = humantime::format_duration((args.interval * 6).max(Duration::from_secs(30))),
@@ -343,6 +370,18 @@ fn write_token(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What is read when the warm-up ends: figures are differences from it.
+struct AtWarm {
+    at: Instant,
+    /// CPU seconds of each controller.
+    cpu: Vec<f64>,
+    /// Bytes each controller has written.
+    written: Vec<f64>,
+    etcd_written: f64,
+    swarm_cpu: f64,
+    figures: CtlFigures,
+}
+
 /// The controller's own figures, read from its `/metrics`.
 #[derive(Debug, Clone, Default)]
 struct CtlFigures {
@@ -350,6 +389,159 @@ struct CtlFigures {
     /// Cumulative judgement-latency histogram: (upper bound in seconds, count).
     latency: Vec<(f64, f64)>,
     polls: f64,
+    /// Workflows completed (`rejuv_workflows_total`), where read from the metrics.
+    completed: f64,
+}
+
+impl CtlFigures {
+    /// The sum of two controllers' (or shards') figures.
+    fn add(&self, other: &CtlFigures) -> CtlFigures {
+        let mut latency = self.latency.clone();
+        for (le, n) in &other.latency {
+            match latency.iter_mut().find(|(l, _)| l == le) {
+                Some((_, m)) => *m += n,
+                None => latency.push((*le, *n)),
+            }
+        }
+        latency.sort_by(|a, b| a.0.total_cmp(&b.0));
+        CtlFigures {
+            commits: self.commits + other.commits,
+            latency,
+            polls: self.polls + other.polls,
+            completed: self.completed + other.completed,
+        }
+    }
+}
+
+/// What the benchmark sees of a sharded fleet (`--controllers N`), read every second from
+/// every controller alive: who owns which shard, each shard's status and figures.
+struct ShardWatch {
+    shards: u32,
+    /// Each shard's owner (API URL) as last seen.
+    owner: BTreeMap<u32, String>,
+    /// Every shard has had an owner (moves count from then).
+    settled: bool,
+    moves: u32,
+    doubled: u32,
+    budget_max_seen: u32,
+    /// Latest `/v1/status?shard=K` per shard.
+    statuses: BTreeMap<u32, serde_json::Value>,
+    /// Shards with a workflow in their latest status read this round.
+    running: BTreeSet<u32>,
+    /// Doubles already counted (a shard claimed twice, a server in two shards).
+    doubles_seen: BTreeSet<String>,
+    /// Per shard: figures of its engines before the latest one (a new owner's engine counts
+    /// from zero), and the latest one's as last read.
+    offset: BTreeMap<u32, CtlFigures>,
+    last: BTreeMap<u32, CtlFigures>,
+}
+
+impl ShardWatch {
+    fn new(shards: u32) -> Self {
+        Self {
+            shards,
+            owner: BTreeMap::new(),
+            settled: false,
+            moves: 0,
+            doubled: 0,
+            budget_max_seen: 0,
+            statuses: BTreeMap::new(),
+            running: BTreeSet::new(),
+            doubles_seen: BTreeSet::new(),
+            offset: BTreeMap::new(),
+            last: BTreeMap::new(),
+        }
+    }
+
+    async fn observe(&mut self, http: &reqwest::Client, live: &[&str], token: &str) {
+        let mut claims: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for api in live {
+            let Ok(text) = get_text(http, &format!("{api}/v1/shards"), token).await else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            for k in v["owned"].as_array().into_iter().flatten() {
+                if let Some(k) = k.as_u64() {
+                    claims.entry(k as u32).or_default().push((*api).to_string());
+                }
+            }
+        }
+        for (k, by) in &claims {
+            if by.len() > 1 && self.doubles_seen.insert(format!("shard {k}: {by:?}")) {
+                self.doubled += 1;
+            }
+            let now = &by[0];
+            if let Some(prev) = self.owner.get(k) {
+                if prev != now && self.settled {
+                    self.moves += 1;
+                }
+            }
+            self.owner.insert(*k, now.clone());
+        }
+        self.settled |= self.owner.len() as u32 == self.shards;
+        let mut running = 0u32;
+        let mut in_workflow: BTreeMap<String, u32> = BTreeMap::new();
+        self.running.clear();
+        for (k, by) in &claims {
+            let api = &by[0];
+            let Ok(text) = get_text(http, &format!("{api}/v1/status?shard={k}"), token).await
+            else {
+                continue;
+            };
+            let status: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            for w in status["workflows"].as_array().into_iter().flatten() {
+                if w["forced"].as_bool() != Some(true) {
+                    running += 1;
+                }
+                let server = w["server"].as_str().unwrap_or_default().to_string();
+                if let Some(other) = in_workflow.insert(server.clone(), *k) {
+                    if other != *k && self.doubles_seen.insert(format!("server {server}")) {
+                        self.doubled += 1;
+                    }
+                }
+                self.running.insert(*k);
+            }
+            self.statuses.insert(*k, status);
+            if let Ok(text) = get_text(http, &format!("{api}/metrics?shard={k}"), token).await {
+                let f = figures(&text);
+                let last = self.last.entry(*k).or_default();
+                if f.commits < last.commits {
+                    // A new engine (a new owner) counts from zero.
+                    let before = self.offset.entry(*k).or_default();
+                    *before = before.add(last);
+                }
+                *last = f;
+            }
+        }
+        self.budget_max_seen = self.budget_max_seen.max(running);
+    }
+
+    /// The owner (API URL) of a shard that runs a workflow now.
+    fn owner_running_a_workflow(&self) -> Option<String> {
+        self.running.iter().find_map(|k| self.owner.get(k).cloned())
+    }
+
+    fn owned_by(&self, api: &str) -> Vec<u32> {
+        self.owner
+            .iter()
+            .filter(|(_, a)| a.as_str() == api)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Every shard's figures together, over all of its engines so far.
+    fn figures_sum(&self) -> CtlFigures {
+        let mut sum = CtlFigures::default();
+        for k in 0..self.shards {
+            if let Some(o) = self.offset.get(&k) {
+                sum = sum.add(o);
+            }
+            if let Some(l) = self.last.get(&k) {
+                sum = sum.add(l);
+            }
+        }
+        sum
+    }
 }
 
 fn metric_value(text: &str, name: &str) -> Option<f64> {
@@ -382,6 +574,7 @@ fn figures(text: &str) -> CtlFigures {
         commits: metric_value(text, "rejuv_store_commits_total").unwrap_or(0.0),
         latency,
         polls: metric_value(text, "rejuv_judge_latency_seconds_count").unwrap_or(0.0),
+        completed: metric_value(text, "rejuv_workflows_total").unwrap_or(0.0),
     }
 }
 
@@ -439,6 +632,12 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
         "--duration ({}) must be longer than --warmup ({})",
         humantime::format_duration(args.duration),
         humantime::format_duration(args.warmup)
+    );
+    anyhow::ensure!(args.controllers >= 1, "--controllers must be at least 1");
+    anyhow::ensure!(
+        args.controllers == 1 || args.store == StoreKind::Etcd,
+        "--controllers {} needs --store etcd: the controllers share the fleet through etcd (each owns shards of it)",
+        args.controllers
     );
     anyhow::ensure!(
         args.servers <= 60_000,
@@ -548,51 +747,113 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
         let mut cmd = Command::new(&exe);
         cmd.args(["proxy", "--config"]).arg(&cfg_path).stdout(out).stderr(err).stdin(Stdio::null());
         let _proxy = Proc::spawn("proxy", cmd)?;
-        let (out, err) = log_file(&dir, "controller")?;
-        let mut cmd = Command::new(&exe);
-        // The swarm's servers run their instances already: the new controller adopts them.
-        cmd.args(["controller", "--adopt-agents", "--config"])
-            .arg(&cfg_path)
-            .env("REJUV_LOG", "warn")
-            .stdout(out)
-            .stderr(err)
-            .stdin(Stdio::null());
-        let mut controller = Proc::spawn("controller", cmd)?;
-        let ctl_pid = controller.pid();
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let nctl = args.controllers.max(1) as usize;
+        let mut ctl_addrs = vec![cfg.controller.listen];
+        for _ in 1..nctl {
+            ctl_addrs.push(SocketAddr::new(lo, free_port(lo)?));
+        }
+        let mut controllers: Vec<Option<Proc>> = Vec::new();
+        for (i, addr) in ctl_addrs.iter().enumerate() {
+            let log = if i == 0 { "controller".to_string() } else { format!("controller-{}", i + 1) };
+            let (out, err) = log_file(&dir, &log)?;
+            let mut cmd = Command::new(&exe);
+            // The swarm's servers run their instances already: the new controller adopts them.
+            cmd.args(["controller", "--adopt-agents", "--config"])
+                .arg(&cfg_path)
+                .arg("--listen")
+                .arg(addr.to_string())
+                // With shards, the shards' moves are logged too.
+                .env("REJUV_LOG", if nctl > 1 { "warn,rejuv_controller::shards=info" } else { "warn" })
+                .stdout(out)
+                .stderr(err)
+                .stdin(Stdio::null());
+            controllers.push(Some(Proc::spawn(&format!("controller {addr}"), cmd)?));
+        }
+        let pids: Vec<i32> = controllers.iter().flatten().map(Proc::pid).collect();
         let etcd_pid = etcd.as_ref().map(|e| e.pid());
-        let api = format!("http://{}", cfg.controller.listen);
+        let apis: Vec<String> = ctl_addrs.iter().map(|a| format!("http://{a}")).collect();
+        let mut shards = ShardWatch::new(nctl as u32);
         let started = Instant::now();
 
         let swarm_cpu = |swarms: &Vec<Proc>| swarms.iter().filter_map(|p| cpu_seconds(p.pid())).sum::<f64>();
-        let mut at_warm: Option<(Instant, f64, f64, f64, CtlFigures)> = None;
+        let ctl_cpu = |pids: &[i32]| pids.iter().map(|p| cpu_seconds(*p).unwrap_or(0.0)).collect::<Vec<f64>>();
+        let written = |pids: &[i32]| pids.iter().map(|p| write_bytes(*p).unwrap_or(0.0)).collect::<Vec<f64>>();
+        let mut at_warm: Option<AtWarm> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let mut interrupted = false;
+        let mut kills = 0u32;
+        // The kill's instant and the shards the killed controller owned, until they moved.
+        let mut orphaned: Option<(Instant, Vec<u32>, String)> = None;
+        let mut handover_ms = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => { interrupted = true; break; }
             }
-            if let Ok(Some(st)) = controller.child.try_wait() {
-                anyhow::bail!("the controller exited ({st}); see logs/controller.log in {}", dir.display());
+            for (i, c) in controllers.iter_mut().enumerate() {
+                if let Some(p) = c {
+                    if let Ok(Some(st)) = p.child.try_wait() {
+                        let log = if i == 0 { "controller.log".to_string() } else { format!("controller-{}.log", i + 1) };
+                        anyhow::bail!("a controller exited ({st}); see logs/{log} in {}", dir.display());
+                    }
+                }
             }
             let t = started.elapsed();
+            if nctl > 1 {
+                let live: Vec<&str> = apis
+                    .iter()
+                    .zip(&controllers)
+                    .filter(|(_, c)| c.is_some())
+                    .map(|(a, _)| a.as_str())
+                    .collect();
+                shards.observe(&http, &live, &token).await;
+                if let Some((at, ks, api)) = &orphaned {
+                    if ks.iter().all(|k| shards.owner.get(k).is_some_and(|o| o != api)) {
+                        handover_ms = Some(at.elapsed().as_millis() as u64);
+                        eprintln!("\nfleet: shard(s) {ks:?} owned again after {} ms", at.elapsed().as_millis());
+                        orphaned = None;
+                    }
+                }
+                // Kill the owner of a shard that runs a workflow, once, mid-run.
+                if args.kill && kills == 0 && t >= args.warmup / 2 {
+                    if let Some(api) = shards.owner_running_a_workflow() {
+                        if let Some(i) = apis.iter().position(|a| *a == api) {
+                            if let Some(mut p) = controllers[i].take() {
+                                eprintln!("\nfleet: SIGKILL the controller at {api}: it runs a workflow of shard(s) {:?}", shards.owned_by(&api));
+                                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(p.pid()), nix::sys::signal::Signal::SIGKILL);
+                                orphaned = Some((Instant::now(), shards.owned_by(&api), api.clone()));
+                                let _ = p.child.wait();
+                                kills += 1;
+                            }
+                        }
+                    }
+                }
+            }
             if at_warm.is_none() && t >= args.warmup {
-                let text = get_text(&http, &format!("{api}/metrics"), &token).await.unwrap_or_default();
-                at_warm = Some((
-                    Instant::now(),
-                    cpu_seconds(ctl_pid).unwrap_or(0.0),
-                    store_written(ctl_pid, etcd_pid),
-                    swarm_cpu(&swarms),
-                    figures(&text),
-                ));
+                let fig = if nctl > 1 {
+                    shards.figures_sum()
+                } else {
+                    figures(&get_text(&http, &format!("{}/metrics", apis[0]), &token).await.unwrap_or_default())
+                };
+                at_warm = Some(AtWarm {
+                    at: Instant::now(),
+                    cpu: ctl_cpu(&pids),
+                    written: written(&pids),
+                    etcd_written: etcd_pid.and_then(write_bytes).unwrap_or(0.0),
+                    swarm_cpu: swarm_cpu(&swarms),
+                    figures: fig,
+                });
             }
             let c = total(&counts.lock().unwrap());
+            let rss: f64 = pids.iter().filter_map(|p| status_kb(*p, "VmRSS:")).sum();
             let line = format!(
-                "fleet {:>4}s/{}s  controller {:.0} MiB  polls {}  rejuvenated {}/{} aged",
+                "fleet {:>4}s/{}s  controller{} {:.0} MiB  polls {}  rejuvenated {}/{} aged",
                 t.as_secs(),
                 args.duration.as_secs(),
-                status_kb(ctl_pid, "VmRSS:").unwrap_or(0.0) / 1024.0,
+                if nctl > 1 { "s" } else { "" },
+                rss / 1024.0,
                 c.state_requests,
                 c.aged_rejuvenated.len(),
                 aged.len()
@@ -610,16 +871,34 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
             eprintln!();
         }
         let end = Instant::now();
-        let text = get_text(&http, &format!("{api}/metrics"), &token).await.unwrap_or_default();
-        let fig_end = figures(&text);
-        let cpu_end = cpu_seconds(ctl_pid).unwrap_or(0.0);
-        let wb_end = store_written(ctl_pid, etcd_pid);
+        let (fig_end, statuses) = if nctl > 1 {
+            let live: Vec<&str> = apis
+                .iter()
+                .zip(&controllers)
+                .filter(|(_, c)| c.is_some())
+                .map(|(a, _)| a.as_str())
+                .collect();
+            shards.observe(&http, &live, &token).await;
+            (shards.figures_sum(), shards.statuses.values().cloned().collect::<Vec<_>>())
+        } else {
+            let text = get_text(&http, &format!("{}/metrics", apis[0]), &token).await.unwrap_or_default();
+            let status: serde_json::Value =
+                serde_json::from_str(&get_text(&http, &format!("{}/v1/status", apis[0]), &token).await.unwrap_or_default())
+                    .unwrap_or_default();
+            let mut f = figures(&text);
+            if status["completed_total"].as_u64().is_none() {
+                f.completed = metric_value(&text, "rejuv_workflows_total").unwrap_or(0.0);
+            }
+            (f, vec![status])
+        };
+        let cpu_end = ctl_cpu(&pids);
+        let wb_end = written(&pids);
+        let etcd_wb_end = etcd_pid.and_then(write_bytes).unwrap_or(0.0);
         let swarm_end = swarm_cpu(&swarms);
-        let peak_kb = status_kb(ctl_pid, "VmHWM:").unwrap_or(0.0);
-        let status: serde_json::Value =
-            serde_json::from_str(&get_text(&http, &format!("{api}/v1/status"), &token).await.unwrap_or_default())
-                .unwrap_or_default();
-        controller.stop(Duration::from_secs(10));
+        let peak_kb = pids.iter().filter_map(|p| status_kb(*p, "VmHWM:")).fold(0.0, f64::max);
+        for p in controllers.iter_mut().flatten() {
+            p.stop(Duration::from_secs(10));
+        }
         for s in &mut swarms {
             s.stop(Duration::from_secs(10));
         }
@@ -627,48 +906,62 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
             eprintln!("fleet: interrupted before the warm-up ended; no figures");
             return Ok(130);
         }
-        let (t0, cpu0, wb0, swarm0, fig0) =
-            at_warm.context("the run ended before its warm-up")?;
+        let AtWarm {
+            at: t0,
+            cpu: cpu0,
+            written: wb0,
+            etcd_written: etcd_wb0,
+            swarm_cpu: swarm0,
+            figures: fig0,
+        } = at_warm.context("the run ended before its warm-up")?;
         let secs = end.duration_since(t0).as_secs_f64().max(1e-3);
+        // A controller killed after the warm-up has no figures at the end: its part is left out.
+        let alive_end = |i: usize| cpu_end[i] > 0.0 || wb_end[i] > 0.0;
+        let cpu: f64 = (0..pids.len()).filter(|i| alive_end(*i)).map(|i| cpu_end[i] - cpu0[i]).sum();
+        let wb: f64 = (0..pids.len()).filter(|i| alive_end(*i)).map(|i| wb_end[i] - wb0[i]).sum::<f64>()
+            + (etcd_wb_end - etcd_wb0);
         let c = total(&counts.lock().unwrap());
         let aged_set: std::collections::BTreeSet<&str> = aged.iter().map(String::as_str).collect();
         let mut wrong: std::collections::BTreeSet<String> = c.rejuvenated_unaged.iter().cloned().collect();
-        if let Some(servers) = status["servers"].as_array() {
-            for s in servers {
-                let id = s["id"].as_str().unwrap_or_default();
-                let unstable = s["judgement"].as_str() == Some("unstable")
-                    || s["judgement"]["level"].as_str() == Some("unstable");
-                if unstable && !aged_set.contains(id) {
-                    wrong.insert(id.to_string());
+        let mut completed = 0u64;
+        for status in &statuses {
+            if let Some(servers) = status["servers"].as_array() {
+                for s in servers {
+                    let id = s["id"].as_str().unwrap_or_default();
+                    let unstable = s["judgement"].as_str() == Some("unstable")
+                        || s["judgement"]["level"].as_str() == Some("unstable");
+                    if unstable && !aged_set.contains(id) {
+                        wrong.insert(id.to_string());
+                    }
                 }
             }
-        }
-        if let Some(ws) = status["workflows"].as_array() {
-            for w in ws {
-                let id = w["server"].as_str().unwrap_or_default();
-                if !aged_set.contains(id) {
-                    wrong.insert(id.to_string());
+            if let Some(ws) = status["workflows"].as_array() {
+                for w in ws {
+                    let id = w["server"].as_str().unwrap_or_default();
+                    if !aged_set.contains(id) {
+                        wrong.insert(id.to_string());
+                    }
                 }
             }
+            completed += status["completed_total"].as_u64().unwrap_or(0);
         }
-        let completed = status["completed_total"]
-            .as_u64()
-            .or_else(|| metric_value(&text, "rejuv_workflows_total").map(|v| v as u64))
-            .unwrap_or(0);
+        if completed == 0 {
+            completed = fig_end.completed as u64;
+        }
         let summary = FleetSummary {
             servers: args.servers,
             interval_s: args.interval.as_secs_f64(),
             duration_s: args.duration.as_secs_f64(),
             store: args.store,
-            controller_cpu_pct: 100.0 * (cpu_end - cpu0) / secs,
+            controller_cpu_pct: 100.0 * cpu / secs,
             controller_rss_mb: peak_kb / 1024.0,
             judge_latency_ms: Quantiles {
                 p50: 1000.0 * histogram_quantile(&fig0.latency, &fig_end.latency, 0.5),
                 p99: 1000.0 * histogram_quantile(&fig0.latency, &fig_end.latency, 0.99),
             },
-            store_bytes_per_s: (wb_end - wb0) / secs,
-            commits_per_s: (fig_end.commits - fig0.commits) / secs,
-            polls_per_s: (fig_end.polls - fig0.polls) / secs,
+            store_bytes_per_s: wb / secs,
+            commits_per_s: (fig_end.commits - fig0.commits).max(0.0) / secs,
+            polls_per_s: (fig_end.polls - fig0.polls).max(0.0) / secs,
             workflows_completed: completed,
             servers_aged: aged.len(),
             aged_rejuvenated: c.aged_rejuvenated.len(),
@@ -676,6 +969,13 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
             swarm_cpu_pct: 100.0 * (swarm_end - swarm0) / secs,
             swarm_processes: swarms.len(),
             tls: !args.insecure,
+            controllers: nctl as u32,
+            controller_kills: kills,
+            shard_moves: shards.moves,
+            workflows_doubled: shards.doubled + c.rejuvenated_early.len() as u32,
+            budget_max_seen: shards.budget_max_seen,
+            max_concurrent: cfg.budget.max_concurrent,
+            shard_handover_ms: handover_ms,
         };
         drop(etcd);
         print_summary(&summary);

@@ -76,7 +76,16 @@ pub struct SwarmCounts {
     /// Servers rejuvenated that were not aged, or before their leak started.
     pub rejuvenated_unaged: Vec<String>,
     pub rejuvenations: u64,
+    /// Rejuvenations (with `stop-instances`, each a new run) of an aged server whose memory
+    /// was not past the memory rule then: a second workflow for one aging episode (the first
+    /// had reset the leak), one entry per such run.
+    #[serde(default)]
+    pub rejuvenated_early: Vec<String>,
 }
+
+/// The memory rule the benchmark's config sets (`memory-used > 0.9`), less the readings' own
+/// spread: an aged server rejuvenated below it was not aged then.
+const RULE_USED: f64 = 0.9 - 0.03;
 
 const GIB: u64 = 1 << 30;
 const MEM_TOTAL: u64 = 16 * GIB;
@@ -126,6 +135,7 @@ struct Shared {
     rejuvenations: AtomicU64,
     aged_rejuvenated: Mutex<BTreeSet<String>>,
     rejuvenated_unaged: Mutex<BTreeSet<String>>,
+    rejuvenated_early: Mutex<Vec<String>>,
 }
 
 fn wall_ms() -> u64 {
@@ -390,6 +400,11 @@ async fn rejuvenate(
     if let Some(r) = inner.reports.get(&req.run_id) {
         return Json(r.clone()).into_response();
     }
+    // How far the leak had gone when this run came (before its reset).
+    let leaked = a.leak_start_ms(&s).map(|start| {
+        let from = inner.leak_from_ms.unwrap_or(start).max(start);
+        s.age_rate * now.saturating_sub(from) as f64 / 1000.0
+    });
     let mut actions = Vec::with_capacity(req.actions.len());
     for action in &req.actions {
         let detail = match action {
@@ -442,6 +457,12 @@ async fn rejuvenate(
         set.lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(a.server.clone());
+        if leaking && leaked.is_some_and(|l| BASE_USED + 0.02 + l < RULE_USED) {
+            s.rejuvenated_early
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(a.server.clone());
+        }
     }
     Json(report).into_response()
 }
@@ -482,6 +503,11 @@ fn counts(shared: &Shared, agents: &[Arc<AgentSim>]) -> SwarmCounts {
         aged_rejuvenated: lock(&shared.aged_rejuvenated),
         rejuvenated_unaged: lock(&shared.rejuvenated_unaged),
         rejuvenations: shared.rejuvenations.load(Ordering::Relaxed),
+        rejuvenated_early: shared
+            .rejuvenated_early
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
     }
 }
 
@@ -518,6 +544,7 @@ pub fn run(args: SwarmArgs) -> anyhow::Result<i32> {
         rejuvenations: AtomicU64::new(0),
         aged_rejuvenated: Mutex::new(BTreeSet::new()),
         rejuvenated_unaged: Mutex::new(BTreeSet::new()),
+        rejuvenated_early: Mutex::new(Vec::new()),
     });
     let agents: Vec<Arc<AgentSim>> = cfg.servers[args.from..to]
         .iter()
