@@ -18,7 +18,7 @@ duration=${DURATION:-90s}
 port=${PORT:-18080}
 out=${OUT:-$(mktemp -d /tmp/rejuv-demo-check-XXXX)}
 mkdir -p "$out"
-bin=./target/release/rejuv
+bin=${BIN:-./target/release/rejuv}
 extra=(--lb "${LB:-builtin}")
 # More demo flags, word-split on purpose (e.g. "--hosts docker").
 # shellcheck disable=SC2206

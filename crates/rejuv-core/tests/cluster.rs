@@ -3362,6 +3362,30 @@ mod regressions {
         assert_eq!(h.phase("s1"), Some(Phase::Rejuvenating), "no hand-off step");
     }
 
+    /// Was: a controller that took over a workflow at the gate (its state loaded without
+    /// readings) took the source, not yet polled, for dead: it switched at once, skipped the
+    /// state hand-off ("its state is lost") and stopped a live instance with its state.
+    #[test]
+    fn a_source_not_yet_polled_after_a_takeover_is_not_taken_for_dead() {
+        let mut h = drive_to(&Spec::active_standby(), Some(Phase::Gating));
+        let stored = serde_json::to_string(&h.c).expect("serializes");
+        let mut back: Cluster = serde_json::from_str(&stored).expect("deserializes");
+        for s in back.servers.values_mut() {
+            s.observation = None;
+        }
+        h.c = back;
+        let out = h.tick();
+        assert_eq!(h.phase("s1"), Some(Phase::Gating), "{out:?}");
+        assert!(events_of(&out, "handoff-skipped").is_empty(), "{out:?}");
+        // Its first answer says it is alive: the hand-off is still to come.
+        h.observe("s1");
+        assert!(h.wf("s1").unwrap().pairs.iter().any(|p| p.handoff));
+        assert_ne!(
+            h.wf("s1").unwrap().gate_reason.as_deref(),
+            Some("the source is down: failing over to the hot copy")
+        );
+    }
+
     /// The same failover when the agent answers but none of the old instances is healthy; one
     /// healthy old instance is enough to keep waiting.
     #[test]

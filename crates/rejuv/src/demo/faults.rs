@@ -244,46 +244,58 @@ async fn one(
             relay.set_cut(false);
         }
         "host-kill" => {
-            let Some(addr) = *leader.borrow() else {
-                return Ok(false);
-            };
-            let Some(status) = crate::demo::live::get::<Status>(
-                &t.api.http,
-                t.api.url(addr, "/v1/status"),
-                &t.token,
-            )
-            .await
-            else {
-                return Ok(false);
-            };
-            // A host that serves nothing and that no workflow counts on.
-            let idle: Vec<&String> = status
-                .servers
-                .iter()
-                .filter(|s| {
-                    s.instances.is_empty()
-                        && s.reserved_by.is_none()
-                        && s.reachable
-                        && s.state == "in-service"
-                        && !status.workflows.iter().any(|w| w.server == s.id)
-                })
-                .map(|s| &s.id)
-                .collect();
-            let Some(id) = idle.get(rng.gen_range(0..idle.len().max(1))) else {
-                return Ok(false);
-            };
-            let Some((_, name)) = t.hosts.iter().find(|(h, _)| h == *id) else {
+            // An idle host, looked for once a second for a while: between workflows there
+            // is one, but a leader may be changing or a spare busy at the moment of the turn.
+            let mut found = None;
+            for _ in 0..KILL_LOOK {
+                if let Some(v) = idle_host(t, rng, leader).await {
+                    found = Some(v);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let Some((id, name)) = found else {
                 return Ok(false);
             };
             say(format!("killing host {id} (down {KILL_DOWN:?})"));
-            docker(&["kill", name]).await?;
+            docker(&["kill", &name]).await?;
             tokio::time::sleep(KILL_DOWN).await;
-            let running = docker(&["inspect", "-f", "{{.State.Running}}", name]).await?;
+            let running = docker(&["inspect", "-f", "{{.State.Running}}", &name]).await?;
             if running != "true" {
-                docker(&["start", name]).await?;
+                docker(&["start", &name]).await?;
             }
         }
         other => anyhow::bail!("unknown fault kind {other}"),
     }
     Ok(true)
+}
+
+/// How many times (a second apart) a host-kill looks for an idle host before it is skipped.
+const KILL_LOOK: usize = 15;
+
+/// A host that serves nothing and that no workflow counts on, as the leader sees it now:
+/// (server id, container name).
+async fn idle_host(
+    t: &Targets,
+    rng: &mut rand::rngs::StdRng,
+    leader: &watch::Receiver<Option<SocketAddr>>,
+) -> Option<(String, String)> {
+    let addr = (*leader.borrow())?;
+    let status =
+        crate::demo::live::get::<Status>(&t.api.http, t.api.url(addr, "/v1/status"), &t.token)
+            .await?;
+    let idle: Vec<&String> = status
+        .servers
+        .iter()
+        .filter(|s| {
+            s.instances.is_empty()
+                && s.reserved_by.is_none()
+                && s.reachable
+                && s.state == "in-service"
+                && !status.workflows.iter().any(|w| w.server == s.id)
+        })
+        .map(|s| &s.id)
+        .collect();
+    let id = idle.get(rng.gen_range(0..idle.len().max(1)))?;
+    t.hosts.iter().find(|(h, _)| h == *id).cloned()
 }

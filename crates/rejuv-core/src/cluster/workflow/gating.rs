@@ -24,6 +24,17 @@ impl Cluster {
         let w = &self.workflows[&id];
         let server = w.server.clone();
         let target = w.target.clone();
+        // Right after a takeover or a restart the source has not answered this controller
+        // yet (readings are not stored): whether it is down is unknown, and switching now
+        // would take a live source for a dead one and lose the state it has not handed off.
+        // The gate waits for its first answer (one poll).
+        if self
+            .servers
+            .get(&server)
+            .is_some_and(|s| s.observation.is_none())
+        {
+            return;
+        }
         // A copy that fell unhealthy while waiting is not switched to.
         let copies_ok = w
             .pairs
