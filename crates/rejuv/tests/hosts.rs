@@ -385,6 +385,11 @@ fn hosts_demo_restarts_a_host_and_leaves_nothing_behind() {
     assert_eq!(n("invariant_violations"), 0, "{ctx}");
     assert!(n("rejuvenations_completed") >= 2, "{ctx}");
     assert!(n("host_restarts") >= 1, "no host restart was seen; {ctx}");
+    // No state lost: every counter POST that succeeded is in the serving instances' counters.
+    assert_eq!(
+        s["counter"]["actual"], s["counter"]["expected"],
+        "counter state lost across hand-offs; {ctx}"
+    );
     let actions: Vec<(String, String, String)> = s["workflows"]
         .as_array()
         .expect("workflows")
