@@ -57,7 +57,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
 
 async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     check_args(&args)?;
-    let shutdown = crate::procs::shutdown_on_signal();
+    let shutdown = crate::signals::shutdown_on_signal();
     let mode = match args.mode {
         DemoMode::ActiveStandby => Mode::ActiveStandby,
         DemoMode::ActiveActive => Mode::ActiveActive,
