@@ -56,7 +56,7 @@ pub fn run(cfg: Config, a: AdviseArgs<'_>) -> anyhow::Result<i32> {
         .build()?;
     if !a.once {
         let result = rt.block_on(async {
-            let shutdown = crate::procs::shutdown_on_signal();
+            let shutdown = crate::signals::shutdown_on_signal();
             rejuv_controller::source::advise(cfg, shutdown).await
         });
         return match result {

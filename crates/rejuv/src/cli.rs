@@ -1,7 +1,7 @@
 //! Command-line interface: every subcommand, its flags, and the glue to the libraries.
 
+use crate::config_file::read_token;
 use crate::config_file::{config_text, load_config, ConfigText};
-use crate::conn::read_token;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rejuv_core::config::Config;
@@ -9,19 +9,6 @@ use rejuv_core::detect::analyze;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// The crate version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The text `--version` prints after the name: the crate version, and the commit when the
-/// build set `REJUV_GIT_COMMIT` (`REJUV_GIT_COMMIT=$(git rev-parse --short HEAD) cargo build`).
-pub fn version_string() -> &'static str {
-    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    V.get_or_init(|| match option_env!("REJUV_GIT_COMMIT") {
-        Some(c) if !c.is_empty() => format!("{VERSION} (commit {c})"),
-        _ => VERSION.to_string(),
-    })
-}
 
 const EXAMPLES_TOP: &str = "\
 Examples:
@@ -37,7 +24,7 @@ controller (does not fit the current state, or no such server), 4 unauthorized."
 #[derive(Parser)]
 #[command(
     name = "rejuv",
-    version = version_string(),
+    version = crate::version::version_string(),
     about = "Proactive software rejuvenation for server clusters",
     long_about = "rejuv watches every server for aging (leaks, creeping latency), duplicates an aging \
 server's processes onto a spare, switches traffic without dropping a request, rejuvenates the \
@@ -60,25 +47,7 @@ Examples:
   rejuv agent --config rejuv.toml --server-id s7 --join https://10.0.0.10:7070 \
       --join-token-file /etc/rejuv/join.token --role spare --capacity 8 \
       --address 10.0.0.17:7001 --data-dir /var/lib/rejuv/agent   # joins instead of a [[servers]] entry")]
-    Agent {
-        #[arg(long)]
-        config: PathBuf,
-        /// This server's id in the config (with --join: the id it joins as).
-        #[arg(long, alias = "server-id")]
-        server: String,
-        #[command(flatten)]
-        join: JoinArgs,
-        /// File holding the agent token (default: auth.agent_token_file of the config).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-        /// Data directory (default: the server's data_dir in the config).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// On SIGTERM/SIGINT, leave the instances running for the next agent to adopt (an
-        /// agent upgrade); same as `[agent] keep_instances_on_exit = true`.
-        #[arg(long)]
-        keep_instances: bool,
-    },
+    Agent(crate::agent_cmd::AgentArgs),
     /// Run the controller.
     #[command(after_help = "\
 Examples:
@@ -373,132 +342,6 @@ Examples:
     },
 }
 
-/// `rejuv agent --join`: the server's facts, announced to the controller instead of a
-/// `[[servers]]` entry.
-#[derive(clap::Args, Clone, Debug)]
-pub struct JoinArgs {
-    /// Join the cluster of the controller at URL (not listed in [[servers]]): announce this
-    /// server's facts and wait for an operator's `rejuv server approve` (or the controller's
-    /// join.auto_approve).
-    #[arg(long, value_name = "URL")]
-    pub join: Option<String>,
-    /// File holding the join token (the controller's join.token_file).
-    #[arg(long, value_name = "PATH", requires = "join")]
-    pub join_token_file: Option<PathBuf>,
-    /// The server's role when it joins.
-    #[arg(long, requires = "join", value_parser = ["primary", "spare"])]
-    pub role: Option<String>,
-    /// Capacity in units.
-    #[arg(long, requires = "join", default_value_t = 4)]
-    pub capacity: u32,
-    /// Services this agent's catalog runs, comma-separated (default: every service of its
-    /// config's [services]; the controller wants all of its own).
-    #[arg(long, requires = "join", value_delimiter = ',')]
-    pub services: Vec<String>,
-    /// The instances the server starts with once it is in, comma-separated service names
-    /// (default: a primary one of each of its services, a spare none; `--instances none` for
-    /// none).
-    #[arg(long, requires = "join", value_delimiter = ',')]
-    pub instances: Vec<String>,
-    /// The agent API's address: bound here and announced to the controller, which polls it;
-    /// instances listen on its IP.
-    #[arg(long, requires = "join", value_name = "IP:PORT")]
-    pub address: Option<SocketAddr>,
-    /// Ports the agent gives instances, inclusive.
-    #[arg(long, requires = "join", value_name = "LOW-HIGH", default_value = "20000-20999", value_parser = parse_port_range)]
-    pub port_range: [u16; 2],
-    /// Memory the server's instances may use together (bytes), as
-    /// servers[].memory_budget_bytes.
-    #[arg(long, requires = "join", value_name = "BYTES")]
-    pub memory_budget_bytes: Option<u64>,
-}
-
-fn parse_port_range(s: &str) -> Result<[u16; 2], String> {
-    let (lo, hi) = s
-        .split_once('-')
-        .ok_or_else(|| "must be LOW-HIGH, e.g. 20000-20999".to_string())?;
-    let port = |p: &str| {
-        p.trim()
-            .parse::<u16>()
-            .map_err(|_| format!("'{p}' is not a port"))
-    };
-    Ok([port(lo)?, port(hi)?])
-}
-
-impl JoinArgs {
-    /// The request the agent announces, and the server entry it runs with.
-    fn request(
-        &self,
-        cfg: &Config,
-        id: &str,
-    ) -> anyhow::Result<
-        Option<(
-            rejuv_agent::join::JoinOptions,
-            rejuv_core::config::ServerConfig,
-        )>,
-    > {
-        let Some(url) = &self.join else {
-            return Ok(None);
-        };
-        anyhow::ensure!(
-            cfg.server(id).is_none(),
-            "server '{id}' is listed in [[servers]] of the config: it needs no --join"
-        );
-        let controller = reqwest::Url::parse(url)
-            .map_err(|e| anyhow::anyhow!("--join {url:?} is not a URL: {e}"))?;
-        let token_file = self
-            .join_token_file
-            .as_deref()
-            .context("--join needs --join-token-file")?;
-        let token = read_token(token_file)?;
-        let role = self
-            .role
-            .clone()
-            .context("--join needs --role primary|spare")?;
-        let address = self
-            .address
-            .context("--join needs --address IP:PORT (the agent API's)")?;
-        let services = if self.services.is_empty() {
-            cfg.services.keys().cloned().collect()
-        } else {
-            self.services.clone()
-        };
-        let instances = match self.instances.as_slice() {
-            [] if role == "primary" => services.clone(),
-            [] => Vec::new(),
-            [none] if none == "none" => Vec::new(),
-            given => given.to_vec(),
-        };
-        let request = rejuv_core::config::JoinRequest {
-            id: id.to_string(),
-            role,
-            capacity: i64::from(self.capacity),
-            services,
-            agent: address,
-            address: None,
-            port_range: self.port_range,
-            memory_budget_bytes: self.memory_budget_bytes,
-            instances,
-        };
-        // The facts are checked here as the controller checks them, so a typo stops the
-        // agent at once rather than in the controller's answer.
-        let entry = rejuv_core::config::check_join(cfg, &request)
-            .map_err(|e| anyhow::anyhow!("--join: {e}"))?;
-        let ca = if controller.scheme() == "https" {
-            cfg.tls.as_ref().and_then(|t| t.ca.clone())
-        } else {
-            None
-        };
-        let opts = rejuv_agent::join::JoinOptions {
-            controller,
-            token,
-            ca,
-            request,
-        };
-        Ok(Some((opts, entry)))
-    }
-}
-
 #[derive(Subcommand)]
 pub enum ServerCmd {
     /// Join requests waiting for an operator: each server's id, role, capacity, agent.
@@ -545,32 +388,6 @@ Examples:
     Check { file: PathBuf },
 }
 
-fn init_tracing() {
-    init_tracing_with("info");
-}
-
-/// Logs on stderr, filtered by `REJUV_LOG` or else `default`.
-fn init_tracing_with(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REJUV_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// The agent's runtime: one worker is plenty for an agent's few requests and timers, and every
-/// thread less is a stack and (with glibc) a malloc arena less. Blocking work (`/proc` reads,
-/// file I/O) still gets its own threads, which end after a few idle seconds.
-fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?)
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -611,75 +428,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
         }
-        Cmd::Agent {
-            config,
-            server,
-            join,
-            token_file,
-            data_dir,
-            keep_instances,
-        } => {
-            init_tracing();
-            let mut cfg = load_config(&config)?;
-            cfg.agent.keep_instances_on_exit |= keep_instances;
-            let joining = join.request(&cfg, &server)?;
-            if let Some((_, entry)) = &joining {
-                rejuv_agent::join::check_certificate(&cfg, &server)?;
-                cfg.servers.push(entry.clone());
-            }
-            let entry = cfg
-                .server(&server)
-                .with_context(|| {
-                    format!(
-                        "server '{server}' is not in {} (pass --join URL to join instead)",
-                        config.display()
-                    )
-                })?
-                .clone();
-            let token_file = token_file
-                .or(cfg.auth.agent_token_file.clone())
-                .context("no agent token: pass --token-file or set auth.agent_token_file")?;
-            let token = read_token(&token_file)?;
-            let data_dir = data_dir
-                .or(entry.data_dir.clone())
-                .context("no data dir: pass --data-dir or set the server's data_dir")?;
-            std::fs::create_dir_all(&data_dir)
-                .with_context(|| format!("creating {}", data_dir.display()))?;
-            let rt = agent_runtime()?;
-            let exit = rt.block_on(async {
-                let listener = tokio::net::TcpListener::bind(entry.agent)
-                    .await
-                    .with_context(|| format!("binding the agent API on {}", entry.agent))?;
-                let shutdown = crate::procs::shutdown_on_signal();
-                if let Some((opts, _)) = joining {
-                    let joiner = rejuv_agent::join::Joiner::new(opts)?;
-                    tokio::spawn(joiner.run(shutdown.child_token()));
-                }
-                let opts = rejuv_agent::AgentOptions {
-                    config: cfg,
-                    server_id: server,
-                    token,
-                    data_dir,
-                };
-                rejuv_agent::run(listener, opts, shutdown).await
-            })?;
-            drop(rt);
-            if matches!(exit, rejuv_agent::Exit::Restart) {
-                // The agent re-executes itself: a fresh process, fresh memory, same arguments.
-                use std::os::unix::process::CommandExt;
-                let exe = std::env::current_exe().context("finding the agent's own executable")?;
-                // A binary replaced on disk while the agent ran (an upgrade) shows as
-                // "PATH (deleted)": re-execute the new one at PATH.
-                let exe = match exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
-                    Some(p) => std::path::PathBuf::from(p),
-                    None => exe,
-                };
-                let args: Vec<String> = std::env::args().skip(1).collect();
-                let err = std::process::Command::new(exe).args(args).exec();
-                anyhow::bail!("re-executing the agent failed: {err}");
-            }
-            Ok(0)
-        }
+        Cmd::Agent(args) => crate::agent_exec::run_or_exec_small(args),
         Cmd::Controller {
             config,
             listen,
@@ -691,7 +440,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             once,
             output,
         } => {
-            init_tracing();
+            crate::logs::init_tracing();
             let cfg = load_config(&config)?;
             let advise = crate::advise::AdviseArgs {
                 config_path: &config,
@@ -735,7 +484,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("binding the controller API on {listen}"))?;
-                let shutdown = crate::procs::shutdown_on_signal();
+                let shutdown = crate::signals::shutdown_on_signal();
                 let opts = rejuv_controller::ControllerOptions {
                     config: cfg,
                     agent_token,
@@ -754,7 +503,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Proxy { config } => {
-            init_tracing();
+            crate::logs::init_tracing();
             let cfg = load_config(&config)?;
             for w in cfg.warnings() {
                 tracing::warn!(field = %w.field, "config: {}", w.reason);
@@ -785,7 +534,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 let admin = tokio::net::TcpListener::bind(admin)
                     .await
                     .with_context(|| format!("binding the proxy admin API on {admin}"))?;
-                let shutdown = crate::procs::shutdown_on_signal();
+                let shutdown = crate::signals::shutdown_on_signal();
                 rejuv_proxy::run(
                     rejuv_proxy::ProxyOptions {
                         services,
@@ -802,13 +551,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::SampleService { listen, service } => {
-            init_tracing();
+            crate::logs::init_tracing();
             let rt = runtime()?;
             rt.block_on(async {
                 let l = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("binding {listen}"))?;
-                let shutdown = crate::procs::shutdown_on_signal();
+                let shutdown = crate::signals::shutdown_on_signal();
                 rejuv_sample::service::run(l, service.into(), shutdown).await
             })?;
             Ok(0)
@@ -820,10 +569,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             connections,
             post_every,
         } => {
-            init_tracing();
+            crate::logs::init_tracing();
             let rt = runtime()?;
             let report = rt.block_on(async {
-                let shutdown = crate::procs::shutdown_on_signal();
+                let shutdown = crate::signals::shutdown_on_signal();
                 let opts = rejuv_sample::loadgen::LoadOptions {
                     target,
                     rps,
@@ -863,7 +612,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Whatif(args) => crate::whatif::run(args),
         Cmd::Bench { command } => {
-            init_tracing_with("warn");
+            crate::logs::init_tracing_with("warn");
             crate::fleetbench::run(command)
         }
         Cmd::Export { command } => crate::export::run(command),
@@ -871,7 +620,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Demo(args) => {
             // The demo reports progress itself; its load generator's own start and end lines
             // would only cut through the live view.
-            init_tracing_with("info,rejuv_sample=warn");
+            crate::logs::init_tracing_with("info,rejuv_sample=warn");
             crate::demo::run(args)
         }
         Cmd::Status(conn) => crate::ops::status(&conn),

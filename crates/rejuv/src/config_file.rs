@@ -1,5 +1,6 @@
 //! Reading a config file: bounded in size, refused when it is not text, parsed with the
-//! field of every error named. Every command that takes `--config` reads it here.
+//! field of every error named. Every command that takes `--config` reads it here, and every
+//! token file is read by [`read_token`].
 
 use anyhow::Context;
 use rejuv_core::config::Config;
@@ -47,4 +48,15 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     Config::from_toml(&text)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("in {}", path.display()))
+}
+
+/// Reads a token file: its content without surrounding whitespace, never empty. A file its
+/// group or others can read is refused (naming the file and its mode).
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    rejuv_core::secret::check_private(path).map_err(|e| anyhow::anyhow!("token file {e}"))?;
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token file {}", path.display()))?;
+    let t = t.trim().to_string();
+    anyhow::ensure!(!t.is_empty(), "token file {} is empty", path.display());
+    Ok(t)
 }

@@ -5,13 +5,12 @@
 //! malformed), 3 refused (does not fit the current state, or no such server), 4 unauthorized
 //! (no token, or a wrong one).
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use rejuv_core::error_chain;
 use rejuv_core::wire::ApiError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub const EXIT_RUNTIME: i32 = 1;
@@ -146,7 +145,8 @@ impl Client {
         let conn = &conn.resolved()?;
         let controller = conn.controller.as_deref().unwrap_or(DEFAULT_CONTROLLER);
         let token = match &conn.token_file {
-            Some(f) => read_token(f).map_err(|e| Fail::new(EXIT_USAGE, format!("{e:#}")))?,
+            Some(f) => crate::config_file::read_token(f)
+                .map_err(|e| Fail::new(EXIT_USAGE, format!("{e:#}")))?,
             None => match std::env::var("REJUV_TOKEN") {
                 Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
                 _ => {
@@ -273,17 +273,6 @@ impl Client {
         self.call(reqwest::Method::GET, self.url(segments, query), None::<&()>)
             .await
     }
-}
-
-/// Reads a token file: its content without surrounding whitespace, never empty. A file its
-/// group or others can read is refused (naming the file and its mode).
-pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    rejuv_core::secret::check_private(path).map_err(|e| anyhow::anyhow!("token file {e}"))?;
-    let t = std::fs::read_to_string(path)
-        .with_context(|| format!("reading token file {}", path.display()))?;
-    let t = t.trim().to_string();
-    anyhow::ensure!(!t.is_empty(), "token file {} is empty", path.display());
-    Ok(t)
 }
 
 #[cfg(test)]

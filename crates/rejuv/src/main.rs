@@ -2,22 +2,29 @@
 //!
 //! Exit codes: 0 success; 1 runtime failure; 2 bad usage or invalid config; 3 the controller
 //! refused an operator request (it does not fit the current state); 4 unauthorized. The whole
-//! command line is described in `docs/cli.md`.
+//! command line is described in `docs/cli.md`. `rejuv agent` hands over to the small
+//! `rejuv-agent` binary (`agent_main.rs`) when it is installed beside this one.
 
 mod advise;
+mod agent_cmd;
+mod agent_exec;
 mod chaos;
 mod cli;
 mod config_file;
 mod conn;
 mod demo;
 mod export;
+mod fail;
 mod fleetbench;
+mod logs;
 mod ops;
 mod procs;
+mod signals;
 mod table;
 #[cfg(test)]
 mod testdata;
 mod tlscmd;
+mod version;
 mod view;
 mod whatif;
 
@@ -27,19 +34,7 @@ fn main() {
     let args = cli::Cli::parse();
     let code = match cli::dispatch(args) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!(
-                "rejuv: error: {}",
-                rejuv_core::text::terminal_safe(&format!("{e:#}"))
-            );
-            if e.downcast_ref::<rejuv_core::config::ConfigError>()
-                .is_some()
-            {
-                2
-            } else {
-                1
-            }
-        }
+        Err(e) => fail::report(&e),
     };
     std::process::exit(code);
 }

@@ -1,12 +1,11 @@
-//! Child processes started by the demo and by `rejuv agent`'s restart, what they need from the
-//! machine (a free port, a log file), and signal handling.
+//! Child processes started by the demo, and what they need from the machine (a free port, a
+//! log file).
 
 use anyhow::Context;
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// A child in its own process group; dropping it ends the whole group.
 pub struct Proc {
@@ -59,35 +58,6 @@ impl Drop for Proc {
             self.stop(Duration::from_secs(10));
         }
     }
-}
-
-/// Cancels the token on the first SIGINT/SIGTERM; a second one exits at once.
-pub fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        for n in 0..2 {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if n == 0 {
-                tracing::info!("shutting down (send the signal again to force)");
-                t.cancel();
-            } else {
-                eprintln!("rejuv: forced exit");
-                std::process::exit(130);
-            }
-        }
-    });
-    token
 }
 
 /// A free TCP port on `ip`, found by binding port 0.

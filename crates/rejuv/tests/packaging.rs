@@ -116,6 +116,38 @@ fn systemd_units_pass_verify() {
     }
 }
 
+/// `rejuv agent` executes `rejuv-agent` only when it sits beside `rejuv`: the install steps must
+/// build it (with its own profile) and put it in the same directory.
+#[test]
+fn the_install_steps_put_the_agent_binary_beside_rejuv() {
+    let readme = read("deploy/systemd/README.md");
+    for want in [
+        "cargo build --release -p rejuv\n",
+        "cargo build --profile agent -p rejuv --bin rejuv-agent\n",
+        "install -m 0755 target/release/rejuv target/agent/rejuv-agent /usr/local/bin/\n",
+    ] {
+        assert!(
+            readme.contains(want),
+            "deploy/systemd/README.md lacks {want:?}"
+        );
+    }
+    let unit = read("deploy/systemd/rejuv-agent.service");
+    assert!(
+        unit.contains("/usr/local/bin/rejuv-agent"),
+        "rejuv-agent.service should name the agent binary it needs beside rejuv"
+    );
+    let manifest = read("Cargo.toml");
+    assert!(
+        manifest.contains("[profile.agent]"),
+        "the agent profile the install steps build with"
+    );
+    assert_eq!(
+        Path::new(env!("CARGO_BIN_EXE_rejuv-agent")).parent(),
+        Path::new(EXE).parent(),
+        "cargo builds rejuv-agent beside rejuv"
+    );
+}
+
 /// The metric names in the first column of the tables of `docs/metrics.md`.
 fn documented() -> BTreeSet<String> {
     read("docs/metrics.md")

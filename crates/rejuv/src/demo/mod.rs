@@ -63,7 +63,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     if host_chaos {
         faults::check_tools()?;
     }
-    let shutdown = crate::procs::shutdown_on_signal();
+    let shutdown = crate::signals::shutdown_on_signal();
     let mode = match args.mode {
         DemoMode::ActiveStandby => Mode::ActiveStandby,
         DemoMode::ActiveActive => Mode::ActiveActive,

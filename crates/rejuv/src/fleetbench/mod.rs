@@ -666,7 +666,7 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
     };
     std::fs::create_dir_all(dir.join("logs"))?;
     write_token(&dir)?;
-    let token = crate::conn::read_token(&dir.join("token"))?;
+    let token = crate::config_file::read_token(&dir.join("token"))?;
     let port = free_port(agent_ip(0))?;
     let layout = Layout {
         primaries,
@@ -680,7 +680,7 @@ fn fleet(args: FleetArgs) -> anyhow::Result<i32> {
         .build()?;
     rt.block_on(async move {
         let http = reqwest::Client::new();
-        let shutdown = crate::procs::shutdown_on_signal();
+        let shutdown = crate::signals::shutdown_on_signal();
         let etcd = match args.store {
             StoreKind::Etcd => Some(crate::chaos::start_etcd(&dir, &http).await?),
             StoreKind::Sqlite => None,

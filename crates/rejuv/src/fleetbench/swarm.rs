@@ -514,7 +514,7 @@ fn counts(shared: &Shared, agents: &[Arc<AgentSim>]) -> SwarmCounts {
 /// Runs the swarm until SIGTERM or SIGINT.
 pub fn run(args: SwarmArgs) -> anyhow::Result<i32> {
     let cfg: Config = crate::config_file::load_config(&args.config)?;
-    let token = crate::conn::read_token(&args.token_file)?;
+    let token = crate::config_file::read_token(&args.token_file)?;
     let to = args.to.unwrap_or(cfg.servers.len()).min(cfg.servers.len());
     anyhow::ensure!(
         args.from < to,
@@ -620,7 +620,7 @@ pub fn run(args: SwarmArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let shutdown = crate::procs::shutdown_on_signal();
+        let shutdown = crate::signals::shutdown_on_signal();
         let mut listeners = Vec::with_capacity(addrs.len());
         for addr in &addrs {
             let l = tokio::net::TcpListener::bind(addr)
