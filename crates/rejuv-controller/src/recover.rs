@@ -17,6 +17,7 @@
 
 use crate::agent_client::AgentClient;
 use crate::store::Store;
+use futures::StreamExt;
 use rejuv_core::api::AgentState;
 use rejuv_core::cluster::Found;
 use rejuv_core::config::Config;
@@ -33,6 +34,9 @@ pub struct Recovery {
     pub found: BTreeMap<ServerId, Vec<Found>>,
 }
 
+/// How many agents a controller checking a new store asks at once.
+const RECOVERY_ASKS: usize = 256;
+
 /// Checks a store before a fresh state is made in it (see the module docs).
 ///
 /// # Errors
@@ -48,12 +52,25 @@ pub async fn check_store(
     if has_history && !adopt {
         return Ok(None);
     }
-    let asks = cfg.servers.iter().map(|s| {
+    let timeout = cfg.controller.agent_timeout;
+    let targets: Vec<(ServerId, std::net::SocketAddr)> = cfg
+        .servers
+        .iter()
+        .map(|s| (s.id.clone(), s.agent))
+        .collect();
+    let asks = targets.into_iter().map(|(id, agent)| {
         let client = client.clone();
-        let timeout = cfg.controller.agent_timeout;
-        async move { (s.id.clone(), client.state(s.agent, timeout).await) }
+        async move {
+            let answer = client.state(agent, timeout).await;
+            (id, answer)
+        }
     });
-    let answers = futures::future::join_all(asks).await;
+    // At most RECOVERY_ASKS at once, in the config's order: a large fleet over TLS is not
+    // asked in one burst (10,000 handshakes at once held gigabytes and timed out).
+    let answers: Vec<_> = futures::stream::iter(asks)
+        .buffered(RECOVERY_ASKS)
+        .collect()
+        .await;
     let mut with_history: Vec<(ServerId, AgentState)> = Vec::new();
     let mut silent = Vec::new();
     for (server, answer) in answers {
