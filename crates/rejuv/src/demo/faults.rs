@@ -19,6 +19,7 @@
 //! requests in flight on the crashed host: only a host that serves none is crashed. The
 //! invariant watcher of [`crate::chaos`] runs throughout.
 
+use crate::demo::hosts::{docker, run};
 use crate::demo::plan::Parts;
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
@@ -114,27 +115,6 @@ pub struct Targets {
     pub token: String,
 }
 
-/// `docker ARGS`; an error names the command and its stderr.
-async fn docker(args: &[&str]) -> anyhow::Result<String> {
-    run("docker", args).await
-}
-
-async fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("running {cmd}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "`{cmd} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// Whether this machine can inject every kind: `nsenter` and `iptables` for partitions, as
 /// root.
 pub fn check_tools() -> anyhow::Result<()> {
@@ -167,7 +147,7 @@ async fn partition(pid: &str, on: bool) -> anyhow::Result<()> {
         let mut args = vec!["-t", pid, "-n", "iptables", if on { "-I" } else { "-D" }];
         args.extend(rule);
         args.push("DROP");
-        run("nsenter", &args).await?;
+        run("nsenter", &args, "running nsenter").await?;
     }
     Ok(())
 }

@@ -53,16 +53,27 @@ fn run_id() -> String {
 }
 
 /// `docker ARGS`, its stdout; an error names the command and its stderr.
-async fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new("docker")
+pub(crate) async fn docker(args: &[&str]) -> anyhow::Result<String> {
+    run(
+        "docker",
+        args,
+        "--hosts docker needs the docker command (Debian package docker.io)",
+    )
+    .await
+}
+
+/// `CMD ARGS`, its stdout; an error names the command and its stderr, or says `missing` when
+/// the command cannot be started at all.
+pub(crate) async fn run(cmd: &str, args: &[&str], missing: &str) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(cmd)
         .args(args)
         .stdin(Stdio::null())
         .output()
         .await
-        .context("--hosts docker needs the docker command (Debian package docker.io)")?;
+        .with_context(|| missing.to_string())?;
     anyhow::ensure!(
         out.status.success(),
-        "`docker {}` failed: {}",
+        "`{cmd} {}` failed: {}",
         args.join(" "),
         String::from_utf8_lossy(&out.stderr).trim()
     );
