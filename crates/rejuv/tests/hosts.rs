@@ -121,6 +121,26 @@ impl Demo {
         None
     }
 
+    /// Waits up to `limit` for the demo to end, which it must do with success, and reads its
+    /// summary at `path`.
+    fn finished_summary(&mut self, path: &Path, limit: Duration) -> Value {
+        let status = self.wait(limit).unwrap_or_else(|| {
+            panic!(
+                "the demo did not end within {limit:?}:\n{}",
+                tail(&self.out)
+            )
+        });
+        assert!(
+            status.success(),
+            "the demo failed: {status}\n{}",
+            tail(&self.out)
+        );
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+            panic!("no summary at {}: {e}\n{}", path.display(), tail(&self.out))
+        });
+        serde_json::from_str(&text).expect("summary JSON")
+    }
+
     fn sigterm(&self) {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
@@ -354,22 +374,7 @@ fn hosts_demo_restarts_a_host_and_leaves_nothing_behind() {
 
     operator_api_is_https_with_roles(&mut demo, &state);
 
-    let status = demo.wait(Duration::from_secs(240));
-    let status =
-        status.unwrap_or_else(|| panic!("the demo did not end within 240 s:\n{}", tail(&demo.out)));
-    assert!(
-        status.success(),
-        "the demo failed: {status}\n{}",
-        tail(&demo.out)
-    );
-    let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap_or_else(|e| {
-        panic!(
-            "no summary at {}: {e}\n{}",
-            summary.display(),
-            tail(&demo.out)
-        )
-    }))
-    .expect("summary JSON");
+    let s = demo.finished_summary(&summary, Duration::from_secs(240));
     let n = |k: &str| {
         s[k].as_u64()
             .unwrap_or_else(|| panic!("summary has no number {k}: {s:#}"))
@@ -510,22 +515,7 @@ fn hosts_chaos_demo_injects_every_fault_kind_and_fails_no_request() {
         ],
         tmp.path(),
     );
-    let status = demo
-        .wait(Duration::from_secs(420))
-        .unwrap_or_else(|| panic!("the demo did not end within 420 s:\n{}", tail(&demo.out)));
-    assert!(
-        status.success(),
-        "the demo failed: {status}\n{}",
-        tail(&demo.out)
-    );
-    let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap_or_else(|e| {
-        panic!(
-            "no summary at {}: {e}\n{}",
-            summary.display(),
-            tail(&demo.out)
-        )
-    }))
-    .expect("summary JSON");
+    let s = demo.finished_summary(&summary, Duration::from_secs(420));
     let ctx = format!("summary: {s:#}\noutput:\n{}", tail(&demo.out));
     let n = |k: &str| {
         s[k].as_u64()
