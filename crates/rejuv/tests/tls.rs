@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_rejuv");
 
+#[path = "support/procs.rs"]
+mod procs;
+
 fn free_port(ip: IpAddr) -> u16 {
     std::net::TcpListener::bind((ip, 0))
         .unwrap()
@@ -76,6 +79,8 @@ impl Drop for Fleet {
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
             let _ = c.wait();
         }
+        // The instances an agent started run in process groups of their own.
+        procs::kill_env_tagged(&self.tag_env());
     }
 }
 
@@ -162,7 +167,7 @@ api = false
 [services.web]
 command = "{EXE}"
 args = ["sample-service", "--listen", "{{address}}:{{port}}", "--instance-id", "{{instance}}"]
-env = {{ REJUV_LOG = "warn" }}
+env = {{ REJUV_LOG = "warn", REJUV_TEST_TAG = "{tag}" }}
 health = {{ path = "/healthz", interval = "200ms", timeout = "1s" }}
 drain = "1s"
 stop_grace = "2s"
@@ -171,6 +176,7 @@ stop_grace = "2s"
             store = dir.path().join("rejuv.db").display(),
             ca = ca.display(),
             tls = tls.display(),
+            tag = Self::tag_of(dir.path()),
         );
         for (i, (id, addr)) in agents.iter().enumerate() {
             let port = 21000 + (rand::random::<u16>() % 30000);
@@ -207,6 +213,15 @@ data_dir = "{data}"
             agents,
             procs: Vec::new(),
         }
+    }
+
+    /// The tag in the environment of this fleet's instances: its temp dir's name.
+    fn tag_of(dir: &Path) -> String {
+        dir.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    fn tag_env(&self) -> String {
+        format!("REJUV_TEST_TAG={}", Self::tag_of(self.dir.path()))
     }
 
     fn ca_dir(&self) -> PathBuf {

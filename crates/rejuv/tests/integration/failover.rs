@@ -81,7 +81,7 @@ fn wall_ms() -> u64 {
 /// the address into the service's command line; the tag in their environment says whose).
 fn instance_pids(h: &Harness, address: &str) -> Vec<i32> {
     let listen = format!("{address}:");
-    crate::harness::pids_with_env(&h.tag_env())
+    crate::harness::procs::pids_with_env(&h.tag_env())
         .into_iter()
         .filter(|pid| {
             let there = std::fs::read(format!("/proc/{pid}/cmdline"))

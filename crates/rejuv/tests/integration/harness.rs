@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_rejuv");
 
+#[path = "../support/procs.rs"]
+pub mod procs;
+pub use procs::kill_env_tagged;
+
 /// What a test cluster looks like.
 #[derive(Clone)]
 pub struct Spec {
@@ -519,30 +523,6 @@ data_dir = "{data}"
     /// `REJUV_TEST_TAG=<tag>`: in the environment of every service process of this harness.
     pub fn tag_env(&self) -> String {
         format!("REJUV_TEST_TAG={}", self.tag)
-    }
-}
-
-/// Pids of the processes whose environment holds `needle` (`KEY=VALUE`).
-pub fn pids_with_env(needle: &str) -> Vec<i32> {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-        })
-        .collect()
-}
-
-/// SIGKILLs every process whose environment holds `needle` (`KEY=VALUE`).
-pub fn kill_env_tagged(needle: &str) {
-    for pid in pids_with_env(needle) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
     }
 }
 
