@@ -65,9 +65,11 @@ pub(crate) fn api_server(
 pub(crate) struct Leading {
     pub app: axum::Router,
     pub tasks: tokio::task::JoinSet<()>,
-    /// The engine's inbox.
+    /// The engine's inbox (the shards' budget keeper, on etcd, sends to it).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub tx: tokio::sync::mpsc::Sender<engine::Msg>,
     /// What the engine publishes after every step.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub published: tokio::sync::watch::Receiver<engine::Published>,
 }
 
