@@ -30,6 +30,9 @@ pub struct Collector {
     keep: usize,
     /// The agent's own memory cgroup: with a limit (a container), the host's memory.
     own_memory: Option<crate::host::OwnMemory>,
+    /// In the machine's own PID namespace `loadavg` counts every task, so the process table
+    /// (most of an idle agent's CPU time) is read only for the instances' trees.
+    tasks_from_loadavg: bool,
 }
 
 /// How many samples to keep for a controller that takes over: enough for the trend rule to
@@ -55,6 +58,7 @@ pub struct Collected {
 impl Collector {
     pub fn new(fs: ProcFs, self_pid: i32) -> Self {
         let (clk_tck, page_size) = clock_and_page();
+        let tasks_from_loadavg = fs.in_initial_pid_namespace();
         Self {
             fs,
             clk_tck,
@@ -64,6 +68,7 @@ impl Collector {
             history: Mutex::new(VecDeque::new()),
             keep: 1,
             own_memory: None,
+            tasks_from_loadavg,
         }
     }
 
@@ -115,7 +120,11 @@ impl Collector {
         {
             host.mem = own.apply(&host.mem);
         }
-        let table = self.fs.processes()?;
+        let table = if instances.is_empty() && self.tasks_from_loadavg {
+            Vec::new()
+        } else {
+            self.fs.processes()?
+        };
         let mut per_instance = BTreeMap::new();
         let mut states = Vec::with_capacity(instances.len());
         for inst in instances {
@@ -154,7 +163,9 @@ impl Collector {
             swap_used_bytes: host.mem.swap_used(),
             open_fds: host.open_fds,
             max_fds: host.max_fds,
-            // The process table's sum; loadavg's count if the table could not be read.
+            // The process table's sum (a container's own PID namespace); loadavg's count of
+            // the machine's tasks where that is the same (the machine's own namespace, whose
+            // table is read only for instances) or the table could not be read.
             threads: if table_threads > 0 {
                 table_threads
             } else {

@@ -12,7 +12,7 @@
 use procfs::process::{Process, Stat};
 use procfs::{FromRead, LoadAverage, Meminfo};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A `/proc` file that could not be read or understood.
 #[derive(Debug, thiserror::Error)]
@@ -275,11 +275,10 @@ impl ProcFs {
 
     /// Every process's `stat`. Processes that end while the table is read are skipped.
     ///
-    /// Read here rather than with the crate's `all_processes`: one `open` and `read` per process
-    /// into one reused buffer, and only the fields [`ProcStat`] keeps parsed (the collector reads
+    /// Read here rather than with the crate's `all_processes`: one `open`, `read` and `close`
+    /// per process into one reused buffer ([`read_line_file`]), and only the fields [`ProcStat`] keeps parsed (the collector reads
     /// the table every sample, so this is most of the agent's own CPU time).
     pub fn processes(&self) -> Result<Vec<ProcStat>, ProcError> {
-        use std::io::Read;
         let dir = std::fs::read_dir(&self.root).map_err(|e| ProcError::Read {
             path: self.root.clone(),
             source: e.into(),
@@ -294,8 +293,7 @@ impl ProcFs {
             };
             path.push(&name);
             path.push("stat");
-            buf.clear();
-            let read = std::fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut buf));
+            let read = read_line_file(&path, &mut buf);
             path.pop();
             path.pop();
             if read.is_err() {
@@ -310,6 +308,14 @@ impl ProcFs {
         }
         table.sort_by_key(|p| p.pid);
         Ok(table)
+    }
+
+    /// Whether this `/proc` shows the machine's own (initial) PID namespace to the agent, by
+    /// `self/ns/pid`: there `loadavg` counts every task the process table would add up. A
+    /// container's own namespace, or a link that cannot be read, is not.
+    pub fn in_initial_pid_namespace(&self) -> bool {
+        std::fs::read_link(self.root.join("self/ns/pid"))
+            .is_ok_and(|l| l.as_os_str() == INITIAL_PID_NAMESPACE)
     }
 
     /// Resident pages of one process from `statm`, or `None` if it is gone.
@@ -327,6 +333,32 @@ impl ProcFs {
         std::fs::read_dir(self.root.join(format!("{pid}/fd")))
             .ok()
             .map(|d| d.count() as u64)
+    }
+}
+
+/// `self/ns/pid` in the machine's own PID namespace: the kernel's `PROC_PID_INIT_INO`.
+const INITIAL_PID_NAMESPACE: &str = "pid:[4026531836]";
+
+/// Reads a one-line file of `/proc` into `buf` (cleared first): its reads stop at the line's
+/// end, so a `PID/stat` costs one `read` (`read_to_end` also asks the file's size and position
+/// and reads again to see the end: three system calls more per process, every sample).
+fn read_line_file(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    buf.clear();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.ends_with(b"\n") {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -422,6 +454,59 @@ pub fn clock_and_page() -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_longer_than_one_read_and_a_file_without_its_newline_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("1 (x) S {}\n", "12345 ".repeat(500));
+        let bare = "7 (y) R 1 2 3";
+        std::fs::write(dir.path().join("long"), &long).unwrap();
+        std::fs::write(dir.path().join("bare"), bare).unwrap();
+        let mut buf = b"left over".to_vec();
+        read_line_file(&dir.path().join("long"), &mut buf).unwrap();
+        assert_eq!(buf, long.as_bytes());
+        read_line_file(&dir.path().join("bare"), &mut buf).unwrap();
+        assert_eq!(buf, bare.as_bytes());
+        assert!(read_line_file(&dir.path().join("gone"), &mut buf).is_err());
+    }
+
+    /// A fake `/proc` with one process of `threads` threads, `loadavg` counting `tasks` tasks,
+    /// and `self/ns/pid` pointing at `ns`.
+    fn fake_proc(threads: u64, tasks: u64, ns: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(
+            root.join("loadavg"),
+            format!("0.50 0.40 0.30 2/{tasks} 4321\n"),
+        )
+        .unwrap();
+        std::fs::write(root.join("meminfo"), meminfo_text(Some(20_000_000))).unwrap();
+        std::fs::create_dir_all(root.join("sys/fs")).unwrap();
+        std::fs::write(root.join("sys/fs/file-nr"), "1024\t0\t65536\n").unwrap();
+        let mut one = p(42, 1, 42, 'S');
+        one.num_threads = threads;
+        std::fs::create_dir_all(root.join("42")).unwrap();
+        std::fs::write(root.join("42/stat"), stat_line("svc", &one)).unwrap();
+        std::fs::create_dir_all(root.join("self/ns")).unwrap();
+        std::os::unix::fs::symlink(ns, root.join("self/ns/pid")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn threads_come_from_loadavg_in_the_machines_own_pid_namespace_and_from_the_table_elsewhere() {
+        let host = fake_proc(7, 345, "pid:[4026531836]");
+        assert!(ProcFs::new(host.path()).in_initial_pid_namespace());
+        let c = crate::collector::Collector::new(ProcFs::new(host.path()), 1);
+        assert_eq!(c.collect(1_000, 0, &[]).unwrap().sample.threads, 345);
+
+        let container = fake_proc(7, 345, "pid:[4026532301]");
+        assert!(!ProcFs::new(container.path()).in_initial_pid_namespace());
+        let c = crate::collector::Collector::new(ProcFs::new(container.path()), 1);
+        assert_eq!(c.collect(1_000, 0, &[]).unwrap().sample.threads, 7);
+
+        let unknown = tempfile::tempdir().unwrap();
+        assert!(!ProcFs::new(unknown.path()).in_initial_pid_namespace());
+    }
 
     /// The lines every kernel since 2.6 writes (the crate requires them), MemAvailable aside.
     const MEMINFO_BASE: &str = "MemTotal:       24683656 kB\nMemFree:        22973636 kB\n\
