@@ -117,13 +117,13 @@ fn systemd_units_pass_verify() {
 }
 
 /// `rejuv agent` executes `rejuv-agent` only when it sits beside `rejuv`: the install steps must
-/// build it (with its own profile) and put it in the same directory.
+/// build it (with its own profile, by the script) and put it in the same directory.
 #[test]
 fn the_install_steps_put_the_agent_binary_beside_rejuv() {
     let readme = read("deploy/systemd/README.md");
     for want in [
         "cargo build --release -p rejuv\n",
-        "cargo build --profile agent -p rejuv --bin rejuv-agent\n",
+        "bash scripts/build-agent.sh        # → target/agent/rejuv-agent\n",
         "install -m 0755 target/release/rejuv target/agent/rejuv-agent /usr/local/bin/\n",
     ] {
         assert!(
@@ -135,6 +135,11 @@ fn the_install_steps_put_the_agent_binary_beside_rejuv() {
     assert!(
         unit.contains("/usr/local/bin/rejuv-agent"),
         "rejuv-agent.service should name the agent binary it needs beside rejuv"
+    );
+    let script = read("scripts/build-agent.sh");
+    assert!(
+        script.contains("--profile agent") && script.contains("$target/agent/rejuv-agent"),
+        "scripts/build-agent.sh builds the agent profile into target/agent/rejuv-agent"
     );
     let manifest = read("Cargo.toml");
     assert!(
