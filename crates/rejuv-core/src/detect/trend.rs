@@ -72,10 +72,11 @@
 //!    holding enough buckets, with the model that history supports: a parabola for an
 //!    accelerating leak, a trend under a 24 h cycle (exhaustion at a *peak*) once half a day
 //!    has been seen, a knee for a leak that started inside the window (the alarming scale's
-//!    own forecast then), or the line. [`Forecast::model`] names it; the forecast's interval
-//!    is scaled with it. The alarm's persistence (rule 7) stays measured against the linear
-//!    forecast, so the models change no judgement but one: when the daily cycle explains the
-//!    history best and its peaks never reach the capacity
+//!    own forecast then), or the line (the history's slope from the latest bucket's level,
+//!    when it agrees with the alarming scale's). [`Forecast::model`] names it; the forecast's
+//!    interval is scaled with it. The alarm's persistence (rule 7) stays measured against the
+//!    linear forecast, so the models change no judgement but one: when the daily cycle
+//!    explains the history best and its peaks never reach the capacity
 //!    ([`shape::ShapeForecast::cycle_only`]), the rise is the cycle's and the alarm is not
 //!    borne out, as with rule 7's recent slope (a healthy cycle alarming in its second day).
 //!
@@ -380,6 +381,7 @@ impl SeriesDetector {
             return;
         };
         let base_tte_s = f.tte_s;
+        let base_slope_per_h = f.slope_per_s * 3600.0 / self.capacity;
         let bucket_s = long.bucket_ms as f64 / 1000.0;
         let now_s = rel_ms as f64 / 1000.0;
         let chosen = BUFFERS.with(|b| {
@@ -397,7 +399,13 @@ impl SeriesDetector {
             for x in xs.iter_mut() {
                 *x /= self.capacity;
             }
-            Some(shape::forecast(ts, xs, base_tte_s, self.params.horizon_s))
+            Some(shape::forecast(
+                ts,
+                xs,
+                base_tte_s,
+                base_slope_per_h,
+                self.params.horizon_s,
+            ))
         });
         let Some(chosen) = chosen else {
             return;
@@ -408,7 +416,7 @@ impl SeriesDetector {
             self.scales[i].backed = false;
         }
         let f = self.scales[i].last.as_mut().expect("checked above");
-        if chosen.model != ForecastModel::Linear && f.tte_s > 0.0 {
+        if chosen.tte_s != f.tte_s && f.tte_s > 0.0 {
             // The interval keeps its width relative to the forecast.
             let k = chosen.tte_s / f.tte_s;
             f.tte_low_s *= k;
