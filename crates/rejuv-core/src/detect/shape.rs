@@ -24,7 +24,8 @@
 //! knee. Among the competitors the lowest BIC (`n·ln(RSS/n) + k·ln n`) wins. These shares are
 //! what keep the extra models from fitting noise: a random staircase (a bursty leak) or
 //! autocorrelated noise gives a parabola or a cycle a little of the line's residual, a real
-//! acceleration or cycle most of it.
+//! acceleration or cycle most of it. On the dev suites a staircase read as a parabola had
+//! given it 51–86% of the line's residual, an accelerating leak 83–99%: hence 80%.
 //!
 //! A cycle seen for less than half a day (a leak under a daily cycle alarming in its first
 //! hours) is allowed to explain the history only when it explains nearly all of what the line
@@ -58,7 +59,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The parabola must explain at least this share of the line's residual sum of squares.
-pub const CURVE_SHARE: f64 = 0.5;
+pub const CURVE_SHARE: f64 = 0.8;
 /// The daily cycle must explain at least this share of the line's residual sum of squares.
 pub const DAILY_SHARE: f64 = 0.7;
 /// The knee must explain at least this share of the line's residual sum of squares.
@@ -527,6 +528,20 @@ mod tests {
         assert!((f.tte_s / 3600.0 - 5.0).abs() < 0.05, "{f:?}");
         // The alarming scale rises 5 times as fast (a leak that sped up lately): its forecast.
         assert_eq!(forecast(&th, &xf, base, 0.1, HORIZON_S).tte_s, base);
+    }
+
+    #[test]
+    fn a_staircase_whose_bursts_came_closer_lately_is_not_read_as_a_parabola() {
+        // Steps of 0.04 at 15.9, 12.9, 9.9, 7.4, 5.4, 3.4, 1.9 and 0.9 h ago: the parabola
+        // explains 61% of what the line leaves (and has the lower BIC), short of 80%. The line:
+        // 0.82 now, rising 0.018/h over the history, 10.0 h to the capacity.
+        let steps = [-15.9, -12.9, -9.9, -7.4, -5.4, -3.4, -1.9, -0.9];
+        let (th, xf) = window(16.0, 0.25, |t| {
+            0.5 + 0.04 * steps.iter().filter(|&&s| t >= s).count() as f64
+        });
+        let f = forecast(&th, &xf, 5.0 * 3600.0, 0.025, HORIZON_S);
+        assert_eq!(f.model, ForecastModel::Linear);
+        assert!((f.tte_s / 3600.0 - 10.0).abs() < 0.05, "{f:?}");
     }
 
     #[test]
