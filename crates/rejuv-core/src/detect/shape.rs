@@ -13,7 +13,7 @@
 //! | [`ForecastModel::Linear`] | `a + b·t` | from the latest bucket's level at the slope `b`, when `b` agrees with the alarming scale's slope within [`HISTORY_AGREEMENT`]; otherwise the alarming scale's own (recent-slope) forecast |
 //! | [`ForecastModel::Accelerating`] | `a + b·t + c·t²` | the first root of the parabola fitted again on the window's recent half (how fast the growth speeds up *now*) |
 //! | [`ForecastModel::Daily`] | `a + b·t + c·cos ωt + d·sin ωt`, `ω = 2π / 24 h` | when the curve, i.e. a *peak* of the cycle, first reaches the capacity |
-//! | [`ForecastModel::Onset`] | `a + b·t + c·max(0, t − τ)`, τ searched | the alarming scale's own forecast (it sees the leak after its start) |
+//! | [`ForecastModel::Onset`] | `a + b·t + c·max(0, t − τ)`, τ searched | the alarming scale's slope (it sees the leak after its start), from the level of its latest bucket |
 //!
 //! # How a model is chosen
 //! Every fit is least squares on the bucketed window. A model other than the line competes only
@@ -121,19 +121,28 @@ pub struct ShapeForecast {
     pub cycle_only: bool,
 }
 
+/// What the alarming scale says: its forecast, its slope (fractions of the capacity per hour)
+/// and its latest bucket (`latest_h` hours before now, value `latest` as a fraction).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Alarming {
+    pub tte_s: f64,
+    pub slope_per_h: f64,
+    pub latest_h: f64,
+    pub latest: f64,
+}
+
 /// Chooses the model for a window and forecasts when it reaches the capacity. `th` are the
 /// buckets' times in hours relative to now (ascending, all ≤ 0), `xf` their values as fractions
 /// of the capacity (exhaustion at 1). `horizon_s` bounds the search of a curve's crossing
-/// ([`REACH_LIMIT`] times it). Falls back to the alarming scale's `base_tte_s` (as
+/// ([`REACH_LIMIT`] times it). Falls back to the alarming scale's forecast `base.tte_s` (as
 /// [`ForecastModel::Linear`]) whenever no other model is both chosen and conclusive.
 /// Allocates nothing.
-pub fn forecast(
-    th: &[f64],
-    xf: &[f64],
-    base_tte_s: f64,
-    base_slope_per_h: f64,
-    horizon_s: f64,
-) -> ShapeForecast {
+pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> ShapeForecast {
+    let Alarming {
+        tte_s: base_tte_s,
+        slope_per_h: base_slope_per_h,
+        ..
+    } = *base;
     let fallback = ShapeForecast {
         model: ForecastModel::Linear,
         tte_s: base_tte_s,
@@ -201,7 +210,14 @@ pub fn forecast(
             line[1],
             base_slope_per_h,
         )),
-        ForecastModel::Onset => None,
+        // The leak started inside the window: the alarming scale sees it after its start, and
+        // its slope goes on from its own latest bucket.
+        ForecastModel::Onset => hours(history_line(
+            base.latest_h,
+            base.latest,
+            base_slope_per_h,
+            base_slope_per_h,
+        )),
         ForecastModel::Accelerating => {
             // The whole window chose the parabola; its recent half says how fast the growth
             // speeds up now (a power or exponential growth curves more and more).
@@ -404,6 +420,17 @@ mod tests {
 
     const HORIZON_S: f64 = 48.0 * 3600.0;
 
+    /// An alarming scale forecasting `tte_s` at `slope_per_h`, whose latest bucket is the
+    /// window's.
+    fn alarm(tte_s: f64, slope_per_h: f64, th: &[f64], xf: &[f64]) -> Alarming {
+        Alarming {
+            tte_s,
+            slope_per_h,
+            latest_h: th[th.len() - 1],
+            latest: xf[xf.len() - 1],
+        }
+    }
+
     #[test]
     fn roots_and_crossings_match_hand_computed_values() {
         // t² + 2t − 3 = (t + 3)(t − 1): the first non-negative root is 1.
@@ -427,7 +454,7 @@ mod tests {
             let u = 14.0 + t;
             0.2 + 0.8 * (u / 20.0).powi(2) + wiggle(t, 0.003)
         });
-        let f = forecast(&th, &xf, 10.0 * 3600.0, 0.05, HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(10.0 * 3600.0, 0.05, &th, &xf), HORIZON_S);
         assert_eq!(f.model, ForecastModel::Accelerating);
         let truth = 6.0 * 3600.0;
         assert!(
@@ -444,7 +471,7 @@ mod tests {
         let truth_curve = |t: f64| 0.45 + 0.01 * t + 0.12 * (w * t + 1.0).sin();
         let (th, xf) = window(20.0, 0.3125, |t| truth_curve(t) + wiggle(t, 0.003));
         let truth_h = first_crossing(truth_curve, 200.0).unwrap();
-        let f = forecast(&th, &xf, 3.0 * 3600.0, 0.03, HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(3.0 * 3600.0, 0.03, &th, &xf), HORIZON_S);
         assert_eq!(f.model, ForecastModel::Daily);
         assert!(
             (f.tte_s / 3600.0 - truth_h).abs() / truth_h < 0.05,
@@ -457,7 +484,7 @@ mod tests {
         // Seen for 7.5 h only, the same series is not judged a cycle.
         let (th, xf) = window(7.5, 0.125, |t| truth_curve(t) + wiggle(t, 0.003));
         assert_ne!(
-            forecast(&th, &xf, 3.0 * 3600.0, 0.03, HORIZON_S).model,
+            forecast(&th, &xf, &alarm(3.0 * 3600.0, 0.03, &th, &xf), HORIZON_S).model,
             ForecastModel::Daily
         );
     }
@@ -470,7 +497,7 @@ mod tests {
         let truth_curve = |t: f64| 0.45 + 0.01 * t + 0.12 * (w * t + 1.0).sin();
         let (th, xf) = window(10.0, 0.15625, |t| truth_curve(t) + wiggle(t, 0.003));
         let truth_h = first_crossing(truth_curve, 200.0).unwrap();
-        let f = forecast(&th, &xf, 3.0 * 3600.0, 0.03, HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(3.0 * 3600.0, 0.03, &th, &xf), HORIZON_S);
         assert_eq!(f.model, ForecastModel::Daily);
         assert!(
             (f.tte_s / 3600.0 - truth_h).abs() / truth_h < 0.1,
@@ -485,7 +512,7 @@ mod tests {
             0.5 + 0.15 * (w * t).sin() + wiggle(t, 0.003)
         });
         let base = 7.0 * 3600.0;
-        let f = forecast(&th, &xf, base, 0.01, HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(base, 0.01, &th, &xf), HORIZON_S);
         assert_eq!(
             (f.model, f.tte_s, f.cycle_only),
             (ForecastModel::Linear, base, false)
@@ -512,22 +539,25 @@ mod tests {
         let base = 7.0 * 3600.0;
         // A steady leak: 0.6 now, 0.02/h; 20 h to the capacity (the alarming scale said 7 h).
         let (th, xf) = window(16.0, 0.25, |t| 0.6 + 0.02 * t);
-        let f = forecast(&th, &xf, base, 0.025, HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(base, 0.025, &th, &xf), HORIZON_S);
         assert_eq!(f.model, ForecastModel::Linear);
         assert!((f.tte_s / 3600.0 - 20.0).abs() < 1e-6, "{f:?}");
         // With noise, within 5%.
         let (th, xf) = window(16.0, 0.25, |t| 0.6 + 0.02 * t + wiggle(t, 0.01));
-        let f = forecast(&th, &xf, base, 0.025, HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(base, 0.025, &th, &xf), HORIZON_S);
         assert_eq!(f.model, ForecastModel::Linear);
         assert!((f.tte_s / 3600.0 - 20.0).abs() < 1.0, "{f:?}");
         // A staircase, a step of 0.03 every 1.5 h (0.02/h), now on its step at 0.9: the mean
         // rate takes 5 h for the last 0.1.
         let (th, xf) = window(16.0, 0.25, |t| 0.6 + 0.03 * ((t + 16.0) / 1.5).floor());
-        let f = forecast(&th, &xf, base, 0.02, HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(base, 0.02, &th, &xf), HORIZON_S);
         assert_eq!(f.model, ForecastModel::Linear);
         assert!((f.tte_s / 3600.0 - 5.0).abs() < 0.05, "{f:?}");
         // The alarming scale rises 5 times as fast (a leak that sped up lately): its forecast.
-        assert_eq!(forecast(&th, &xf, base, 0.1, HORIZON_S).tte_s, base);
+        assert_eq!(
+            forecast(&th, &xf, &alarm(base, 0.1, &th, &xf), HORIZON_S).tte_s,
+            base
+        );
     }
 
     #[test]
@@ -539,29 +569,39 @@ mod tests {
         let (th, xf) = window(16.0, 0.25, |t| {
             0.5 + 0.04 * steps.iter().filter(|&&s| t >= s).count() as f64
         });
-        let f = forecast(&th, &xf, 5.0 * 3600.0, 0.025, HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(5.0 * 3600.0, 0.025, &th, &xf), HORIZON_S);
         assert_eq!(f.model, ForecastModel::Linear);
         assert!((f.tte_s / 3600.0 - 10.0).abs() < 0.05, "{f:?}");
     }
 
     #[test]
-    fn a_knee_a_cycle_and_a_short_window_keep_the_alarming_scales_forecast() {
+    fn a_knee_goes_on_from_the_alarming_scales_latest_bucket_a_cycle_or_few_buckets_keep_its_forecast(
+    ) {
         let base = 7.0 * 3600.0;
-        // Flat, then a leak from 5 h ago: the knee; its forecast is the alarming scale's.
+        // Flat, then a leak from 5 h ago: the knee. Its forecast is the alarming scale's slope
+        // from that scale's latest bucket: 0.68 a quarter of an hour ago at 0.08/h, 0.70 now,
+        // 3.75 h to the capacity.
         let (th, xf) = window(16.0, 0.25, |t| {
             0.3 + 0.08 * (t + 5.0).max(0.0) + wiggle(t, 0.003)
         });
-        let f = forecast(&th, &xf, base, 0.08, HORIZON_S);
-        assert_eq!((f.model, f.tte_s), (ForecastModel::Onset, base));
+        let alarming = Alarming {
+            tte_s: base,
+            slope_per_h: 0.08,
+            latest_h: -0.25,
+            latest: 0.68,
+        };
+        let f = forecast(&th, &xf, &alarming, HORIZON_S);
+        assert_eq!(f.model, ForecastModel::Onset);
+        assert!((f.tte_s / 3600.0 - 3.75).abs() < 1e-9, "{f:?}");
         // A healthy cycle seen for 30 h: the cycle explains it and never reaches the capacity.
         let w = 2.0 * std::f64::consts::PI / 24.0;
         let (th, xf) = window(30.0, 0.5, |t| 0.5 + 0.15 * (w * t).sin() + wiggle(t, 0.003));
-        let f = forecast(&th, &xf, base, 0.08, HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(base, 0.08, &th, &xf), HORIZON_S);
         assert!(f.cycle_only && f.tte_s == base, "{f:?}");
         // Too few buckets: nothing but the base.
         let (th, xf) = window(2.0, 0.25, |t| 0.2 + 0.1 * (t + 2.0).powi(2));
         assert_eq!(
-            forecast(&th, &xf, base, 0.08, HORIZON_S).model,
+            forecast(&th, &xf, &alarm(base, 0.08, &th, &xf), HORIZON_S).model,
             ForecastModel::Linear
         );
     }

@@ -403,10 +403,20 @@ impl SeriesDetector {
         let Some(f) = self.scales[i].last.as_ref() else {
             return;
         };
-        let base_tte_s = f.tte_s;
-        let base_slope_per_h = f.slope_per_s * 3600.0 / self.capacity;
         let bucket_s = long.bucket_ms as f64 / 1000.0;
         let now_s = rel_ms as f64 / 1000.0;
+        // Hours before now of a bucket's end, where its maximum is placed.
+        let hours_ago = |t: f64, bucket_s: f64| ((t + 1.0) * bucket_s - now_s).min(0.0) / 3600.0;
+        let alarming = &self.scales[i];
+        let Some((t_latest, latest)) = alarming.mk.newest() else {
+            return;
+        };
+        let base = shape::Alarming {
+            tte_s: f.tte_s,
+            slope_per_h: f.slope_per_s * 3600.0 / self.capacity,
+            latest_h: hours_ago(f64::from(t_latest), alarming.bucket_ms as f64 / 1000.0),
+            latest: latest / self.capacity,
+        };
         let chosen = BUFFERS.with(|b| {
             let mut b = b.borrow_mut();
             let Buffers { ts, xs, .. } = &mut *b;
@@ -417,18 +427,12 @@ impl SeriesDetector {
             // Hours before now and fractions of capacity. A bucket's value is its maximum,
             // placed at the bucket's end.
             for t in ts.iter_mut() {
-                *t = ((*t + 1.0) * bucket_s - now_s).min(0.0) / 3600.0;
+                *t = hours_ago(*t, bucket_s);
             }
             for x in xs.iter_mut() {
                 *x /= self.capacity;
             }
-            Some(shape::forecast(
-                ts,
-                xs,
-                base_tte_s,
-                base_slope_per_h,
-                self.params.horizon_s,
-            ))
+            Some(shape::forecast(ts, xs, &base, self.params.horizon_s))
         });
         let Some(chosen) = chosen else {
             return;
