@@ -19,19 +19,13 @@
 //! Every fit is least squares on the bucketed window. A model other than the line competes only
 //! when it explains a large share of what the line leaves unexplained
 //! (`1 − RSS_model / RSS_line`): [`CURVE_SHARE`] for the parabola, [`DAILY_SHARE`] for the
-//! cycle over at least [`DAILY_MIN_SPAN_S`] of history (a cycle seen turning) and
-//! [`DAILY_SHORT_SHARE`] over [`DAILY_SHORT_SPAN_S`] to half a day, [`ONSET_SHARE`] for the
-//! knee. Among the competitors the lowest BIC (`n·ln(RSS/n) + k·ln n`) wins. These shares are
-//! what keep the extra models from fitting noise: a random staircase (a bursty leak) or
-//! autocorrelated noise gives a parabola or a cycle a little of the line's residual, a real
-//! acceleration or cycle most of it. On the dev suites a staircase read as a parabola had
-//! given it 51–86% of the line's residual, an accelerating leak 83–99%: hence 80%.
-//!
-//! A cycle seen for less than half a day (a leak under a daily cycle alarming in its first
-//! hours) is allowed to explain the history only when it explains nearly all of what the line
-//! leaves (90%), and then only its forecast counts: its peaks staying below the capacity do
-//! not hold the alarm back ([`ShapeForecast::cycle_only`] needs half a day), so that a leak is
-//! never judged later for it.
+//! cycle (and only over at least [`DAILY_MIN_SPAN_S`] of history: a cycle must have been seen
+//! turning), [`ONSET_SHARE`] for the knee. Among the competitors the lowest BIC
+//! (`n·ln(RSS/n) + k·ln n`) wins. These shares are what keep the extra models from fitting
+//! noise: a random staircase (a bursty leak) or autocorrelated noise gives a parabola or a
+//! cycle a little of the line's residual, a real acceleration or cycle most of it. On the dev
+//! suites a staircase read as a parabola had given it 51–86% of the line's residual, an
+//! accelerating leak 83–99%: hence 80%.
 //!
 //! When the line wins, its forecast separates the two things a forecast needs: the *level*,
 //! which is observed (the latest bucket, moved to now along the slope), and the *rate*, which
@@ -66,11 +60,6 @@ pub const DAILY_SHARE: f64 = 0.7;
 pub const ONSET_SHARE: f64 = 0.8;
 /// The daily cycle is fitted only over at least this much history (half a period).
 pub const DAILY_MIN_SPAN_S: f64 = 12.0 * 3600.0;
-/// Over less history than [`DAILY_MIN_SPAN_S`], down to this much, the daily cycle competes
-/// only when it explains at least [`DAILY_SHORT_SHARE`] of the line's residual.
-pub const DAILY_SHORT_SPAN_S: f64 = 8.0 * 3600.0;
-/// See [`DAILY_SHORT_SPAN_S`].
-pub const DAILY_SHORT_SHARE: f64 = 0.9;
 /// The period of the daily cycle.
 pub const DAY_S: f64 = 86_400.0;
 /// A curve is searched for its crossing this many horizons ahead at most.
@@ -115,9 +104,8 @@ pub struct ShapeForecast {
     pub model: ForecastModel,
     /// Seconds from now until the model reaches the capacity.
     pub tte_s: f64,
-    /// The daily cycle explains at least half a day of history best and its peaks never reach
-    /// the capacity within [`REACH_LIMIT`] horizons: the rise is the cycle's (`tte_s` is then
-    /// the base's).
+    /// The daily cycle explains the history best and its peaks never reach the capacity within
+    /// [`REACH_LIMIT`] horizons: the rise is the cycle's (`tte_s` is then the base's).
     pub cycle_only: bool,
 }
 
@@ -183,16 +171,11 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
         let (s, c) = (w * t).sin_cos();
         [1.0, t, c, s]
     };
-    let daily_share = if span_s >= DAILY_MIN_SPAN_S {
-        DAILY_SHARE
-    } else {
-        DAILY_SHORT_SHARE
-    };
-    let daily = (span_s >= DAILY_SHORT_SPAN_S)
+    let daily = (span_s >= DAILY_MIN_SPAN_S)
         .then(|| fit(th, xf, cycle, 4))
         .flatten();
     if let Some((_, rss)) = daily {
-        if wins(best, rss, 4.0, daily_share) {
+        if wins(best, rss, 4.0, DAILY_SHARE) {
             best = (ForecastModel::Daily, bic(rss, 4.0));
         }
     }
@@ -248,9 +231,7 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
             cycle_only: false,
         },
         _ => ShapeForecast {
-            // Seen for less than half a day, a cycle refines the forecast but does not hold
-            // the alarm back.
-            cycle_only: best.0 == ForecastModel::Daily && span_s >= DAILY_MIN_SPAN_S,
+            cycle_only: best.0 == ForecastModel::Daily,
             ..fallback
         },
     }
@@ -481,41 +462,11 @@ mod tests {
         // The crossing is on the upper half of a cycle (the trend brings it before the top).
         let peak_phase = (w * truth_h + 1.0).sin();
         assert!(peak_phase > 0.5, "{peak_phase}");
-        // Seen for 7.5 h only, the same series is not judged a cycle.
-        let (th, xf) = window(7.5, 0.125, |t| truth_curve(t) + wiggle(t, 0.003));
+        // Seen for 8 h only, the same series is not judged a cycle.
+        let (th, xf) = window(8.0, 0.125, |t| truth_curve(t) + wiggle(t, 0.003));
         assert_ne!(
             forecast(&th, &xf, &alarm(3.0 * 3600.0, 0.03, &th, &xf), HORIZON_S).model,
             ForecastModel::Daily
-        );
-    }
-
-    #[test]
-    fn a_cycle_seen_for_less_than_half_a_day_forecasts_but_holds_nothing_back() {
-        // The trend under a cycle of the test above, seen for 10 h: the cycle explains nearly
-        // all the line leaves, and its peak is the forecast.
-        let w = 2.0 * std::f64::consts::PI / 24.0;
-        let truth_curve = |t: f64| 0.45 + 0.01 * t + 0.12 * (w * t + 1.0).sin();
-        let (th, xf) = window(10.0, 0.15625, |t| truth_curve(t) + wiggle(t, 0.003));
-        let truth_h = first_crossing(truth_curve, 200.0).unwrap();
-        let f = forecast(&th, &xf, &alarm(3.0 * 3600.0, 0.03, &th, &xf), HORIZON_S);
-        assert_eq!(f.model, ForecastModel::Daily);
-        assert!(
-            (f.tte_s / 3600.0 - truth_h).abs() / truth_h < 0.1,
-            "forecast {} h, the peak reaches the capacity in {truth_h} h",
-            f.tte_s / 3600.0
-        );
-        // A healthy cycle seen for 10 h: judged a cycle that never reaches the capacity, so
-        // the alarming scale's forecast stands (the line, rising 0.009/h like the alarming
-        // scale, would say 54 h), and the alarm is not held back (over 30 h it is: the test
-        // below).
-        let (th, xf) = window(10.0, 0.15625, |t| {
-            0.5 + 0.15 * (w * t).sin() + wiggle(t, 0.003)
-        });
-        let base = 7.0 * 3600.0;
-        let f = forecast(&th, &xf, &alarm(base, 0.01, &th, &xf), HORIZON_S);
-        assert_eq!(
-            (f.model, f.tte_s, f.cycle_only),
-            (ForecastModel::Linear, base, false)
         );
     }
 
