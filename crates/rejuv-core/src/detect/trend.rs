@@ -72,8 +72,8 @@
 //!    holding enough buckets, with the model that history supports: a parabola for an
 //!    accelerating leak, a trend under a 24 h cycle (exhaustion at a *peak*) once half a day
 //!    has been seen, a knee for a leak that started inside the window (the alarming scale's
-//!    own forecast then), or the line (the history's slope from the latest bucket's level,
-//!    when it agrees with the alarming scale's). [`Forecast::model`] names it; the forecast's
+//!    slope then, from that scale's latest bucket), or the line (the history's slope from the
+//!    latest bucket's level, when it agrees with the alarming scale's). [`Forecast::model`] names it; the forecast's
 //!    interval is scaled with it. The alarm's persistence (rule 7) stays measured against the
 //!    linear forecast, so the models change no judgement but one: when the daily cycle
 //!    explains the history best and its peaks never reach the capacity
