@@ -150,6 +150,14 @@ impl MkWindow {
         }
     }
 
+    /// The newest bucket's time and value, if any.
+    pub fn newest(&self) -> Option<(u32, f64)> {
+        (self.len > 0).then(|| {
+            let i = self.idx(self.len - 1);
+            (self.ts[i], self.xs[i])
+        })
+    }
+
     /// The oldest and newest times, if any.
     pub fn time_range(&self) -> Option<(u32, u32)> {
         (self.len > 0).then(|| (self.ts[self.start], self.ts[self.idx(self.len - 1)]))

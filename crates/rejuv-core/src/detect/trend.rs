@@ -72,12 +72,17 @@
 //!    holding enough buckets, with the model that history supports: a parabola for an
 //!    accelerating leak, a trend under a 24 h cycle (exhaustion at a *peak*) once half a day
 //!    has been seen, a knee for a leak that started inside the window (the alarming scale's
-//!    own forecast then), or the line. [`Forecast::model`] names it; the forecast's interval
-//!    is scaled with it. The alarm's persistence (rule 7) stays measured against the linear
-//!    forecast, so the models change no judgement but one: when the daily cycle explains the
-//!    history best and its peaks never reach the capacity
+//!    slope then, from that scale's latest bucket), or the line (the history's slope from the
+//!    latest bucket's level, when it agrees with the alarming scale's). [`Forecast::model`] names it; the forecast's
+//!    interval is scaled with it. The alarm's persistence (rule 7) stays measured against the
+//!    linear forecast, so the models change no judgement but one: when the daily cycle
+//!    explains the history best and its peaks never reach the capacity
 //!    ([`shape::ShapeForecast::cycle_only`]), the rise is the cycle's and the alarm is not
 //!    borne out, as with rule 7's recent slope (a healthy cycle alarming in its second day).
+//! 9. **A forecast counts from now.** A scale is evaluated when one of its buckets closes
+//!    (every 30 minutes on the 32 h scale); a verdict in between reports the latest forecast
+//!    with the time elapsed since its evaluation taken off ([`Forecast::aged`]), so the
+//!    moment of exhaustion it names stays put instead of moving later with every sample.
 //!
 //! [`SeriesDetector::reset`] forgets everything, as after a rejuvenation.
 //!
@@ -159,6 +164,20 @@ pub struct Forecast {
     pub model: ForecastModel,
 }
 
+impl Forecast {
+    /// The same forecast `elapsed_ms` after it was made: its times to exhaustion count from
+    /// now (never below zero); its slope and level stay those of its evaluation.
+    pub fn aged(&self, elapsed_ms: u64) -> Forecast {
+        let dt = elapsed_ms as f64 / 1000.0;
+        Forecast {
+            tte_s: (self.tte_s - dt).max(0.0),
+            tte_low_s: (self.tte_low_s - dt).max(0.0),
+            tte_high_s: self.tte_high_s.map(|h| (h - dt).max(0.0)),
+            ..self.clone()
+        }
+    }
+}
+
 /// What the series detector says after a sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrendVerdict {
@@ -194,6 +213,9 @@ struct Scale {
     /// The linear time to exhaustion of the last forecast, seconds: what the alarm's
     /// persistence is judged by (rule 7), whatever model refines the forecast (rule 8).
     linear_tte_s: f64,
+    /// When the last forecast was made: a verdict between two evaluations counts its times
+    /// to exhaustion from then.
+    evaluated_ms: u64,
 }
 
 /// Parameters derived once from a [`TrendConfig`].
@@ -256,6 +278,7 @@ impl SeriesDetector {
                 last: None,
                 backed: true,
                 linear_tte_s: f64::INFINITY,
+                evaluated_ms: 0,
             })
             .collect();
         Self {
@@ -291,6 +314,7 @@ impl SeriesDetector {
             s.last = None;
             s.backed = true;
             s.linear_tte_s = f64::INFINITY;
+            s.evaluated_ms = 0;
         }
         self.origin_ms = None;
         self.last_ms = 0;
@@ -379,9 +403,20 @@ impl SeriesDetector {
         let Some(f) = self.scales[i].last.as_ref() else {
             return;
         };
-        let base_tte_s = f.tte_s;
         let bucket_s = long.bucket_ms as f64 / 1000.0;
         let now_s = rel_ms as f64 / 1000.0;
+        // Hours before now of a bucket's end, where its maximum is placed.
+        let hours_ago = |t: f64, bucket_s: f64| ((t + 1.0) * bucket_s - now_s).min(0.0) / 3600.0;
+        let alarming = &self.scales[i];
+        let Some((t_latest, latest)) = alarming.mk.newest() else {
+            return;
+        };
+        let base = shape::Alarming {
+            tte_s: f.tte_s,
+            slope_per_h: f.slope_per_s * 3600.0 / self.capacity,
+            latest_h: hours_ago(f64::from(t_latest), alarming.bucket_ms as f64 / 1000.0),
+            latest: latest / self.capacity,
+        };
         let chosen = BUFFERS.with(|b| {
             let mut b = b.borrow_mut();
             let Buffers { ts, xs, .. } = &mut *b;
@@ -392,12 +427,12 @@ impl SeriesDetector {
             // Hours before now and fractions of capacity. A bucket's value is its maximum,
             // placed at the bucket's end.
             for t in ts.iter_mut() {
-                *t = ((*t + 1.0) * bucket_s - now_s).min(0.0) / 3600.0;
+                *t = hours_ago(*t, bucket_s);
             }
             for x in xs.iter_mut() {
                 *x /= self.capacity;
             }
-            Some(shape::forecast(ts, xs, base_tte_s, self.params.horizon_s))
+            Some(shape::forecast(ts, xs, &base, self.params.horizon_s))
         });
         let Some(chosen) = chosen else {
             return;
@@ -408,7 +443,7 @@ impl SeriesDetector {
             self.scales[i].backed = false;
         }
         let f = self.scales[i].last.as_mut().expect("checked above");
-        if chosen.model != ForecastModel::Linear && f.tte_s > 0.0 {
+        if chosen.tte_s != f.tte_s && f.tte_s > 0.0 {
             // The interval keeps its width relative to the forecast.
             let k = chosen.tte_s / f.tte_s;
             f.tte_low_s *= k;
@@ -421,7 +456,7 @@ impl SeriesDetector {
     /// The verdict at `now_ms` from the latest evaluation of every scale.
     fn verdict(&self, now_ms: u64) -> TrendVerdict {
         let mut level = Level::Stable;
-        let mut best: Option<&Forecast> = None;
+        let mut best: Option<(&Forecast, u64)> = None;
         for sc in self.scales.iter().filter(|s| s.firing) {
             let f = sc.last.as_ref().expect("a firing scale has a forecast");
             let persistent = sc.streak >= self.params.min_evaluations
@@ -436,12 +471,12 @@ impl SeriesDetector {
             // Among equals, the longest window (scales are longest first): it has seen most.
             if l > level {
                 level = l;
-                best = Some(f);
+                best = Some((f, sc.evaluated_ms));
             }
         }
         TrendVerdict {
             level,
-            forecast: best.cloned(),
+            forecast: best.map(|(f, at_ms)| f.aged(now_ms.saturating_sub(at_ms))),
         }
     }
 }
@@ -489,6 +524,7 @@ fn evaluate(
     }
     sc.firing = alarm;
     sc.linear_tte_s = forecast.as_ref().map_or(f64::INFINITY, |f| f.tte_s);
+    sc.evaluated_ms = now_ms;
     // The forecast must agree with the most recent data: the next shorter scale must still
     // rise at a good part of the forecast's rate (see the module overview, rule 7).
     sc.backed = match (&forecast, shorter) {
@@ -842,6 +878,71 @@ mod tests {
         assert!(f.tte_s < truth);
         assert!(f.tte_low_s <= f.tte_s && f.tte_high_s.is_none_or(|h| h >= f.tte_s));
         assert!(f.confidence >= cfg.confidence);
+    }
+
+    #[test]
+    fn an_aged_forecast_counts_from_now() {
+        let f = Forecast {
+            window_s: 8.0 * 3600.0,
+            span_s: 8.0 * 3600.0,
+            slope_per_s: 1e-5,
+            slope_low_per_s: 5e-6,
+            slope_high_per_s: 2e-5,
+            level: 0.9,
+            capacity: 1.0,
+            tte_s: 3600.0,
+            tte_low_s: 1800.0,
+            tte_high_s: Some(7200.0),
+            confidence: 0.99,
+            variance_inflation: 1.0,
+            steady: true,
+            model: ForecastModel::Linear,
+        };
+        let g = f.aged(600_000);
+        assert_eq!(
+            (g.tte_s, g.tte_low_s, g.tte_high_s),
+            (3000.0, 1200.0, Some(6600.0))
+        );
+        assert_eq!((g.level, g.slope_per_s), (f.level, f.slope_per_s));
+        let g = f.aged(2_000_000);
+        assert_eq!((g.tte_s, g.tte_low_s), (1600.0, 0.0));
+        assert_eq!(f.aged(0), f);
+    }
+
+    #[test]
+    fn between_two_evaluations_the_forecast_counts_down_with_the_clock() {
+        // A linear leak, from 30% to exhaustion in 10 h; once it is unstable, two verdicts 10 s
+        // apart from the same evaluation (same slope and level) name the same moment.
+        let cfg = TrendConfig::default();
+        let mut d = SeriesDetector::new(&cfg, 1.0, Aggregate::Max);
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut prev: Option<Forecast> = None;
+        let mut same_evaluation = 0;
+        for i in 0..3600u64 {
+            let t = i as f64 * 10.0;
+            let v = d.observe(
+                i * 10_000,
+                0.3 + 0.7 * t / 36_000.0 + 0.01 * normal(&mut rng),
+            );
+            let Some(f) = v.forecast.filter(|_| v.level == Level::Unstable) else {
+                prev = None;
+                continue;
+            };
+            if let Some(p) = prev.as_ref().filter(|p| {
+                (p.window_s, p.slope_per_s, p.level) == (f.window_s, f.slope_per_s, f.level)
+                    && p.tte_s > 10.0
+            }) {
+                assert!(
+                    (p.tte_s - f.tte_s - 10.0).abs() < 1e-6,
+                    "{} then {}",
+                    p.tte_s,
+                    f.tte_s
+                );
+                same_evaluation += 1;
+            }
+            prev = Some(f);
+        }
+        assert!(same_evaluation > 100, "{same_evaluation}");
     }
 
     #[test]
