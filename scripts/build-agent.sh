@@ -41,7 +41,7 @@ build() { # ORDER_FILE (empty: none) → prints the built binary's path
     local flags="${RUSTFLAGS:-}"
     [ "${DYNAMIC:-0}" = 1 ] || flags="$flags -C target-feature=+crt-static"
     REJUV_AGENT_SYMBOL_ORDER="$1" RUSTFLAGS="$flags" \
-        cargo build --profile agent --target "$triple" -p rejuv --bin rejuv-agent >&2
+        cargo build --profile agent --target "$triple" -p rejuv --bin rejuv-agent >&2 || return 1
     echo "$target/$triple/agent/rejuv-agent"
 }
 

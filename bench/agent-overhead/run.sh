@@ -7,9 +7,10 @@
 #   bash bench/agent-overhead/run.sh --fast     # sample_interval = "100ms" (the flat-memory check)
 #   DURATION=3600 WARMUP=2700 bash bench/agent-overhead/run.sh --fast
 #
-# Build first (the small agent binary has a profile of its own, built for size):
+# Build first (the small agent binary as installed on servers: its own size profile, glibc
+# linked statically, its code in the order it runs):
 #   cargo build --release -p rejuv                               # target/release/rejuv
-#   cargo build --profile agent -p rejuv --bin rejuv-agent       # target/agent/rejuv-agent
+#   bash scripts/build-agent.sh                                  # target/agent/rejuv-agent
 # `rejuv` and `rejuv-agent` are linked side by side into a temp dir, as installed, and the
 # agent is started as `rejuv agent ...`, which executes `rejuv-agent` (same PID).
 #
@@ -40,7 +41,7 @@ fi
 NODE_EXPORTER="${NODE_EXPORTER:-prometheus-node-exporter}"
 [ -x "$REJUV" ] || { echo "no rejuv binary at $REJUV: cargo build --release -p rejuv" >&2; exit 2; }
 if [ "$REJUV_AGENT" != none ] && [ ! -x "$REJUV_AGENT" ]; then
-    echo "no rejuv-agent binary at $REJUV_AGENT: cargo build --profile agent -p rejuv --bin rejuv-agent (or REJUV_AGENT=none)" >&2
+    echo "no rejuv-agent binary at $REJUV_AGENT: bash scripts/build-agent.sh (or REJUV_AGENT=none)" >&2
     exit 2
 fi
 command -v "$NODE_EXPORTER" >/dev/null || { echo "$NODE_EXPORTER not found (apt-get install prometheus-node-exporter)" >&2; exit 2; }
