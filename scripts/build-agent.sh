@@ -65,41 +65,10 @@ if $record; then
         rm -rf "$work"
     }
     trap cleanup EXIT
-    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/agent.token"
-    chmod 600 "$work/agent.token"
-    cat > "$work/rejuv.toml" <<TOML
-[cluster]
-name = "agent-order"
-mode = "active-standby"
-
-[auth]
-agent_token_file = "$work/agent.token"
-
-[agent]
-sample_interval = "1s"
-
-[traffic]
-adapter = "haproxy"
-
-[traffic.haproxy]
-socket = "unix:$work/haproxy.sock"
-backends = { idle = "be_idle" }
-
-[services.idle]
-command = "/bin/true"
-health = { path = "/healthz", interval = "2s", timeout = "1s" }
-
-[[servers]]
-id = "s1"
-address = "127.0.0.1"
-agent = "127.0.0.1:$port"
-role = "primary"
-capacity = 1
-port_range = [$((port + 1)), $((port + 1))]
-instances = []
-data_dir = "$work/agent-data"
-TOML
+    # shellcheck source=idle-agent.sh
+    . "$root/scripts/idle-agent.sh"
+    port="$(free_port)"
+    idle_agent_files "$work" "$port" 1s
     RUST_LOG=warn setsid valgrind --tool=callgrind --demangle=no \
         --callgrind-out-file="$work/callgrind.out" "$bin" --config "$work/rejuv.toml" --server s1 \
         >"$work/agent.log" 2>&1 &

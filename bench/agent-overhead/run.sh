@@ -60,45 +60,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=../../scripts/idle-agent.sh
+. "$root/scripts/idle-agent.sh"
 agent_port="$(free_port)"
 ne_port="$(free_port)"
 while [ "$ne_port" = "$agent_port" ]; do ne_port="$(free_port)"; done
-
-head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/agent.token"
-chmod 600 "$work/agent.token"
-cat > "$work/rejuv.toml" <<TOML
-[cluster]
-name = "agent-overhead"
-mode = "active-standby"
-
-[auth]
-agent_token_file = "$work/agent.token"
-
-[agent]
-sample_interval = "$interval"
-
-[traffic]
-adapter = "haproxy"
-
-[traffic.haproxy]
-socket = "unix:$work/haproxy.sock"
-backends = { idle = "be_idle" }
-
-[services.idle]
-command = "/bin/true"
-health = { path = "/healthz", interval = "2s", timeout = "1s" }
-
-[[servers]]
-id = "s1"
-address = "127.0.0.1"
-agent = "127.0.0.1:$agent_port"
-role = "primary"
-capacity = 1
-port_range = [$((agent_port + 1)), $((agent_port + 1))]
-instances = []
-data_dir = "$work/agent-data"
-TOML
+idle_agent_files "$work" "$agent_port" "$interval"
 "$REJUV" config check "$work/rejuv.toml" >/dev/null
 
 # The binaries side by side, as installed (`rejuv agent` looks for rejuv-agent beside itself).
