@@ -147,6 +147,17 @@ pub struct LeaderInfo {
     pub pid: u32,
 }
 
+impl LeaderInfo {
+    /// This controller process, serving its API at `api`: its id is the address and the pid.
+    pub fn this_process(api: std::net::SocketAddr) -> Self {
+        Self {
+            id: format!("{}-{}", api, std::process::id()),
+            api: api.to_string(),
+            pid: std::process::id(),
+        }
+    }
+}
+
 /// Time allowed to one etcd request before it counts as failed.
 fn op_timeout(ttl: Duration) -> Duration {
     (ttl / 3).clamp(Duration::from_millis(500), Duration::from_secs(3))

@@ -428,11 +428,7 @@ pub async fn run(
     let prefix = sc.etcd_prefix(&cfg.cluster.name);
     let ttl = sc.lease_ttl;
     let api = listener.local_addr().context("controller API address")?;
-    let me = LeaderInfo {
-        id: format!("{}-{}", api, std::process::id()),
-        api: api.to_string(),
-        pid: std::process::id(),
-    };
+    let me = LeaderInfo::this_process(api);
     let client = etcd_store::connect(&sc.endpoints)
         .await
         .context("connecting to etcd (store.endpoints)")?;
