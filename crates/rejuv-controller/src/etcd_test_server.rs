@@ -6,7 +6,7 @@
 //! binary (Debian package `etcd-server`) is missing.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -18,10 +18,7 @@ pub struct EtcdServer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    rejuv_net::free_port([127, 0, 0, 1].into()).expect("a free loopback port")
 }
 
 impl EtcdServer {

@@ -340,3 +340,34 @@ impl RefusalLog {
         self.since_last = 0;
     }
 }
+
+/// A TCP port on `ip` that no socket holds now and that this process has not handed out
+/// before: found by binding port 0, and remembered, so that two calls never return the same
+/// port (the kernel may give a port just released to the next bind).
+///
+/// # Errors
+/// When `ip` cannot be bound (not an address of this machine, or no port left).
+pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<(std::net::IpAddr, u16)>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind((ip, 0))?.local_addr()?.port();
+        if given.insert((ip, port)) {
+            return Ok(port);
+        }
+    }
+}
+
+#[cfg(test)]
+mod free_port_tests {
+    #[test]
+    fn a_port_is_handed_out_once() {
+        let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+        let ports: std::collections::BTreeSet<u16> =
+            (0..200).map(|_| super::free_port(lo).unwrap()).collect();
+        assert_eq!(ports.len(), 200);
+    }
+}

@@ -60,11 +60,9 @@ impl Drop for Proc {
     }
 }
 
-/// A free TCP port on `ip`, found by binding port 0.
+/// A free TCP port on `ip`, never one handed out before in this process.
 pub fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind((ip, 0))
-        .with_context(|| format!("finding a free port on {ip}"))?;
-    Ok(l.local_addr()?.port())
+    rejuv_net::free_port(ip).with_context(|| format!("finding a free port on {ip}"))
 }
 
 /// `dir/logs/NAME.log`, opened for appending, as a child's stdout and stderr.

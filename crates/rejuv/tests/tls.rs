@@ -19,11 +19,7 @@ const EXE: &str = env!("CARGO_BIN_EXE_rejuv");
 mod procs;
 
 fn free_port(ip: IpAddr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    rejuv_net::free_port(ip).expect("a free port")
 }
 
 fn rejuv(args: &[&str]) -> Output {

@@ -25,11 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub const HAPROXY: &str = "/usr/sbin/haproxy";
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .unwrap()
-        .port()
+    rejuv_net::free_port([127, 0, 0, 1].into()).expect("a free loopback port")
 }
 
 /// A generated configuration: admin socket in `dir`, frontend on `front`, backend `web`

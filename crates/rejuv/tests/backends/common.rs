@@ -74,11 +74,7 @@ pub fn client() -> reqwest::blocking::Client {
 
 /// A free TCP port on `address` (bound, then released).
 pub fn free_port(address: IpAddr) -> u16 {
-    std::net::TcpListener::bind((address, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    rejuv_net::free_port(address).expect("a free port")
 }
 
 /// One test's world: a temp dir, a loopback address of its own, a tag for its processes.

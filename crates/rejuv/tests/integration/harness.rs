@@ -86,11 +86,7 @@ pub struct Harness {
 }
 
 pub fn free_port(ip: IpAddr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    rejuv_net::free_port(ip).expect("a free port")
 }
 
 pub fn free_range(ip: IpAddr, n: u16) -> [u16; 2] {
