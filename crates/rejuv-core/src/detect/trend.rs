@@ -39,7 +39,13 @@
 //!    level (median of `x_i − b·t_i`, moved to now), so a cache that is warming up towards a
 //!    plateau, or a daily cycle past its steepest point, forecasts a distant exhaustion, while
 //!    an accelerating leak is not judged by its slow past. The interval of the time to
-//!    exhaustion comes from the slope's confidence bounds.
+//!    exhaustion comes from the slope's confidence bounds. When the window is full, its older
+//!    half flat and its recent half rising well above it (a leak that started inside the
+//!    window, a *knee*), the recent half's bounds are inflated by the recent half's own
+//!    autocorrelation, not the whole window's (whose bend says nothing of the noise around
+//!    the rise), and the step veto of rule 6 measures the rise by the recent half: a runaway
+//!    leak is then caught with about three minutes more to spare. A window that is not full
+//!    has no older half to judge by (the first rise of a daily cycle looks the same).
 //! 6. **Alarm rule.** A scale alarms only when its trend is significant at
 //!    [`TrendConfig::confidence`] after the correction, the forecast time to exhaustion is
 //!    within [`TrendConfig::horizon`], and it is no further ahead than
@@ -109,6 +115,11 @@ use crate::config::{TrendConfig, MAX_SCALES};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// A window whose older half rises (or falls) at most this share of its recent half's slope
+/// is flat before a knee...
+const KNEE_FLAT: f64 = 0.2;
+/// ...when its recent half rises by this many times the older half's range.
+const KNEE_RISE: f64 = 4.0;
 /// The recent half's slope must be at least this fraction of the older half's.
 const DECELERATION_VETO: f64 = 0.7;
 /// See [`assess_window`]: the least-squares pre-check's margin.
@@ -665,7 +676,9 @@ fn assess_window(
     if confidence < p.confidence {
         return None;
     }
-    let slopes = window_slopes(p, var, inflation, ts, xs, pairs)?;
+    // A knee is told from the first rise of a cycle only against a whole window of history.
+    let full_window = span_s >= 0.75 * sc.window.as_secs_f64();
+    let slopes = window_slopes(p, var, inflation, full_window, ts, xs, pairs)?;
     let est = slopes.forecast();
     let b = est.slope;
     // A robust level from the recent half, moved to now (the end of the newest bucket).
@@ -725,6 +738,9 @@ struct Slopes {
     full: SenEstimate,
     recent: SenEstimate,
     older: f64,
+    /// The older half is flat and the recent half rises well above it: a leak that started
+    /// inside the window, observed for the recent half only.
+    knee: bool,
 }
 
 /// The slopes of `(ts, xs)`, whose pairwise slopes are in `pairs` (reused afterwards), with
@@ -733,6 +749,7 @@ fn window_slopes(
     p: &Params,
     var: f64,
     inflation: f64,
+    full_window: bool,
     ts: &[f64],
     xs: &[f64],
     pairs: &mut Vec<f64>,
@@ -742,13 +759,32 @@ fn window_slopes(
     let h = xs.len() / 2;
     let (rt, rx) = (&ts[h..], &xs[h..]);
     let m = rt.len() as f64;
-    let var_h = m * (m - 1.0) * (2.0 * m + 5.0) / 18.0 * inflation;
-    let recent = sens_slope(rt, rx, var_h, zc, pairs)?;
+    // The recent half's interval comes from its own autocorrelation: the whole window's
+    // holds the bend of a leak that started inside it, which says nothing of the noise
+    // around the recent rise.
     let older = sens_slope(&ts[..h], &xs[..h], 0.0, 0.0, pairs)?.slope;
+    let b_recent = sens_slope(rt, rx, 0.0, 0.0, pairs)?.slope;
+    let (lo, hi) = xs[..h]
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, u), &x| {
+            (l.min(x), u.max(x))
+        });
+    let recent_rise = b_recent * (rt[rt.len() - 1] - rt[0]);
+    let knee =
+        full_window && older.abs() <= KNEE_FLAT * b_recent && recent_rise >= KNEE_RISE * (hi - lo);
+    let inflation_recent = if knee {
+        let resid: Vec<f64> = rt.iter().zip(rx).map(|(t, x)| x - b_recent * t).collect();
+        hamed_rao_inflation(&resid, zc)
+    } else {
+        inflation
+    };
+    let var_h = m * (m - 1.0) * (2.0 * m + 5.0) / 18.0 * inflation_recent;
+    let recent = sens_slope(rt, rx, var_h, zc, pairs)?;
     Some(Slopes {
         full,
         recent,
         older,
+        knee,
     })
 }
 
@@ -769,7 +805,11 @@ impl Slopes {
     fn steady(&self, ts: &[f64], xs: &[f64]) -> bool {
         let n = xs.len();
         let not_slowing = self.recent.slope >= DECELERATION_VETO * self.older;
-        let rise = self.full.slope * (ts[n - 1] - ts[0]);
+        let mut rise = self.full.slope * (ts[n - 1] - ts[0]);
+        if self.knee {
+            // The whole window's slope underestimates a rise that fills half of it.
+            rise = rise.max(self.recent.slope * (ts[n - 1] - ts[n / 2]));
+        }
         let k = (n / 8).max(1);
         let max_jump = xs.windows(k + 1).map(|w| w[k] - w[0]).fold(0.0, f64::max);
         not_slowing && max_jump <= STEP_SHARE * rise
@@ -878,6 +918,34 @@ mod tests {
         assert!(f.tte_s < truth);
         assert!(f.tte_low_s <= f.tte_s && f.tte_high_s.is_none_or(|h| h >= f.tte_s));
         assert!(f.confidence >= cfg.confidence);
+    }
+
+    #[test]
+    fn a_runaway_leak_after_hours_of_flat_is_caught_ten_minutes_ahead() {
+        // Flat at 35% (1% noise) for 3 h, then from 35% to exhaustion in 25 minutes, 10 s
+        // samples: only the shortest (30 min) scale can see it in time, and half its window
+        // is still the flat past. The recent half's interval comes from its own noise (the
+        // whole window's bend would inflate it), so the alarm holds with ≥ 10 minutes left.
+        let cfg = TrendConfig::default();
+        let onset = 3.0 * 3600.0;
+        let ramp = 25.0 * 60.0;
+        let (t, f) = run(&cfg, 10.0, onset + ramp, |t, r| {
+            0.35 + 0.65 * ((t - onset) / ramp).max(0.0) + 0.01 * normal(r)
+        })
+        .expect("the runaway is caught");
+        let truth = onset + ramp - t;
+        assert!(truth >= 600.0, "caught only {truth}s before exhaustion");
+        assert!(
+            (f.tte_s - truth).abs() / truth < 0.15,
+            "forecast {} vs {truth}",
+            f.tte_s
+        );
+        // The same rise in one jump (a batch job starting) is a step, not a leak.
+        assert!(run(&cfg, 10.0, onset + 4.0 * 3600.0, |t, r| {
+            let level = if t < onset { 0.35 } else { 0.75 };
+            level + 0.01 * normal(r)
+        })
+        .is_none());
     }
 
     #[test]
