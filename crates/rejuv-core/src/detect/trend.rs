@@ -168,7 +168,8 @@ pub struct Forecast {
     pub confidence: f64,
     /// The variance inflation of the correction (1 = none).
     pub variance_inflation: f64,
-    /// Whether the growth has not slowed down and does not come from a single jump.
+    /// Whether the growth has not slowed down (or would reach the capacity even slowing down
+    /// at its pace) and does not come from a single jump.
     pub steady: bool,
     /// The model of the time to exhaustion (rule 8): `linear` is the slope above, extrapolated.
     #[serde(default)]
@@ -709,7 +710,7 @@ fn assess_window(
         tte_high_s: tte(est.low),
         confidence,
         variance_inflation: inflation,
-        steady: slopes.steady(ts, xs),
+        steady: slopes.steady(ts, xs, capacity - level),
         model: ForecastModel::Linear,
     })
 }
@@ -801,10 +802,18 @@ impl Slopes {
     }
 
     /// Whether the growth has not slowed down (a warm-up nearing its plateau, a daily cycle
-    /// past its steepest point) and does not come from one jump (a batch job starting).
-    fn steady(&self, ts: &[f64], xs: &[f64]) -> bool {
+    /// past its steepest point), or has but would still cover `room` (what is left to the
+    /// capacity) slowing down at that pace, and does not come from one jump (a batch job
+    /// starting).
+    fn steady(&self, ts: &[f64], xs: &[f64], room: f64) -> bool {
         let n = xs.len();
-        let not_slowing = self.recent.slope >= DECELERATION_VETO * self.older;
+        let ratio = self.recent.slope / self.older;
+        // A growth slowing down by `ratio` every half window adds, if it goes on slowing so,
+        // `ratio / (1 − ratio)` times the recent half's rise: a leak whose bursts came early
+        // still exhausts, a warm-up levels off below the capacity.
+        let plateau_rise = self.recent.slope * (ts[n - 1] - ts[n / 2]) * ratio / (1.0 - ratio);
+        let not_slowing = self.recent.slope >= DECELERATION_VETO * self.older
+            || (ratio > 0.0 && plateau_rise >= room);
         let mut rise = self.full.slope * (ts[n - 1] - ts[0]);
         if self.knee {
             // The whole window's slope underestimates a rise that fills half of it.
@@ -1011,6 +1020,54 @@ mod tests {
             prev = Some(f);
         }
         assert!(same_evaluation > 100, "{same_evaluation}");
+    }
+
+    #[test]
+    fn a_slowing_growth_is_steady_only_when_it_still_reaches_the_capacity() {
+        // 32 buckets; the older half rises 1 per bucket, the recent half 0.5: slowing by half
+        // every half window adds 0.5 × 15 × 0.5 / (1 − 0.5) = 7.5 more.
+        let est = |slope: f64| SenEstimate {
+            slope,
+            low: slope,
+            high: slope,
+        };
+        let slopes = Slopes {
+            full: est(0.75),
+            recent: est(0.5),
+            older: 1.0,
+            knee: false,
+        };
+        let ts: Vec<f64> = (0..32).map(f64::from).collect();
+        let xs: Vec<f64> = ts
+            .iter()
+            .map(|t| {
+                if *t < 16.0 {
+                    *t
+                } else {
+                    16.0 + 0.5 * (t - 16.0)
+                }
+            })
+            .collect();
+        assert!(
+            slopes.steady(&ts, &xs, 7.0),
+            "a leak whose bursts came early"
+        );
+        assert!(
+            !slopes.steady(&ts, &xs, 8.0),
+            "a warm-up levelling off below the capacity"
+        );
+        // Not slowing down (recent ≥ 0.7 × older) is steady at any distance.
+        let even = Slopes {
+            recent: est(0.7),
+            ..slopes
+        };
+        assert!(even.steady(&ts, &ts, 1e9));
+        // A recent half that does not rise never is.
+        let flat = Slopes {
+            recent: est(0.0),
+            ..slopes
+        };
+        assert!(!flat.steady(&ts, &xs, 0.1));
     }
 
     #[test]
