@@ -764,7 +764,12 @@ fn window_slopes(
     // holds the bend of a leak that started inside it, which says nothing of the noise
     // around the recent rise.
     let older = sens_slope(&ts[..h], &xs[..h], 0.0, 0.0, pairs)?.slope;
-    let b_recent = sens_slope(rt, rx, 0.0, 0.0, pairs)?.slope;
+    // The recent half's pairwise slopes, made once: their median now, their bounds below.
+    pair_slopes(rt, rx, pairs);
+    if pairs.is_empty() {
+        return None;
+    }
+    let b_recent = median_in_place(pairs);
     let (lo, hi) = xs[..h]
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, u), &x| {
@@ -780,7 +785,7 @@ fn window_slopes(
         inflation
     };
     let var_h = m * (m - 1.0) * (2.0 * m + 5.0) / 18.0 * inflation_recent;
-    let recent = sens_slope(rt, rx, var_h, zc, pairs)?;
+    let recent = sen_from_pairs(pairs, var_h, zc)?;
     Some(Slopes {
         full,
         recent,
