@@ -68,6 +68,12 @@
 //!      ([`recent_backs`]). A wander that has flattened at its peak, or a cycle near its top,
 //!      fails this; a leak, whose latest stretch rises as fast as its window, passes.
 //!
+//!    - a shorter scale's alarm must take the series higher than it has been before that
+//!      scale's window, as far back as the longest scale holds: a server steady near its
+//!      limit wanders up to levels it has held for hours and come back from, and a short
+//!      window's rise to one of them forecasts an exhaustion that its own past contradicts.
+//!      A leak takes the series to new heights; the longest scale is not held back this way.
+//!
 //!    We also tried requiring the projected exhaustion moment to stay put over the
 //!    persistence span: it does not separate the kinds (the wander's moment stays put while
 //!    it rises, and a bursty leak's jumps about), see bench/RESULTS.md.
@@ -398,10 +404,41 @@ impl SeriesDetector {
                 );
                 if judged && self.scales[i].firing {
                     self.refine(i, rel);
+                    // Rule 7: a shorter scale's rise must reach a level the series has not
+                    // held before.
+                    if i > 0 && !self.new_level(i) {
+                        self.scales[i].backed = false;
+                    }
                 }
             }
         }
         self.verdict(t_ms)
+    }
+
+    /// Whether scale `i`'s window reaches higher than anything the longest scale holds from
+    /// before that window began (rule 7): a series that has already been this high and came
+    /// back without running out is wandering within its own range.
+    fn new_level(&self, i: usize) -> bool {
+        let long = &self.scales[0];
+        let sc = &self.scales[i];
+        let Some((t_first, _)) = sc.mk.time_range() else {
+            return true;
+        };
+        let start_ms = u64::from(t_first) * sc.bucket_ms;
+        BUFFERS.with(|b| {
+            let mut b = b.borrow_mut();
+            let Buffers { ts, xs, .. } = &mut *b;
+            sc.mk.ordered(ts, xs);
+            let window_max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            long.mk.ordered(ts, xs);
+            let past_max = ts
+                .iter()
+                .zip(xs.iter())
+                .filter(|(t, _)| (**t as u64 + 1) * long.bucket_ms <= start_ms)
+                .map(|(_, x)| *x)
+                .fold(f64::NEG_INFINITY, f64::max);
+            window_max > past_max
+        })
     }
 
     /// Rule 8: the forecast of alarming scale `i` gets the time to exhaustion of the model
@@ -960,6 +997,35 @@ mod tests {
             level + 0.01 * normal(r)
         })
         .is_none());
+    }
+
+    #[test]
+    fn a_short_rise_to_a_level_held_before_is_not_a_leak() {
+        // Steady near the limit: 96% for 10 h with an hour at 97.5% in the middle, down to
+        // 94% for an hour, then a steady 30 min rise back to 97.5% that holds there. The
+        // 30 min scale sees a rise that forecasts exhaustion within the hour, to a level the
+        // series held hours ago and came back from.
+        let cfg = TrendConfig::default();
+        let h = 3600.0;
+        let shape = |top: f64| {
+            move |t: f64, r: &mut StdRng| {
+                let x = if t < 5.0 * h {
+                    0.96
+                } else if t < 6.0 * h {
+                    0.975
+                } else if t < 10.0 * h {
+                    0.96
+                } else if t < 11.0 * h {
+                    0.94
+                } else {
+                    0.94 + (top - 0.94) * ((t - 11.0 * h) / 1800.0).min(1.0)
+                };
+                x + 0.001 * normal(r)
+            }
+        };
+        assert!(run(&cfg, 10.0, 12.0 * h, shape(0.975)).is_none());
+        // The same rise taken higher than the series has ever been is caught.
+        assert!(run(&cfg, 10.0, 12.0 * h, shape(0.995)).is_some());
     }
 
     #[test]
