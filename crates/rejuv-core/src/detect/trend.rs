@@ -45,7 +45,8 @@
 //!    autocorrelation, not the whole window's (whose bend says nothing of the noise around
 //!    the rise), and the step veto of rule 6 measures the rise by the recent half: a runaway
 //!    leak is then caught with about three minutes more to spare. A window that is not full
-//!    has no older half to judge by (the first rise of a daily cycle looks the same).
+//!    has no older half to judge by, and on windows longer than 2 hours a flat half then a
+//!    rising one is as likely the night and morning of a daily cycle.
 //! 6. **Alarm rule.** A scale alarms only when its trend is significant at
 //!    [`TrendConfig::confidence`] after the correction, the forecast time to exhaustion is
 //!    within [`TrendConfig::horizon`], and it is no further ahead than
@@ -124,8 +125,11 @@ use std::time::Duration;
 /// A window whose older half rises (or falls) at most this share of its recent half's slope
 /// is flat before a knee...
 const KNEE_FLAT: f64 = 0.2;
-/// ...when its recent half rises by this many times the older half's range.
+/// ...when its recent half rises by this many times the older half's range, on a window no
+/// longer than this: over hours, a flat half and a rising half are as much the night and the
+/// morning of a daily cycle as the start of a leak.
 const KNEE_RISE: f64 = 4.0;
+const KNEE_MAX_WINDOW: Duration = Duration::from_secs(2 * 3600);
 /// The recent half's slope must be at least this fraction of the older half's.
 const DECELERATION_VETO: f64 = 0.7;
 /// See [`assess_window`]: the least-squares pre-check's margin.
@@ -714,9 +718,11 @@ fn assess_window(
     if confidence < p.confidence {
         return None;
     }
-    // A knee is told from the first rise of a cycle only against a whole window of history.
+    // A knee is told from the first rise of a cycle only against a whole window of history,
+    // and on a window shorter than a cycle's night.
     let full_window = span_s >= 0.75 * sc.window.as_secs_f64();
-    let slopes = window_slopes(p, var, inflation, full_window, ts, xs, pairs)?;
+    let knee_scale = sc.window <= KNEE_MAX_WINDOW;
+    let slopes = window_slopes(p, var, inflation, full_window, knee_scale, ts, xs, pairs)?;
     let est = slopes.forecast();
     let b = est.slope;
     // A robust level from the recent half, moved to now (the end of the newest bucket).
@@ -779,6 +785,8 @@ struct Slopes {
     /// The older half is flat and the recent half rises well above it: a leak that started
     /// inside the window, observed for the recent half only.
     knee: bool,
+    /// The window is full (its halves are halves of the whole window).
+    whole_window: bool,
 }
 
 /// The slopes of `(ts, xs)`, whose pairwise slopes are in `pairs` (reused afterwards), with
@@ -788,6 +796,7 @@ fn window_slopes(
     var: f64,
     inflation: f64,
     full_window: bool,
+    knee_scale: bool,
     ts: &[f64],
     xs: &[f64],
     pairs: &mut Vec<f64>,
@@ -813,8 +822,10 @@ fn window_slopes(
             (l.min(x), u.max(x))
         });
     let recent_rise = b_recent * (rt[rt.len() - 1] - rt[0]);
-    let knee =
-        full_window && older.abs() <= KNEE_FLAT * b_recent && recent_rise >= KNEE_RISE * (hi - lo);
+    let knee = knee_scale
+        && full_window
+        && older.abs() <= KNEE_FLAT * b_recent
+        && recent_rise >= KNEE_RISE * (hi - lo);
     let inflation_recent = if knee {
         let resid: Vec<f64> = rt.iter().zip(rx).map(|(t, x)| x - b_recent * t).collect();
         hamed_rao_inflation(&resid, zc)
@@ -828,6 +839,7 @@ fn window_slopes(
         recent,
         older,
         knee,
+        whole_window: full_window,
     })
 }
 
@@ -852,10 +864,11 @@ impl Slopes {
         let ratio = self.recent.slope / self.older;
         // A growth slowing down by `ratio` every half window adds, if it goes on slowing so,
         // `ratio / (1 − ratio)` times the recent half's rise: a leak whose bursts came early
-        // still exhausts, a warm-up levels off below the capacity.
+        // still exhausts, a warm-up levels off below the capacity. Judged on a full window
+        // only: the halves of a window still filling are minutes of a warm-up's start.
         let plateau_rise = self.recent.slope * (ts[n - 1] - ts[n / 2]) * ratio / (1.0 - ratio);
         let not_slowing = self.recent.slope >= DECELERATION_VETO * self.older
-            || (ratio > 0.0 && plateau_rise >= room);
+            || (self.whole_window && ratio > 0.0 && plateau_rise >= room);
         let mut rise = self.full.slope * (ts[n - 1] - ts[0]);
         if self.knee {
             // The whole window's slope underestimates a rise that fills half of it.
@@ -1107,6 +1120,7 @@ mod tests {
             recent: est(0.5),
             older: 1.0,
             knee: false,
+            whole_window: true,
         };
         let ts: Vec<f64> = (0..32).map(f64::from).collect();
         let xs: Vec<f64> = ts
@@ -1127,6 +1141,13 @@ mod tests {
             !slopes.steady(&ts, &xs, 8.0),
             "a warm-up levelling off below the capacity"
         );
+        // A window not yet full is not judged by how it slows down (a warm-up's first
+        // minutes).
+        let partial = Slopes {
+            whole_window: false,
+            ..slopes
+        };
+        assert!(!partial.steady(&ts, &xs, 7.0));
         // Not slowing down (recent ≥ 0.7 × older) is steady at any distance.
         let even = Slopes {
             recent: est(0.7),
