@@ -720,9 +720,11 @@ fn assess_window(
     }
     // A knee is told from the first rise of a cycle only against a whole window of history,
     // and on a window shorter than a cycle's night.
-    let full_window = span_s >= 0.75 * sc.window.as_secs_f64();
-    let knee_scale = sc.window <= KNEE_MAX_WINDOW;
-    let slopes = window_slopes(p, var, inflation, full_window, knee_scale, ts, xs, pairs)?;
+    let fill = Fill {
+        full: span_s >= 0.75 * sc.window.as_secs_f64(),
+        short: sc.window <= KNEE_MAX_WINDOW,
+    };
+    let slopes = window_slopes(p, var, inflation, fill, ts, xs, pairs)?;
     let est = slopes.forecast();
     let b = est.slope;
     // A robust level from the recent half, moved to now (the end of the newest bucket).
@@ -789,14 +791,23 @@ struct Slopes {
     whole_window: bool,
 }
 
+/// How much of its window a scale has seen, and how long the window is, for the rules that
+/// judge a window by its halves.
+#[derive(Debug, Clone, Copy)]
+struct Fill {
+    /// The window is full: its halves are halves of the whole window.
+    full: bool,
+    /// The window is no longer than [`KNEE_MAX_WINDOW`].
+    short: bool,
+}
+
 /// The slopes of `(ts, xs)`, whose pairwise slopes are in `pairs` (reused afterwards), with
 /// the bounds from the Mann-Kendall variance `var` inflated by `inflation`.
 fn window_slopes(
     p: &Params,
     var: f64,
     inflation: f64,
-    full_window: bool,
-    knee_scale: bool,
+    fill: Fill,
     ts: &[f64],
     xs: &[f64],
     pairs: &mut Vec<f64>,
@@ -822,8 +833,8 @@ fn window_slopes(
             (l.min(x), u.max(x))
         });
     let recent_rise = b_recent * (rt[rt.len() - 1] - rt[0]);
-    let knee = knee_scale
-        && full_window
+    let knee = fill.short
+        && fill.full
         && older.abs() <= KNEE_FLAT * b_recent
         && recent_rise >= KNEE_RISE * (hi - lo);
     let inflation_recent = if knee {
@@ -839,7 +850,7 @@ fn window_slopes(
         recent,
         older,
         knee,
-        whole_window: full_window,
+        whole_window: fill.full,
     })
 }
 
