@@ -410,7 +410,7 @@ impl SeriesDetector {
                     self.refine(i, rel);
                     // Rule 7: a shorter scale's rise must reach a level the series has not
                     // held before.
-                    if i > 0 && !self.new_level(i) {
+                    if i > 0 && self.scales[i].backed && !self.new_level(i) {
                         self.scales[i].backed = false;
                     }
                 }
@@ -877,13 +877,14 @@ impl Slopes {
         // `ratio / (1 − ratio)` times the recent half's rise: a leak whose bursts came early
         // still exhausts, a warm-up levels off below the capacity. Judged on a full window
         // only: the halves of a window still filling are minutes of a warm-up's start.
-        let plateau_rise = self.recent.slope * (ts[n - 1] - ts[n / 2]) * ratio / (1.0 - ratio);
+        let recent_rise = self.recent.slope * (ts[n - 1] - ts[n / 2]);
+        let plateau_rise = recent_rise * ratio / (1.0 - ratio);
         let not_slowing = self.recent.slope >= DECELERATION_VETO * self.older
             || (self.whole_window && ratio > 0.0 && plateau_rise >= room);
         let mut rise = self.full.slope * (ts[n - 1] - ts[0]);
         if self.knee {
             // The whole window's slope underestimates a rise that fills half of it.
-            rise = rise.max(self.recent.slope * (ts[n - 1] - ts[n / 2]));
+            rise = rise.max(recent_rise);
         }
         let k = (n / 8).max(1);
         let max_jump = xs.windows(k + 1).map(|w| w[k] - w[0]).fold(0.0, f64::max);
