@@ -150,8 +150,9 @@ pub struct Published {
     /// The config in force (it changes on a reload).
     pub config: Arc<Config>,
     pub epoch: u64,
-    /// Latest sample per server (memory only).
-    pub samples: Arc<BTreeMap<String, AgentState>>,
+    /// Latest sample per server (memory only). Each behind its own `Arc`: a publication's copy
+    /// of the map copies pointers, not every server's state.
+    pub samples: Arc<BTreeMap<String, Arc<AgentState>>>,
     /// Whether the store takes this controller's commits.
     pub store: StoreHealth,
     pub traffic: TrafficHealth,
@@ -189,6 +190,8 @@ pub struct Engine {
     local: Option<CancellationToken>,
     /// When the state was last published.
     last_publish: Instant,
+    /// How long the last publication took (see [`PUBLISH_SHARE`]).
+    publish_cost: Duration,
     /// Join requests waiting for an operator, by server id. Kept in memory only: a joining
     /// agent asks again until it is in, so a restarted controller hears them again.
     joins: BTreeMap<String, PendingJoin>,
@@ -197,8 +200,14 @@ pub struct Engine {
 /// Most samples taken in one step.
 const MAX_SAMPLE_BATCH: usize = 512;
 
-/// How often new readings alone are published (`/v1/status`, `/metrics`, the dashboard).
+/// How often new readings alone are published (`/v1/status`, `/metrics`, the dashboard), at
+/// most...
 const PUBLISH_READINGS_EVERY: Duration = Duration::from_millis(250);
+/// ...and no sooner than this many times the last publication's own duration after it: a
+/// publication copies the cluster (and, on the next sample, the latest samples), which grows
+/// with the fleet, so a large fleet's readings are published less often instead of the copies
+/// taking most of the controller's work.
+const PUBLISH_SHARE: u32 = 20;
 
 /// The shell's world in the controller.
 struct World {
@@ -213,7 +222,7 @@ struct World {
     /// Test-only failpoint: the phase at whose first commit the process SIGKILLs itself.
     crash_at: Option<String>,
     /// Latest sample per server; shared with the published snapshot.
-    samples: Arc<BTreeMap<String, AgentState>>,
+    samples: Arc<BTreeMap<String, Arc<AgentState>>>,
     /// Recent readings per server, for the history route.
     history: SharedHistory,
     routes: watch::Sender<RouteTable>,
@@ -336,6 +345,7 @@ impl Engine {
             pollers: BTreeMap::new(),
             local: None,
             last_publish: Instant::now(),
+            publish_cost: Duration::ZERO,
             joins: BTreeMap::new(),
         };
         if paused && !engine.shell.cluster().paused {
@@ -452,7 +462,7 @@ impl Engine {
                     .observe(lag_ms as f64 / 1000.0);
                 self.world
                     .record_history(&server, std::slice::from_ref(&state.sample));
-                Arc::make_mut(&mut self.world.samples).insert(server, state);
+                Arc::make_mut(&mut self.world.samples).insert(server, Arc::new(state));
             }
         }
     }
@@ -796,9 +806,11 @@ impl Engine {
             || p.traffic != self.traffic;
         let readings = self.shell.readings_stale() || !Arc::ptr_eq(&p.samples, &self.world.samples);
         drop(p);
-        let due = readings && self.last_publish.elapsed() >= PUBLISH_READINGS_EVERY;
+        let due = readings
+            && self.last_publish.elapsed()
+                >= PUBLISH_READINGS_EVERY.max(self.publish_cost * PUBLISH_SHARE);
         if changed || due {
-            self.last_publish = Instant::now();
+            let started = Instant::now();
             let cluster = self.shell.fresh().clone();
             let health = self.shell.store_health();
             self.published.send_replace(Published {
@@ -810,6 +822,9 @@ impl Engine {
                 traffic: self.traffic.clone(),
                 stats: self.world.stats.clone(),
             });
+            // The replaced publication is dropped above, part of the cost.
+            self.publish_cost = started.elapsed();
+            self.last_publish = Instant::now();
         }
     }
 

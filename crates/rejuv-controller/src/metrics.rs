@@ -779,7 +779,7 @@ port_range = [20000, 20009]
             config: Arc::new(cfg),
             cluster: Arc::new(c),
             epoch: 4,
-            samples: Arc::new([("s1".to_string(), state)].into()),
+            samples: Arc::new([("s1".to_string(), Arc::new(state))].into()),
             store: crate::engine::StoreHealth {
                 commit_failures_total: 2,
                 failing_since_ms: Some(1_004_000),
