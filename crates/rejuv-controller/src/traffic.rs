@@ -21,7 +21,7 @@ use rejuv_core::cluster::Event;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -178,7 +178,11 @@ pub async fn reconcile_builtin(
     let mut mismatch = false;
     // Added to the core's versions once a foreign table of our epoch outranked them.
     let mut bump = 0u64;
+    // The last counts sent to the engine, and when: the same counts again are sent only after
+    // `RESEND_SYNCED` (each is a step of the engine over every instance).
+    let mut last_sent: Option<(u64, BTreeMap<String, u64>, Instant)> = None;
     loop {
+        let started = Instant::now();
         let mut table = routes.borrow_and_update().clone();
         let core_version = table.version;
         table.services.retain(|name, _| fronted.contains(name));
@@ -216,12 +220,18 @@ pub async fn reconcile_builtin(
                             *in_flight.entry(b.id.clone()).or_insert(0) += b.in_flight;
                         }
                     }
-                    let ev = Event::TrafficSynced {
-                        version: core_version,
-                        in_flight,
-                    };
-                    if tx.send(Msg::Event(ev)).await.is_err() {
-                        return;
+                    let same = last_sent.as_ref().is_some_and(|(v, f, at)| {
+                        *v == core_version && *f == in_flight && at.elapsed() < RESEND_SYNCED
+                    });
+                    if !same {
+                        last_sent = Some((core_version, in_flight.clone(), Instant::now()));
+                        let ev = Event::TrafficSynced {
+                            version: core_version,
+                            in_flight,
+                        };
+                        if tx.send(Msg::Event(ev)).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }
@@ -233,10 +243,13 @@ pub async fn reconcile_builtin(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+        // A fleet's table is large: the next exchange waits `EXCHANGE_SHARE` times as long as
+        // this one took (at least 250 ms).
+        let exchange = started.elapsed();
         let wait = if failing {
             backoff
         } else {
-            Duration::from_millis(250)
+            Duration::from_millis(250).max(exchange * EXCHANGE_SHARE)
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -245,6 +258,12 @@ pub async fn reconcile_builtin(
         }
     }
 }
+
+/// The same in-flight counts are sent to the engine again after this long.
+const RESEND_SYNCED: Duration = Duration::from_secs(5);
+/// The builtin proxy is reconciled again no sooner than this many times the last exchange's
+/// duration after it.
+const EXCHANGE_SHARE: u32 = 10;
 
 /// What the proxy holds instead of `sent`, if it does not hold `sent` itself. A proxy from
 /// before digests (empty digest) is judged by epoch and version alone.
