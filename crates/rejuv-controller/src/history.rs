@@ -4,10 +4,12 @@
 //!
 //! The engine records every sample it is handed (a poll's, or the ones an agent kept when
 //! this controller started leading); the API reads one server's readings. Each reading is
-//! held compactly (about 40 bytes: 29 KB per server at the bound, 290 MB for 10,000 servers).
+//! held compactly (32 bytes, in a ring that grows in small steps): 23 KB per server at the
+//! bound, 11.5 KB for an hour of readings every 10 s.
 
 use rejuv_core::config::Resource;
 use rejuv_core::detector::resource_value;
+use rejuv_core::ring::push_bounded;
 use rejuv_core::types::Sample;
 use rejuv_core::wire::{HistoryPoint, HISTORY_POINTS, HISTORY_SPACING_MS, HISTORY_SPAN_MS};
 use std::collections::{BTreeMap, VecDeque};
@@ -19,19 +21,49 @@ const CLOCK_BACK_MS: u64 = 60_000;
 /// One kept reading. Absent readings are NaN.
 #[derive(Debug, Clone, Copy)]
 struct Kept {
-    at_ms: u64,
-    rss: u64,
+    /// Milliseconds after its ring's `base_ms`.
+    at: u32,
     memory_used: f32,
     swap_used: f32,
     fds: f32,
     threads: f32,
     latency_ms: f32,
+    rss: u64,
+}
+
+/// One server's readings, oldest first.
+#[derive(Debug, Default)]
+struct Ring {
+    base_ms: u64,
+    kept: VecDeque<Kept>,
+}
+
+impl Ring {
+    fn at_ms(&self, k: &Kept) -> u64 {
+        self.base_ms + u64::from(k.at)
+    }
+
+    /// The offset of `at_ms` (not before the oldest kept), moving the base up to the oldest
+    /// reading when the offset would not fit.
+    fn offset(&mut self, at_ms: u64) -> u32 {
+        if self.kept.is_empty() {
+            self.base_ms = at_ms;
+        }
+        if at_ms - self.base_ms > u64::from(u32::MAX) {
+            let front = self.kept.front().map_or(0, |k| k.at);
+            for k in &mut self.kept {
+                k.at -= front;
+            }
+            self.base_ms += u64::from(front);
+        }
+        u32::try_from(at_ms - self.base_ms).unwrap_or(u32::MAX)
+    }
 }
 
 /// Every server's recent readings.
 #[derive(Debug, Default)]
 pub struct HistoryBook {
-    servers: BTreeMap<String, VecDeque<Kept>>,
+    servers: BTreeMap<String, Ring>,
 }
 
 /// The book as the engine (writer) and the API (reader) share it.
@@ -42,38 +74,42 @@ impl HistoryBook {
     pub fn record(&mut self, server: &str, sample: &Sample) {
         let ring = self.servers.entry(server.to_string()).or_default();
         let at = sample.taken_at_ms;
-        if let Some(last) = ring.back() {
-            if at + CLOCK_BACK_MS < last.at_ms {
-                ring.clear();
-            } else if at < last.at_ms + HISTORY_SPACING_MS {
+        if let Some(last) = ring.kept.back().map(|k| ring.at_ms(k)) {
+            if at + CLOCK_BACK_MS < last {
+                ring.kept.clear();
+            } else if at < last + HISTORY_SPACING_MS {
                 return;
             }
         }
+        while ring
+            .kept
+            .front()
+            .is_some_and(|f| ring.at_ms(f) + HISTORY_SPAN_MS < at)
+        {
+            ring.kept.pop_front();
+        }
         // Instance RSS is kept in bytes, so no memory budget enters these readings.
         let value = |r: Resource| resource_value(r, sample, 0).map_or(f32::NAN, |v| v as f32);
-        ring.push_back(Kept {
-            at_ms: at,
+        let kept = Kept {
+            at: ring.offset(at),
             rss: sample.instances.values().map(|i| i.rss_bytes).sum(),
             memory_used: value(Resource::MemoryUsed),
             swap_used: value(Resource::SwapUsed),
             fds: value(Resource::Fds),
             threads: value(Resource::Threads),
             latency_ms: value(Resource::HealthLatencyMs),
-        });
-        while ring.len() > HISTORY_POINTS
-            || ring.front().is_some_and(|f| f.at_ms + HISTORY_SPAN_MS < at)
-        {
-            ring.pop_front();
-        }
+        };
+        push_bounded(&mut ring.kept, kept, HISTORY_POINTS);
     }
 
     /// `server`'s readings, oldest first.
     pub fn points(&self, server: &str) -> Vec<HistoryPoint> {
         let some = |x: f32| (!x.is_nan()).then_some(f64::from(x));
         self.servers.get(server).map_or_else(Vec::new, |ring| {
-            ring.iter()
+            ring.kept
+                .iter()
                 .map(|k| HistoryPoint {
-                    at_ms: k.at_ms,
+                    at_ms: ring.at_ms(k),
                     instances_rss_bytes: k.rss,
                     memory_used: some(k.memory_used),
                     swap_used: some(k.swap_used),
@@ -107,6 +143,25 @@ mod tests {
             },
         );
         s
+    }
+
+    #[test]
+    fn times_stay_exact_over_months_of_running() {
+        let mut book = HistoryBook::default();
+        // A reading every 20 minutes for 60 days: past what 32 bits of milliseconds hold.
+        let step = 20 * 60 * 1000;
+        let start = 1_700_000_000_000u64;
+        for i in 0..(60 * 24 * 3) {
+            book.record("s1", &sample(start + i * step, i));
+        }
+        let p = book.points("s1");
+        let last = start + (60 * 24 * 3 - 1) * step;
+        assert_eq!(
+            p.iter().map(|x| x.at_ms).collect::<Vec<_>>(),
+            vec![last - 3 * step, last - 2 * step, last - step, last],
+            "the last hour's readings, at their own times"
+        );
+        assert_eq!(p[3].instances_rss_bytes, 60 * 24 * 3 - 1);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod config;
 pub mod detect;
 pub mod digest;
 pub mod reply;
+pub mod ring;
 pub mod secret;
 pub mod shell;
 pub mod text;

@@ -12,6 +12,7 @@ use crate::api::AgentState;
 use crate::cluster::Observation;
 use crate::config::Config;
 use crate::detect::detector::{Judgement, ServerDetector};
+use crate::ring::push_bounded;
 use crate::types::{Sample, ServerId};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -37,7 +38,7 @@ pub struct Readings {
     made_from: BTreeMap<ServerId, String>,
     /// Time (agent clock) of the newest sample each detector has seen.
     observed_at: BTreeMap<ServerId, u64>,
-    load_history: BTreeMap<ServerId, VecDeque<f64>>,
+    load_history: BTreeMap<ServerId, VecDeque<f32>>,
     /// The latest judgement of each server from its agent's samples, and from the source.
     agent: BTreeMap<ServerId, Judgement>,
     source: BTreeMap<ServerId, Judgement>,
@@ -151,10 +152,7 @@ impl Readings {
         }
         let loads = self.load_history.entry(server.to_string()).or_default();
         for x in &samples {
-            if loads.len() == LOAD_HISTORY_KEPT {
-                loads.pop_front();
-            }
-            loads.push_back(x.load1);
+            push_bounded(loads, x.load1 as f32, LOAD_HISTORY_KEPT);
         }
         self.observed_at.insert(server.to_string(), newest);
         let judgement = self.beside_source(server, judgement);
@@ -206,10 +204,9 @@ impl Readings {
     /// stands in that history (fraction of readings below).
     fn load_quantile(&mut self, server: &str, load1: f64, gating: bool) -> Option<f64> {
         let history = self.load_history.entry(server.to_string()).or_default();
-        if history.len() == LOAD_HISTORY_KEPT {
-            history.pop_front();
-        }
-        history.push_back(load1);
+        // Kept as f32 (a load average has two decimals): half the memory of a fleet's hour.
+        let load1 = load1 as f32;
+        push_bounded(history, load1, LOAD_HISTORY_KEPT);
         // A short history says nothing about what is usual for this server.
         if !gating || history.len() < LOAD_HISTORY_KEPT / 10 {
             return None;
