@@ -34,6 +34,10 @@ pub enum ClientError {
         status: u16,
         message: String,
     },
+    /// The polling connection's failures ([`crate::agent_conn`]): connecting, TLS, a timeout,
+    /// a connection that ended within the answer.
+    #[error("agent {addr} unreachable: {message}")]
+    Unreachable { addr: SocketAddr, message: String },
     #[error("agent {addr} sent a reply that is not what the API says: {message}")]
     BadReply { addr: SocketAddr, message: String },
     #[error("agent {addr}: no server of the config has this address, so no certificate can be checked for it")]
@@ -81,8 +85,7 @@ const TLS_WARN_EVERY: Duration = Duration::from_secs(60);
 impl AgentTls {
     /// Logs (at most once a [`TLS_WARN_EVERY`] per agent) a handshake that failed on the
     /// certificate: an agent of another fleet, of another server, or revoked.
-    fn warn_refused(&self, addr: SocketAddr, e: &reqwest::Error) {
-        let chain = rejuv_core::error_chain(e);
+    fn warn_refused(&self, addr: SocketAddr, chain: &str) {
         if !chain.contains("certificate") {
             return;
         }
@@ -148,6 +151,47 @@ impl AgentClient {
         }
     }
 
+    /// The bearer token every request carries.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The load of the TLS files in force (0 without TLS): a connection checked with an older
+    /// one is closed.
+    pub(crate) fn tls_generation(&self) -> u64 {
+        self.tls.as_ref().map_or(0, |t| t.tls.generation())
+    }
+
+    /// Logs a refused agent certificate (see [`AgentTls::warn_refused`]).
+    pub(crate) fn warn_refused(&self, addr: SocketAddr, chain: &str) {
+        if let Some(t) = &self.tls {
+            t.warn_refused(addr, chain);
+        }
+    }
+
+    /// A TLS connector that accepts only the certificate of the server at `addr`, or `None`
+    /// when the agents speak plain HTTP.
+    pub(crate) fn tls_connector(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<Option<tokio_rustls::TlsConnector>, ClientError> {
+        let Some(t) = &self.tls else { return Ok(None) };
+        let name = t
+            .names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .cloned()
+            .ok_or(ClientError::UnknownAgent { addr })?;
+        let check = PeerCheck {
+            role: Some(Role::Agent),
+            name: Some(name),
+        };
+        Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(
+            t.tls.client_config(check),
+        ))))
+    }
+
     /// The client that reaches `addr`: plain, or HTTPS checking the server it must be.
     fn client_for(&self, addr: SocketAddr) -> Result<Option<reqwest::Client>, ClientError> {
         let Some(t) = &self.tls else { return Ok(None) };
@@ -203,7 +247,7 @@ impl AgentClient {
         };
         let resp = sent.map_err(|source| {
             if let Some(t) = &self.tls {
-                t.warn_refused(addr, &source);
+                t.warn_refused(addr, &rejuv_core::error_chain(&source));
             }
             ClientError::Transport { addr, source }
         })?;

@@ -1135,11 +1135,13 @@ pub async fn poll_agent(
         _ = shutdown.cancelled() => return,
         _ = tokio::time::sleep(every.mul_f64(first_poll_offset(&server))) => {}
     }
+    // One kept connection for this agent's polls (agent_conn.rs: a fleet's worth of them).
+    let mut conn = crate::agent_conn::AgentConn::new(client, addr);
     // First the samples the agent kept, for the detector (best effort: an agent that is down
     // now, or too old to keep samples, is judged from live samples only).
     let history = tokio::select! {
         _ = shutdown.cancelled() => return,
-        h = client.samples(addr, 0, timeout) => h,
+        h = conn.samples(0, timeout) => h,
     };
     match history {
         Ok(samples) if !samples.is_empty() => {
@@ -1165,7 +1167,7 @@ pub async fn poll_agent(
             _ = tick.tick() => {}
         }
         let sent_at_ms = wall_ms();
-        let result = client.state(addr, timeout).await.map_err(|e| e.to_string());
+        let result = conn.state(timeout).await.map_err(|e| e.to_string());
         if tx
             .send(Msg::Sample {
                 server: server.clone(),

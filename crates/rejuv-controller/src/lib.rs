@@ -15,6 +15,7 @@
 //!   (advisory reports without agents).
 
 pub mod agent_client;
+pub mod agent_conn;
 pub mod alert_block;
 pub mod alerts;
 pub mod api;
