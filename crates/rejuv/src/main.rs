@@ -5,6 +5,9 @@
 //! command line is described in `docs/cli.md`. `rejuv agent` hands over to the small
 //! `rejuv-agent` binary (`agent_main.rs`) when it is installed beside this one.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod advise;
 mod agent_cmd;
 mod agent_exec;
