@@ -16,6 +16,7 @@
 //! way back when an agent holds a higher epoch than the store (a restored backup).
 
 use crate::agent_client::AgentClient;
+use crate::agent_conn::AgentConn;
 use crate::store::Store;
 use futures::StreamExt;
 use rejuv_core::api::AgentState;
@@ -61,7 +62,9 @@ pub async fn check_store(
     let asks = targets.into_iter().map(|(id, agent)| {
         let client = client.clone();
         async move {
-            let answer = client.state(agent, timeout).await;
+            // A connection of its own, closed after the answer: the general client would keep
+            // a client per address (for its certificate check) for good.
+            let answer = AgentConn::new(client, agent).state(timeout).await;
             (id, answer)
         }
     });
