@@ -627,7 +627,7 @@ fn workflow_metrics(reg: &mut Registry, c: &Cluster) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rejuv_core::api::AgentState;
     use rejuv_core::cluster::{Cluster, Observation, StepTime};
@@ -704,8 +704,8 @@ port_range = [20000, 20009]
         .expect("workflow json")
     }
 
-    /// A snapshot in which every metric has something to say.
-    fn busy() -> Published {
+    /// A snapshot in which every metric has something to say (also the status tests').
+    pub(crate) fn busy() -> Published {
         let cfg = Config::from_toml(CONFIG).expect("test config");
         let (mut c, _) = Cluster::new(&cfg, Now::new(0, 1_000_000));
         let s1 = c.servers.get_mut("s1").unwrap();
