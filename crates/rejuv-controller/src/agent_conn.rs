@@ -219,8 +219,7 @@ impl AgentConn {
     }
 
     async fn connect(&self) -> Result<Stream, ClientError> {
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr)).await
-        {
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(self.unreachable(e.to_string())),
             Err(_) => return Err(self.unreachable("connect timed out".into())),
@@ -270,7 +269,13 @@ async fn read_answer<S: AsyncRead + Unpin>(
                     let value = String::from_utf8_lossy(h.value);
                     if h.name.eq_ignore_ascii_case("content-length") {
                         let n = value.trim().parse::<u64>().map_err(|_| {
-                            (bad(format!("Content-Length '{}' is not a number", clean(&value, 40))), true)
+                            (
+                                bad(format!(
+                                    "Content-Length '{}' is not a number",
+                                    clean(&value, 40)
+                                )),
+                                true,
+                            )
                         })?;
                         length = Some(n);
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -294,7 +299,10 @@ async fn read_answer<S: AsyncRead + Unpin>(
             }
             Ok(httparse::Status::Partial) => {
                 if buf.len() >= MAX_HEAD {
-                    return Err((bad(format!("answer head longer than {MAX_HEAD} bytes")), true));
+                    return Err((
+                        bad(format!("answer head longer than {MAX_HEAD} bytes")),
+                        true,
+                    ));
                 }
             }
             Err(e) => return Err((bad(format!("not an HTTP answer: {e}")), true)),
@@ -316,7 +324,9 @@ async fn read_answer<S: AsyncRead + Unpin>(
         Framing::Length(n) => {
             while buf.len() < n {
                 match read_more(stream, &mut buf).await {
-                    Ok(0) => return Err((gone("the connection closed within the body".into()), true)),
+                    Ok(0) => {
+                        return Err((gone("the connection closed within the body".into()), true))
+                    }
                     Ok(_) => {}
                     Err(e) => return Err((gone(e.to_string()), true)),
                 }
@@ -371,7 +381,10 @@ enum ChunkError {
 }
 
 /// Reads into the spare room of `buf` (growing it by 4 KB when full); the count read.
-async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(4096);
     }
@@ -399,8 +412,9 @@ async fn read_chunked<S: AsyncRead + Unpin>(
         };
         let line = String::from_utf8_lossy(&buf[pos..line_end]);
         let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| ChunkError::Bad(format!("chunk size '{}' is not hex", clean(size_text, 20))))?;
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| {
+            ChunkError::Bad(format!("chunk size '{}' is not hex", clean(size_text, 20)))
+        })?;
         pos = line_end + 2;
         if size == 0 {
             // Trailers, up to the empty line.
@@ -441,7 +455,9 @@ async fn read_chunked<S: AsyncRead + Unpin>(
 
 async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Result<(), ChunkError> {
     match read_more(stream, buf).await {
-        Ok(0) => Err(ChunkError::Io("the connection closed within the body".into())),
+        Ok(0) => Err(ChunkError::Io(
+            "the connection closed within the body".into(),
+        )),
         Ok(_) => Ok(()),
         Err(e) => Err(ChunkError::Io(e.to_string())),
     }
@@ -464,7 +480,9 @@ mod tests {
         let answers = Arc::new(tokio::sync::Mutex::new(answers.into_iter()));
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = l.accept().await else { return };
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
                 count.fetch_add(1, Ordering::SeqCst);
                 let answers = answers.clone();
                 tokio::spawn(async move {
@@ -487,7 +505,8 @@ mod tests {
                         match answers.lock().await.next() {
                             Some(Some(a)) => {
                                 // An answer that says it closes the connection does.
-                                let closes = String::from_utf8_lossy(&a).contains("connection: close");
+                                let closes =
+                                    String::from_utf8_lossy(&a).contains("connection: close");
                                 if s.write_all(&a).await.is_err() || closes {
                                     return;
                                 }
@@ -527,7 +546,10 @@ mod tests {
         let (addr, accepted) = scripted(vec![ok("[]"), None, ok("[]")]).await;
         let mut c = conn(addr);
         assert!(c.samples(0, T).await.is_ok());
-        assert!(c.samples(0, T).await.is_ok(), "sent again on a new connection");
+        assert!(
+            c.samples(0, T).await.is_ok(),
+            "sent again on a new connection"
+        );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -537,25 +559,39 @@ mod tests {
         let (addr, _) = scripted(vec![Some(chunked)]).await;
         let mut c = conn(addr);
         assert!(c.samples(0, T).await.unwrap().is_empty());
-        assert!(c.kept.is_some(), "a chunked answer leaves its connection for the next");
+        assert!(
+            c.kept.is_some(),
+            "a chunked answer leaves its connection for the next"
+        );
 
         let to_end = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n[]".to_vec();
         let (addr, _) = scripted(vec![Some(to_end)]).await;
         let mut c = conn(addr);
         assert!(c.samples(0, T).await.unwrap().is_empty());
-        assert!(c.kept.is_none(), "a close-delimited answer ends its connection");
+        assert!(
+            c.kept.is_none(),
+            "a close-delimited answer ends its connection"
+        );
     }
 
     #[tokio::test]
     async fn an_error_answer_names_the_status_and_the_agents_message() {
         let body = r#"{"error":"bad token\u001b[31m"}"#;
-        let a = format!("HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        let a = format!(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
         let (addr, _) = scripted(vec![Some(a.into_bytes())]).await;
         let e = conn(addr).state(T).await.unwrap_err();
         match &e {
-            ClientError::Status { status, message, .. } => {
+            ClientError::Status {
+                status, message, ..
+            } => {
                 assert_eq!(*status, 401);
-                assert!(message.starts_with("bad token") && !message.contains('\u{1b}'), "{message}");
+                assert!(
+                    message.starts_with("bad token") && !message.contains('\u{1b}'),
+                    "{message}"
+                );
             }
             other => panic!("{other}"),
         }
@@ -564,7 +600,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_oversized_or_broken_answer_is_refused_with_the_reason() {
-        let huge = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", MAX_REPLY + 1);
+        let huge = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            MAX_REPLY + 1
+        );
         let (addr, _) = scripted(vec![Some(huge.into_bytes())]).await;
         let e = conn(addr).state(T).await.unwrap_err().to_string();
         assert!(e.contains("larger than"), "{e}");
@@ -594,8 +633,15 @@ mod tests {
             drop(s);
         });
         let mut c = conn(addr);
-        let e = c.state(Duration::from_millis(200)).await.unwrap_err().to_string();
-        assert!(e.contains("unreachable") && e.contains("no answer within"), "{e}");
+        let e = c
+            .state(Duration::from_millis(200))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unreachable") && e.contains("no answer within"),
+            "{e}"
+        );
         assert!(c.kept.is_none());
         held.abort();
 
