@@ -198,6 +198,11 @@ impl AgentConn {
                 Failure::Other(e)
             }
         };
+        if self.client.token().chars().any(char::is_control) {
+            return Err(Failure::Other(
+                self.unreachable("the agent token holds a control character".into()),
+            ));
+        }
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\n\r\n",
             self.addr,
@@ -285,7 +290,13 @@ async fn read_answer<S: AsyncRead + Unpin>(
                         close = v.contains("close") || (close && !v.contains("keep-alive"));
                     }
                 }
-                let framing = if chunked {
+                if (100..200).contains(&status) {
+                    return Err((bad(format!("an interim answer ({status}) to a GET")), true));
+                }
+                // No body, whatever the head says (RFC 9112, 6.3).
+                let framing = if status == 204 || status == 304 {
+                    Framing::Length(0)
+                } else if chunked {
                     Framing::Chunked
                 } else if let Some(n) = length {
                     if n > limit as u64 {
@@ -615,6 +626,13 @@ mod tests {
         let (addr, _) = scripted(vec![ok("{\"not\": \"a state\"}")]).await;
         let e = conn(addr).state(T).await.unwrap_err();
         assert!(matches!(e, ClientError::BadReply { .. }), "{e}");
+
+        let (addr, _) = scripted(vec![Some(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec())]).await;
+        let e = conn(addr).state(T).await.unwrap_err();
+        assert!(
+            matches!(e, ClientError::BadReply { .. }),
+            "an empty answer is no state, at once: {e}"
+        );
 
         let chunk_lie = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec();
         let (addr, _) = scripted(vec![Some(chunk_lie)]).await;
