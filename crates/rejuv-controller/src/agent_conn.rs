@@ -224,13 +224,15 @@ impl AgentConn {
     }
 
     async fn connect(&self) -> Result<Stream, ClientError> {
+        // The certificate to ask for first: an address no server has is not connected to.
+        let connector = self.client.tls_connector(self.addr)?;
         let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(self.unreachable(e.to_string())),
             Err(_) => return Err(self.unreachable("connect timed out".into())),
         };
         let _ = tcp.set_nodelay(true);
-        let Some(connector) = self.client.tls_connector(self.addr)? else {
+        let Some(connector) = connector else {
             return Ok(Stream::Plain(tcp));
         };
         let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
@@ -289,6 +291,11 @@ async fn read_answer<S: AsyncRead + Unpin>(
                         let v = value.to_ascii_lowercase();
                         close = v.contains("close") || (close && !v.contains("keep-alive"));
                     }
+                }
+                // Both framings named: the answer is read by its chunks, and the connection
+                // is not trusted with another request (RFC 9112, 6.3).
+                if chunked && length.is_some() {
+                    close = true;
                 }
                 if (100..200).contains(&status) {
                     return Err((bad(format!("an interim answer ({status}) to a GET")), true));
@@ -349,14 +356,17 @@ async fn read_answer<S: AsyncRead + Unpin>(
         }
         Framing::ToEnd => {
             loop {
-                if buf.len() > limit {
-                    return Err((too_big(), true));
-                }
                 match read_more(stream, &mut buf).await {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(e) => return Err((gone(e.to_string()), true)),
                 }
+                if buf.len() > limit {
+                    return Err((too_big(), true));
+                }
+            }
+            if buf.len() > limit {
+                return Err((too_big(), true));
             }
             return Ok(Answer {
                 status,
@@ -447,7 +457,8 @@ async fn read_chunked<S: AsyncRead + Unpin>(
                 fill(stream, &mut buf).await?;
             }
         }
-        if body.len() + size > limit {
+        // `body.len() <= limit` holds: no sum here can overflow, whatever size an agent names.
+        if size > limit - body.len() {
             return Err(ChunkError::TooBig);
         }
         while buf.len() < pos + size + 2 {
@@ -633,6 +644,14 @@ mod tests {
             matches!(e, ClientError::BadReply { .. }),
             "an empty answer is no state, at once: {e}"
         );
+
+        // A chunk size near the integer's end is refused, not summed past the limit.
+        let huge_chunk =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\n[\r\nffffffffffffffff\r\n"
+                .to_vec();
+        let (addr, _) = scripted(vec![Some(huge_chunk)]).await;
+        let e = conn(addr).samples(0, T).await.unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
 
         let chunk_lie = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec();
         let (addr, _) = scripted(vec![Some(chunk_lie)]).await;

@@ -208,6 +208,8 @@ const PUBLISH_READINGS_EVERY: Duration = Duration::from_millis(250);
 /// with the fleet, so a large fleet's readings are published less often instead of the copies
 /// taking most of the controller's work.
 const PUBLISH_SHARE: u32 = 20;
+/// ...and no later than this (one slow publication does not hold readings back for long).
+const MAX_READINGS_WAIT: Duration = Duration::from_secs(2);
 
 /// The shell's world in the controller.
 struct World {
@@ -808,7 +810,8 @@ impl Engine {
         drop(p);
         let due = readings
             && self.last_publish.elapsed()
-                >= PUBLISH_READINGS_EVERY.max(self.publish_cost * PUBLISH_SHARE);
+                >= (self.publish_cost * PUBLISH_SHARE)
+                    .clamp(PUBLISH_READINGS_EVERY, MAX_READINGS_WAIT);
         if changed || due {
             let started = Instant::now();
             let cluster = self.shell.fresh().clone();

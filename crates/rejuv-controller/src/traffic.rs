@@ -182,13 +182,18 @@ pub async fn reconcile_builtin(
     // `RESEND_SYNCED` (each is a step of the engine over every instance).
     let mut last_sent: Option<(u64, BTreeMap<String, u64>, Instant)> = None;
     loop {
-        let started = Instant::now();
         let mut table = routes.borrow_and_update().clone();
         let core_version = table.version;
         table.services.retain(|name, _| fronted.contains(name));
         table.epoch = epoch;
         table.version = core_version.saturating_add(bump);
-        match proxy.put_routes(&table).await {
+        let started = Instant::now();
+        let put = proxy.put_routes(&table).await;
+        // A fleet's table is large: the next exchange waits `EXCHANGE_SHARE` times as long as
+        // this one took, at least 250 ms and at most `MAX_EXCHANGE_WAIT` (a drain waits for
+        // the in-flight counts).
+        let exchange = started.elapsed();
+        match put {
             Ok(status) => {
                 if failing {
                     tracing::info!("builtin proxy reachable again; routes reconciled");
@@ -243,13 +248,10 @@ pub async fn reconcile_builtin(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-        // A fleet's table is large: the next exchange waits `EXCHANGE_SHARE` times as long as
-        // this one took (at least 250 ms).
-        let exchange = started.elapsed();
         let wait = if failing {
             backoff
         } else {
-            Duration::from_millis(250).max(exchange * EXCHANGE_SHARE)
+            (exchange * EXCHANGE_SHARE).clamp(Duration::from_millis(250), MAX_EXCHANGE_WAIT)
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -264,6 +266,8 @@ const RESEND_SYNCED: Duration = Duration::from_secs(5);
 /// The builtin proxy is reconciled again no sooner than this many times the last exchange's
 /// duration after it.
 const EXCHANGE_SHARE: u32 = 10;
+/// ...and no later than this.
+const MAX_EXCHANGE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the proxy holds instead of `sent`, if it does not hold `sent` itself. A proxy from
 /// before digests (empty digest) is judged by epoch and version alone.
