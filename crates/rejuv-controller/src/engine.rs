@@ -10,6 +10,7 @@ use crate::agent_client::AgentClient;
 use crate::alerts::{Alert, AlertSink};
 use crate::history::SharedHistory;
 use crate::store::Store;
+use futures::FutureExt;
 use rejuv_core::api::{AgentState, RouteTable};
 use rejuv_core::cluster::{
     Cluster, Command, CommandKind, CommandResult, Event, LogEvent, OperatorCommand, Refusal,
@@ -1139,7 +1140,7 @@ pub async fn poll_agent(
         _ = tokio::time::sleep(every.mul_f64(first_poll_offset(&server))) => {}
     }
     // One kept connection for this agent's polls (agent_conn.rs: a fleet's worth of them).
-    let mut conn = crate::agent_conn::AgentConn::new(client, addr);
+    let mut conn = crate::agent_conn::AgentConn::new(client.clone(), addr);
     // First the samples the agent kept, for the detector (best effort: an agent that is down
     // now, or too old to keep samples, is judged from live samples only).
     let history = tokio::select! {
@@ -1170,7 +1171,20 @@ pub async fn poll_agent(
             _ = tick.tick() => {}
         }
         let sent_at_ms = wall_ms();
-        let result = conn.state(timeout).await.map_err(|e| e.to_string());
+        // A poll that panics (a bug reading some answer) fails this poll, not the poller: a
+        // poller that ended would leave its server unpolled, and never judged unreachable.
+        let result = match std::panic::AssertUnwindSafe(conn.state(timeout))
+            .catch_unwind()
+            .await
+        {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => {
+                conn = crate::agent_conn::AgentConn::new(client.clone(), addr);
+                Err(format!(
+                    "agent {addr}: reading its answer failed unexpectedly; polled again on a new connection"
+                ))
+            }
+        };
         if tx
             .send(Msg::Sample {
                 server: server.clone(),
