@@ -28,6 +28,17 @@ fn planned_work_waits_while_an_alert_fires_and_runs_once_it_stops() {
         "global:\n  evaluation_interval: 1s\nrule_files: [rules.yml]\n",
     );
 
+    // The alert fires before any server ages: a leak that ran ahead of Prometheus's first
+    // evaluation would have its workflow done before anything blocked it.
+    prometheus::wait_for(
+        "Prometheus to fire the alert",
+        Duration::from_secs(30),
+        || {
+            prom.scalar("count(ALERTS{alertname=\"DiskAlmostFull\",alertstate=\"firing\"})")
+                .filter(|n| *n >= 1.0)
+        },
+    );
+
     let spec = Spec {
         primaries: 1,
         spares: 1,
