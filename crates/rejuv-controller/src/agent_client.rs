@@ -9,10 +9,10 @@
 //! before anything stores or prints it ([`rejuv_core::text`]).
 
 use rejuv_core::api::{
-    AgentState, ApiError, InstanceStatus, RejuvenateRequest, RejuvenationReport, StartInstance,
+    ApiError, InstanceStatus, RejuvenateRequest, RejuvenationReport, StartInstance,
 };
 use rejuv_core::config::Action;
-use rejuv_core::reply::{sanitize_instance, sanitize_report, sanitize_state};
+use rejuv_core::reply::{sanitize_instance, sanitize_report};
 use rejuv_core::text::{clean, clean_bytes, MAX_REMOTE_TEXT};
 use rejuv_net::tls::{PeerCheck, Role, Tls};
 use std::collections::HashMap;
@@ -79,10 +79,29 @@ struct AgentTls {
     warned: Mutex<HashMap<SocketAddr, std::time::Instant>>,
 }
 
+/// The time allowed for connecting to an agent (this client's and the polls' own, agent_conn).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// At most one log line about an agent's refused certificate this often.
 const TLS_WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl AgentTls {
+    /// What the agent at `addr` must show: an agent's certificate naming the server the config
+    /// places there.
+    fn check_for(&self, addr: SocketAddr) -> Result<PeerCheck, ClientError> {
+        let name = self
+            .names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .cloned()
+            .ok_or(ClientError::UnknownAgent { addr })?;
+        Ok(PeerCheck {
+            role: Some(Role::Agent),
+            name: Some(name),
+        })
+    }
+
     /// Logs (at most once a [`TLS_WARN_EVERY`] per agent) a handshake that failed on the
     /// certificate: an agent of another fleet, of another server, or revoked.
     fn warn_refused(&self, addr: SocketAddr, chain: &str) {
@@ -104,7 +123,7 @@ impl AgentTls {
 
 fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
+        .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(Duration::from_secs(30))
 }
 
@@ -176,19 +195,8 @@ impl AgentClient {
         addr: SocketAddr,
     ) -> Result<Option<tokio_rustls::TlsConnector>, ClientError> {
         let Some(t) = &self.tls else { return Ok(None) };
-        let name = t
-            .names
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
-            .cloned()
-            .ok_or(ClientError::UnknownAgent { addr })?;
-        let check = PeerCheck {
-            role: Some(Role::Agent),
-            name: Some(name),
-        };
         Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(
-            t.tls.client_config(check),
+            t.tls.client_config(t.check_for(addr)?),
         ))))
     }
 
@@ -203,21 +211,10 @@ impl AgentClient {
         if let Some(c) = clients.1.get(&addr) {
             return Ok(Some(c.clone()));
         }
-        let name = t
-            .names
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
-            .cloned()
-            .ok_or(ClientError::UnknownAgent { addr })?;
-        let check = PeerCheck {
-            role: Some(Role::Agent),
-            name: Some(name),
-        };
         let client = t
             .tls
-            .reqwest_builder(check)
-            .connect_timeout(Duration::from_secs(2))
+            .reqwest_builder(t.check_for(addr)?)
+            .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|source| ClientError::Transport { addr, source })?;
@@ -279,42 +276,6 @@ impl AgentClient {
             addr,
             message: clean(&e.to_string(), MAX_REMOTE_TEXT),
         })
-    }
-
-    pub async fn state(
-        &self,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Result<AgentState, ClientError> {
-        let r = self
-            .send(
-                addr,
-                self.http
-                    .get(format!("http://{addr}/v1/state"))
-                    .timeout(timeout),
-            )
-            .await?;
-        let mut state: AgentState = Self::json(addr, r, MAX_REPLY).await?;
-        sanitize_state(&mut state);
-        Ok(state)
-    }
-
-    /// The samples the agent kept, oldest first, taken after `after_ms`.
-    pub async fn samples(
-        &self,
-        addr: SocketAddr,
-        after_ms: u64,
-        timeout: Duration,
-    ) -> Result<Vec<rejuv_core::types::Sample>, ClientError> {
-        let r = self
-            .send(
-                addr,
-                self.http
-                    .get(format!("http://{addr}/v1/samples?after_ms={after_ms}"))
-                    .timeout(timeout),
-            )
-            .await?;
-        Self::json(addr, r, MAX_SAMPLES_REPLY).await
     }
 
     /// A piece of instance `id`'s output: from `offset`, or its last `tail` bytes.

@@ -18,7 +18,9 @@
 //! revoked certificate (a new load of the TLS files) closes the connection before the next
 //! request, as it drops [`AgentClient`]'s clients.
 
-use crate::agent_client::{AgentClient, ClientError, MAX_REPLY, MAX_SAMPLES_REPLY};
+use crate::agent_client::{
+    AgentClient, ClientError, CONNECT_TIMEOUT, MAX_REPLY, MAX_SAMPLES_REPLY,
+};
 use rejuv_core::api::{AgentState, ApiError};
 use rejuv_core::reply::sanitize_state;
 use rejuv_core::text::{clean, clean_bytes, MAX_REMOTE_TEXT};
@@ -33,8 +35,6 @@ use tokio::net::TcpStream;
 const MAX_HEAD: usize = 16 << 10;
 /// Most header lines of an answer.
 const MAX_HEADERS: usize = 32;
-/// The time allowed for connecting, as the general client's.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 enum Stream {
     Plain(TcpStream),
@@ -121,7 +121,7 @@ impl AgentConn {
         }
     }
 
-    /// `GET /v1/state`, sanitized as [`AgentClient::state`]'s.
+    /// `GET /v1/state`, its text sanitized ([`sanitize_state`]).
     pub async fn state(&mut self, timeout: Duration) -> Result<AgentState, ClientError> {
         let mut state: AgentState = self.get_json("/v1/state", MAX_REPLY, timeout).await?;
         sanitize_state(&mut state);
