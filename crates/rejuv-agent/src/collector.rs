@@ -176,6 +176,13 @@ impl Collector {
         *self.latest.write().expect("sample lock") = sample.clone();
         {
             let mut h = self.history.lock().expect("history lock");
+            // Two readings in the same millisecond (one at start, one asked for at once) are
+            // kept as one, the later: the kept samples' times strictly increase.
+            if h.back()
+                .is_some_and(|last| last.taken_at_ms >= sample.taken_at_ms)
+            {
+                h.pop_back();
+            }
             if h.len() >= self.keep {
                 h.pop_front();
             }
