@@ -341,6 +341,19 @@ impl RefusalLog {
     }
 }
 
+/// The ports this process has handed out, per address: `free_port` and `free_range` never
+/// give one twice (the kernel may give a port just released to the next bind, and a port
+/// picked but not yet bound is free to every later check).
+static GIVEN_PORTS: std::sync::Mutex<std::collections::BTreeSet<(std::net::IpAddr, u16)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn given_ports(
+) -> std::sync::MutexGuard<'static, std::collections::BTreeSet<(std::net::IpAddr, u16)>> {
+    GIVEN_PORTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A TCP port on `ip` that no socket holds now and that this process has not handed out
 /// before: found by binding port 0, and remembered, so that two calls never return the same
 /// port (the kernel may give a port just released to the next bind).
@@ -348,17 +361,43 @@ impl RefusalLog {
 /// # Errors
 /// When `ip` cannot be bound (not an address of this machine, or no port left).
 pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<(std::net::IpAddr, u16)>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut given = given_ports();
     loop {
         let port = std::net::TcpListener::bind((ip, 0))?.local_addr()?.port();
         if given.insert((ip, port)) {
             return Ok(port);
         }
     }
+}
+
+/// `n` consecutive TCP ports on `ip`, as `[first, last]`, that no socket holds now and that
+/// this process has handed out none of before (by `free_port` or an earlier range), so an
+/// agent's port picked just before is never inside its instances' range. Remembered as
+/// handed out.
+///
+/// # Errors
+/// When no such range is found in 500 random tries between 20,000 and 60,000.
+pub fn free_range(ip: std::net::IpAddr, n: u16) -> std::io::Result<[u16; 2]> {
+    let n = n.max(1);
+    let mut given = given_ports();
+    for _ in 0..500 {
+        let base = 20_000 + (rand::random::<u16>() % 40_000);
+        let ports = base..base + n;
+        if ports.clone().any(|p| given.contains(&(ip, p))) {
+            continue;
+        }
+        if ports
+            .clone()
+            .all(|p| std::net::TcpListener::bind((ip, p)).is_ok())
+        {
+            given.extend(ports.map(|p| (ip, p)));
+            return Ok([base, base + n - 1]);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        format!("no free range of {n} ports on {ip}"),
+    ))
 }
 
 #[cfg(test)]
@@ -369,5 +408,19 @@ mod free_port_tests {
         let ports: std::collections::BTreeSet<u16> =
             (0..200).map(|_| super::free_port(lo).unwrap()).collect();
         assert_eq!(ports.len(), 200);
+    }
+
+    #[test]
+    fn a_range_never_holds_a_port_handed_out_before() {
+        let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+        let mut taken = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            taken.insert(super::free_port(lo).unwrap());
+            let [a, b] = super::free_range(lo, 8).unwrap();
+            assert_eq!(b - a, 7);
+            for p in a..=b {
+                assert!(taken.insert(p), "port {p} handed out twice");
+            }
+        }
     }
 }

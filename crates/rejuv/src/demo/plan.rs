@@ -8,15 +8,9 @@ use rejuv_core::types::Mode;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-/// A range of `n` ports on `ip` that are free right now.
+/// A range of `n` ports on `ip` that are free right now and hold no port picked before.
 fn free_range(ip: IpAddr, n: u16) -> anyhow::Result<[u16; 2]> {
-    for _ in 0..200 {
-        let base = 20_000 + (rand::random::<u16>() % 40_000);
-        if (base..base + n).all(|p| std::net::TcpListener::bind((ip, p)).is_ok()) {
-            return Ok([base, base + n - 1]);
-        }
-    }
-    anyhow::bail!("no free range of {n} ports on {ip}")
+    rejuv_net::free_range(ip, n).with_context(|| format!("finding {n} free ports on {ip}"))
 }
 
 /// The file in the state directory that holds the dashboard link's one-time code; each

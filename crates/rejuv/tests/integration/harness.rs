@@ -90,13 +90,7 @@ pub fn free_port(ip: IpAddr) -> u16 {
 }
 
 pub fn free_range(ip: IpAddr, n: u16) -> [u16; 2] {
-    for _ in 0..500 {
-        let base = 20_000 + (rand::random::<u16>() % 40_000);
-        if (base..base + n).all(|p| std::net::TcpListener::bind((ip, p)).is_ok()) {
-            return [base, base + n - 1];
-        }
-    }
-    panic!("no free port range on {ip}");
+    rejuv_net::free_range(ip, n).expect("a free port range")
 }
 
 /// Writes a token file as an operator must: readable by its owner only (the parts refuse
