@@ -30,6 +30,8 @@ pub struct Outcome {
     pub detected_s: Option<f64>,
     /// Its forecast time to exhaustion at that moment, seconds.
     pub tte_s: Option<f64>,
+    /// That forecast's interval, seconds (`None` as the upper end: no end in sight).
+    pub tte_interval_s: Option<(f64, Option<f64>)>,
     /// Window of the scale that fired, seconds.
     pub window_s: Option<f64>,
     /// The model of that forecast's time to exhaustion (`linear`, `daily`, ...).
@@ -70,6 +72,12 @@ impl Outcome {
         let f = self.tte_s?;
         (actual > 0.0).then(|| (f - actual).abs() / actual)
     }
+    /// Whether the real exhaustion fell inside the forecast's interval at detection.
+    pub fn within_interval(&self) -> Option<bool> {
+        let actual = self.lead_s()?;
+        let (low, high) = self.tte_interval_s?;
+        Some(low <= actual && high.is_none_or(|h| actual <= h))
+    }
 }
 
 /// Runs the detector and the baselines over one trace.
@@ -106,6 +114,9 @@ pub fn run_trace(trace: &Trace, cfg: &TrendConfig) -> Outcome {
         tte_s: detected
             .as_ref()
             .and_then(|d| d.1.as_ref().map(|f| f.tte_s)),
+        tte_interval_s: detected
+            .as_ref()
+            .and_then(|d| d.1.as_ref().map(|f| (f.tte_low_s, f.tte_high_s))),
         window_s: detected
             .as_ref()
             .and_then(|d| d.1.as_ref().map(|f| f.window_s)),
@@ -226,11 +237,17 @@ pub fn markdown_families(outs: &[Outcome]) -> String {
         by.entry(o.family).or_default().push(o);
     }
     let mut out = String::from(
-        "| family | traces | detector alarms | caught | median lead | median lead 90% | median TTE error |\n|---|---|---|---|---|---|---|\n",
+        "| family | traces | detector alarms | caught | median lead | median lead 90% | median TTE error | exhaustion within the interval |\n|---|---|---|---|---|---|---|---|\n",
     );
     for (fam, os) in by {
         let alarms = os.iter().filter(|o| o.detected_s.is_some()).count();
         let caught = os.iter().filter(|o| o.caught()).count();
+        let within = os
+            .iter()
+            .filter_map(|o| o.within_interval())
+            .collect::<Vec<_>>();
+        let within = (fam.is_aging() && !within.is_empty())
+            .then(|| format!("{}/{}", within.iter().filter(|w| **w).count(), within.len()));
         let (lead, lead90, err) = if fam.is_aging() {
             (
                 median(os.iter().map(|o| o.lead_s().unwrap_or(0.0)).collect()).map(hours),
@@ -243,7 +260,7 @@ pub fn markdown_families(outs: &[Outcome]) -> String {
         };
         let d = |x: Option<String>| x.unwrap_or_else(|| "–".into());
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             fam.name(),
             os.len(),
             alarms,
@@ -254,7 +271,8 @@ pub fn markdown_families(outs: &[Outcome]) -> String {
             },
             d(lead),
             d(lead90),
-            d(err)
+            d(err),
+            d(within)
         );
     }
     out
@@ -279,6 +297,7 @@ mod tests {
             onset_s: 1000.0,
             detected_s: det,
             tte_s: det.map(|d| (10_000.0 - d) * 1.1),
+            tte_interval_s: det.map(|d| ((10_000.0 - d) * 0.5, None)),
             window_s: None,
             model: None,
             thr90_s: thr,

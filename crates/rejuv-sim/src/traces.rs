@@ -112,6 +112,21 @@ pub struct Trace {
     /// Seconds at which the leak starts (0 unless it starts suddenly); an alarm before it is
     /// a false one.
     pub onset_s: f64,
+    /// A bursty leak's generator, for the forecast's best possible error
+    /// ([`crate::oracle`]); `None` for every other family.
+    #[serde(skip)]
+    pub bursty: Option<BurstyTruth>,
+}
+
+/// How a bursty leak was drawn: bursts come at random (a burst in each 10 s step with
+/// probability `STEP_S / mean_gap_s`), each of an exponentially distributed size of mean
+/// `mean_jump` (a fraction of the capacity), and `levels[i]` is the staircase at sample `i`
+/// before the measurement noise.
+#[derive(Debug, Clone)]
+pub struct BurstyTruth {
+    pub mean_gap_s: f64,
+    pub mean_jump: f64,
+    pub levels: Vec<f32>,
 }
 
 impl Trace {
@@ -286,6 +301,7 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
     let h = 3600.0;
     // The shape, as a fraction of capacity, of time in seconds; noise is added below.
     let mut onset_s = 0.0;
+    let mut bursty = None;
     let (len_s, shape): (f64, Shape) = match family {
         Family::DailyCycle => {
             let m = g.u(0.35, 0.6);
@@ -374,6 +390,11 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
             let jump = (1.0 - s0) * mean_gap / t_ex;
             let mut level = s0;
             let p = STEP_S / mean_gap;
+            bursty = Some(BurstyTruth {
+                mean_gap_s: mean_gap,
+                mean_jump: jump,
+                levels: Vec::new(),
+            });
             (
                 t_ex * 2.0,
                 Box::new(move |_, g| {
@@ -448,7 +469,11 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
     let mut exhaust_s = None;
     for i in 0..n {
         let t = i as f64 * STEP_S;
-        let frac = (shape(t, &mut g) + noise.next(&mut g)).max(0.0);
+        let level = shape(t, &mut g);
+        if let Some(b) = &mut bursty {
+            b.levels.push(level as f32);
+        }
+        let frac = (level + noise.next(&mut g)).max(0.0);
         let mut v = frac * capacity;
         if integer {
             v = v.round();
@@ -472,6 +497,7 @@ pub fn generate(family: Family, seed: u64, draw: Draw) -> Trace {
         values,
         exhaust_s,
         onset_s,
+        bursty,
     }
 }
 

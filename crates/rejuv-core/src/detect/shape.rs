@@ -50,6 +50,7 @@
 //!   best explained by a cycle whose peaks stay below the capacity
 //!   ([`ShapeForecast::cycle_only`]) holds the alarm back.
 
+use super::stats::normal_cdf;
 use serde::{Deserialize, Serialize};
 
 /// The parabola must explain at least this share of the line's residual sum of squares.
@@ -67,6 +68,9 @@ pub const REACH_LIMIT: f64 = 4.0;
 /// The longest history's slope gives the line's forecast only when it is within this factor
 /// of the alarming scale's slope.
 pub const HISTORY_AGREEMENT: f64 = 2.0;
+/// The increments' variance over two buckets must be at least this many times that over one
+/// for the growth to be taken as random ([`first_passage`]).
+pub const RANDOM_WALK_RATIO: f64 = 1.5;
 /// The most basis functions of a fit.
 const K: usize = 4;
 /// Fewer buckets than this: no model but the alarming scale's line.
@@ -235,6 +239,113 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
             ..fallback
         },
     }
+}
+
+/// How far the moment of exhaustion may fall from `tte_s` for reasons that no better
+/// estimate of the rate removes: `(low, high)` in seconds from now, the `z`-sided quantiles of
+/// the moment the series first reaches the capacity. `th`, `xf` are the history as in
+/// [`forecast`]; `tte_s` the chosen forecast. `None` when the history holds too few buckets
+/// or shows neither of the two reasons:
+///
+/// - **The growth itself is random.** A leak that comes in bursts (a random staircase) reaches
+///   the capacity after a random number of bursts at random moments; even its true rate
+///   leaves the moment open. For a growth of drift `μ` whose increments vary at `σ²` per hour,
+///   the time to cover the distance `D` left is close to inverse Gaussian, of mean `D/μ` and
+///   shape `D²/σ²` (the first passage of a Brownian motion with drift; for a staircase of
+///   exponential bursts of mean size `J`, `σ² = 2Jμ`: the spread of the `D/J` bursts still to
+///   come).
+/// - **The peaks scatter.** The series is exhausted at its first sample at the capacity; the
+///   bucket maxima scatter by `η` about the growth, so the crossing comes about `z·η/μ`
+///   earlier or later than the trend's. The two spreads add in quadrature.
+///
+/// `μ` is taken as `D / tte_s`, the chosen forecast's own. `σ²` and `η²` come from the bucket
+/// maxima's increments about the drift at lags of one and two buckets: `V₁ = σ²Δ + 2η²`,
+/// `V₂ = 2σ²Δ + 2η²`. Noise alone gives `V₂ ≈ V₁`, a random walk alone `V₂ ≈ 2·V₁`; the growth
+/// is taken as random only when `V₂` is at least [`RANDOM_WALK_RATIO`] times `V₁` (past
+/// halfway: the two estimates scatter by about ±25% over a window of 64 buckets).
+pub fn first_passage(th: &[f64], xf: &[f64], tte_s: f64, z: f64) -> Option<(f64, f64)> {
+    let n = th.len();
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if n < MIN_POINTS || n != xf.len() || !positive(tte_s) || !positive(z) {
+        return None;
+    }
+    let dist = 1.0 - xf[n - 1];
+    if !positive(dist) {
+        return None;
+    }
+    let m_h = tte_s / 3600.0;
+    let mu = dist / m_h;
+    // Increments about the drift at lags 1 and 2, each over its own time step (gaps allowed).
+    let lag_var = |lag: usize| {
+        let (mut sum, mut dt_sum, mut k) = (0.0, 0.0, 0usize);
+        for i in lag..n {
+            let dt = th[i] - th[i - lag];
+            if dt > 0.0 {
+                let d = xf[i] - xf[i - lag] - mu * dt;
+                sum += d * d;
+                dt_sum += dt;
+                k += 1;
+            }
+        }
+        (k > 0).then(|| (sum / k as f64, dt_sum / k as f64))
+    };
+    let ((v1, dt1), (v2, dt2)) = (lag_var(1)?, lag_var(2)?);
+    if dt2 <= dt1 || !v1.is_finite() || !v2.is_finite() {
+        return None;
+    }
+    let random = v2 >= RANDOM_WALK_RATIO * v1;
+    let sigma2 = if random {
+        ((v2 - v1) / (dt2 - dt1)).max(0.0)
+    } else {
+        0.0
+    };
+    let eta = ((2.0 * v1 - v2) / 2.0).max(0.0).sqrt();
+    if sigma2 <= 0.0 && eta <= 0.0 {
+        return None;
+    }
+    let (mut low_h, mut high_h) = (m_h, m_h);
+    if sigma2 > 0.0 {
+        // Inverse Gaussian of mean m and shape λ = D²/σ².
+        let shape_h = dist * dist / sigma2;
+        let cdf = |t: f64| inverse_gaussian_cdf(t, m_h, shape_h);
+        let quantile = |p: f64| {
+            let (mut lo, mut hi) = (0.0, m_h);
+            while cdf(hi) < p && hi < 1e6 * m_h {
+                hi *= 2.0;
+            }
+            for _ in 0..60 {
+                let mid = 0.5 * (lo + hi);
+                if cdf(mid) < p {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            0.5 * (lo + hi)
+        };
+        let p_low = normal_cdf(-z);
+        (low_h, high_h) = (quantile(p_low), quantile(1.0 - p_low));
+    }
+    let scatter_h = z * eta / mu;
+    let low = m_h - (m_h - low_h).hypot(scatter_h);
+    let high = m_h + (high_h - m_h).hypot(scatter_h);
+    Some((low.max(0.0) * 3600.0, high * 3600.0))
+}
+
+/// The distribution function of the inverse Gaussian of mean `m` and shape `l` at `t`. Where
+/// `2l/m` is large the exact form overflows; the distribution is then close to a normal of
+/// mean `m` and variance `m³/l`.
+fn inverse_gaussian_cdf(t: f64, m: f64, l: f64) -> f64 {
+    if t <= 0.0 {
+        return 0.0;
+    }
+    let r = (l / t).sqrt();
+    let a = normal_cdf(r * (t / m - 1.0));
+    let e = 2.0 * l / m;
+    if e > 600.0 {
+        return normal_cdf((t - m) / (m * m * m / l).sqrt());
+    }
+    (a + e.exp() * normal_cdf(-r * (t / m + 1.0))).clamp(0.0, 1.0)
 }
 
 /// The line's forecast, in hours: the longest history's least-squares `slope_per_h`, from the
@@ -555,5 +666,58 @@ mod tests {
             forecast(&th, &xf, &alarm(base, 0.08, &th, &xf), HORIZON_S).model,
             ForecastModel::Linear
         );
+    }
+
+    #[test]
+    fn the_inverse_gaussian_matches_hand_computed_values() {
+        // m = 1, λ = 1 at t = 1: Φ(0) + e²·Φ(−2) = 0.5 + 7.389 × 0.02275 = 0.6681.
+        assert!((inverse_gaussian_cdf(1.0, 1.0, 1.0) - 0.6681).abs() < 1e-3);
+        assert_eq!(inverse_gaussian_cdf(0.0, 1.0, 1.0), 0.0);
+        // A narrow one (2λ/m = 800, past the exact form's range) is the normal around m.
+        assert!((inverse_gaussian_cdf(1.0, 1.0, 400.0) - 0.5).abs() < 1e-9);
+        assert!(inverse_gaussian_cdf(1.2, 1.0, 400.0) > 0.99);
+        assert!(inverse_gaussian_cdf(5.0, 1.0, 1.0) > inverse_gaussian_cdf(2.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn a_random_staircase_widens_the_interval_and_a_smooth_leak_does_not() {
+        let z = 2.326; // one-sided 99%
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut unit = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        // A smooth leak under measurement noise (±0.01, independent from bucket to bucket):
+        // the noise is no randomness of the growth.
+        let (th, _) = window(32.0, 0.5, |_| 0.0);
+        let xf: Vec<f64> = th
+            .iter()
+            .map(|t| 0.6 + 0.01 * t + 0.02 * (unit() - 0.5))
+            .collect();
+        let tte = 40.0 * 3600.0;
+        if let Some((low, high)) = first_passage(&th, &xf, tte, z) {
+            assert!(low > 0.9 * tte && high < 1.1 * tte, "{low} {high}");
+        }
+        // A regular staircase (a step of 0.02 every hour) is not random either.
+        let (th, xf) = window(32.0, 0.5, |t| 0.6 + 0.02 * (t + 32.0).floor());
+        assert_eq!(first_passage(&th, &xf, 20.0 * 3600.0, z), None);
+        // A random one: exponential bursts of mean 0.03 at random half-hours, about one an
+        // hour; from 0.6, about 13 bursts are left, whose moments and sizes leave the
+        // exhaustion open by more than a third either way.
+        let (mut th, mut xf) = (Vec::new(), Vec::new());
+        let mut level = 0.3f64;
+        for i in 0..64 {
+            if unit() < 0.5 {
+                level += -0.03 * unit().max(1e-12).ln();
+            }
+            th.push(-32.0 + 0.5 * f64::from(i + 1));
+            xf.push(level.min(0.99));
+        }
+        let tte = (1.0 - xf[63]) / 0.015 * 3600.0;
+        let (low, high) = first_passage(&th, &xf, tte, z).expect("a random staircase");
+        assert!(low < 0.67 * tte && high > 1.33 * tte, "{low} {tte} {high}");
+        assert!(low > 0.0 && high.is_finite());
     }
 }

@@ -17,8 +17,8 @@
 
 use rejuv_core::detector::Level;
 use rejuv_core::trend::{Aggregate, SeriesDetector, TrendConfig};
-use rejuv_sim::eval;
 use rejuv_sim::traces::{self, Draw, Family, STEP_S};
+use rejuv_sim::{eval, oracle};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -72,6 +72,7 @@ fn main() {
             println!("### {title}\n");
             println!("{}", eval::markdown_summary(title, &score));
             println!("{}", eval::markdown_families(&outs));
+            println!("{}", bursty_floor(&suite, &outs));
             if details {
                 print_details(&outs, only_wrong);
             }
@@ -115,6 +116,41 @@ fn write_fleet(dir: &std::path::Path, dev_only: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The bursty leaks' forecasts beside the best possible ones ([`oracle`]).
+fn bursty_floor(suite: &[traces::Trace], outs: &[eval::Outcome]) -> String {
+    let floors: Vec<oracle::BurstyFloor> = suite
+        .iter()
+        .zip(outs)
+        .filter_map(|(t, o)| oracle::bursty_floor(t, o))
+        .collect();
+    let med = |f: fn(&oracle::BurstyFloor) -> f64| {
+        eval::median(floors.iter().map(f).collect())
+            .map_or("-".into(), |m| format!("{:.1}%", m * 100.0))
+    };
+    let detector = eval::median(
+        suite
+            .iter()
+            .zip(outs)
+            .filter(|(t, o)| t.bursty.is_some() && oracle::bursty_floor(t, o).is_some())
+            .filter_map(|(_, o)| o.tte_error())
+            .collect(),
+    )
+    .map_or("-".into(), |m| format!("{:.1}%", m * 100.0));
+    format!(
+        "Bursty leaks caught, {n} traces, median TTE error at detection: the detector \
+         {detector}, an oracle that estimates the bursts' rate and size from the noiseless \
+         staircase seen so far {}, one that knows them {}. Expected over {} continuations: \
+         {}, {}, {}.\n",
+        med(|f| f.data_error),
+        med(|f| f.oracle_error),
+        oracle::DRAWS,
+        med(|f| f.detector_expected_error),
+        med(|f| f.data_expected_error),
+        med(|f| f.oracle_expected_error),
+        n = floors.len(),
+    )
+}
+
 fn print_details(outs: &[eval::Outcome], only_wrong: bool) {
     let f = |x: Option<f64>| x.map_or("-".into(), |s| format!("{:.2}h", s / 3600.0));
     println!("```");
@@ -126,13 +162,19 @@ fn print_details(outs: &[eval::Outcome], only_wrong: bool) {
             continue;
         }
         println!(
-            "{} {:<30} exhaust={:>8} detect={:>8} tte={:>8} err={:>5} window={:>7} lead={:>7} lead90={:>7} model={}",
+            "{} {:<30} exhaust={:>8} detect={:>8} tte={:>8} err={:>5} interval={:>17} window={:>7} lead={:>7} lead90={:>7} model={}",
             if bad { "!!" } else { "  " },
             o.name,
             f(o.exhaust_s),
             f(o.detected_s),
             f(o.tte_s),
             o.tte_error().map_or("-".into(), |e| format!("{:.0}%", e * 100.0)),
+            o.tte_interval_s.map_or("-".into(), |(low, high)| format!(
+                "{}{}–{}",
+                if o.within_interval() == Some(false) { "!" } else { "" },
+                f(Some(low)),
+                high.map_or("∞".into(), |h| f(Some(h)))
+            )),
             f(o.window_s),
             f(o.lead_s()),
             f(o.thr90_lead_s()),
