@@ -166,6 +166,13 @@ pub fn held_out_suite(per_family: usize) -> Vec<Trace> {
     suite(Draw::HeldBack, 3_000_001, per_family)
 }
 
+/// A larger suite of the held-back draw, `per_family` traces of every family from seeds that
+/// no other suite uses (from 4 000 001): for tuning against the held-back draw's kinds (skewed
+/// cycles, wider ranges) without looking at the held-out suite.
+pub fn held_back_stress_suite(per_family: usize) -> Vec<Trace> {
+    suite(Draw::HeldBack, 4_000_001, per_family)
+}
+
 /// A larger suite of the dev draw, `per_family` traces of every family from seeds that neither
 /// the dev nor the held-back suite uses: for tuning against rare members of a kind (a false
 /// alarm in 1 of 54 healthy traces is a rate, and 9 traces a family do not measure it).

@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | [`ForecastModel::Linear`] | `a + b·t` | from the latest bucket's level at the slope `b`, when `b` agrees with the alarming scale's slope within [`HISTORY_AGREEMENT`]; otherwise the alarming scale's own (recent-slope) forecast |
 //! | [`ForecastModel::Accelerating`] | `a + b·t + c·t²` | the first root of the parabola fitted again on the window's recent half (how fast the growth speeds up *now*) |
-//! | [`ForecastModel::Daily`] | `a + b·t + c·cos ωt + d·sin ωt`, `ω = 2π / 24 h` | when the curve, i.e. a *peak* of the cycle, first reaches the capacity |
+//! | [`ForecastModel::Daily`] | `a + b·t + c·cos ωt + d·sin ωt`, `ω = 2π / 24 h`, and from [`DAILY_HARMONIC_SPAN_S`] of history also with `+ e·cos 2ωt + f·sin 2ωt` (a cycle that is not a sine: a sharp peak, a long flat night) | when the curve, i.e. a *peak* of the cycle, first reaches the capacity |
 //! | [`ForecastModel::Onset`] | `a + b·t + c·max(0, t − τ)`, τ searched | the alarming scale's slope (it sees the leak after its start), from the level of its latest bucket |
 //!
 //! # How a model is chosen
@@ -20,7 +20,8 @@
 //! when it explains a large share of what the line leaves unexplained
 //! (`1 − RSS_model / RSS_line`): [`CURVE_SHARE`] for the parabola, [`DAILY_SHARE`] for the
 //! cycle (and only over at least [`DAILY_MIN_SPAN_S`] of history: a cycle must have been seen
-//! turning), [`ONSET_SHARE`] for the knee. Among the competitors the lowest BIC
+//! turning; the cycle with its second harmonic competes as a sixth-parameter variant of it),
+//! [`ONSET_SHARE`] for the knee. Among the competitors the lowest BIC
 //! (`n·ln(RSS/n) + k·ln n`) wins. These shares are what keep the extra models from fitting
 //! noise: a random staircase (a bursty leak) or autocorrelated noise gives a parabola or a
 //! cycle a little of the line's residual, a real acceleration or cycle most of it. On the dev
@@ -61,6 +62,9 @@ pub const DAILY_SHARE: f64 = 0.7;
 pub const ONSET_SHARE: f64 = 0.8;
 /// The daily cycle is fitted only over at least this much history (half a period).
 pub const DAILY_MIN_SPAN_S: f64 = 12.0 * 3600.0;
+/// The daily cycle's second harmonic (a 12 h period) is fitted only over at least this much
+/// history: most of a day, the harmonic's period seen more than once and a half.
+pub const DAILY_HARMONIC_SPAN_S: f64 = 20.0 * 3600.0;
 /// The period of the daily cycle.
 pub const DAY_S: f64 = 86_400.0;
 /// A curve is searched for its crossing this many horizons ahead at most.
@@ -72,7 +76,7 @@ pub const HISTORY_AGREEMENT: f64 = 2.0;
 /// for the growth to be taken as random ([`first_passage`]).
 pub const RANDOM_WALK_RATIO: f64 = 1.5;
 /// The most basis functions of a fit.
-const K: usize = 4;
+const K: usize = 6;
 /// Fewer buckets than this: no model but the alarming scale's line.
 pub const MIN_POINTS: usize = 16;
 
@@ -148,7 +152,7 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
     let limit_h = REACH_LIMIT * horizon_s / 3600.0;
     let w = 2.0 * std::f64::consts::PI * 3600.0 / DAY_S;
 
-    let Some((line, rss_line)) = fit(th, xf, |t| [1.0, t, 0.0, 0.0], 2) else {
+    let Some((line, rss_line)) = fit(th, xf, |t| [1.0, t, 0.0, 0.0, 0.0, 0.0], 2) else {
         return fallback;
     };
     let nf = n as f64;
@@ -165,22 +169,35 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
     let wins = |best: (ForecastModel, f64), rss: f64, k: f64, min_share: f64| {
         share(rss) >= min_share && bic(rss, k) < best.1
     };
-    let quad = fit(th, xf, |t| [1.0, t, t * t, 0.0], 3);
+    let quad = fit(th, xf, |t| [1.0, t, t * t, 0.0, 0.0, 0.0], 3);
     if let Some((_, rss)) = quad {
         if wins(best, rss, 3.0, CURVE_SHARE) {
             best = (ForecastModel::Accelerating, bic(rss, 3.0));
         }
     }
+    // The cycle with its second harmonic: a daily shape that is not a sine (a sharp evening
+    // peak, a long flat night) has its peak where the sine's is not. Fitted once most of a
+    // day has been seen ([`DAILY_HARMONIC_SPAN_S`]); the sine alone (`k` = 4) from half a day.
     let cycle = |t: f64| {
         let (s, c) = (w * t).sin_cos();
-        [1.0, t, c, s]
+        let (s2, c2) = (2.0 * w * t).sin_cos();
+        [1.0, t, c, s, c2, s2]
     };
-    let daily = (span_s >= DAILY_MIN_SPAN_S)
+    let mut daily = (span_s >= DAILY_MIN_SPAN_S)
         .then(|| fit(th, xf, cycle, 4))
         .flatten();
     if let Some((_, rss)) = daily {
         if wins(best, rss, 4.0, DAILY_SHARE) {
             best = (ForecastModel::Daily, bic(rss, 4.0));
+        }
+    }
+    if let Some((c, rss)) = (span_s >= DAILY_HARMONIC_SPAN_S)
+        .then(|| fit(th, xf, cycle, 6))
+        .flatten()
+    {
+        if wins(best, rss, 6.0, DAILY_SHARE) {
+            best = (ForecastModel::Daily, bic(rss, 6.0));
+            daily = Some((c, rss));
         }
     }
     if let Some(rss) = knee_rss(th, xf) {
@@ -209,7 +226,7 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
             // The whole window chose the parabola; its recent half says how fast the growth
             // speeds up now (a power or exponential growth curves more and more).
             let h = if n / 2 >= MIN_POINTS { n / 2 } else { 0 };
-            let c = fit(&th[h..], &xf[h..], |t| [1.0, t, t * t, 0.0], 3)
+            let c = fit(&th[h..], &xf[h..], |t| [1.0, t, t * t, 0.0, 0.0, 0.0], 3)
                 .or(quad)
                 .expect("chosen, so fitted")
                 .0;
@@ -440,7 +457,7 @@ fn knee_rss(ts: &[f64], xs: &[f64]) -> Option<f64> {
     (3..n.saturating_sub(3))
         .filter_map(|k| {
             let tau = ts[k];
-            fit(ts, xs, |t| [1.0, t, (t - tau).max(0.0), 0.0], 3).map(|f| f.1)
+            fit(ts, xs, |t| [1.0, t, (t - tau).max(0.0), 0.0, 0.0, 0.0], 3).map(|f| f.1)
         })
         .min_by(f64::total_cmp)
 }
@@ -578,6 +595,49 @@ mod tests {
         assert_ne!(
             forecast(&th, &xf, &alarm(3.0 * 3600.0, 0.03, &th, &xf), HORIZON_S).model,
             ForecastModel::Daily
+        );
+    }
+
+    #[test]
+    fn a_skewed_daily_cycle_is_forecast_at_its_sharp_peak_once_most_of_a_day_is_seen() {
+        // A trend of 0.5%/h under a cycle with a sharp evening peak (a sine and its second
+        // harmonic), seen for 30 h; the peak is higher and earlier than a sine's.
+        let w = 2.0 * std::f64::consts::PI / 24.0;
+        let cycle = |t: f64| {
+            let x = w * t + 2.0;
+            0.1 * (x.sin() + 0.4 * (2.0 * x).sin()) / 1.4
+        };
+        let truth_curve = |t: f64| 0.75 + 0.005 * t + cycle(t);
+        let (th, xf) = window(30.0, 0.46875, |t| truth_curve(t) + wiggle(t, 0.003));
+        let truth_h = first_crossing(truth_curve, 200.0).unwrap();
+        let f = forecast(&th, &xf, &alarm(8.0 * 3600.0, 0.01, &th, &xf), HORIZON_S);
+        assert_eq!(f.model, ForecastModel::Daily);
+        assert!(
+            (f.tte_s / 3600.0 - truth_h).abs() / truth_h < 0.05,
+            "forecast {} h, the peak reaches the capacity in {truth_h} h",
+            f.tte_s / 3600.0
+        );
+        // The sine alone misses the sharp peak by more.
+        let c = fit(
+            &th,
+            &xf,
+            |t| {
+                let (s, c) = (w * t).sin_cos();
+                [1.0, t, c, s, 0.0, 0.0]
+            },
+            4,
+        )
+        .unwrap()
+        .0;
+        let sine_h = first_crossing(
+            |t| c[0] + c[1] * t + c[2] * (w * t).cos() + c[3] * (w * t).sin(),
+            200.0,
+        )
+        .unwrap();
+        assert!(
+            (sine_h - truth_h).abs() > 2.0 * (f.tte_s / 3600.0 - truth_h).abs(),
+            "sine {sine_h} h, chosen {} h, truth {truth_h} h",
+            f.tte_s / 3600.0
         );
     }
 

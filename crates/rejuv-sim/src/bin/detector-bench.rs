@@ -2,12 +2,14 @@
 //! the detector's throughput and memory.
 //!
 //! `cargo run --release -p rejuv-sim --bin detector-bench [-- --details] [--skip-suites]
-//! [--skip-throughput] [--dev-only] [--stress N] [--held-out N] [--write-fleet DIR]`
+//! [--skip-throughput] [--dev-only] [--stress N] [--held-back-stress N] [--held-out N]
+//! [--write-fleet DIR]`
 //!
 //! Prints markdown: the figures of both suites (dev and held-back), per family, and the
 //! series-updates per second of one core. `--dev-only` leaves the held-back suite out (for
 //! tuning runs); `--stress N` adds a suite of `N` dev-draw traces per family from other seeds
-//! (its details list only the traces judged wrong); `--held-out N` adds `N` traces per family
+//! (its details list only the traces judged wrong); `--held-back-stress N` the same of the
+//! held-back draw (seeds from 4 000 001), to tune against its kinds; `--held-out N` adds `N` traces per family
 //! of the held-back draw from seeds no other suite uses (`traces::held_out_suite`), kept out
 //! of the tuning of the forecast models.
 //!
@@ -32,6 +34,15 @@ fn main() {
         .map(|n| {
             n.parse()
                 .expect("--stress takes a number of traces per family")
+        })
+        .unwrap_or(0);
+    let held_back_stress: usize = args
+        .iter()
+        .position(|a| a == "--held-back-stress")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| {
+            n.parse()
+                .expect("--held-back-stress takes a number of traces per family")
         })
         .unwrap_or(0);
     let held_out: usize = args
@@ -62,6 +73,13 @@ fn main() {
         }
         if !dev_only {
             suites.push(("held-back suite", traces::held_back_suite(), false));
+        }
+        if held_back_stress > 0 {
+            suites.push((
+                "held-back stress suite",
+                traces::held_back_stress_suite(held_back_stress),
+                std::env::var_os("ALL").is_none(),
+            ));
         }
         if held_out > 0 {
             suites.push(("held-out suite", traces::held_out_suite(held_out), true));
