@@ -19,8 +19,8 @@
 //! Every fit is least squares on the bucketed window. A model other than the line competes only
 //! when it explains a large share of what the line leaves unexplained
 //! (`1 − RSS_model / RSS_line`): [`CURVE_SHARE`] for the parabola, [`DAILY_SHARE`] for the
-//! cycle (and only over at least [`DAILY_MIN_SPAN_S`] of history: a cycle must have been seen
-//! turning; the cycle with its second harmonic competes as a sixth-parameter variant of it),
+//! cycle (and only over at least [`DAILY_FORECAST_SPAN_S`] of history: a cycle must have been
+//! seen turning; the cycle with its second harmonic competes as a six-parameter variant of it),
 //! [`ONSET_SHARE`] for the knee. Among the competitors the lowest BIC
 //! (`n·ln(RSS/n) + k·ln n`) wins. These shares are what keep the extra models from fitting
 //! noise: a random staircase (a bursty leak) or autocorrelated noise gives a parabola or a
@@ -62,6 +62,9 @@ pub const DAILY_SHARE: f64 = 0.7;
 pub const ONSET_SHARE: f64 = 0.8;
 /// The daily cycle is fitted only over at least this much history (half a period).
 pub const DAILY_MIN_SPAN_S: f64 = 12.0 * 3600.0;
+/// The daily cycle forecasts the time to exhaustion from this much history on (see
+/// [`ShapeForecast::cycle_only`] for when it may also hold an alarm back).
+pub const DAILY_FORECAST_SPAN_S: f64 = 10.0 * 3600.0;
 /// The daily cycle's second harmonic (a 12 h period) is fitted only over at least this much
 /// history: most of a day, the harmonic's period seen more than once and a half.
 pub const DAILY_HARMONIC_SPAN_S: f64 = 20.0 * 3600.0;
@@ -112,8 +115,9 @@ pub struct ShapeForecast {
     pub model: ForecastModel,
     /// Seconds from now until the model reaches the capacity.
     pub tte_s: f64,
-    /// The daily cycle explains the history best and its peaks never reach the capacity within
-    /// [`REACH_LIMIT`] horizons: the rise is the cycle's (`tte_s` is then the base's).
+    /// The daily cycle explains at least [`DAILY_MIN_SPAN_S`] of history best and its peaks
+    /// never reach the capacity within [`REACH_LIMIT`] horizons: the rise is the cycle's
+    /// (`tte_s` is then the base's).
     pub cycle_only: bool,
 }
 
@@ -183,7 +187,7 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
         let (s2, c2) = (2.0 * w * t).sin_cos();
         [1.0, t, c, s, c2, s2]
     };
-    let mut daily = (span_s >= DAILY_MIN_SPAN_S)
+    let mut daily = (span_s >= DAILY_FORECAST_SPAN_S)
         .then(|| fit(th, xf, cycle, 4))
         .flatten();
     if let Some((_, rss)) = daily {
@@ -252,7 +256,9 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
             cycle_only: false,
         },
         _ => ShapeForecast {
-            cycle_only: best.0 == ForecastModel::Daily,
+            // Held back only from half a day: before, the alarm stands as it did without the
+            // cycle (its forecast is the line's), so the cycle never delays a detection.
+            cycle_only: best.0 == ForecastModel::Daily && span_s >= DAILY_MIN_SPAN_S,
             ..fallback
         },
     }
@@ -720,6 +726,13 @@ mod tests {
         let (th, xf) = window(30.0, 0.5, |t| 0.5 + 0.15 * (w * t).sin() + wiggle(t, 0.003));
         let f = forecast(&th, &xf, &alarm(base, 0.08, &th, &xf), HORIZON_S);
         assert!(f.cycle_only && f.tte_s == base, "{f:?}");
+        // The same cycle seen for 11 h (a rising half, not yet half a day): it holds no alarm
+        // back, so a detection is never later than the line's.
+        let (th, xf) = window(11.0, 0.25, |t| {
+            0.5 + 0.15 * (w * t).sin() + wiggle(t, 0.003)
+        });
+        let f = forecast(&th, &xf, &alarm(base, 0.08, &th, &xf), HORIZON_S);
+        assert!(!f.cycle_only, "{f:?}");
         // Too few buckets: nothing but the base.
         let (th, xf) = window(2.0, 0.25, |t| 0.2 + 0.1 * (t + 2.0).powi(2));
         assert_eq!(

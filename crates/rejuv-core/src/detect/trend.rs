@@ -83,13 +83,14 @@
 //!    decided by rules 1–7 on the linear forecast; the time to exhaustion the alarm reports
 //!    is then forecast again, at each evaluation of an alarming scale, from the longest scale
 //!    holding enough buckets, with the model that history supports: a parabola for an
-//!    accelerating leak, a trend under a 24 h cycle (exhaustion at a *peak*) once half a day
-//!    has been seen, a knee for a leak that started inside the window (the alarming scale's
-//!    slope then, from that scale's latest bucket), or the line (the history's slope from the
-//!    latest bucket's level, when it agrees with the alarming scale's). [`Forecast::model`] names it; the forecast's
+//!    accelerating leak, a trend under a 24 h cycle (exhaustion at a *peak*) once 10 hours
+//!    have been seen (with its second harmonic from 20 hours), a knee for a leak that
+//!    started inside the window (the alarming scale's slope then, from that scale's latest
+//!    bucket), or the line (the history's slope from the latest bucket's level, when it
+//!    agrees with the alarming scale's). [`Forecast::model`] names it; the forecast's
 //!    interval is scaled with it. The alarm's persistence (rule 7) stays measured against the
-//!    linear forecast, so the models change no judgement but one: when the daily cycle
-//!    explains the history best and its peaks never reach the capacity
+//!    linear forecast, so the models change no judgement but one: when, over half a day or
+//!    more, the daily cycle explains the history best and its peaks never reach the capacity
 //!    ([`shape::ShapeForecast::cycle_only`]), the rise is the cycle's and the alarm is not
 //!    borne out, as with rule 7's recent slope (a healthy cycle alarming in its second day).
 //!    The forecast's interval, first the slope's confidence bounds, is then widened by what
