@@ -119,6 +119,10 @@ pub struct ShapeForecast {
     /// never reach the capacity within [`REACH_LIMIT`] horizons: the rise is the cycle's
     /// (`tte_s` is then the base's).
     pub cycle_only: bool,
+    /// How far the moment may fall from `tte_s` for reasons no better rate removes
+    /// ([`first_passage`]), `(low, high)` in seconds from now; `None` when the history shows
+    /// none.
+    pub spread_s: Option<(f64, f64)>,
 }
 
 /// What the alarming scale says: its forecast, its slope (fractions of the capacity per hour)
@@ -137,7 +141,7 @@ pub struct Alarming {
 /// ([`REACH_LIMIT`] times it). Falls back to the alarming scale's forecast `base.tte_s` (as
 /// [`ForecastModel::Linear`]) whenever no other model is both chosen and conclusive.
 /// Allocates nothing.
-pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> ShapeForecast {
+pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64, z: f64) -> ShapeForecast {
     let Alarming {
         tte_s: base_tte_s,
         slope_per_h: base_slope_per_h,
@@ -147,6 +151,7 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
         model: ForecastModel::Linear,
         tte_s: base_tte_s,
         cycle_only: false,
+        spread_s: None,
     };
     let n = th.len();
     if n < MIN_POINTS || n != xf.len() || horizon_s.is_nan() || horizon_s <= 0.0 {
@@ -211,21 +216,29 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
         }
     }
     let hours = |h: Option<f64>| h.map(|h| h * 3600.0);
-    let tte_s = match best.0 {
-        ForecastModel::Linear => hours(history_line(
-            th[n - 1],
-            xf[n - 1],
-            line[1],
-            base_slope_per_h,
-        )),
+    // The chosen model's forecast, and the path it expects the series to follow (for the
+    // spread about it): `None` for a straight drift.
+    let (tte_s, path) = match best.0 {
+        ForecastModel::Linear => (
+            hours(history_line(
+                th[n - 1],
+                xf[n - 1],
+                line[1],
+                base_slope_per_h,
+            )),
+            None,
+        ),
         // The leak started inside the window: the alarming scale sees it after its start, and
         // its slope goes on from its own latest bucket.
-        ForecastModel::Onset => hours(history_line(
-            base.latest_h,
-            base.latest,
-            base_slope_per_h,
-            base_slope_per_h,
-        )),
+        ForecastModel::Onset => (
+            hours(history_line(
+                base.latest_h,
+                base.latest,
+                base_slope_per_h,
+                base_slope_per_h,
+            )),
+            None,
+        ),
         ForecastModel::Accelerating => {
             // The whole window chose the parabola; its recent half says how fast the growth
             // speeds up now (a power or exponential growth curves more and more).
@@ -234,31 +247,47 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
                 .or(quad)
                 .expect("chosen, so fitted")
                 .0;
-            hours(first_root(c[2], c[1], c[0] - 1.0))
+            (hours(first_root(c[2], c[1], c[0] - 1.0)), Some((c, false)))
         }
         ForecastModel::Daily => {
             let c = daily.expect("chosen, so fitted").0;
-            hours(first_crossing(
-                |t| cycle(t).iter().zip(&c).map(|(f, c)| f * c).sum::<f64>(),
-                limit_h,
-            ))
+            (
+                hours(first_crossing(
+                    |t| cycle(t).iter().zip(&c).map(|(f, c)| f * c).sum::<f64>(),
+                    limit_h,
+                )),
+                Some((c, true)),
+            )
         }
+    };
+    // The path's value at `t` hours; a straight drift has none (the spread's own drift).
+    let along = |t: f64| match path {
+        Some((c, true)) => cycle(t).iter().zip(&c).map(|(f, c)| f * c).sum::<f64>(),
+        Some((c, false)) => c[0] + c[1] * t + c[2] * t * t,
+        None => 0.0,
+    };
+    let spread = |tte_s: f64, curved: bool| {
+        let path: &dyn Fn(f64) -> f64 = &along;
+        first_passage(th, xf, tte_s, z, curved.then_some(path))
     };
     match tte_s {
         Some(tte_s) if tte_s.is_finite() && tte_s <= REACH_LIMIT * horizon_s => ShapeForecast {
             model: best.0,
             tte_s,
             cycle_only: false,
+            spread_s: spread(tte_s, path.is_some()),
         },
         _ if best.0 == ForecastModel::Onset => ShapeForecast {
             model: ForecastModel::Onset,
             tte_s: base_tte_s,
             cycle_only: false,
+            spread_s: spread(base_tte_s, false),
         },
         _ => ShapeForecast {
             // Held back only from half a day: before, the alarm stands as it did without the
             // cycle (its forecast is the line's), so the cycle never delays a detection.
             cycle_only: best.0 == ForecastModel::Daily && span_s >= DAILY_MIN_SPAN_S,
+            spread_s: spread(base_tte_s, false),
             ..fallback
         },
     }
@@ -282,11 +311,18 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64) -> Shap
 ///   earlier or later than the trend's. The two spreads add in quadrature.
 ///
 /// `μ` is taken as `D / tte_s`, the chosen forecast's own. `σ²` and `η²` come from the bucket
-/// maxima's increments about the drift at lags of one and two buckets: `V₁ = σ²Δ + 2η²`,
+/// maxima's increments at lags of one and two buckets about those of the chosen model's
+/// `path` (a curve: a parabola, a cycle; `None`: the drift `μ`): `V₁ = σ²Δ + 2η²`,
 /// `V₂ = 2σ²Δ + 2η²`. Noise alone gives `V₂ ≈ V₁`, a random walk alone `V₂ ≈ 2·V₁`; the growth
 /// is taken as random only when `V₂` is at least [`RANDOM_WALK_RATIO`] times `V₁` (past
 /// halfway: the two estimates scatter by about ±25% over a window of 64 buckets).
-pub fn first_passage(th: &[f64], xf: &[f64], tte_s: f64, z: f64) -> Option<(f64, f64)> {
+pub fn first_passage(
+    th: &[f64],
+    xf: &[f64],
+    tte_s: f64,
+    z: f64,
+    path: Option<&dyn Fn(f64) -> f64>,
+) -> Option<(f64, f64)> {
     let n = th.len();
     let positive = |x: f64| x.is_finite() && x > 0.0;
     if n < MIN_POINTS || n != xf.len() || !positive(tte_s) || !positive(z) {
@@ -304,7 +340,11 @@ pub fn first_passage(th: &[f64], xf: &[f64], tte_s: f64, z: f64) -> Option<(f64,
         for i in lag..n {
             let dt = th[i] - th[i - lag];
             if dt > 0.0 {
-                let d = xf[i] - xf[i - lag] - mu * dt;
+                let expected = match path {
+                    Some(p) => p(th[i]) - p(th[i - lag]),
+                    None => mu * dt,
+                };
+                let d = xf[i] - xf[i - lag] - expected;
                 sum += d * d;
                 dt_sum += dt;
                 k += 1;
@@ -534,6 +574,8 @@ mod tests {
     }
 
     const HORIZON_S: f64 = 48.0 * 3600.0;
+    /// One-sided 99%.
+    const Z: f64 = 2.326;
 
     /// An alarming scale forecasting `tte_s` at `slope_per_h`, whose latest bucket is the
     /// window's.
@@ -569,7 +611,13 @@ mod tests {
             let u = 14.0 + t;
             0.2 + 0.8 * (u / 20.0).powi(2) + wiggle(t, 0.003)
         });
-        let f = forecast(&th, &xf, &alarm(10.0 * 3600.0, 0.05, &th, &xf), HORIZON_S);
+        let f = forecast(
+            &th,
+            &xf,
+            &alarm(10.0 * 3600.0, 0.05, &th, &xf),
+            HORIZON_S,
+            Z,
+        );
         assert_eq!(f.model, ForecastModel::Accelerating);
         let truth = 6.0 * 3600.0;
         assert!(
@@ -586,7 +634,7 @@ mod tests {
         let truth_curve = |t: f64| 0.45 + 0.01 * t + 0.12 * (w * t + 1.0).sin();
         let (th, xf) = window(20.0, 0.3125, |t| truth_curve(t) + wiggle(t, 0.003));
         let truth_h = first_crossing(truth_curve, 200.0).unwrap();
-        let f = forecast(&th, &xf, &alarm(3.0 * 3600.0, 0.03, &th, &xf), HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(3.0 * 3600.0, 0.03, &th, &xf), HORIZON_S, Z);
         assert_eq!(f.model, ForecastModel::Daily);
         assert!(
             (f.tte_s / 3600.0 - truth_h).abs() / truth_h < 0.05,
@@ -599,7 +647,7 @@ mod tests {
         // Seen for 8 h only, the same series is not judged a cycle.
         let (th, xf) = window(8.0, 0.125, |t| truth_curve(t) + wiggle(t, 0.003));
         assert_ne!(
-            forecast(&th, &xf, &alarm(3.0 * 3600.0, 0.03, &th, &xf), HORIZON_S).model,
+            forecast(&th, &xf, &alarm(3.0 * 3600.0, 0.03, &th, &xf), HORIZON_S, Z).model,
             ForecastModel::Daily
         );
     }
@@ -616,7 +664,7 @@ mod tests {
         let truth_curve = |t: f64| 0.75 + 0.005 * t + cycle(t);
         let (th, xf) = window(30.0, 0.46875, |t| truth_curve(t) + wiggle(t, 0.003));
         let truth_h = first_crossing(truth_curve, 200.0).unwrap();
-        let f = forecast(&th, &xf, &alarm(8.0 * 3600.0, 0.01, &th, &xf), HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(8.0 * 3600.0, 0.01, &th, &xf), HORIZON_S, Z);
         assert_eq!(f.model, ForecastModel::Daily);
         assert!(
             (f.tte_s / 3600.0 - truth_h).abs() / truth_h < 0.05,
@@ -667,23 +715,23 @@ mod tests {
         let base = 7.0 * 3600.0;
         // A steady leak: 0.6 now, 0.02/h; 20 h to the capacity (the alarming scale said 7 h).
         let (th, xf) = window(16.0, 0.25, |t| 0.6 + 0.02 * t);
-        let f = forecast(&th, &xf, &alarm(base, 0.025, &th, &xf), HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(base, 0.025, &th, &xf), HORIZON_S, Z);
         assert_eq!(f.model, ForecastModel::Linear);
         assert!((f.tte_s / 3600.0 - 20.0).abs() < 1e-6, "{f:?}");
         // With noise, within 5%.
         let (th, xf) = window(16.0, 0.25, |t| 0.6 + 0.02 * t + wiggle(t, 0.01));
-        let f = forecast(&th, &xf, &alarm(base, 0.025, &th, &xf), HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(base, 0.025, &th, &xf), HORIZON_S, Z);
         assert_eq!(f.model, ForecastModel::Linear);
         assert!((f.tte_s / 3600.0 - 20.0).abs() < 1.0, "{f:?}");
         // A staircase, a step of 0.03 every 1.5 h (0.02/h), now on its step at 0.9: the mean
         // rate takes 5 h for the last 0.1.
         let (th, xf) = window(16.0, 0.25, |t| 0.6 + 0.03 * ((t + 16.0) / 1.5).floor());
-        let f = forecast(&th, &xf, &alarm(base, 0.02, &th, &xf), HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(base, 0.02, &th, &xf), HORIZON_S, Z);
         assert_eq!(f.model, ForecastModel::Linear);
         assert!((f.tte_s / 3600.0 - 5.0).abs() < 0.05, "{f:?}");
         // The alarming scale rises 5 times as fast (a leak that sped up lately): its forecast.
         assert_eq!(
-            forecast(&th, &xf, &alarm(base, 0.1, &th, &xf), HORIZON_S).tte_s,
+            forecast(&th, &xf, &alarm(base, 0.1, &th, &xf), HORIZON_S, Z).tte_s,
             base
         );
     }
@@ -697,7 +745,13 @@ mod tests {
         let (th, xf) = window(16.0, 0.25, |t| {
             0.5 + 0.04 * steps.iter().filter(|&&s| t >= s).count() as f64
         });
-        let f = forecast(&th, &xf, &alarm(5.0 * 3600.0, 0.025, &th, &xf), HORIZON_S);
+        let f = forecast(
+            &th,
+            &xf,
+            &alarm(5.0 * 3600.0, 0.025, &th, &xf),
+            HORIZON_S,
+            Z,
+        );
         assert_eq!(f.model, ForecastModel::Linear);
         assert!((f.tte_s / 3600.0 - 10.0).abs() < 0.05, "{f:?}");
     }
@@ -718,25 +772,25 @@ mod tests {
             latest_h: -0.25,
             latest: 0.68,
         };
-        let f = forecast(&th, &xf, &alarming, HORIZON_S);
+        let f = forecast(&th, &xf, &alarming, HORIZON_S, Z);
         assert_eq!(f.model, ForecastModel::Onset);
         assert!((f.tte_s / 3600.0 - 3.75).abs() < 1e-9, "{f:?}");
         // A healthy cycle seen for 30 h: the cycle explains it and never reaches the capacity.
         let w = 2.0 * std::f64::consts::PI / 24.0;
         let (th, xf) = window(30.0, 0.5, |t| 0.5 + 0.15 * (w * t).sin() + wiggle(t, 0.003));
-        let f = forecast(&th, &xf, &alarm(base, 0.08, &th, &xf), HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(base, 0.08, &th, &xf), HORIZON_S, Z);
         assert!(f.cycle_only && f.tte_s == base, "{f:?}");
         // The same cycle seen for 11 h (a rising half, not yet half a day): it holds no alarm
         // back, so a detection is never later than the line's.
         let (th, xf) = window(11.0, 0.25, |t| {
             0.5 + 0.15 * (w * t).sin() + wiggle(t, 0.003)
         });
-        let f = forecast(&th, &xf, &alarm(base, 0.08, &th, &xf), HORIZON_S);
+        let f = forecast(&th, &xf, &alarm(base, 0.08, &th, &xf), HORIZON_S, Z);
         assert!(!f.cycle_only, "{f:?}");
         // Too few buckets: nothing but the base.
         let (th, xf) = window(2.0, 0.25, |t| 0.2 + 0.1 * (t + 2.0).powi(2));
         assert_eq!(
-            forecast(&th, &xf, &alarm(base, 0.08, &th, &xf), HORIZON_S).model,
+            forecast(&th, &xf, &alarm(base, 0.08, &th, &xf), HORIZON_S, Z).model,
             ForecastModel::Linear
         );
     }
@@ -770,12 +824,12 @@ mod tests {
             .map(|t| 0.6 + 0.01 * t + 0.02 * (unit() - 0.5))
             .collect();
         let tte = 40.0 * 3600.0;
-        if let Some((low, high)) = first_passage(&th, &xf, tte, z) {
+        if let Some((low, high)) = first_passage(&th, &xf, tte, z, None) {
             assert!(low > 0.9 * tte && high < 1.1 * tte, "{low} {high}");
         }
         // A regular staircase (a step of 0.02 every hour) is not random either.
         let (th, xf) = window(32.0, 0.5, |t| 0.6 + 0.02 * (t + 32.0).floor());
-        assert_eq!(first_passage(&th, &xf, 20.0 * 3600.0, z), None);
+        assert_eq!(first_passage(&th, &xf, 20.0 * 3600.0, z, None), None);
         // A random one: exponential bursts of mean 0.03 at random half-hours, about one an
         // hour; from 0.6, about 13 bursts are left, whose moments and sizes leave the
         // exhaustion open by more than a third either way.
@@ -789,7 +843,7 @@ mod tests {
             xf.push(level.min(0.99));
         }
         let tte = (1.0 - xf[63]) / 0.015 * 3600.0;
-        let (low, high) = first_passage(&th, &xf, tte, z).expect("a random staircase");
+        let (low, high) = first_passage(&th, &xf, tte, z, None).expect("a random staircase");
         assert!(low < 0.67 * tte && high > 1.33 * tte, "{low} {tte} {high}");
         assert!(low > 0.0 && high.is_finite());
     }

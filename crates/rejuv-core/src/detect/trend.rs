@@ -491,11 +491,15 @@ impl SeriesDetector {
             for x in xs.iter_mut() {
                 *x /= self.capacity;
             }
-            let chosen = shape::forecast(ts, xs, &base, self.params.horizon_s);
-            let spread = shape::first_passage(ts, xs, chosen.tte_s, self.params.z_one_sided);
-            Some((chosen, spread))
+            Some(shape::forecast(
+                ts,
+                xs,
+                &base,
+                self.params.horizon_s,
+                self.params.z_one_sided,
+            ))
         });
-        let Some((chosen, spread)) = chosen else {
+        let Some(chosen) = chosen else {
             return;
         };
         // The history is a cycle whose peaks stay below the capacity: the rise is the cycle's,
@@ -512,7 +516,7 @@ impl SeriesDetector {
             f.tte_s = chosen.tte_s;
         }
         // A growth that is itself random (bursts) leaves the moment open beyond its rate.
-        if let Some((low, high)) = spread {
+        if let Some((low, high)) = chosen.spread_s {
             f.tte_low_s = f.tte_low_s.min(low);
             f.tte_high_s = f.tte_high_s.map(|h| h.max(high));
         }
