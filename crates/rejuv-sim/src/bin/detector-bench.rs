@@ -8,7 +8,7 @@
 //! Prints markdown: the figures of both suites (dev and held-back), per family, and the
 //! series-updates per second of one core. `--dev-only` leaves the held-back suite out (for
 //! tuning runs); `--stress N` adds a suite of `N` dev-draw traces per family from other seeds
-//! (its details list only the traces judged wrong); `--held-back-stress N` the same of the
+//! (its details list only the traces judged wrong, unless `--all-details`); `--held-back-stress N` the same of the
 //! held-back draw (seeds from 4 000 001), to tune against its kinds; `--held-out N` adds `N` traces per family
 //! of the held-back draw from seeds no other suite uses (`traces::held_out_suite`), kept out
 //! of the tuning of the forecast models.
@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let details = args.iter().any(|a| a == "--details");
+    let all_details = args.iter().any(|a| a == "--all-details");
+    let details = all_details || args.iter().any(|a| a == "--details");
     let dev_only = args.iter().any(|a| a == "--dev-only");
     let stress: usize = args
         .iter()
@@ -78,7 +79,7 @@ fn main() {
             suites.push((
                 "held-back stress suite",
                 traces::held_back_stress_suite(held_back_stress),
-                std::env::var_os("ALL").is_none(),
+                true,
             ));
         }
         if held_out > 0 {
@@ -92,7 +93,7 @@ fn main() {
             println!("{}", eval::markdown_families(&outs));
             println!("{}", bursty_floor(&suite, &outs));
             if details {
-                print_details(&outs, only_wrong);
+                print_details(&outs, only_wrong && !all_details);
             }
         }
     }
