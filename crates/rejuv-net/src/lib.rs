@@ -376,12 +376,23 @@ pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
 /// handed out.
 ///
 /// # Errors
-/// When no such range is found in 500 random tries between 20,000 and 60,000.
+/// When no such range is found in 500 random tries between 20,000 and 60,000 (at once when
+/// `n` is over 40,000).
 pub fn free_range(ip: std::net::IpAddr, n: u16) -> std::io::Result<[u16; 2]> {
     let n = n.max(1);
+    let no_range = || {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("no free range of {n} ports on {ip}"),
+        )
+    };
+    // The first port is drawn from 20,000 up to where the range still ends at 60,000.
+    let Some(span) = 40_000u16.checked_sub(n - 1) else {
+        return Err(no_range());
+    };
     let mut given = given_ports();
     for _ in 0..500 {
-        let base = 20_000 + (rand::random::<u16>() % 40_000);
+        let base = 20_000 + (rand::random::<u16>() % span);
         let ports = base..base + n;
         if ports.clone().any(|p| given.contains(&(ip, p))) {
             continue;
@@ -394,10 +405,7 @@ pub fn free_range(ip: std::net::IpAddr, n: u16) -> std::io::Result<[u16; 2]> {
             return Ok([base, base + n - 1]);
         }
     }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::AddrNotAvailable,
-        format!("no free range of {n} ports on {ip}"),
-    ))
+    Err(no_range())
 }
 
 #[cfg(test)]

@@ -59,6 +59,11 @@ pub fn bursty_floor(trace: &Trace, outcome: &Outcome) -> Option<BurstyFloor> {
     let actual = outcome.lead_s().filter(|l| *l > 0.0)?;
     let i = (detected / STEP_S).round() as usize;
     let level = f64::from(*truth.levels.get(i)?);
+    // The noise alone may have kept the value under the capacity after the staircase reached
+    // it: nothing is left to forecast.
+    if level >= 1.0 {
+        return None;
+    }
     let mut rng = StdRng::seed_from_u64(trace.seed ^ 0x0b5e_55ed);
     let p = (STEP_S / truth.mean_gap_s).clamp(1e-9, 1.0);
     let mut forecast = |p: f64, mean_jump: f64| {

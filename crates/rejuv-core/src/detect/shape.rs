@@ -60,7 +60,8 @@ pub const CURVE_SHARE: f64 = 0.8;
 pub const DAILY_SHARE: f64 = 0.7;
 /// The knee must explain at least this share of the line's residual sum of squares.
 pub const ONSET_SHARE: f64 = 0.8;
-/// The daily cycle is fitted only over at least this much history (half a period).
+/// A daily cycle whose peaks stay below the capacity holds an alarm back only over at least
+/// this much history (half a period; [`ShapeForecast::cycle_only`]).
 pub const DAILY_MIN_SPAN_S: f64 = 12.0 * 3600.0;
 /// The daily cycle forecasts the time to exhaustion from this much history on (see
 /// [`ShapeForecast::cycle_only`] for when it may also hold an alarm back).
@@ -78,6 +79,10 @@ pub const HISTORY_AGREEMENT: f64 = 2.0;
 /// The increments' variance over two buckets must be at least this many times that over one
 /// for the growth to be taken as random ([`first_passage`]).
 pub const RANDOM_WALK_RATIO: f64 = 1.5;
+/// The local drift about which [`first_passage`] measures the increments is their mean rate
+/// over this many buckets on either side: short enough to follow a cycle's or a knee's turns,
+/// long enough that it takes little of a random walk's own variance (one part in nine).
+pub const LOCAL_BUCKETS: usize = 4;
 /// The most basis functions of a fit.
 const K: usize = 6;
 /// Fewer buckets than this: no model but the alarming scale's line.
@@ -139,7 +144,8 @@ pub struct Alarming {
 /// buckets' times in hours relative to now (ascending, all ≤ 0), `xf` their values as fractions
 /// of the capacity (exhaustion at 1). `horizon_s` bounds the search of a curve's crossing
 /// ([`REACH_LIMIT`] times it). Falls back to the alarming scale's forecast `base.tte_s` (as
-/// [`ForecastModel::Linear`]) whenever no other model is both chosen and conclusive.
+/// [`ForecastModel::Linear`]) whenever no other model is both chosen and conclusive. The
+/// forecast's spread ([`ShapeForecast::spread_s`]) is that of [`first_passage`] with `z`.
 /// Allocates nothing.
 pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64, z: f64) -> ShapeForecast {
     let Alarming {
@@ -216,29 +222,21 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64, z: f64)
         }
     }
     let hours = |h: Option<f64>| h.map(|h| h * 3600.0);
-    // The chosen model's forecast, and the path it expects the series to follow (for the
-    // spread about it): `None` for a straight drift.
-    let (tte_s, path) = match best.0 {
-        ForecastModel::Linear => (
-            hours(history_line(
-                th[n - 1],
-                xf[n - 1],
-                line[1],
-                base_slope_per_h,
-            )),
-            None,
-        ),
+    let tte_s = match best.0 {
+        ForecastModel::Linear => hours(history_line(
+            th[n - 1],
+            xf[n - 1],
+            line[1],
+            base_slope_per_h,
+        )),
         // The leak started inside the window: the alarming scale sees it after its start, and
         // its slope goes on from its own latest bucket.
-        ForecastModel::Onset => (
-            hours(history_line(
-                base.latest_h,
-                base.latest,
-                base_slope_per_h,
-                base_slope_per_h,
-            )),
-            None,
-        ),
+        ForecastModel::Onset => hours(history_line(
+            base.latest_h,
+            base.latest,
+            base_slope_per_h,
+            base_slope_per_h,
+        )),
         ForecastModel::Accelerating => {
             // The whole window chose the parabola; its recent half says how fast the growth
             // speeds up now (a power or exponential growth curves more and more).
@@ -247,47 +245,37 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64, z: f64)
                 .or(quad)
                 .expect("chosen, so fitted")
                 .0;
-            (hours(first_root(c[2], c[1], c[0] - 1.0)), Some((c, false)))
+            hours(first_root(c[2], c[1], c[0] - 1.0))
         }
         ForecastModel::Daily => {
             let c = daily.expect("chosen, so fitted").0;
-            (
-                hours(first_crossing(
-                    |t| cycle(t).iter().zip(&c).map(|(f, c)| f * c).sum::<f64>(),
-                    limit_h,
-                )),
-                Some((c, true)),
-            )
+            hours(first_crossing(
+                |t| cycle(t).iter().zip(&c).map(|(f, c)| f * c).sum::<f64>(),
+                limit_h,
+            ))
         }
     };
-    // The path's value at `t` hours; a straight drift has none (the spread's own drift).
-    let along = |t: f64| match path {
-        Some((c, true)) => cycle(t).iter().zip(&c).map(|(f, c)| f * c).sum::<f64>(),
-        Some((c, false)) => c[0] + c[1] * t + c[2] * t * t,
-        None => 0.0,
-    };
-    let spread = |tte_s: f64, curved: bool| {
-        let path: &dyn Fn(f64) -> f64 = &along;
-        first_passage(th, xf, tte_s, z, curved.then_some(path))
-    };
+    let spread = |tte_s: f64| first_passage(th, xf, tte_s, z);
     match tte_s {
         Some(tte_s) if tte_s.is_finite() && tte_s <= REACH_LIMIT * horizon_s => ShapeForecast {
             model: best.0,
             tte_s,
             cycle_only: false,
-            spread_s: spread(tte_s, path.is_some()),
+            spread_s: spread(tte_s),
         },
         _ if best.0 == ForecastModel::Onset => ShapeForecast {
             model: ForecastModel::Onset,
             tte_s: base_tte_s,
             cycle_only: false,
-            spread_s: spread(base_tte_s, false),
+            spread_s: spread(base_tte_s),
         },
         _ => ShapeForecast {
             // Held back only from half a day: before, the alarm stands as it did without the
-            // cycle (its forecast is the line's), so the cycle never delays a detection.
+            // cycle (its forecast is the line's), so the cycle never delays a detection. The
+            // cycle is the one that won (with its second harmonic from 20 h): a sharp peak
+            // that reaches the capacity lets an alarm stand that a sine's lower peak held back.
             cycle_only: best.0 == ForecastModel::Daily && span_s >= DAILY_MIN_SPAN_S,
-            spread_s: spread(base_tte_s, false),
+            spread_s: spread(base_tte_s),
             ..fallback
         },
     }
@@ -310,19 +298,15 @@ pub fn forecast(th: &[f64], xf: &[f64], base: &Alarming, horizon_s: f64, z: f64)
 ///   bucket maxima scatter by `η` about the growth, so the crossing comes about `z·η/μ`
 ///   earlier or later than the trend's. The two spreads add in quadrature.
 ///
-/// `μ` is taken as `D / tte_s`, the chosen forecast's own. `σ²` and `η²` come from the bucket
-/// maxima's increments at lags of one and two buckets about those of the chosen model's
-/// `path` (a curve: a parabola, a cycle; `None`: the drift `μ`): `V₁ = σ²Δ + 2η²`,
-/// `V₂ = 2σ²Δ + 2η²`. Noise alone gives `V₂ ≈ V₁`, a random walk alone `V₂ ≈ 2·V₁`; the growth
-/// is taken as random only when `V₂` is at least [`RANDOM_WALK_RATIO`] times `V₁` (past
-/// halfway: the two estimates scatter by about ±25% over a window of 64 buckets).
-pub fn first_passage(
-    th: &[f64],
-    xf: &[f64],
-    tte_s: f64,
-    z: f64,
-    path: Option<&dyn Fn(f64) -> f64>,
-) -> Option<(f64, f64)> {
+/// `μ` is taken as `D / tte_s`, the chosen forecast's own (the inverse Gaussian's mean is the
+/// forecast). `σ²` and `η²` come from the bucket maxima's increments at lags of one and two
+/// buckets about the *local* drift (the increments' mean rate within [`LOCAL_BUCKETS`] on
+/// either side), so that a curve of any shape (a cycle, a knee, an acceleration) is not taken
+/// for randomness: `V₁ = σ²Δ + 2η²`, `V₂ = 2σ²Δ + 2η²`. Noise alone gives `V₂ ≈ V₁`, a random
+/// walk alone `V₂ ≈ 2·V₁`; the growth is taken as random only when `V₂` is at least
+/// [`RANDOM_WALK_RATIO`] times `V₁` (past halfway: the two estimates scatter by about ±25% over
+/// a window of 64 buckets).
+pub fn first_passage(th: &[f64], xf: &[f64], tte_s: f64, z: f64) -> Option<(f64, f64)> {
     let n = th.len();
     let positive = |x: f64| x.is_finite() && x > 0.0;
     if n < MIN_POINTS || n != xf.len() || !positive(tte_s) || !positive(z) {
@@ -334,21 +318,38 @@ pub fn first_passage(
     }
     let m_h = tte_s / 3600.0;
     let mu = dist / m_h;
-    // Increments about the drift at lags 1 and 2, each over its own time step (gaps allowed).
+    // The local rate per hour at each bucket: the mean rate of the increments within
+    // LOCAL_BUCKETS on either side (gaps allowed: each increment over its own time step).
+    let rate = |i: usize| {
+        let dt = th[i] - th[i - 1];
+        (dt > 0.0).then(|| (xf[i] - xf[i - 1]) / dt)
+    };
+    let local = |i: usize| {
+        let (lo, hi) = (
+            i.saturating_sub(LOCAL_BUCKETS).max(1),
+            (i + LOCAL_BUCKETS).min(n - 1),
+        );
+        let (sum, k) = (lo..=hi)
+            .filter_map(rate)
+            .fold((0.0, 0usize), |(s, k), r| (s + r, k + 1));
+        (k > 0).then(|| sum / k as f64)
+    };
+    // Increments about the local drift at lags 1 and 2.
     let lag_var = |lag: usize| {
         let (mut sum, mut dt_sum, mut k) = (0.0, 0.0, 0usize);
         for i in lag..n {
             let dt = th[i] - th[i - lag];
-            if dt > 0.0 {
-                let expected = match path {
-                    Some(p) => p(th[i]) - p(th[i - lag]),
-                    None => mu * dt,
-                };
-                let d = xf[i] - xf[i - lag] - expected;
-                sum += d * d;
-                dt_sum += dt;
-                k += 1;
+            if dt <= 0.0 {
+                continue;
             }
+            let mut expected = 0.0;
+            for j in i + 1 - lag..=i {
+                expected += local(j).unwrap_or(0.0) * (th[j] - th[j - 1]);
+            }
+            let d = xf[i] - xf[i - lag] - expected;
+            sum += d * d;
+            dt_sum += dt;
+            k += 1;
         }
         (k > 0).then(|| (sum / k as f64, dt_sum / k as f64))
     };
@@ -390,14 +391,15 @@ pub fn first_passage(
         (low_h, high_h) = (quantile(p_low), quantile(1.0 - p_low));
     }
     let scatter_h = z * eta / mu;
-    let low = m_h - (m_h - low_h).hypot(scatter_h);
-    let high = m_h + (high_h - m_h).hypot(scatter_h);
+    let low = m_h - (m_h - low_h).max(0.0).hypot(scatter_h);
+    let high = m_h + (high_h - m_h).max(0.0).hypot(scatter_h);
     Some((low.max(0.0) * 3600.0, high * 3600.0))
 }
 
-/// The distribution function of the inverse Gaussian of mean `m` and shape `l` at `t`. Where
-/// `2l/m` is large the exact form overflows; the distribution is then close to a normal of
-/// mean `m` and variance `m³/l`.
+/// The distribution function of the inverse Gaussian of mean `m` and shape `l` at `t`:
+/// `Φ(√(l/t)(t/m − 1)) + e^{2l/m}·Φ(−√(l/t)(t/m + 1))`. The second term is a huge factor times
+/// a tiny tail; it is computed as one exponent times the tail's Mills ratio, which neither
+/// overflows nor loses the tail to rounding (`x² / 2 ≥ 2l/m` always, so the exponent is ≤ 0).
 fn inverse_gaussian_cdf(t: f64, m: f64, l: f64) -> f64 {
     if t <= 0.0 {
         return 0.0;
@@ -405,10 +407,25 @@ fn inverse_gaussian_cdf(t: f64, m: f64, l: f64) -> f64 {
     let r = (l / t).sqrt();
     let a = normal_cdf(r * (t / m - 1.0));
     let e = 2.0 * l / m;
-    if e > 600.0 {
-        return normal_cdf((t - m) / (m * m * m / l).sqrt());
+    let x = r * (t / m + 1.0);
+    let b = if x < 3.0 {
+        // e ≤ x²/2 < 4.5 here: no overflow, and a tail above 1e-3 keeps its digits.
+        e.exp() * normal_cdf(-x)
+    } else {
+        (e - x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt() * mills_ratio(x)
+    };
+    (a + b).clamp(0.0, 1.0)
+}
+
+/// The normal's Mills ratio `Φ(−x) / φ(x)` for `x ≥ 3`, by its continued fraction
+/// `1 / (x + 1 / (x + 2 / (x + 3 / (x + …))))`, 40 terms deep (relative error far below
+/// 1e-12 there).
+fn mills_ratio(x: f64) -> f64 {
+    let mut f = x;
+    for k in (1..=40).rev() {
+        f = x + f64::from(k) / f;
     }
-    (a + e.exp() * normal_cdf(-r * (t / m + 1.0))).clamp(0.0, 1.0)
+    1.0 / f
 }
 
 /// The line's forecast, in hours: the longest history's least-squares `slope_per_h`, from the
@@ -800,14 +817,42 @@ mod tests {
         // m = 1, λ = 1 at t = 1: Φ(0) + e²·Φ(−2) = 0.5 + 7.389 × 0.02275 = 0.6681.
         assert!((inverse_gaussian_cdf(1.0, 1.0, 1.0) - 0.6681).abs() < 1e-3);
         assert_eq!(inverse_gaussian_cdf(0.0, 1.0, 1.0), 0.0);
-        // A narrow one (2λ/m = 800, past the exact form's range) is the normal around m.
-        assert!((inverse_gaussian_cdf(1.0, 1.0, 400.0) - 0.5).abs() < 1e-9);
+        // A narrow one (2λ/m = 800): the tail term is e^800 × Φ(−40), which the Mills ratio
+        // keeps: 1/40 × (1 − 1/40² + 3/40⁴) / √(2π) = 0.0099673, so F(1) = 0.5099673.
+        assert!((inverse_gaussian_cdf(1.0, 1.0, 400.0) - 0.509_967_3).abs() < 1e-6);
         assert!(inverse_gaussian_cdf(1.2, 1.0, 400.0) > 0.99);
-        assert!(inverse_gaussian_cdf(5.0, 1.0, 1.0) > inverse_gaussian_cdf(2.0, 1.0, 1.0));
+        // Non-decreasing in t for every shape, the range where the tail's digits matter
+        // (2λ/m from 20 to 40) included.
+        for l in [0.5, 10.0, 16.0, 20.0, 30.0, 100.0, 400.0, 5000.0] {
+            let mut last = 0.0;
+            for i in 1..=400 {
+                let f = inverse_gaussian_cdf(f64::from(i) * 0.01, 1.0, l);
+                assert!(
+                    f >= last - 1e-12 && f.is_finite(),
+                    "λ = {l}, t = {i}: {f} < {last}"
+                );
+                last = f;
+            }
+        }
     }
 
     #[test]
-    fn a_random_staircase_widens_the_interval_and_a_smooth_leak_does_not() {
+    fn the_mills_ratio_matches_tabulated_values() {
+        // Φ(−3) / φ(3) = 0.0013499 / 0.0044318; Φ(−10) / φ(10) = 7.6199e-24 / 7.6946e-23.
+        assert!(
+            (mills_ratio(3.0) - 0.304_590).abs() < 2e-5,
+            "{}",
+            mills_ratio(3.0)
+        );
+        assert!(
+            (mills_ratio(10.0) - 0.099_029).abs() < 1e-5,
+            "{}",
+            mills_ratio(10.0)
+        );
+    }
+
+    #[test]
+    fn a_random_staircase_widens_the_interval_and_smooth_shapes_do_not() {
         let z = 2.326; // one-sided 99%
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         let mut unit = move || {
@@ -816,35 +861,69 @@ mod tests {
             seed ^= seed << 17;
             (seed >> 11) as f64 / (1u64 << 53) as f64
         };
+        let (th, _) = window(32.0, 0.5, |_| 0.0);
+        let narrow = |f: Option<(f64, f64)>, tte: f64, share: f64| {
+            if let Some((low, high)) = f {
+                assert!(
+                    low > (1.0 - share) * tte && high < (1.0 + share) * tte,
+                    "{low} {tte} {high}"
+                );
+            }
+        };
         // A smooth leak under measurement noise (±0.01, independent from bucket to bucket):
         // the noise is no randomness of the growth.
-        let (th, _) = window(32.0, 0.5, |_| 0.0);
         let xf: Vec<f64> = th
             .iter()
             .map(|t| 0.6 + 0.01 * t + 0.02 * (unit() - 0.5))
             .collect();
-        let tte = 40.0 * 3600.0;
-        if let Some((low, high)) = first_passage(&th, &xf, tte, z, None) {
-            assert!(low > 0.9 * tte && high < 1.1 * tte, "{low} {high}");
-        }
-        // A regular staircase (a step of 0.02 every hour) is not random either.
-        let (th, xf) = window(32.0, 0.5, |t| 0.6 + 0.02 * (t + 32.0).floor());
-        assert_eq!(first_passage(&th, &xf, 20.0 * 3600.0, z, None), None);
-        // A random one: exponential bursts of mean 0.03 at random half-hours, about one an
-        // hour; from 0.6, about 13 bursts are left, whose moments and sizes leave the
-        // exhaustion open by more than a third either way.
-        let (mut th, mut xf) = (Vec::new(), Vec::new());
-        let mut level = 0.3f64;
-        for i in 0..64 {
+        narrow(
+            first_passage(&th, &xf, 40.0 * 3600.0, z),
+            40.0 * 3600.0,
+            0.1,
+        );
+        // A knee (flat for a day, then 0.04/h for 8 h) under ±0.3% of noise.
+        let xf: Vec<f64> = th
+            .iter()
+            .map(|t| 0.3 + 0.04 * (t + 8.0).max(0.0) + 0.006 * (unit() - 0.5))
+            .collect();
+        let tte = (1.0 - xf[63]) / 0.04 * 3600.0;
+        narrow(first_passage(&th, &xf, tte, z), tte, 0.2);
+        // A healthy daily cycle, forecast by a line that happens to alarm: its own turns are
+        // no randomness either.
+        let w = 2.0 * std::f64::consts::PI / 24.0;
+        let xf: Vec<f64> = th
+            .iter()
+            .map(|t| 0.5 + 0.15 * (w * t).sin() + 0.006 * (unit() - 0.5))
+            .collect();
+        narrow(first_passage(&th, &xf, 7.0 * 3600.0, z), 7.0 * 3600.0, 0.25);
+        // A regular staircase (a step of 0.02 every hour, from 0.3 to 0.94): the crossing may
+        // come half a step early or late, symmetrically, and is not a random walk's skewed one.
+        let xf: Vec<f64> = th.iter().map(|t| 0.3 + 0.02 * (t + 32.0).floor()).collect();
+        let tte = 3.0 * 3600.0;
+        let (low, high) = first_passage(&th, &xf, tte, z).expect("a scatter about the trend");
+        assert!(
+            ((high - tte) - (tte - low)).abs() < 0.01 * tte,
+            "{low} {high}"
+        );
+        // A random one: exponential bursts of mean 0.02 at random half-hours, one an hour on
+        // average, from 0.2: about 8 bursts are left, whose moments and sizes leave the
+        // exhaustion open by more than a third either way, the late side more.
+        let mut xf = Vec::new();
+        let mut level = 0.2f64;
+        for _ in 0..64 {
             if unit() < 0.5 {
-                level += -0.03 * unit().max(1e-12).ln();
+                level += -0.02 * unit().max(1e-12).ln();
             }
-            th.push(-32.0 + 0.5 * f64::from(i + 1));
-            xf.push(level.min(0.99));
+            xf.push(level);
         }
-        let tte = (1.0 - xf[63]) / 0.015 * 3600.0;
-        let (low, high) = first_passage(&th, &xf, tte, z, None).expect("a random staircase");
+        assert!(
+            xf[63] < 0.95,
+            "the staircase must not have run out: {}",
+            xf[63]
+        );
+        let tte = (1.0 - xf[63]) / 0.02 * 3600.0;
+        let (low, high) = first_passage(&th, &xf, tte, z).expect("a random staircase");
         assert!(low < 0.67 * tte && high > 1.33 * tte, "{low} {tte} {high}");
-        assert!(low > 0.0 && high.is_finite());
+        assert!(high - tte > tte - low && low > 0.0 && high.is_finite());
     }
 }

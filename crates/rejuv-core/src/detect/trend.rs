@@ -96,8 +96,8 @@
 //!    The forecast's interval, first the slope's confidence bounds, is then widened by what
 //!    no better rate removes ([`shape::first_passage`]): a growth that is itself random (a
 //!    staircase of bursts) and the scatter of the peaks about the trend. On the trace suites
-//!    the real exhaustion fell inside it for about half of the bursty leaks before, 80% or
-//!    more after (bench/RESULTS.md); no alarm depends on it.
+//!    the real exhaustion fell inside it for about half of the bursty leaks before, three
+//!    quarters or more after (bench/RESULTS.md); no alarm depends on it.
 //! 9. **A forecast counts from now.** A scale is evaluated when one of its buckets closes
 //!    (every 30 minutes on the 32 h scale); a verdict in between reports the latest forecast
 //!    with the time elapsed since its evaluation taken off ([`Forecast::aged`]), so the

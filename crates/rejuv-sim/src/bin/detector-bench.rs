@@ -1,7 +1,7 @@
 //! `detector-bench`: the trend detector and the threshold baselines on the trace suites, and
 //! the detector's throughput and memory.
 //!
-//! `cargo run --release -p rejuv-sim --bin detector-bench [-- --details] [--skip-suites]
+//! `cargo run --release -p rejuv-sim --bin detector-bench [-- --details] [--all-details] [--skip-suites]
 //! [--skip-throughput] [--dev-only] [--stress N] [--held-back-stress N] [--held-out N]
 //! [--write-fleet DIR]`
 //!
@@ -137,24 +137,16 @@ fn write_fleet(dir: &std::path::Path, dev_only: bool) -> std::io::Result<()> {
 
 /// The bursty leaks' forecasts beside the best possible ones ([`oracle`]).
 fn bursty_floor(suite: &[traces::Trace], outs: &[eval::Outcome]) -> String {
-    let floors: Vec<oracle::BurstyFloor> = suite
+    // Each caught bursty leak's floor, beside the detector's own error on it.
+    let (floors, errors): (Vec<oracle::BurstyFloor>, Vec<f64>) = suite
         .iter()
         .zip(outs)
-        .filter_map(|(t, o)| oracle::bursty_floor(t, o))
-        .collect();
-    let med = |f: fn(&oracle::BurstyFloor) -> f64| {
-        eval::median(floors.iter().map(f).collect())
-            .map_or("-".into(), |m| format!("{:.1}%", m * 100.0))
-    };
-    let detector = eval::median(
-        suite
-            .iter()
-            .zip(outs)
-            .filter(|(t, o)| t.bursty.is_some() && oracle::bursty_floor(t, o).is_some())
-            .filter_map(|(_, o)| o.tte_error())
-            .collect(),
-    )
-    .map_or("-".into(), |m| format!("{:.1}%", m * 100.0));
+        .filter_map(|(t, o)| Some((oracle::bursty_floor(t, o)?, o.tte_error()?)))
+        .unzip();
+    let pct = |m: Option<f64>| m.map_or("-".into(), |m| format!("{:.1}%", m * 100.0));
+    let med =
+        |f: fn(&oracle::BurstyFloor) -> f64| pct(eval::median(floors.iter().map(f).collect()));
+    let detector = pct(eval::median(errors));
     format!(
         "Bursty leaks caught, {n} traces, median TTE error at detection: the detector \
          {detector}, an oracle that estimates the bursts' rate and size from the noiseless \
