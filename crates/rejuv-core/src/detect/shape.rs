@@ -591,6 +591,15 @@ mod tests {
     }
 
     const HORIZON_S: f64 = 48.0 * 3600.0;
+
+    /// The forecast is within 5% of the true time to exhaustion, `truth_h` hours.
+    fn assert_within_5_percent(f: &ShapeForecast, truth_h: f64) {
+        assert!(
+            (f.tte_s / 3600.0 - truth_h).abs() / truth_h < 0.05,
+            "forecast {} h, the capacity is reached in {truth_h} h",
+            f.tte_s / 3600.0
+        );
+    }
     /// One-sided 99%.
     const Z: f64 = 2.326;
 
@@ -636,12 +645,7 @@ mod tests {
             Z,
         );
         assert_eq!(f.model, ForecastModel::Accelerating);
-        let truth = 6.0 * 3600.0;
-        assert!(
-            (f.tte_s - truth).abs() / truth < 0.05,
-            "{} h",
-            f.tte_s / 3600.0
-        );
+        assert_within_5_percent(&f, 6.0);
     }
 
     #[test]
@@ -653,11 +657,7 @@ mod tests {
         let truth_h = first_crossing(truth_curve, 200.0).unwrap();
         let f = forecast(&th, &xf, &alarm(3.0 * 3600.0, 0.03, &th, &xf), HORIZON_S, Z);
         assert_eq!(f.model, ForecastModel::Daily);
-        assert!(
-            (f.tte_s / 3600.0 - truth_h).abs() / truth_h < 0.05,
-            "forecast {} h, the peak reaches the capacity in {truth_h} h",
-            f.tte_s / 3600.0
-        );
+        assert_within_5_percent(&f, truth_h);
         // The crossing is on the upper half of a cycle (the trend brings it before the top).
         let peak_phase = (w * truth_h + 1.0).sin();
         assert!(peak_phase > 0.5, "{peak_phase}");
@@ -683,11 +683,7 @@ mod tests {
         let truth_h = first_crossing(truth_curve, 200.0).unwrap();
         let f = forecast(&th, &xf, &alarm(8.0 * 3600.0, 0.01, &th, &xf), HORIZON_S, Z);
         assert_eq!(f.model, ForecastModel::Daily);
-        assert!(
-            (f.tte_s / 3600.0 - truth_h).abs() / truth_h < 0.05,
-            "forecast {} h, the peak reaches the capacity in {truth_h} h",
-            f.tte_s / 3600.0
-        );
+        assert_within_5_percent(&f, truth_h);
         // The sine alone misses the sharp peak by more.
         let c = fit(
             &th,

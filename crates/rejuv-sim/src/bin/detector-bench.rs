@@ -28,33 +28,19 @@ fn main() {
     let all_details = args.iter().any(|a| a == "--all-details");
     let details = all_details || args.iter().any(|a| a == "--details");
     let dev_only = args.iter().any(|a| a == "--dev-only");
-    let stress: usize = args
-        .iter()
-        .position(|a| a == "--stress")
-        .and_then(|i| args.get(i + 1))
-        .map(|n| {
-            n.parse()
-                .expect("--stress takes a number of traces per family")
-        })
-        .unwrap_or(0);
-    let held_back_stress: usize = args
-        .iter()
-        .position(|a| a == "--held-back-stress")
-        .and_then(|i| args.get(i + 1))
-        .map(|n| {
-            n.parse()
-                .expect("--held-back-stress takes a number of traces per family")
-        })
-        .unwrap_or(0);
-    let held_out: usize = args
-        .iter()
-        .position(|a| a == "--held-out")
-        .and_then(|i| args.get(i + 1))
-        .map(|n| {
-            n.parse()
-                .expect("--held-out takes a number of traces per family")
-        })
-        .unwrap_or(0);
+    // A suite's size: the number after its flag, 0 without the flag.
+    let per_family = |flag: &str| -> usize {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map_or(0, |n| {
+                n.parse()
+                    .unwrap_or_else(|_| panic!("{flag} takes a number of traces per family"))
+            })
+    };
+    let stress = per_family("--stress");
+    let held_back_stress = per_family("--held-back-stress");
+    let held_out = per_family("--held-out");
     if let Some(i) = args.iter().position(|a| a == "--write-fleet") {
         let Some(dir) = args.get(i + 1) else {
             eprintln!("detector-bench: --write-fleet takes a directory");
